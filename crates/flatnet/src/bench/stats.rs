@@ -1,0 +1,50 @@
+//! Percentiles over measured durations.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+/// Nearest-rank percentiles; None for an empty sample.
+pub fn summarize(samples: &[Duration]) -> Option<Summary> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut v = samples.to_vec();
+    v.sort();
+    let rank = |p: usize| {
+        v[((p * v.len()).div_ceil(100))
+            .saturating_sub(1)
+            .min(v.len() - 1)]
+    };
+    Some(Summary {
+        p50: rank(50),
+        p99: rank(99),
+    })
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let s = summarize(&v).unwrap();
+        assert_eq!(s.p50, Duration::from_millis(50));
+        assert_eq!(s.p99, Duration::from_millis(99));
+        let s = summarize(&[Duration::from_millis(7)]).unwrap();
+        assert_eq!(
+            (s.p50, s.p99),
+            (Duration::from_millis(7), Duration::from_millis(7))
+        );
+        assert!(summarize(&[]).is_none());
+    }
+}

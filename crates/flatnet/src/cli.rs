@@ -1,0 +1,55 @@
+//! The command line (everything but the CNI plugin path).
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "flatnet", version, about = "flatnet: a Kubernetes pod network", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Benchmarks, compared side by side with a reference in one run.
+    Bench {
+        #[command(subcommand)]
+        what: crate::bench::BenchCmd,
+    },
+    /// Prints a CNI network config list for this node (install it in /etc/cni/net.d).
+    CniConfig {
+        /// The network name.
+        #[arg(long, default_value = "flatnet")]
+        name: String,
+        /// The node's pod subnet; without it the plugin reads /run/flatnet/subnet.env.
+        #[arg(long)]
+        subnet: Option<String>,
+    },
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let out = match cli.command {
+        Cmd::Bench { what } => crate::bench::run(what),
+        Cmd::CniConfig { name, subnet } => {
+            let mut plugin = serde_json::json!({"type": "flatnet", "bridge": "cni0"});
+            if let Some(s) = subnet {
+                plugin["subnet"] = serde_json::json!(s);
+            }
+            let list = serde_json::json!({
+                "cniVersion": "1.1.0",
+                "name": name,
+                "plugins": [plugin, {"type": "portmap", "capabilities": {"portMappings": true}}],
+            });
+            println!("{}", serde_json::to_string_pretty(&list).expect("json"));
+            Ok(())
+        }
+    };
+    match out {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("flatnet: {e:#}");
+            1
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! `flatnet`: one binary. Executed by a container runtime (with `CNI_COMMAND` set) it is
+//! the CNI plugin; otherwise it is the command line.
+
+mod bench;
+mod cli;
+
+fn main() {
+    // The CNI path stays lean: no argument parsing, no logging set-up.
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        std::process::exit(flatnet_cni::main_from_env());
+    }
+    std::process::exit(cli::main());
+}

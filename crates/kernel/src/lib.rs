@@ -1,0 +1,16 @@
+//! The only flatnet code that touches the kernel: rtnetlink requests over a small
+//! synchronous socket (links, addresses, routes), network namespaces, and sysctls.
+//! Everything above this crate plans; this crate applies and reads back.
+
+pub mod addr;
+pub mod detach;
+pub mod error;
+pub mod link;
+pub mod netlink;
+pub mod netns;
+pub mod route;
+pub mod sandbox;
+pub mod sysctl;
+
+pub use error::KernelError;
+pub use netlink::Netlink;

@@ -1,0 +1,143 @@
+//! A synchronous rtnetlink socket: one request, its answer, done. Short-lived processes
+//! such as the CNI plugin pay no async runtime start-up for it. A socket stays in the
+//! network namespace it was opened in, whatever the thread does afterwards.
+
+use crate::error::{KernelError, Result};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkBuffer, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use std::io;
+
+pub const CREATE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+pub const CHANGE: u16 = NLM_F_REQUEST | NLM_F_ACK;
+
+pub struct Netlink {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Netlink {
+    /// Opens a socket in the calling thread's network namespace.
+    pub fn open() -> Result<Self> {
+        let op = "open a netlink socket";
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| KernelError::refused(op, e))?;
+        socket
+            .bind_auto()
+            .map_err(|e| KernelError::refused(op, e))?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(|e| KernelError::refused(op, e))?;
+        // Extended acks give the kernel's reason text; failing to enable them is harmless.
+        let _ = socket.set_ext_ack(true);
+        Ok(Self {
+            socket,
+            seq: 0,
+            buf: Vec::with_capacity(64 * 1024),
+        })
+    }
+
+    fn send(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<u32> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut nl = NetlinkMessage::from(msg);
+        nl.header.flags = flags;
+        nl.header.sequence_number = self.seq;
+        nl.finalize();
+        let mut out = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut out);
+        self.socket
+            .send(&out, 0)
+            .map_err(|e| KernelError::refused(op, e))?;
+        Ok(self.seq)
+    }
+
+    /// Reads answers to `seq` and hands each inner message to `each`, until the ack
+    /// (`want_ack`), the end of a dump, or the single reply of a get.
+    fn receive(
+        &mut self,
+        op: &str,
+        seq: u32,
+        mode: Mode,
+        mut each: impl FnMut(RouteNetlinkMessage),
+    ) -> Result<()> {
+        loop {
+            self.buf.clear();
+            self.socket
+                .recv(&mut self.buf, 0)
+                .map_err(|e| KernelError::refused(op, e))?;
+            let mut offset = 0;
+            while offset < self.buf.len() {
+                let bytes = &self.buf[offset..];
+                let len = NetlinkBuffer::new_checked(bytes)
+                    .map_err(|e| KernelError::Decode {
+                        op: op.into(),
+                        msg: e.to_string(),
+                    })?
+                    .length() as usize;
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len])
+                    .map_err(|e| KernelError::Decode {
+                        op: op.into(),
+                        msg: e.to_string(),
+                    })?;
+                offset += (len + 3) & !3;
+                if msg.header.sequence_number != seq {
+                    continue; // A late answer to an earlier request.
+                }
+                match msg.payload {
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(()),
+                            Some(code) => Err(KernelError::refused(
+                                op,
+                                io::Error::from_raw_os_error(-code.get()),
+                            )),
+                        };
+                    }
+                    NetlinkPayload::Done(_) => return Ok(()),
+                    NetlinkPayload::InnerMessage(inner) => {
+                        each(inner);
+                        if mode == Mode::Get {
+                            return Ok(());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// A request that changes state; waits for the kernel's ack.
+    pub fn change(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
+        let seq = self.send(op, msg, flags)?;
+        self.receive(op, seq, Mode::Ack, |_| {})
+    }
+
+    /// A get for one object.
+    pub fn get(&mut self, op: &str, msg: RouteNetlinkMessage) -> Result<RouteNetlinkMessage> {
+        let seq = self.send(op, msg, NLM_F_REQUEST)?;
+        let mut answer = None;
+        self.receive(op, seq, Mode::Get, |m| answer = Some(m))?;
+        answer.ok_or_else(|| KernelError::Decode {
+            op: op.into(),
+            msg: "no answer".into(),
+        })
+    }
+
+    /// A dump of every object of a kind.
+    pub fn dump(&mut self, op: &str, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
+        let seq = self.send(op, msg, NLM_F_REQUEST | NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        self.receive(op, seq, Mode::Dump, |m| out.push(m))?;
+        Ok(out)
+    }
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Mode {
+    Ack,
+    Get,
+    Dump,
+}

@@ -1,0 +1,135 @@
+//! Network namespaces. A namespace belongs to a thread, not a process: enter one with a
+//! [`NetNsGuard`] (which cannot leave its thread and restores the old namespace on drop),
+//! or open a socket inside and keep using it after leaving.
+
+use crate::error::{KernelError, Result};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+use std::fs::File;
+use std::marker::PhantomData;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// An open handle on a network namespace (a file under /run/netns, /proc/PID/ns/net, …).
+#[derive(Debug)]
+pub struct NetNs(File);
+
+impl NetNs {
+    pub fn open(path: impl AsRef<Path>) -> std::io::Result<Self> {
+        File::open(path).map(Self)
+    }
+
+    /// The calling thread's own namespace.
+    pub fn current() -> std::io::Result<Self> {
+        Self::open("/proc/thread-self/ns/net")
+    }
+
+    pub fn file(&self) -> &File {
+        &self.0
+    }
+
+    /// The namespace's identity (its nsfs inode).
+    pub fn id(&self) -> std::io::Result<u64> {
+        Ok(self.0.metadata()?.ino())
+    }
+
+    /// Whether this is really a network namespace and not some other file.
+    pub fn is_netns(&self) -> bool {
+        const NSFS_MAGIC: i64 = 0x6e73_6673;
+        nix::sys::statfs::fstatfs(self.0.as_fd())
+            .is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
+    }
+}
+
+/// The calling thread is inside another namespace while this lives.
+pub struct NetNsGuard {
+    previous: NetNs,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl NetNsGuard {
+    pub fn enter(target: &NetNs) -> Result<Self> {
+        let previous = NetNs::current()
+            .map_err(|e| KernelError::refused("open the current network namespace", e))?;
+        setns(target.0.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| KernelError::refused("enter network namespace", e.into()))?;
+        Ok(Self {
+            previous,
+            _not_send: PhantomData,
+        })
+    }
+}
+
+impl Drop for NetNsGuard {
+    fn drop(&mut self) {
+        // Failing to go back would leave this thread doing host work in a pod's
+        // namespace: there is no safe way on, so stop.
+        if let Err(e) = setns(self.previous.0.as_fd(), CloneFlags::CLONE_NEWNET) {
+            panic!("could not return to the previous network namespace: {e}");
+        }
+    }
+}
+
+/// Runs `f` with the calling thread inside `ns`.
+pub fn within<T>(ns: &NetNs, f: impl FnOnce() -> T) -> Result<T> {
+    let _guard = NetNsGuard::enter(ns)?;
+    Ok(f())
+}
+
+/// Creates a new network namespace and pins it with a bind mount at `path` (as
+/// `ip netns add` does), visible in the caller's mount namespace.
+pub fn create_named(path: &Path) -> Result<()> {
+    File::create(path)
+        .map_err(|e| KernelError::refused(format!("create {}", path.display()), e))?;
+    let path_owned = path.to_path_buf();
+    // A fresh thread, so the creator's own namespace is never touched.
+    let made = std::thread::spawn(move || -> Result<()> {
+        unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(|e| KernelError::refused("unshare a network namespace", e.into()))?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &path_owned,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            KernelError::refused(
+                format!("bind the namespace at {}", path_owned.display()),
+                e.into(),
+            )
+        })
+    })
+    .join()
+    .unwrap_or_else(|_| {
+        Err(KernelError::Decode {
+            op: "create namespace".into(),
+            msg: "thread panicked".into(),
+        })
+    });
+    if made.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    made
+}
+
+/// Unpins and removes a namespace made by [`create_named`]; absent is fine.
+pub fn remove_named(path: &Path) -> Result<()> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+        Err(e) => {
+            return Err(KernelError::refused(
+                format!("unmount {}", path.display()),
+                e.into(),
+            ));
+        }
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(KernelError::refused(
+            format!("remove {}", path.display()),
+            e,
+        )),
+        _ => Ok(()),
+    }
+}
