@@ -1,6 +1,6 @@
 //! Network devices: bridges, veth pairs, their state, and bridge-port settings.
 
-use crate::error::{KernelError, Result};
+use crate::error::Result;
 use crate::netlink::{CHANGE, CREATE, Netlink};
 use netlink_packet_route::RouteNetlinkMessage as Rt;
 use netlink_packet_route::link::{
@@ -20,6 +20,8 @@ pub struct Link {
     pub master: Option<u32>,
     pub alias: Option<String>,
     pub kind: Option<String>,
+    /// For a bridge port: whether hairpin mode is on.
+    pub hairpin: Option<bool>,
 }
 
 impl Link {
@@ -33,6 +35,7 @@ impl Link {
             master: None,
             alias: None,
             kind: None,
+            hairpin: None,
         };
         for attr in &m.attributes {
             match attr {
@@ -43,8 +46,15 @@ impl Link {
                 LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
-                        if let LinkInfo::Kind(k) = info {
-                            link.kind = Some(k.to_string());
+                        match info {
+                            LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                            LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                                link.hairpin = port.iter().find_map(|p| match p {
+                                    InfoBridgePort::HairpinMode(on) => Some(*on),
+                                    _ => None,
+                                })
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -232,13 +242,4 @@ pub fn delete_group(nl: &mut Netlink, group: u32) -> Result<()> {
         Err(e) if !e.is_not_found() => Err(e),
         _ => Ok(()),
     }
-}
-
-/// Whether a bridge port has hairpin mode on (read from sysfs, which the kernel keeps
-/// per namespace: only valid for devices in the caller's namespace).
-pub fn hairpin_mode(name: &str) -> Result<bool> {
-    let path = format!("/sys/class/net/{name}/brport/hairpin_mode");
-    std::fs::read_to_string(&path)
-        .map(|s| s.trim() == "1")
-        .map_err(|e| KernelError::refused(format!("read {path}"), e))
 }

@@ -37,8 +37,7 @@ impl NetNs {
     /// Whether this is really a network namespace and not some other file.
     pub fn is_netns(&self) -> bool {
         const NSFS_MAGIC: i64 = 0x6e73_6673;
-        nix::sys::statfs::fstatfs(self.0.as_fd())
-            .is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
+        nix::sys::statfs::fstatfs(self.0.as_fd()).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
     }
 }
 

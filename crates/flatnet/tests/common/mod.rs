@@ -1,0 +1,209 @@
+//! Harness for privileged tests: each test runs in network and mount namespaces of its
+//! own (a [`Sandbox`]), so nothing it does is visible on the host, and skips with a
+//! printed reason when it cannot have them.
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the harness"
+)]
+
+use flatnet_cni::exec::{self, Attachment, ExecError};
+use flatnet_kernel::netns::{NetNs, NetNsGuard};
+use flatnet_kernel::sandbox::{self, Sandbox};
+use flatnet_kernel::{Netlink, link};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Runs `f` in a fresh sandbox, or prints why it is skipped.
+pub fn sandboxed(test: &str, f: impl FnOnce(&Sandbox) + Send) {
+    if let Some(why) = sandbox::unavailable_reason() {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    sandbox::run(f).expect("could not build the sandbox");
+}
+
+/// Polls `cond` until it holds or `within` passes; the failure names what was awaited.
+pub fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn flatnet_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_flatnet"))
+}
+
+pub fn plugin_dirs() -> Vec<PathBuf> {
+    vec![
+        flatnet_bin().parent().unwrap().to_path_buf(),
+        PathBuf::from("/usr/lib/cni"),
+    ]
+}
+
+/// A flatnet network in a sandbox: its config and the runtime calls on it.
+pub struct Net {
+    pub config: Value,
+    pub data_dir: PathBuf,
+}
+
+impl Net {
+    pub fn new(sb: &Sandbox, version: &str, subnet: &str) -> Self {
+        let data_dir = sb.dir().join("ipam");
+        Self {
+            config: json!({"cniVersion": version, "name": "testnet", "type": "flatnet", "subnet": subnet,
+                           "dataDir": data_dir}),
+            data_dir,
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: Value) -> Self {
+        self.config[key] = value;
+        self
+    }
+
+    pub fn call(
+        &self,
+        verb: &str,
+        att: Option<&Attachment>,
+        config: &Value,
+    ) -> Result<Value, ExecError> {
+        exec::exec(&flatnet_bin(), verb, att, &plugin_dirs(), config)
+    }
+
+    pub fn add(&self, att: &Attachment) -> Result<Value, ExecError> {
+        self.call("ADD", Some(att), &self.config)
+    }
+
+    pub fn del(&self, att: &Attachment) -> Result<Value, ExecError> {
+        self.call("DEL", Some(att), &self.config)
+    }
+
+    pub fn check(&self, att: &Attachment, prev: &Value) -> Result<Value, ExecError> {
+        let mut c = self.config.clone();
+        c["prevResult"] = prev.clone();
+        self.call("CHECK", Some(att), &c)
+    }
+
+    /// Reserved addresses, from the store's files.
+    pub fn reserved(&self) -> Vec<String> {
+        let dir = self.data_dir.join("testnet").join("ips");
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+pub fn attachment(id: &str, netns: &Path) -> Attachment {
+    Attachment {
+        container_id: id.into(),
+        netns: netns.to_string_lossy().into_owned(),
+        ifname: "eth0".into(),
+        args: vec![],
+    }
+}
+
+/// Runs `f` on a thread inside the network namespace at `path`.
+pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
+    let ns = NetNs::open(path).expect("open netns");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _g = NetNsGuard::enter(&ns).expect("enter netns");
+            f()
+        })
+        .join()
+        .expect("netns thread panicked")
+    })
+}
+
+/// Devices of the sandbox (host side) that flatnet made for pods.
+pub fn pod_veths() -> Vec<link::Link> {
+    let mut nl = Netlink::open().unwrap();
+    link::list(&mut nl)
+        .unwrap()
+        .into_iter()
+        .filter(|l| {
+            l.alias
+                .as_deref()
+                .is_some_and(|a| a.starts_with("flatnet:"))
+        })
+        .collect()
+}
+
+pub fn wait_no_pod_veths() {
+    eventually(
+        "every pod veth to be torn down",
+        Duration::from_secs(10),
+        || pod_veths().is_empty(),
+    );
+}
+
+/// The IPv4 address of `ifname` inside a namespace, if any.
+pub fn pod_ip(netns: &Path, ifname: &str) -> Option<ipnet::IpNet> {
+    in_netns(netns, || {
+        let mut nl = Netlink::open().ok()?;
+        let l = link::get(&mut nl, ifname).ok()??;
+        flatnet_kernel::addr::list(&mut nl, Some(l.index))
+            .ok()?
+            .into_iter()
+            .map(|(_, a)| a)
+            .find(|a| a.addr().is_ipv4())
+    })
+}
+
+/// Connects over TCP from one namespace to a listener in another and returns the
+/// source address the listener saw.
+pub fn tcp_probe(
+    from: &Path,
+    to: &Path,
+    to_ip: std::net::IpAddr,
+    port: u16,
+) -> std::io::Result<std::net::SocketAddr> {
+    use std::io::{Read, Write};
+    let listener = in_netns(to, || std::net::TcpListener::bind((to_ip, port)))?;
+    listener.set_nonblocking(true)?;
+    let server = std::thread::spawn(move || -> std::io::Result<std::net::SocketAddr> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (mut s, peer) = loop {
+            match listener.accept() {
+                Ok(conn) => break conn,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        s.set_nonblocking(false)?;
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf)?;
+        s.write_all(&buf)?;
+        Ok(peer)
+    });
+    in_netns(from, || -> std::io::Result<()> {
+        let mut c =
+            std::net::TcpStream::connect_timeout(&(to_ip, port).into(), Duration::from_secs(3))?;
+        c.set_read_timeout(Some(Duration::from_secs(3)))?;
+        c.write_all(b"ping")?;
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf)?;
+        assert_eq!(&buf, b"ping");
+        Ok(())
+    })?;
+    server.join().expect("server thread")
+}
