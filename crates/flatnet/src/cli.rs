@@ -11,6 +11,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// One node, two pods wired by the CNI plugin, every hop shown (needs root).
+    Demo,
     /// Benchmarks, compared side by side with a reference in one run.
     Bench {
         #[command(subcommand)]
@@ -31,6 +33,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let out = match cli.command {
         Cmd::Bench { what } => crate::bench::run(what),
+        Cmd::Demo => crate::demo::run(),
         Cmd::CniConfig { name, subnet } => {
             let mut plugin = serde_json::json!({"type": "flatnet", "bridge": "cni0"});
             if let Some(s) = subnet {

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod demo;
 
 fn main() {
     // The CNI path stays lean: no argument parsing, no logging set-up.

@@ -8,6 +8,7 @@ pub mod error;
 pub mod link;
 pub mod netlink;
 pub mod netns;
+pub mod probe;
 pub mod route;
 pub mod sandbox;
 pub mod sysctl;

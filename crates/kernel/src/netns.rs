@@ -132,3 +132,15 @@ pub fn remove_named(path: &Path) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// Runs `f` on a scoped thread inside the namespace at `path`; the caller's thread
+/// never changes namespace.
+pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let ns = NetNs::open(path)
+        .map_err(|e| KernelError::refused(format!("open {}", path.display()), e))?;
+    std::thread::scope(|s| {
+        s.spawn(|| within(&ns, f))
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}

@@ -7,7 +7,6 @@
 )]
 
 use flatnet_cni::exec::{self, Attachment, ExecError};
-use flatnet_kernel::netns::{NetNs, NetNsGuard};
 use flatnet_kernel::sandbox::{self, Sandbox};
 use flatnet_kernel::{Netlink, link};
 use serde_json::{Value, json};
@@ -119,15 +118,7 @@ pub fn attachment(id: &str, netns: &Path) -> Attachment {
 
 /// Runs `f` on a thread inside the network namespace at `path`.
 pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
-    let ns = NetNs::open(path).expect("open netns");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let _g = NetNsGuard::enter(&ns).expect("enter netns");
-            f()
-        })
-        .join()
-        .expect("netns thread panicked")
-    })
+    flatnet_kernel::netns::run_in(path, f).expect("enter netns")
 }
 
 /// Devices of the sandbox (host side) that flatnet made for pods.
@@ -173,37 +164,5 @@ pub fn tcp_probe(
     to_ip: std::net::IpAddr,
     port: u16,
 ) -> std::io::Result<std::net::SocketAddr> {
-    use std::io::{Read, Write};
-    let listener = in_netns(to, || std::net::TcpListener::bind((to_ip, port)))?;
-    listener.set_nonblocking(true)?;
-    let server = std::thread::spawn(move || -> std::io::Result<std::net::SocketAddr> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let (mut s, peer) = loop {
-            match listener.accept() {
-                Ok(conn) => break conn,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        s.set_nonblocking(false)?;
-        let mut buf = [0u8; 4];
-        s.read_exact(&mut buf)?;
-        s.write_all(&buf)?;
-        Ok(peer)
-    });
-    in_netns(from, || -> std::io::Result<()> {
-        let mut c =
-            std::net::TcpStream::connect_timeout(&(to_ip, port).into(), Duration::from_secs(3))?;
-        c.set_read_timeout(Some(Duration::from_secs(3)))?;
-        c.write_all(b"ping")?;
-        let mut buf = [0u8; 4];
-        c.read_exact(&mut buf)?;
-        assert_eq!(&buf, b"ping");
-        Ok(())
-    })?;
-    server.join().expect("server thread")
+    flatnet_kernel::probe::tcp(from, to, to_ip, port, Duration::from_secs(3))
 }
