@@ -508,6 +508,37 @@ fn bad_input_gets_its_error_code_and_changes_nothing() {
                 "mtu",
             ),
             ("no name", att.clone(), with("name", Value::Null), 7, ""),
+            (
+                "store not writable",
+                att.clone(),
+                with("dataDir", json!(sb.dir().join("ipam-not-ns"))),
+                5,
+                "IPAM store",
+            ),
+            (
+                "subnet file not written yet",
+                att.clone(),
+                {
+                    let mut c = net.config.clone();
+                    c.as_object_mut().unwrap().remove("subnet");
+                    c["subnetFile"] = json!(sb.dir().join("absent.env"));
+                    c
+                },
+                11,
+                "subnet is not known yet",
+            ),
+            (
+                "subnet file malformed",
+                att.clone(),
+                {
+                    let mut c = net.config.clone();
+                    c.as_object_mut().unwrap().remove("subnet");
+                    c["subnetFile"] = json!(sb.dir().join("ipam-not-ns"));
+                    c
+                },
+                7,
+                "FLATNET_SUBNET is missing",
+            ),
         ];
         std::fs::write(sb.dir().join("ipam-not-ns"), "").unwrap();
         for (what, att, config, code, needle) in cases {
