@@ -244,16 +244,7 @@ impl ConfList {
         rc: &Map<String, Value>,
         result: &Value,
     ) -> Result<(), ExecError> {
-        for i in 0..self.plugins.len() {
-            exec(
-                &self.binary(i, dirs)?,
-                "CHECK",
-                Some(att),
-                dirs,
-                &self.plugin_config(i, rc, result),
-            )?;
-        }
-        Ok(())
+        self.each("CHECK", 0..self.plugins.len(), att, dirs, rc, result)
     }
 
     /// DEL through the chain in reverse order, as the spec asks.
@@ -264,10 +255,22 @@ impl ConfList {
         rc: &Map<String, Value>,
         result: &Value,
     ) -> Result<(), ExecError> {
-        for i in (0..self.plugins.len()).rev() {
+        self.each("DEL", (0..self.plugins.len()).rev(), att, dirs, rc, result)
+    }
+
+    fn each(
+        &self,
+        verb: &str,
+        order: impl Iterator<Item = usize>,
+        att: &Attachment,
+        dirs: &[PathBuf],
+        rc: &Map<String, Value>,
+        result: &Value,
+    ) -> Result<(), ExecError> {
+        for i in order {
             exec(
                 &self.binary(i, dirs)?,
-                "DEL",
+                verb,
                 Some(att),
                 dirs,
                 &self.plugin_config(i, rc, result),

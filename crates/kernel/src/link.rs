@@ -79,22 +79,15 @@ fn by_index(index: u32) -> LinkMessage {
 
 /// The device called `name`, or None when there is none.
 pub fn get(nl: &mut Netlink, name: &str) -> Result<Option<Link>> {
-    match nl.get(
-        &format!("look up device {name}"),
-        Rt::GetLink(by_name(name)),
-    ) {
-        Ok(Rt::NewLink(m)) => Ok(Some(Link::from_message(&m))),
-        Ok(_) => Ok(None),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e),
-    }
+    lookup(nl, &format!("look up device {name}"), by_name(name))
 }
 
 pub fn get_by_index(nl: &mut Netlink, index: u32) -> Result<Option<Link>> {
-    match nl.get(
-        &format!("look up device #{index}"),
-        Rt::GetLink(by_index(index)),
-    ) {
+    lookup(nl, &format!("look up device #{index}"), by_index(index))
+}
+
+fn lookup(nl: &mut Netlink, op: &str, key: LinkMessage) -> Result<Option<Link>> {
+    match nl.get(op, Rt::GetLink(key)) {
         Ok(Rt::NewLink(m)) => Ok(Some(Link::from_message(&m))),
         Ok(_) => Ok(None),
         Err(e) if e.is_not_found() => Ok(None),
