@@ -15,31 +15,22 @@ pub fn check(conf: &NetConf, inv: &Invocation) -> Result<(), CniError> {
     let (cid, ifname) = attachment(inv);
     let netns_path = inv.netns.as_deref().unwrap_or_default();
     let prev = conf.prev_result.as_ref().ok_or_else(|| {
-        CniError::new(
-            ErrorCode::InvalidNetworkConfig,
-            "CHECK needs prevResult",
-            "the runtime passes the result of ADD",
-        )
+        CniError::new(ErrorCode::InvalidNetworkConfig, "CHECK needs prevResult", "the runtime passes the result of ADD")
     })?;
-    let mismatch = |what: String| {
-        Err(CniError::plugin(
-            what,
-            format!("attachment {cid}/{ifname}: run DEL and ADD again"),
-        ))
-    };
+    let mismatch =
+        |what: String| Err(CniError::plugin(what, format!("attachment {cid}/{ifname}: run DEL and ADD again")));
 
-    let (index, want) = prev.sandbox_interface(ifname).ok_or_else(|| {
-        CniError::plugin(
-            format!("prevResult has no interface {ifname} inside a sandbox"),
-            "",
-        )
-    })?;
-    let want_ips: Vec<IpNet> = prev
-        .ips
-        .iter()
-        .filter(|ip| ip.interface.is_none_or(|i| i == index))
-        .map(|ip| ip.address)
-        .collect();
+    let (index, want) = prev
+        .sandbox_interface(ifname)
+        .ok_or_else(|| CniError::plugin(format!("prevResult has no interface {ifname} inside a sandbox"), ""))?;
+    if want.sandbox.as_deref() != Some(netns_path) {
+        return mismatch(format!(
+            "prevResult puts {ifname} in {}, but CNI_NETNS is {netns_path}",
+            want.sandbox.as_deref().unwrap_or("no sandbox")
+        ));
+    }
+    let want_ips: Vec<IpNet> =
+        prev.ips.iter().filter(|ip| ip.interface.is_none_or(|i| i == index)).map(|ip| ip.address).collect();
 
     // The address is still ours in the store.
     let store = Store::new(Path::new(&conf.data_dir), &conf.name);
@@ -55,9 +46,7 @@ pub fn check(conf: &NetConf, inv: &Invocation) -> Result<(), CniError> {
         ));
     };
     if !want_ips.iter().any(|n| n.addr() == reserved) {
-        return mismatch(format!(
-            "the store reserves {reserved} for this attachment, prevResult says {want_ips:?}"
-        ));
+        return mismatch(format!("the store reserves {reserved} for this attachment, prevResult says {want_ips:?}"));
     }
 
     // Host side: the veth is on the bridge.
@@ -70,10 +59,7 @@ pub fn check(conf: &NetConf, inv: &Invocation) -> Result<(), CniError> {
     match link::get(&mut host, &host_name).map_err(kernel_error)? {
         None => return mismatch(format!("host veth {host_name} is missing")),
         Some(l) if l.master != Some(bridge.index) => {
-            return mismatch(format!(
-                "host veth {host_name} is not attached to {}",
-                conf.bridge
-            ));
+            return mismatch(format!("host veth {host_name} is not attached to {}", conf.bridge));
         }
         Some(_) => {}
     }
@@ -88,11 +74,7 @@ pub fn check(conf: &NetConf, inv: &Invocation) -> Result<(), CniError> {
         return mismatch(format!("interface {ifname} is missing in {netns_path}"));
     };
     if !want.mac.is_empty() && !format_mac(&eth.mac).eq_ignore_ascii_case(&want.mac) {
-        return mismatch(format!(
-            "{ifname} has MAC {}, prevResult says {}",
-            format_mac(&eth.mac),
-            want.mac
-        ));
+        return mismatch(format!("{ifname} has MAC {}, prevResult says {}", format_mac(&eth.mac), want.mac));
     }
     if !eth.up {
         return mismatch(format!("{ifname} is down"));
@@ -100,34 +82,30 @@ pub fn check(conf: &NetConf, inv: &Invocation) -> Result<(), CniError> {
     if let Some(mtu) = want.mtu
         && eth.mtu != mtu
     {
-        return mismatch(format!(
-            "{ifname} has MTU {}, prevResult says {mtu}",
-            eth.mtu
-        ));
+        return mismatch(format!("{ifname} has MTU {}, prevResult says {mtu}", eth.mtu));
     }
-    let have: Vec<IpNet> = addr::list(&mut pod, Some(eth.index))
-        .map_err(kernel_error)?
-        .into_iter()
-        .map(|(_, a)| a)
-        .collect();
+    let have: Vec<IpNet> =
+        addr::list(&mut pod, Some(eth.index)).map_err(kernel_error)?.into_iter().map(|(_, a)| a).collect();
     for want in &want_ips {
         if !have.contains(want) {
-            return mismatch(format!(
-                "{ifname} does not have address {want} (it has {have:?})"
-            ));
+            return mismatch(format!("{ifname} does not have address {want} (it has {have:?})"));
         }
     }
+    // Only the routes flatnet itself adds (the default route via the gateway and the
+    // config's routes), on this interface: a later plugin in the chain may have changed
+    // the rest, and the spec has CHECK allow for that.
+    let gateway = want_ips
+        .first()
+        .and_then(|_| prev.ips.iter().find(|ip| ip.interface.is_none_or(|i| i == index)).and_then(|ip| ip.gateway));
+    let ours = std::iter::once(("0.0.0.0/0".parse::<IpNet>().expect("literal"), gateway))
+        .chain(conf.routes.iter().map(|r| (r.dst.trunc(), r.gw.or(gateway))));
     let routes = route::list_v4(&mut pod).map_err(kernel_error)?;
-    for want in &prev.routes {
-        let found = routes
-            .iter()
-            .any(|r| r.dst == want.dst.trunc() && (want.gw.is_none() || r.gateway == want.gw));
+    for (dst, gw) in ours {
+        let found =
+            routes.iter().any(|r| r.dst == dst && r.oif == Some(eth.index) && (gw.is_none() || r.gateway == gw));
         if !found {
-            let via = want.gw.map(|g| format!(" via {g}")).unwrap_or_default();
-            return mismatch(format!(
-                "route {}{via} is missing in {netns_path}",
-                want.dst
-            ));
+            let via = gw.map(|g| format!(" via {g}")).unwrap_or_default();
+            return mismatch(format!("route {dst}{via} is missing in {netns_path}"));
         }
     }
     Ok(())

@@ -11,15 +11,16 @@
 use crate::store::Store;
 use flatnet_kernel::netns::{NetNs, NetNsGuard};
 use flatnet_kernel::{Netlink, addr, detach, link};
-use flatnet_model::cni::{CniError, ErrorCode, Invocation, NetConf};
+use flatnet_model::cni::{CniError, ErrorCode, Invocation, TeardownConf};
 use flatnet_model::names::host_veth_name;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-pub fn del(conf: &NetConf, inv: &Invocation) -> Result<(), CniError> {
+pub fn del(conf: &TeardownConf, inv: &Invocation) -> Result<(), CniError> {
     let (cid, ifname) = attachment(inv);
     let host_name = host_veth_name(cid, ifname);
-    let store = Store::new(Path::new(&conf.data_dir), &conf.name);
+    let data_dir = Path::new(&conf.data_dir);
+    let store = Store::new(data_dir, &conf.name);
     // The lock is held only around store access, not across the kernel work, so
     // concurrent DELs do not queue behind each other's namespaces.
     let reserved = match store.lock_existing().map_err(store_error)? {
@@ -30,8 +31,8 @@ pub fn del(conf: &NetConf, inv: &Invocation) -> Result<(), CniError> {
         None => true, // nothing to hand out again
         Some(ip) => withdraw_address(inv.netns.as_deref(), ifname, ip)?,
     };
+    let mut nl = Netlink::open().map_err(kernel_error)?;
     if !pod_is_off {
-        let mut nl = Netlink::open().map_err(kernel_error)?;
         link::delete(&mut nl, &host_name).map_err(kernel_error)?;
     }
     if reserved.is_some()
@@ -40,11 +41,11 @@ pub fn del(conf: &NetConf, inv: &Invocation) -> Result<(), CniError> {
         l.release(cid, ifname).map_err(store_error)?;
     }
     if pod_is_off {
-        let mut nl = Netlink::open().map_err(kernel_error)?;
-        let marked =
-            link::set_group(&mut nl, &host_name, detach::TEARDOWN_GROUP).map_err(kernel_error)?;
-        if marked && !detach::schedule_teardown(&Path::new(&conf.data_dir).join("teardown.lock")) {
+        if !data_dir.is_dir() {
+            // No store, so no place for the reaper's lock: an odd case, delete inline.
             link::delete(&mut nl, &host_name).map_err(kernel_error)?;
+        } else if link::set_group(&mut nl, &host_name, detach::TEARDOWN_GROUP).map_err(kernel_error)? {
+            detach::schedule_teardown(data_dir).map_err(kernel_error)?;
         }
     }
     Ok(())
@@ -74,10 +75,7 @@ fn withdraw_address(netns: Option<&str>, ifname: &str, ip: Ipv4Addr) -> Result<b
 
 pub(crate) fn attachment(inv: &Invocation) -> (&str, &str) {
     // Invocation::from_env guarantees both for ADD, DEL and CHECK.
-    (
-        inv.container_id.as_deref().unwrap_or_default(),
-        inv.ifname.as_deref().unwrap_or_default(),
-    )
+    (inv.container_id.as_deref().unwrap_or_default(), inv.ifname.as_deref().unwrap_or_default())
 }
 
 pub(crate) fn kernel_error(e: flatnet_kernel::KernelError) -> CniError {
@@ -86,14 +84,11 @@ pub(crate) fn kernel_error(e: flatnet_kernel::KernelError) -> CniError {
 
 pub(crate) fn store_error(e: crate::store::StoreError) -> CniError {
     match e {
-        crate::store::StoreError::Io { .. } => CniError::new(
-            ErrorCode::Io,
-            e.to_string(),
-            "check that dataDir exists and is writable by root",
-        ),
-        crate::store::StoreError::Full { .. } => CniError::plugin(
-            e.to_string(),
-            "delete pods on this node, or give the node a larger Pod CIDR",
-        ),
+        crate::store::StoreError::Io { .. } => {
+            CniError::new(ErrorCode::Io, e.to_string(), "check that dataDir exists and is writable by root")
+        }
+        crate::store::StoreError::Full { .. } => {
+            CniError::plugin(e.to_string(), "delete pods on this node, or give the node a larger Pod CIDR")
+        }
     }
 }

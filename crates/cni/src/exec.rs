@@ -24,24 +24,12 @@ pub enum ExecError {
     #[error("plugin {plugin:?} not found in {dirs:?}")]
     NotFound { plugin: String, dirs: Vec<PathBuf> },
     #[error("could not run {path}: {source}")]
-    Spawn {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Spawn { path: PathBuf, source: std::io::Error },
     /// The plugin failed and printed a CNI error object.
     #[error("plugin {plugin} {verb} failed: {error} (code {})", error.code)]
-    Plugin {
-        plugin: String,
-        verb: String,
-        error: CniError,
-    },
+    Plugin { plugin: String, verb: String, error: CniError },
     #[error("plugin {plugin} {verb} failed with {status} and no error object: {output}")]
-    Garbled {
-        plugin: String,
-        verb: String,
-        status: String,
-        output: String,
-    },
+    Garbled { plugin: String, verb: String, status: String, output: String },
     #[error("the network configuration is invalid: {0}")]
     Config(String),
 }
@@ -60,10 +48,7 @@ pub fn find_plugin(plugin_type: &str, dirs: &[PathBuf]) -> Result<PathBuf, ExecE
     dirs.iter()
         .map(|d| d.join(plugin_type))
         .find(|p| p.is_file())
-        .ok_or_else(|| ExecError::NotFound {
-            plugin: plugin_type.into(),
-            dirs: dirs.to_vec(),
-        })
+        .ok_or_else(|| ExecError::NotFound { plugin: plugin_type.into(), dirs: dirs.to_vec() })
 }
 
 /// Runs one plugin verb; returns its stdout parsed as JSON (Null when it printed nothing).
@@ -74,51 +59,28 @@ pub fn exec(
     dirs: &[PathBuf],
     config: &Value,
 ) -> Result<Value, ExecError> {
-    let plugin = binary
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let path = std::env::join_paths(dirs)
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let plugin = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let path = std::env::join_paths(dirs).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let mut cmd = Command::new(binary);
     cmd.env_clear()
         .env("CNI_COMMAND", verb)
         .env("CNI_PATH", path)
-        .env(
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-        )
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(a) = att {
-        let args = a
-            .args
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(";");
-        cmd.env("CNI_CONTAINERID", &a.container_id)
-            .env("CNI_NETNS", &a.netns)
-            .env("CNI_IFNAME", &a.ifname);
+        let args = a.args.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";");
+        cmd.env("CNI_CONTAINERID", &a.container_id).env("CNI_NETNS", &a.netns).env("CNI_IFNAME", &a.ifname);
         if !args.is_empty() {
             cmd.env("CNI_ARGS", args);
         }
     }
-    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
-        path: binary.into(),
-        source,
-    })?;
+    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn { path: binary.into(), source })?;
     let stdin = serde_json::to_vec(config).expect("configs serialize");
     // The plugin may exit before reading stdin (a bad environment): ignore EPIPE.
     let _ = child.stdin.take().expect("piped").write_all(&stdin);
-    let out = child
-        .wait_with_output()
-        .map_err(|source| ExecError::Spawn {
-            path: binary.into(),
-            source,
-        })?;
+    let out = child.wait_with_output().map_err(|source| ExecError::Spawn { path: binary.into(), source })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if out.status.success() {
         return Ok(if stdout.trim().is_empty() {
@@ -157,30 +119,19 @@ pub struct ConfList {
 impl ConfList {
     pub fn parse(text: &str) -> Result<Self, ExecError> {
         let v: Value = serde_json::from_str(text).map_err(|e| ExecError::Config(e.to_string()))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| ExecError::Config("not a JSON object".into()))?;
+        let obj = v.as_object().ok_or_else(|| ExecError::Config("not a JSON object".into()))?;
         let field = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
         let name = field("name").ok_or_else(|| ExecError::Config("\"name\" is missing".into()))?;
-        let cni_version = field("cniVersion")
-            .ok_or_else(|| ExecError::Config("\"cniVersion\" is missing".into()))?;
+        let cni_version = field("cniVersion").ok_or_else(|| ExecError::Config("\"cniVersion\" is missing".into()))?;
         let plugins = match obj.get("plugins") {
             Some(Value::Array(list)) => list
                 .iter()
-                .map(|p| {
-                    p.as_object()
-                        .cloned()
-                        .ok_or_else(|| ExecError::Config("a plugin is not an object".into()))
-                })
+                .map(|p| p.as_object().cloned().ok_or_else(|| ExecError::Config("a plugin is not an object".into())))
                 .collect::<Result<Vec<_>, _>>()?,
             Some(_) => return Err(ExecError::Config("\"plugins\" is not a list".into())),
             None => vec![obj.clone()],
         };
-        Ok(Self {
-            cni_version,
-            name,
-            plugins,
-        })
+        Ok(Self { cni_version, name, plugins })
     }
 
     /// The config plugin `i` receives: the list's name and version, the runtime config
@@ -209,29 +160,15 @@ impl ConfList {
     }
 
     fn binary(&self, i: usize, dirs: &[PathBuf]) -> Result<PathBuf, ExecError> {
-        let t = self.plugins[i]
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let t = self.plugins[i].get("type").and_then(Value::as_str).unwrap_or_default();
         find_plugin(t, dirs)
     }
 
     /// ADD through the chain; returns the last plugin's result.
-    pub fn add(
-        &self,
-        att: &Attachment,
-        dirs: &[PathBuf],
-        rc: &Map<String, Value>,
-    ) -> Result<Value, ExecError> {
+    pub fn add(&self, att: &Attachment, dirs: &[PathBuf], rc: &Map<String, Value>) -> Result<Value, ExecError> {
         let mut prev = Value::Null;
         for i in 0..self.plugins.len() {
-            prev = exec(
-                &self.binary(i, dirs)?,
-                "ADD",
-                Some(att),
-                dirs,
-                &self.plugin_config(i, rc, &prev),
-            )?;
+            prev = exec(&self.binary(i, dirs)?, "ADD", Some(att), dirs, &self.plugin_config(i, rc, &prev))?;
         }
         Ok(prev)
     }
@@ -268,13 +205,7 @@ impl ConfList {
         result: &Value,
     ) -> Result<(), ExecError> {
         for i in order {
-            exec(
-                &self.binary(i, dirs)?,
-                verb,
-                Some(att),
-                dirs,
-                &self.plugin_config(i, rc, result),
-            )?;
+            exec(&self.binary(i, dirs)?, verb, Some(att), dirs, &self.plugin_config(i, rc, result))?;
         }
         Ok(())
     }

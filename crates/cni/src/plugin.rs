@@ -2,54 +2,55 @@
 //! and stdin, run the verb, print the result or the error object.
 
 use crate::{add, check, del, gc, status};
-use flatnet_model::cni::{CniError, CniVersion, Command, ErrorCode, Invocation, NetConf};
+use flatnet_model::cni::{CniError, CniVersion, Command, ErrorCode, Invocation, NetConf, TeardownConf};
 use std::io::{Read, Write};
 
 /// Runs one verb. Ok(Some(json)) is printed on stdout; Ok(None) prints nothing.
 pub fn run(inv: &Invocation, stdin: &[u8]) -> Result<Option<String>, CniError> {
-    if inv.command == Command::Version {
-        let asked = NetConf::sniff_version(stdin).filter(|v| CniVersion::parse(v).is_ok());
-        let out = serde_json::json!({
-            "cniVersion": asked.as_deref().unwrap_or(CniVersion::LATEST.as_str()),
-            "supportedVersions": CniVersion::supported_list(),
-        });
-        return Ok(Some(out.to_string()));
-    }
-    let conf = NetConf::parse(stdin)?;
-    let needs = |ok: bool, what: &str, since: &str| {
-        if ok {
+    let needs = |version: Option<CniVersion>, given: &str, what: &str, since: CniVersion| {
+        if version.is_some_and(|v| v >= since) {
             Ok(())
         } else {
             Err(CniError::new(
                 ErrorCode::IncompatibleVersion,
-                format!("{what} is not part of CNI {}", conf.cni_version_str),
+                format!("{what} is not part of CNI {given}"),
                 format!("{what} needs cniVersion {since} or later"),
             ))
         }
     };
     match inv.command {
-        Command::Add => {
-            let result = add::add(&conf, inv)?;
-            Ok(Some(
-                result
-                    .to_json(conf.cni_version, &conf.cni_version_str)
-                    .to_string(),
-            ))
+        Command::Version => {
+            let asked = NetConf::sniff_version(stdin);
+            let out = serde_json::json!({
+                "cniVersion": asked.as_deref().unwrap_or(CniVersion::LATEST.as_str()),
+                "supportedVersions": CniVersion::supported_list(),
+            });
+            Ok(Some(out.to_string()))
         }
-        Command::Del => del::del(&conf, inv).map(|()| None),
+        Command::Add => {
+            let conf = NetConf::parse(stdin)?;
+            let result = add::add(&conf, inv)?;
+            Ok(Some(result.to_json(conf.cni_version, &conf.cni_version_str).to_string()))
+        }
+        // DEL reads only what it needs and forgives the rest: a pod must never be left
+        // Terminating because its config was edited since ADD.
+        Command::Del => del::del(&TeardownConf::parse(stdin)?, inv).map(|()| None),
         Command::Check => {
-            needs(conf.cni_version.has_check(), "CHECK", "0.4.0")?;
+            let conf = NetConf::parse(stdin)?;
+            needs(Some(conf.cni_version), &conf.cni_version_str, "CHECK", CniVersion::V0_4_0)?;
             check::check(&conf, inv).map(|()| None)
         }
         Command::Gc => {
-            needs(conf.cni_version.has_gc_and_status(), "GC", "1.1.0")?;
+            let conf = TeardownConf::parse(stdin)?;
+            let given = NetConf::sniff_version(stdin).unwrap_or_default();
+            needs(conf.cni_version, &given, "GC", CniVersion::V1_1_0)?;
             gc::gc(&conf).map(|_| None)
         }
         Command::Status => {
-            needs(conf.cni_version.has_gc_and_status(), "STATUS", "1.1.0")?;
+            let conf = NetConf::parse(stdin)?;
+            needs(Some(conf.cni_version), &conf.cni_version_str, "STATUS", CniVersion::V1_1_0)?;
             status::status(&conf).map(|()| None)
         }
-        Command::Version => unreachable!("handled above"),
     }
 }
 
@@ -57,16 +58,9 @@ pub fn run(inv: &Invocation, stdin: &[u8]) -> Result<Option<String>, CniError> {
 pub fn main_from_env() -> i32 {
     let mut stdin = Vec::new();
     let read = std::io::stdin().read_to_end(&mut stdin);
-    let version =
-        NetConf::sniff_version(&stdin).unwrap_or_else(|| CniVersion::LATEST.as_str().to_string());
+    let version = NetConf::sniff_version(&stdin).unwrap_or_else(|| CniVersion::LATEST.as_str().to_string());
     let outcome = read
-        .map_err(|e| {
-            CniError::new(
-                ErrorCode::Io,
-                "could not read the network configuration from stdin",
-                e.to_string(),
-            )
-        })
+        .map_err(|e| CniError::new(ErrorCode::Io, "could not read the network configuration from stdin", e.to_string()))
         .and_then(|_| Invocation::from_env(|k| std::env::var(k).ok()))
         .and_then(|inv| run(&inv, &stdin));
     let mut out = std::io::stdout().lock();

@@ -8,7 +8,11 @@
 //! - `attachments/<containerID>:<ifname>`: an index from attachment to address, written
 //!   before the reservation and trusted only when the reservation points back;
 //! - `last_reserved_ip`: where the next search starts, so a released address is the last
-//!   to be reused.
+//!   to be reused;
+//! - `boot_id`: the kernel boot the reservations belong to. No pod network survives a
+//!   reboot, and a runtime that lost its sandboxes never sends DEL for them, so the first
+//!   lock after a reboot forgets every reservation. This is also why no write is fsynced:
+//!   a power loss is a reboot, and the state it could tear is discarded with it.
 //!
 //! Every file is written to a temporary name and renamed into place, so a crash leaves
 //! either the old or the new content, never a torn file.
@@ -28,24 +32,21 @@ pub enum StoreError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// One reservation as stored.
+/// One reservation as stored; `owner` is (containerID, ifname), None when unreadable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
     pub ip: Ipv4Addr,
-    pub container_id: String,
-    pub ifname: String,
+    pub owner: Option<(String, String)>,
 }
 
 pub struct Store {
     dir: PathBuf,
+    boot_id: String,
 }
 
 /// The store with its lock held; dropping it releases the lock.
@@ -56,9 +57,13 @@ pub struct Locked<'a> {
 
 impl Store {
     pub fn new(data_dir: &Path, network: &str) -> Self {
-        Self {
-            dir: data_dir.join(network),
-        }
+        let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        Self::for_boot(data_dir, network, boot_id.trim())
+    }
+
+    /// A store that believes the machine's boot is `boot_id` (tests simulate reboots).
+    pub fn for_boot(data_dir: &Path, network: &str, boot_id: &str) -> Self {
+        Self { dir: data_dir.join(network), boot_id: boot_id.to_string() }
     }
 
     pub fn dir(&self) -> &Path {
@@ -72,17 +77,11 @@ impl Store {
             fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
         let path = self.dir.join("lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
         file.lock().map_err(io_err(&path))?;
-        Ok(Locked {
-            store: self,
-            _lock: file,
-        })
+        let locked = Locked { store: self, _lock: file };
+        locked.forget_previous_boot()?;
+        Ok(locked)
     }
 
     /// Takes the lock only if the store exists: DEL of something never added must not
@@ -133,15 +132,29 @@ fn remove_optional(path: &Path) -> Result<()> {
 }
 
 impl Locked<'_> {
+    fn forget_previous_boot(&self) -> Result<()> {
+        let path = self.store.dir.join("boot_id");
+        let recorded = read_optional(&path)?;
+        if recorded.as_deref().map(str::trim) == Some(self.store.boot_id.as_str()) {
+            return Ok(());
+        }
+        if recorded.is_some() {
+            for sub in ["ips", "attachments"] {
+                let dir = self.store.dir.join(sub);
+                for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+                    remove_optional(&entry.map_err(io_err(&dir))?.path())?;
+                }
+            }
+        }
+        write_atomic(&path, &format!("{}\n", self.store.boot_id))
+    }
+
     fn ip_path(&self, ip: Ipv4Addr) -> PathBuf {
         self.store.dir.join("ips").join(ip.to_string())
     }
 
     fn attachment_path(&self, container_id: &str, ifname: &str) -> PathBuf {
-        self.store
-            .dir
-            .join("attachments")
-            .join(key(container_id, ifname))
+        self.store.dir.join("attachments").join(key(container_id, ifname))
     }
 
     /// The address reserved for this attachment, if any.
@@ -158,12 +171,7 @@ impl Locked<'_> {
 
     /// Reserves an address for the attachment. A repeated call for the same attachment
     /// returns the same address; `.1` says whether this call made the reservation.
-    pub fn allocate(
-        &self,
-        pool: &AddressPool,
-        container_id: &str,
-        ifname: &str,
-    ) -> Result<(Ipv4Addr, bool)> {
+    pub fn allocate(&self, pool: &AddressPool, container_id: &str, ifname: &str) -> Result<(Ipv4Addr, bool)> {
         if let Some(ip) = self.lookup(container_id, ifname)?
             && pool.is_assignable(ip)
         {
@@ -173,14 +181,8 @@ impl Locked<'_> {
         let last = read_optional(&last_path)?.and_then(|s| s.trim().parse().ok());
         let ip = pool
             .next_free(last, |ip| self.ip_path(ip).exists())
-            .ok_or_else(|| StoreError::Full {
-                subnet: pool.subnet.to_string(),
-                capacity: pool.capacity(),
-            })?;
-        write_atomic(
-            &self.attachment_path(container_id, ifname),
-            &format!("{ip}\n"),
-        )?;
+            .ok_or_else(|| StoreError::Full { subnet: pool.subnet.to_string(), capacity: pool.capacity() })?;
+        write_atomic(&self.attachment_path(container_id, ifname), &format!("{ip}\n"))?;
         write_atomic(&self.ip_path(ip), &owner_text(container_id, ifname))?; // the commit point
         write_atomic(&last_path, &format!("{ip}\n"))?;
         Ok((ip, true))
@@ -196,30 +198,28 @@ impl Locked<'_> {
         Ok(ip)
     }
 
+    /// Releases an address whatever owns it (GC, for reservations whose owner is not
+    /// valid or cannot be read).
+    pub fn release_ip(&self, ip: Ipv4Addr) -> Result<()> {
+        remove_optional(&self.ip_path(ip))
+    }
+
     /// Every reservation, in address order.
     pub fn list(&self) -> Result<Vec<Reservation>> {
         let dir = self.store.dir.join("ips");
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
             let entry = entry.map_err(io_err(&dir))?;
-            let Some(ip) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<Ipv4Addr>().ok())
-            else {
+            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else {
                 continue;
             };
-            let Some(text) = read_optional(&entry.path())? else {
-                continue;
-            };
+            let text = read_optional(&entry.path())?.unwrap_or_default();
             let mut lines = text.lines();
-            if let (Some(cid), Some(ifname)) = (lines.next(), lines.next()) {
-                out.push(Reservation {
-                    ip,
-                    container_id: cid.to_string(),
-                    ifname: ifname.to_string(),
-                });
-            }
+            let owner = match (lines.next(), lines.next()) {
+                (Some(cid), Some(ifname)) => Some((cid.to_string(), ifname.to_string())),
+                _ => None,
+            };
+            out.push(Reservation { ip, owner });
         }
         out.sort_by_key(|r| r.ip);
         Ok(out)
@@ -326,16 +326,33 @@ mod tests {
         write_atomic(&l.attachment_path("c1", "eth0"), "10.244.1.2\n").unwrap();
         assert_eq!(l.lookup("c1", "eth0").unwrap(), None);
         let p = pool("10.244.1.0/24");
-        assert_eq!(
-            l.allocate(&p, "c2", "eth0").unwrap().0,
-            Ipv4Addr::new(10, 244, 1, 2)
-        );
-        assert_eq!(
-            l.lookup("c1", "eth0").unwrap(),
-            None,
-            "stale index must not claim c2's address"
-        );
+        assert_eq!(l.allocate(&p, "c2", "eth0").unwrap().0, Ipv4Addr::new(10, 244, 1, 2));
+        assert_eq!(l.lookup("c1", "eth0").unwrap(), None, "stale index must not claim c2's address");
         assert_eq!(l.sweep().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_reboot_forgets_every_reservation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool("10.244.1.0/24");
+        let before = Store::for_boot(dir.path(), "net", "boot-1");
+        before.lock().unwrap().allocate(&p, "c1", "eth0").unwrap();
+        assert_eq!(before.lock().unwrap().list().unwrap().len(), 1, "same boot: kept");
+        let after = Store::for_boot(dir.path(), "net", "boot-2");
+        let l = after.lock().unwrap();
+        assert!(l.list().unwrap().is_empty());
+        assert_eq!(l.lookup("c1", "eth0").unwrap(), None);
+    }
+
+    #[test]
+    fn unreadable_reservations_are_listed_without_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path(), "net");
+        let l = store.lock().unwrap();
+        std::fs::write(l.ip_path(Ipv4Addr::new(10, 244, 1, 9)), "").unwrap();
+        assert_eq!(l.list().unwrap(), vec![Reservation { ip: Ipv4Addr::new(10, 244, 1, 9), owner: None }]);
+        l.release_ip(Ipv4Addr::new(10, 244, 1, 9)).unwrap();
+        assert!(l.list().unwrap().is_empty());
     }
 
     #[test]

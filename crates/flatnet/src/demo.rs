@@ -22,19 +22,12 @@ struct Pod {
 
 impl Pod {
     fn ip(&self) -> IpAddr {
-        let cidr = self.result["ips"][0]["address"]
-            .as_str()
-            .unwrap_or_default();
-        cidr.split('/')
-            .next()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+        let cidr = self.result["ips"][0]["address"].as_str().unwrap_or_default();
+        cidr.split('/').next().and_then(|s| s.parse().ok()).unwrap_or(IpAddr::from([0, 0, 0, 0]))
     }
 
     fn host_veth(&self) -> &str {
-        self.result["interfaces"][1]["name"]
-            .as_str()
-            .unwrap_or_default()
+        self.result["interfaces"][1]["name"].as_str().unwrap_or_default()
     }
 }
 
@@ -50,12 +43,8 @@ fn demo(sb: &Sandbox, plugin: &Path) -> anyhow::Result<()> {
     let dirs = vec![plugin.parent().context("binary directory")?.to_path_buf()];
     let config = json!({"cniVersion": "1.1.0", "name": "demo", "type": "flatnet", "subnet": SUBNET,
                         "dataDir": sb.dir().join("ipam")});
-    println!(
-        "flatnet demo: one node, two pods, wired by the flatnet CNI plugin as a runtime runs it"
-    );
-    println!(
-        "(the node is a private network namespace: this machine's own network is not touched)\n"
-    );
+    println!("flatnet demo: one node, two pods, wired by the flatnet CNI plugin as a runtime runs it");
+    println!("(the node is a private network namespace: this machine's own network is not touched)\n");
 
     let mut pods = Vec::new();
     for name in ["web", "client"] {
@@ -69,12 +58,7 @@ fn demo(sb: &Sandbox, plugin: &Path) -> anyhow::Result<()> {
         let start = Instant::now();
         let result = exec::exec(plugin, "ADD", Some(&att), &dirs, &config)?;
         let took = start.elapsed();
-        let pod = Pod {
-            name,
-            netns,
-            att,
-            result,
-        };
+        let pod = Pod { name, netns, att, result };
         println!(
             "ADD {:<7} -> eth0 {} , host end {} on cni0   ({:.1} ms)",
             pod.name,
@@ -100,20 +84,11 @@ fn demo(sb: &Sandbox, plugin: &Path) -> anyhow::Result<()> {
             println!("  FAIL  {what:<44} {detail}")
         }
     };
-    let seen = probe::tcp(
-        &client.netns,
-        &web.netns,
-        web.ip(),
-        8080,
-        Duration::from_secs(3),
-    );
+    let seen = probe::tcp(&client.netns, &web.netns, web.ip(), 8080, Duration::from_secs(3));
     row(
         "client -> web:8080 over the bridge (TCP)",
         match seen {
-            Ok(src) if src.ip() == client.ip() => Ok(format!(
-                "web saw {} (the client's pod IP: no NAT)",
-                src.ip()
-            )),
+            Ok(src) if src.ip() == client.ip() => Ok(format!("web saw {} (the client's pod IP: no NAT)", src.ip())),
             Ok(src) => Err(format!("web saw {}, expected {}", src.ip(), client.ip())),
             Err(e) => Err(e.to_string()),
         },
@@ -122,12 +97,7 @@ fn demo(sb: &Sandbox, plugin: &Path) -> anyhow::Result<()> {
         let mut c = config.clone();
         c["prevResult"] = pod.result.clone();
         let check = exec::exec(plugin, "CHECK", Some(&pod.att), &dirs, &c);
-        row(
-            &format!("CHECK {}", pod.name),
-            check
-                .map(|_| "matches the kernel".into())
-                .map_err(|e| e.to_string()),
-        );
+        row(&format!("CHECK {}", pod.name), check.map(|_| "matches the kernel".into()).map_err(|e| e.to_string()));
     }
 
     for pod in &pods {
@@ -138,11 +108,7 @@ fn demo(sb: &Sandbox, plugin: &Path) -> anyhow::Result<()> {
         let mut nl = Netlink::open()?;
         let left = link::list(&mut nl)?
             .into_iter()
-            .filter(|l| {
-                l.alias
-                    .as_deref()
-                    .is_some_and(|a| a.starts_with("flatnet:"))
-            })
+            .filter(|l| l.alias.as_deref().is_some_and(|a| a.starts_with("flatnet:")))
             .count();
         if left == 0 || start.elapsed() > Duration::from_secs(5) {
             break left == 0;
@@ -152,10 +118,7 @@ fn demo(sb: &Sandbox, plugin: &Path) -> anyhow::Result<()> {
     row(
         "DEL both: addresses released, veths torn down",
         if gone {
-            Ok(format!(
-                "gone {:.0} ms after DEL returned",
-                start.elapsed().as_secs_f64() * 1e3
-            ))
+            Ok(format!("gone {:.0} ms after DEL returned", start.elapsed().as_secs_f64() * 1e3))
         } else {
             Err("veths remain".into())
         },
@@ -164,9 +127,7 @@ fn demo(sb: &Sandbox, plugin: &Path) -> anyhow::Result<()> {
     if failures > 0 {
         bail!("{failures} check(s) failed");
     }
-    println!(
-        "All checks passed. Next: `flatnet bench cni` compares this plugin with the reference bridge plugin."
-    );
+    println!("All checks passed. Next: `flatnet bench cni` compares this plugin with the reference bridge plugin.");
     Ok(())
 }
 
@@ -182,19 +143,14 @@ fn show_pod_side(pod: &Pod) -> anyhow::Result<()> {
         let routes = route::list_v4(&mut nl)?;
         Ok((eth, addrs, routes))
     })??;
-    let default = routes
-        .iter()
-        .find(|r| r.dst.prefix_len() == 0)
-        .and_then(|r| r.gateway);
+    let default = routes.iter().find(|r| r.dst.prefix_len() == 0).and_then(|r| r.gateway);
     println!(
         "  [{}] eth0 {} mac {} mtu {}, default via {}",
         pod.name,
         addrs.join(","),
         flatnet_model::names::format_mac(&eth.mac),
         eth.mtu,
-        default
-            .map(|g| g.to_string())
-            .unwrap_or_else(|| "none".into())
+        default.map(|g| g.to_string()).unwrap_or_else(|| "none".into())
     );
     Ok(())
 }
@@ -202,10 +158,7 @@ fn show_pod_side(pod: &Pod) -> anyhow::Result<()> {
 fn show_node_side(from: &Pod, to: &Pod) -> anyhow::Result<()> {
     let mut nl = Netlink::open()?;
     let br = link::get(&mut nl, "cni0")?.context("cni0 missing")?;
-    let gw: Vec<String> = addr::list(&mut nl, Some(br.index))?
-        .iter()
-        .map(|a| a.1.to_string())
-        .collect();
+    let gw: Vec<String> = addr::list(&mut nl, Some(br.index))?.iter().map(|a| a.1.to_string()).collect();
     for (pod, dir) in [(from, "in from"), (to, "out to")] {
         let v = link::get(&mut nl, pod.host_veth())?.context("host veth missing")?;
         println!(
@@ -216,10 +169,7 @@ fn show_node_side(from: &Pod, to: &Pod) -> anyhow::Result<()> {
             if v.hairpin == Some(true) { "on" } else { "off" }
         );
         if dir == "in from" {
-            println!(
-                "  [node] cni0 bridge {} forwards by MAC between its ports",
-                gw.join(",")
-            );
+            println!("  [node] cni0 bridge {} forwards by MAC between its ports", gw.join(","));
         }
     }
     Ok(())

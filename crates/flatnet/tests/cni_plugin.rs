@@ -12,8 +12,7 @@ use std::time::Duration;
 #[test]
 fn add_wires_the_pod_and_returns_the_full_result() {
     sandboxed("add_wires_the_pod_and_returns_the_full_result", |sb| {
-        let net = Net::new(sb, "1.1.0", "10.244.1.0/24")
-            .with("dns", json!({"nameservers": ["10.96.0.10"]}));
+        let net = Net::new(sb, "1.1.0", "10.244.1.0/24").with("dns", json!({"nameservers": ["10.96.0.10"]}));
         let ns = sb.create_netns("pod-a").unwrap();
         let r = net.add(&attachment("ctr-a", &ns)).unwrap();
 
@@ -35,27 +34,20 @@ fn add_wires_the_pod_and_returns_the_full_result() {
         let br = link::get(&mut nl, "cni0").unwrap().expect("cni0 exists");
         assert!(br.up);
         assert_eq!(br.kind.as_deref(), Some("bridge"));
-        let br_addrs: Vec<String> = addr::list(&mut nl, Some(br.index))
-            .unwrap()
-            .iter()
-            .map(|a| a.1.to_string())
-            .collect();
+        let br_addrs: Vec<String> =
+            addr::list(&mut nl, Some(br.index)).unwrap().iter().map(|a| a.1.to_string()).collect();
         assert_eq!(br_addrs, vec!["10.244.1.1/24"]);
-        let veth = link::get(&mut nl, &host_veth_name("ctr-a", "eth0"))
-            .unwrap()
-            .expect("host veth");
+        let veth = link::get(&mut nl, &host_veth_name("ctr-a", "eth0")).unwrap().expect("host veth");
         assert_eq!(veth.master, Some(br.index));
         assert!(veth.up);
-        assert_eq!(veth.alias.as_deref(), Some("flatnet:ctr-a/eth0"));
+        assert_eq!(veth.alias.as_deref(), Some("flatnet:testnet/ctr-a/eth0"));
         assert_eq!(veth.hairpin, Some(true), "hairpin mode is on");
         assert_eq!(sysctl::read("net.ipv4.ip_forward").unwrap(), "1");
 
         // Pod side: eth0 up with its address and MTU, lo up, default route via the gateway.
         in_netns(&ns, || {
             let mut nl = Netlink::open().unwrap();
-            let eth = link::get(&mut nl, "eth0")
-                .unwrap()
-                .expect("eth0 in the pod");
+            let eth = link::get(&mut nl, "eth0").unwrap().expect("eth0 in the pod");
             assert!(eth.up);
             assert_eq!(eth.mtu, 1500, "no default route here: falls back to 1500");
             assert!(link::get(&mut nl, "lo").unwrap().unwrap().up);
@@ -66,11 +58,8 @@ fn add_wires_the_pod_and_returns_the_full_result() {
                 .map(|a| a.1.to_string())
                 .collect();
             assert_eq!(a, vec!["10.244.1.2/24"]);
-            let default = route::list_v4(&mut nl)
-                .unwrap()
-                .into_iter()
-                .find(|r| r.dst.prefix_len() == 0)
-                .expect("default route");
+            let default =
+                route::list_v4(&mut nl).unwrap().into_iter().find(|r| r.dst.prefix_len() == 0).expect("default route");
             assert_eq!(default.gateway, Some("10.244.1.1".parse().unwrap()));
             assert_eq!(default.oif, Some(eth.index));
         });
@@ -80,32 +69,26 @@ fn add_wires_the_pod_and_returns_the_full_result() {
 
 #[test]
 fn pods_on_the_bridge_reach_each_other_and_see_real_source_ips() {
-    sandboxed(
-        "pods_on_the_bridge_reach_each_other_and_see_real_source_ips",
-        |sb| {
-            let net = Net::new(sb, "1.0.0", "10.244.1.0/24");
-            let a = sb.create_netns("a").unwrap();
-            let b = sb.create_netns("b").unwrap();
-            net.add(&attachment("a", &a)).unwrap();
-            net.add(&attachment("b", &b)).unwrap();
-            let a_ip = pod_ip(&a, "eth0").unwrap().addr();
-            let b_ip = pod_ip(&b, "eth0").unwrap().addr();
-            let seen = tcp_probe(&a, &b, b_ip, 8080).expect("a reaches b");
-            assert_eq!(seen.ip(), a_ip, "b sees a's pod IP, no NAT");
-            // Pod to its gateway (the node), and hairpin back to itself.
-            let seen = tcp_probe(&b, &a, a_ip, 8081).expect("b reaches a");
-            assert_eq!(seen.ip(), b_ip);
-        },
-    );
+    sandboxed("pods_on_the_bridge_reach_each_other_and_see_real_source_ips", |sb| {
+        let net = Net::new(sb, "1.0.0", "10.244.1.0/24");
+        let a = sb.create_netns("a").unwrap();
+        let b = sb.create_netns("b").unwrap();
+        net.add(&attachment("a", &a)).unwrap();
+        net.add(&attachment("b", &b)).unwrap();
+        let a_ip = pod_ip(&a, "eth0").unwrap().addr();
+        let b_ip = pod_ip(&b, "eth0").unwrap().addr();
+        let seen = tcp_probe(&a, &b, b_ip, 8080).expect("a reaches b");
+        assert_eq!(seen.ip(), a_ip, "b sees a's pod IP, no NAT");
+        // Pod to its gateway (the node), and hairpin back to itself.
+        let seen = tcp_probe(&b, &a, a_ip, 8081).expect("b reaches a");
+        assert_eq!(seen.ip(), b_ip);
+    });
 }
 
 #[test]
 fn every_cni_version_gets_its_own_result_shape() {
     sandboxed("every_cni_version_gets_its_own_result_shape", |sb| {
-        for (i, v) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
-            .iter()
-            .enumerate()
-        {
+        for (i, v) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
             let net = Net::new(sb, v, "10.244.1.0/24").with("mtu", json!(1400));
             let ns = sb.create_netns(&format!("v{i}")).unwrap();
             let r = net.add(&attachment(&format!("c{i}"), &ns)).unwrap();
@@ -116,65 +99,69 @@ fn every_cni_version_gets_its_own_result_shape() {
             assert_eq!(has_mtu, *v == "1.1.0", "{v}: interfaces[].mtu");
         }
         let net = Net::new(sb, "1.1.0", "10.244.1.0/24");
-        let v = net
-            .call("VERSION", None, &json!({"cniVersion": "1.1.0"}))
-            .unwrap();
-        assert_eq!(
-            v["supportedVersions"],
-            json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
-        );
+        let v = net.call("VERSION", None, &json!({"cniVersion": "1.1.0"})).unwrap();
+        assert_eq!(v["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
     });
 }
 
 #[test]
 fn repeated_add_keeps_the_address_and_del_is_idempotent() {
-    sandboxed(
-        "repeated_add_keeps_the_address_and_del_is_idempotent",
-        |sb| {
-            let net = Net::new(sb, "1.1.0", "10.244.1.0/24");
-            let ns = sb.create_netns("p").unwrap();
-            let att = attachment("c1", &ns);
-            let first = net.add(&att).unwrap();
-            let again = net.add(&att).unwrap();
-            assert_eq!(first["ips"], again["ips"]);
-            assert_eq!(pod_ip(&ns, "eth0").unwrap().to_string(), "10.244.1.2/24");
-            assert_eq!(net.reserved().len(), 1);
+    sandboxed("repeated_add_keeps_the_address_and_del_is_idempotent", |sb| {
+        let net = Net::new(sb, "1.1.0", "10.244.1.0/24");
+        let ns = sb.create_netns("p").unwrap();
+        let att = attachment("c1", &ns);
+        net.add(&att).unwrap();
+        // The spec has ADD fail when the interface exists; the live pod is untouched.
+        let e = net.add(&att).unwrap_err();
+        assert!(e.to_string().contains("c1/eth0 is already added"), "{e}");
+        assert_eq!(pod_ip(&ns, "eth0").unwrap().to_string(), "10.244.1.2/24");
+        assert_eq!(net.reserved(), vec!["10.244.1.2"]);
+        assert_eq!(pod_veths().len(), 1);
 
-            net.del(&att).unwrap();
-            assert!(
-                net.reserved().is_empty(),
-                "the address is released when DEL returns"
-            );
-            assert!(
-                pod_ip(&ns, "eth0").is_none(),
-                "the pod no longer holds the address"
-            );
-            wait_no_pod_veths();
-            net.del(&att).unwrap(); // already gone
-            net.del(&attachment("never-added", &ns)).unwrap();
-            // The netns is gone too.
-            let ns2 = sb.create_netns("p2").unwrap();
-            let att2 = attachment("c2", &ns2);
-            net.add(&att2).unwrap();
-            sb.remove_netns(&ns2).unwrap();
-            net.del(&att2).unwrap();
-            // And without CNI_NETNS at all (allowed for DEL): deleted inline.
-            let ns3 = sb.create_netns("p3").unwrap();
-            net.add(&attachment("c3", &ns3)).unwrap();
-            net.del(&flatnet_cni::exec::Attachment {
-                netns: String::new(),
-                ..attachment("c3", &ns3)
-            })
-            .unwrap();
-            assert!(
-                link::get(&mut Netlink::open().unwrap(), &host_veth_name("c3", "eth0"))
-                    .unwrap()
-                    .is_none()
-            );
-            assert!(net.reserved().is_empty());
-            wait_no_pod_veths();
-        },
-    );
+        // An ADD killed after it reserved an address: the retry gets the same address.
+        let pool = flatnet_model::ipam::AddressPool::new("10.244.1.0/24".parse().unwrap()).unwrap();
+        let store = flatnet_cni::store::Store::new(&net.data_dir, "testnet");
+        let (kept, _) = store.lock().unwrap().allocate(&pool, "c9", "eth0").unwrap();
+        let ns9 = sb.create_netns("p9").unwrap();
+        let r = net.add(&attachment("c9", &ns9)).unwrap();
+        assert_eq!(r["ips"][0]["address"], format!("{kept}/24"));
+        net.del(&attachment("c9", &ns9)).unwrap();
+
+        net.del(&att).unwrap();
+        assert!(net.reserved().is_empty(), "the address is released when DEL returns");
+        assert!(pod_ip(&ns, "eth0").is_none(), "the pod no longer holds the address");
+        wait_no_pod_veths();
+        net.del(&att).unwrap(); // already gone
+        // DEL, then ADD again at once, before the reaper ran: the pending pair is replaced.
+        net.add(&att).unwrap();
+        net.del(&att).unwrap();
+        net.add(&att).expect("ADD right after DEL");
+        assert!(pod_ip(&ns, "eth0").is_some());
+        net.del(&att).unwrap();
+        // DEL with a config edited since ADD, a garbled prevResult and bad CNI_ARGS.
+        net.add(&att).unwrap();
+        let mut edited = net.config.clone();
+        edited["mtu"] = json!(5);
+        edited["ipam"] = json!({"type": "host-local"});
+        edited["prevResult"] = json!({"ips": "garbage"});
+        let odd = flatnet_cni::exec::Attachment { args: vec![("novalue".into(), String::new())], ..att.clone() };
+        net.call("DEL", Some(&odd), &edited).expect("DEL forgives what it does not need");
+        assert!(net.reserved().is_empty());
+        net.del(&attachment("never-added", &ns)).unwrap();
+        // The netns is gone too.
+        let ns2 = sb.create_netns("p2").unwrap();
+        let att2 = attachment("c2", &ns2);
+        net.add(&att2).unwrap();
+        sb.remove_netns(&ns2).unwrap();
+        net.del(&att2).unwrap();
+        // And without CNI_NETNS at all (allowed for DEL): deleted inline.
+        let ns3 = sb.create_netns("p3").unwrap();
+        net.add(&attachment("c3", &ns3)).unwrap();
+        net.del(&flatnet_cni::exec::Attachment { netns: String::new(), ..attachment("c3", &ns3) }).unwrap();
+        assert!(link::get(&mut Netlink::open().unwrap(), &host_veth_name("c3", "eth0")).unwrap().is_none());
+        assert!(net.reserved().is_empty());
+        wait_no_pod_veths();
+    });
 }
 
 #[test]
@@ -192,95 +179,52 @@ fn released_address_is_not_reused_immediately() {
 
 #[test]
 fn mtu_comes_from_config_then_subnet_file_then_default_route() {
-    sandboxed(
-        "mtu_comes_from_config_then_subnet_file_then_default_route",
-        |sb| {
-            // A default route over a device with MTU 1420 in the sandbox ("the host").
-            std::process::Command::new("ip")
-                .args([
-                    "link",
-                    "add",
-                    "uplink",
-                    "mtu",
-                    "1420",
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "uplink-peer",
-                ])
-                .status()
-                .unwrap();
-            std::process::Command::new("ip")
-                .args(["link", "set", "uplink-peer", "up"])
-                .status()
-                .unwrap();
-            std::process::Command::new("ip")
-                .args(["link", "set", "uplink", "up"])
-                .status()
-                .unwrap();
-            std::process::Command::new("ip")
-                .args(["addr", "add", "192.0.2.10/24", "dev", "uplink"])
-                .status()
-                .unwrap();
-            std::process::Command::new("ip")
-                .args(["route", "add", "default", "via", "192.0.2.1"])
-                .status()
-                .unwrap();
-            let mtu_of = |ns: &std::path::Path| {
-                in_netns(ns, || {
-                    link::get(&mut Netlink::open().unwrap(), "eth0")
-                        .unwrap()
-                        .unwrap()
-                        .mtu
-                })
-            };
+    sandboxed("mtu_comes_from_config_then_subnet_file_then_default_route", |sb| {
+        // A default route over a device with MTU 1420 in the sandbox ("the host").
+        std::process::Command::new("ip")
+            .args(["link", "add", "uplink", "mtu", "1420", "type", "veth", "peer", "name", "uplink-peer"])
+            .status()
+            .unwrap();
+        std::process::Command::new("ip").args(["link", "set", "uplink-peer", "up"]).status().unwrap();
+        std::process::Command::new("ip").args(["link", "set", "uplink", "up"]).status().unwrap();
+        std::process::Command::new("ip").args(["addr", "add", "192.0.2.10/24", "dev", "uplink"]).status().unwrap();
+        std::process::Command::new("ip").args(["route", "add", "default", "via", "192.0.2.1"]).status().unwrap();
+        let mtu_of = |ns: &std::path::Path| {
+            in_netns(ns, || link::get(&mut Netlink::open().unwrap(), "eth0").unwrap().unwrap().mtu)
+        };
 
-            let base = Net::new(sb, "1.1.0", "10.244.1.0/24");
-            let p = sb.create_netns("route").unwrap();
-            base.add(&attachment("route", &p)).unwrap();
-            assert_eq!(mtu_of(&p), 1420, "host default-route MTU");
+        let base = Net::new(sb, "1.1.0", "10.244.1.0/24");
+        let p = sb.create_netns("route").unwrap();
+        base.add(&attachment("route", &p)).unwrap();
+        assert_eq!(mtu_of(&p), 1420, "host default-route MTU");
 
-            let file = sb.dir().join("subnet.env");
-            std::fs::write(&file, "FLATNET_SUBNET=10.244.7.0/24\nFLATNET_MTU=1370\n").unwrap();
-            let mut from_file = Net::new(sb, "1.1.0", "x");
-            from_file.config.as_object_mut().unwrap().remove("subnet");
-            from_file.config["subnetFile"] = json!(file);
-            from_file.config["bridge"] = json!("cni7");
-            let p = sb.create_netns("file").unwrap();
-            let r = from_file.add(&attachment("file", &p)).unwrap();
-            assert_eq!(
-                r["ips"][0]["address"], "10.244.7.2/24",
-                "subnet from the node subnet file"
-            );
-            assert_eq!(mtu_of(&p), 1370, "MTU from the node subnet file");
+        let file = sb.dir().join("subnet.env");
+        std::fs::write(&file, "FLATNET_SUBNET=10.244.7.0/24\nFLATNET_MTU=1370\n").unwrap();
+        let mut from_file = Net::new(sb, "1.1.0", "x");
+        from_file.config.as_object_mut().unwrap().remove("subnet");
+        from_file.config["subnetFile"] = json!(file);
+        from_file.config["bridge"] = json!("cni7");
+        let p = sb.create_netns("file").unwrap();
+        let r = from_file.add(&attachment("file", &p)).unwrap();
+        assert_eq!(r["ips"][0]["address"], "10.244.7.2/24", "subnet from the node subnet file");
+        assert_eq!(mtu_of(&p), 1370, "MTU from the node subnet file");
 
-            let conf = Net::new(sb, "1.1.0", "10.244.1.0/24").with("mtu", json!(1300));
-            let p = sb.create_netns("conf").unwrap();
-            conf.add(&attachment("conf", &p)).unwrap();
-            assert_eq!(mtu_of(&p), 1300, "MTU from the config wins");
-        },
-    );
+        let conf = Net::new(sb, "1.1.0", "10.244.1.0/24").with("mtu", json!(1300));
+        let p = sb.create_netns("conf").unwrap();
+        conf.add(&attachment("conf", &p)).unwrap();
+        assert_eq!(mtu_of(&p), 1300, "MTU from the config wins");
+    });
 }
 
 #[test]
 fn extra_routes_from_config_are_installed() {
     sandboxed("extra_routes_from_config_are_installed", |sb| {
-        let net =
-            Net::new(sb, "1.1.0", "10.244.1.0/24").with("routes", json!([{"dst": "10.96.0.0/12"}]));
+        let net = Net::new(sb, "1.1.0", "10.244.1.0/24").with("routes", json!([{"dst": "10.96.0.0/12"}]));
         let ns = sb.create_netns("p").unwrap();
         let r = net.add(&attachment("c", &ns)).unwrap();
-        assert_eq!(
-            r["routes"][1],
-            json!({"dst": "10.96.0.0/12", "gw": "10.244.1.1"})
-        );
-        let routes = in_netns(&ns, || {
-            route::list_v4(&mut Netlink::open().unwrap()).unwrap()
-        });
-        assert!(
-            routes.iter().any(|r| r.dst.to_string() == "10.96.0.0/12"),
-            "{routes:?}"
-        );
+        assert_eq!(r["routes"][1], json!({"dst": "10.96.0.0/12", "gw": "10.244.1.1"}));
+        let routes = in_netns(&ns, || route::list_v4(&mut Netlink::open().unwrap()).unwrap());
+        assert!(routes.iter().any(|r| r.dst.to_string() == "10.96.0.0/12"), "{routes:?}");
     });
 }
 
@@ -300,11 +244,7 @@ fn check_passes_then_names_what_drifted() {
             .status()
             .unwrap();
         let e = net.check(&att, &prev).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("route 0.0.0.0/0 via 10.244.1.1 is missing"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("route 0.0.0.0/0 via 10.244.1.1 is missing"), "{e}");
 
         // The address removed.
         std::process::Command::new("nsenter")
@@ -313,11 +253,7 @@ fn check_passes_then_names_what_drifted() {
             .status()
             .unwrap();
         let e = net.check(&att, &prev).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("does not have address 10.244.1.2/24"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("does not have address 10.244.1.2/24"), "{e}");
 
         // The host end gone.
         link::delete(&mut Netlink::open().unwrap(), &host_veth_name("c", "eth0")).unwrap();
@@ -334,93 +270,87 @@ fn check_passes_then_names_what_drifted() {
 
 #[test]
 fn gc_releases_what_is_not_valid_and_removes_leaked_veths() {
-    sandboxed(
-        "gc_releases_what_is_not_valid_and_removes_leaked_veths",
-        |sb| {
-            let net = Net::new(sb, "1.1.0", "10.244.1.0/24");
-            let nss: Vec<_> = (0..3)
-                .map(|i| sb.create_netns(&format!("p{i}")).unwrap())
-                .collect();
-            for (i, ns) in nss.iter().enumerate() {
-                net.add(&attachment(&format!("c{i}"), ns)).unwrap();
-            }
-            // c2's DEL was killed after it released the address but before the veth was
-            // torn down: a veth with no reservation.
-            let store = net.data_dir.join("testnet");
-            let c2_ip = std::fs::read_to_string(store.join("attachments").join("c2:eth0")).unwrap();
-            std::fs::remove_file(store.join("ips").join(c2_ip.trim())).unwrap();
-            assert_eq!(pod_veths().len(), 3);
-            assert_eq!(net.reserved().len(), 2);
+    sandboxed("gc_releases_what_is_not_valid_and_removes_leaked_veths", |sb| {
+        let net = Net::new(sb, "1.1.0", "10.244.1.0/24");
+        let nss: Vec<_> = (0..3).map(|i| sb.create_netns(&format!("p{i}")).unwrap()).collect();
+        for (i, ns) in nss.iter().enumerate() {
+            net.add(&attachment(&format!("c{i}"), ns)).unwrap();
+        }
+        // c2's DEL was killed after it released the address but before the veth was
+        // torn down: a veth with no reservation.
+        let store = net.data_dir.join("testnet");
+        let c2_ip = std::fs::read_to_string(store.join("attachments").join("c2:eth0")).unwrap();
+        std::fs::remove_file(store.join("ips").join(c2_ip.trim())).unwrap();
+        assert_eq!(pod_veths().len(), 3);
+        assert_eq!(net.reserved().len(), 2);
 
-            let mut gc = net.config.clone();
-            gc["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
-            net.call("GC", None, &gc).unwrap();
-            assert_eq!(net.reserved().len(), 1);
-            assert_eq!(
-                pod_ip(&nss[1], "eth0").unwrap().to_string(),
-                net.reserved()[0].clone() + "/24"
-            );
-            let left: Vec<_> = pod_veths().into_iter().map(|l| l.alias.unwrap()).collect();
-            assert_eq!(left, vec!["flatnet:c1/eth0"]);
+        let mut gc = net.config.clone();
+        gc["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
+        net.call("GC", None, &gc).unwrap();
+        assert_eq!(net.reserved().len(), 1);
+        assert_eq!(pod_ip(&nss[1], "eth0").unwrap().to_string(), net.reserved()[0].clone() + "/24");
+        let left: Vec<_> = pod_veths().into_iter().map(|l| l.alias.unwrap()).collect();
+        assert_eq!(left, vec!["flatnet:testnet/c1/eth0"]);
 
-            // GC before 1.1.0 is refused.
-            let mut old = gc.clone();
-            old["cniVersion"] = json!("1.0.0");
-            assert_eq!(net.call("GC", None, &old).unwrap_err().code(), Some(1));
-            // GC without the list is refused, and releases nothing.
-            let mut bare = net.config.clone();
-            bare.as_object_mut()
-                .unwrap()
-                .remove("cni.dev/valid-attachments");
-            assert_eq!(net.call("GC", None, &bare).unwrap_err().code(), Some(7));
-            assert_eq!(net.reserved().len(), 1);
-        },
-    );
+        // Another network on the same bridge: GC of this one leaves its ports alone.
+        let other = Net::new(sb, "1.1.0", "10.244.1.0/24")
+            .with("name", json!("other"))
+            .with("dataDir", json!(sb.dir().join("other")));
+        let pod_o = sb.create_netns("other-pod").unwrap();
+        other.add(&attachment("o1", &pod_o)).unwrap();
+        net.call("GC", None, &gc).unwrap();
+        assert!(pod_veths().iter().any(|l| l.alias.as_deref() == Some("flatnet:other/o1/eth0")));
+
+        // A runtime with no pods left sends null: everything of this network goes.
+        let mut none = net.config.clone();
+        none["cni.dev/valid-attachments"] = Value::Null;
+        net.call("GC", None, &none).unwrap();
+        assert!(net.reserved().is_empty());
+        let left: Vec<_> = pod_veths().into_iter().map(|l| l.alias.unwrap()).collect();
+        assert_eq!(left, vec!["flatnet:other/o1/eth0"]);
+        net.add(&attachment("c1", &nss[1])).unwrap();
+
+        // GC before 1.1.0 is refused.
+        let mut old = gc.clone();
+        old["cniVersion"] = json!("1.0.0");
+        assert_eq!(net.call("GC", None, &old).unwrap_err().code(), Some(1));
+        // GC without the list is refused, and releases nothing.
+        let mut bare = net.config.clone();
+        bare.as_object_mut().unwrap().remove("cni.dev/valid-attachments");
+        assert_eq!(net.call("GC", None, &bare).unwrap_err().code(), Some(7));
+        assert_eq!(net.reserved().len(), 1);
+    });
 }
 
 #[test]
 fn status_is_ready_only_with_a_subnet_and_a_writable_store() {
-    sandboxed(
-        "status_is_ready_only_with_a_subnet_and_a_writable_store",
-        |sb| {
-            let net = Net::new(sb, "1.1.0", "10.244.1.0/24");
-            net.call("STATUS", None, &net.config).expect("ready");
+    sandboxed("status_is_ready_only_with_a_subnet_and_a_writable_store", |sb| {
+        let net = Net::new(sb, "1.1.0", "10.244.1.0/24");
+        net.call("STATUS", None, &net.config).expect("ready");
 
-            let mut no_subnet = net.config.clone();
-            no_subnet.as_object_mut().unwrap().remove("subnet");
-            no_subnet["subnetFile"] = json!(sb.dir().join("absent.env"));
-            let e = net.call("STATUS", None, &no_subnet).unwrap_err();
-            assert_eq!(e.code(), Some(50), "{e}");
-            assert!(e.to_string().contains("subnet is not known"), "{e}");
+        let mut no_subnet = net.config.clone();
+        no_subnet.as_object_mut().unwrap().remove("subnet");
+        no_subnet["subnetFile"] = json!(sb.dir().join("absent.env"));
+        let e = net.call("STATUS", None, &no_subnet).unwrap_err();
+        assert_eq!(e.code(), Some(50), "{e}");
+        assert!(e.to_string().contains("subnet is not known"), "{e}");
 
-            let file = sb.dir().join("a-file");
-            std::fs::write(&file, "not a directory").unwrap();
-            let mut bad_store = net.config.clone();
-            bad_store["dataDir"] = json!(file);
-            assert_eq!(
-                net.call("STATUS", None, &bad_store).unwrap_err().code(),
-                Some(50)
-            );
+        let file = sb.dir().join("a-file");
+        std::fs::write(&file, "not a directory").unwrap();
+        let mut bad_store = net.config.clone();
+        bad_store["dataDir"] = json!(file);
+        assert_eq!(net.call("STATUS", None, &bad_store).unwrap_err().code(), Some(50));
 
-            let mut old = net.config.clone();
-            old["cniVersion"] = json!("1.0.0");
-            assert_eq!(net.call("STATUS", None, &old).unwrap_err().code(), Some(1));
-        },
-    );
+        let mut old = net.config.clone();
+        old["cniVersion"] = json!("1.0.0");
+        assert_eq!(net.call("STATUS", None, &old).unwrap_err().code(), Some(1));
+    });
 }
 
 /// Asserts nothing was made: no pod veth, no reservation.
 fn assert_nothing_left(net: &Net) {
-    assert!(
-        pod_veths().is_empty(),
-        "a veth was left behind: {:?}",
-        pod_veths()
-    );
-    assert!(
-        net.reserved().is_empty(),
-        "an address was left reserved: {:?}",
-        net.reserved()
-    );
+    assert!(pod_veths().is_empty(), "a veth was left behind: {:?}", pod_veths());
+    assert!(net.reserved().is_empty(), "an address was left reserved: {:?}", net.reserved());
 }
 
 #[test]
@@ -435,26 +365,11 @@ fn bad_input_gets_its_error_code_and_changes_nothing() {
             c
         };
         let cases: Vec<(&str, flatnet_cni::exec::Attachment, Value, u32, &str)> = vec![
-            (
-                "unsupported version",
-                att.clone(),
-                with("cniVersion", json!("0.2.0")),
-                1,
-                "not supported",
-            ),
-            (
-                "ipam section",
-                att.clone(),
-                with("ipam", json!({"type": "host-local"})),
-                2,
-                "own IPAM",
-            ),
+            ("unsupported version", att.clone(), with("cniVersion", json!("0.2.0")), 1, "not supported"),
+            ("ipam section", att.clone(), with("ipam", json!({"type": "host-local"})), 2, "own IPAM"),
             (
                 "missing netns",
-                flatnet_cni::exec::Attachment {
-                    netns: String::new(),
-                    ..att.clone()
-                },
+                flatnet_cni::exec::Attachment { netns: String::new(), ..att.clone() },
                 net.config.clone(),
                 4,
                 "CNI_NETNS",
@@ -466,55 +381,32 @@ fn bad_input_gets_its_error_code_and_changes_nothing() {
                 4,
                 "cannot be opened",
             ),
+            ("netns not a netns", attachment("c", &sb.dir().join("ipam-not-ns")), net.config.clone(), 4, ""),
             (
-                "netns not a netns",
-                attachment("c", &sb.dir().join("ipam-not-ns")),
+                "a mount namespace",
+                attachment("c", std::path::Path::new("/proc/self/ns/mnt")),
                 net.config.clone(),
                 4,
-                "",
+                "not a network namespace",
             ),
             (
                 "ifname too long",
-                flatnet_cni::exec::Attachment {
-                    ifname: "eth0-much-too-long".into(),
-                    ..att.clone()
-                },
+                flatnet_cni::exec::Attachment { ifname: "eth0-much-too-long".into(), ..att.clone() },
                 net.config.clone(),
                 4,
                 "15 bytes",
             ),
             (
                 "bad container id",
-                flatnet_cni::exec::Attachment {
-                    container_id: "bad id!".into(),
-                    ..att.clone()
-                },
+                flatnet_cni::exec::Attachment { container_id: "bad id!".into(), ..att.clone() },
                 net.config.clone(),
                 4,
                 "CNI_CONTAINERID",
             ),
-            (
-                "subnet not a CIDR",
-                att.clone(),
-                with("subnet", json!("10.244.1.0")),
-                7,
-                "not an IPv4 CIDR",
-            ),
-            (
-                "mtu out of range",
-                att.clone(),
-                with("mtu", json!(70000)),
-                7,
-                "mtu",
-            ),
+            ("subnet not a CIDR", att.clone(), with("subnet", json!("10.244.1.0")), 7, "not an IPv4 CIDR"),
+            ("mtu out of range", att.clone(), with("mtu", json!(70000)), 7, "mtu"),
             ("no name", att.clone(), with("name", Value::Null), 7, ""),
-            (
-                "store not writable",
-                att.clone(),
-                with("dataDir", json!(sb.dir().join("ipam-not-ns"))),
-                5,
-                "IPAM store",
-            ),
+            ("store not writable", att.clone(), with("dataDir", json!(sb.dir().join("ipam-not-ns"))), 5, "IPAM store"),
             (
                 "subnet file not written yet",
                 att.clone(),
@@ -575,18 +467,14 @@ fn bad_input_gets_its_error_code_and_changes_nothing() {
 fn add_that_fails_part_way_rolls_back() {
     sandboxed("add_that_fails_part_way_rolls_back", |sb| {
         // A config route whose gateway is off-link fails after the veth exists.
-        let net = Net::new(sb, "1.1.0", "10.244.1.0/24").with(
-            "routes",
-            json!([{"dst": "10.96.0.0/12", "gw": "198.51.100.1"}]),
-        );
+        let net = Net::new(sb, "1.1.0", "10.244.1.0/24")
+            .with("routes", json!([{"dst": "10.96.0.0/12", "gw": "198.51.100.1"}]));
         let ns = sb.create_netns("p").unwrap();
         let e = net.add(&attachment("c", &ns)).unwrap_err();
         assert!(e.to_string().contains("add route 10.96.0.0/12"), "{e}");
         assert_nothing_left(&net);
         assert!(
-            in_netns(&ns, || link::get(&mut Netlink::open().unwrap(), "eth0")
-                .unwrap())
-            .is_none(),
+            in_netns(&ns, || link::get(&mut Netlink::open().unwrap(), "eth0").unwrap()).is_none(),
             "pod end removed"
         );
 
@@ -598,10 +486,7 @@ fn add_that_fails_part_way_rolls_back() {
             .unwrap();
         let net = Net::new(sb, "1.1.0", "10.244.1.0/24");
         let e = net.add(&attachment("c", &ns)).unwrap_err();
-        assert!(
-            e.to_string().contains("interface eth0 already exists"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("interface eth0 already exists"), "{e}");
         assert_nothing_left(&net);
     });
 }
@@ -617,17 +502,12 @@ fn full_subnet_names_the_subnet_and_changes_nothing() {
         let before = net.reserved();
         let ns = sb.create_netns("one-too-many").unwrap();
         let e = net.add(&attachment("c5", &ns)).unwrap_err();
-        assert!(
-            e.to_string().contains("subnet 10.244.9.0/29 is full"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("subnet 10.244.9.0/29 is full"), "{e}");
         assert_eq!(net.reserved(), before);
         assert_eq!(pod_veths().len(), 5);
-        assert!(
-            in_netns(&ns, || link::get(&mut Netlink::open().unwrap(), "eth0")
-                .unwrap())
-            .is_none()
-        );
+        assert!(in_netns(&ns, || link::get(&mut Netlink::open().unwrap(), "eth0").unwrap()).is_none());
+        let e = net.call("STATUS", None, &net.config).unwrap_err();
+        assert_eq!(e.code(), Some(50), "a full subnet is not ready: {e}");
     });
 }
 
@@ -635,9 +515,7 @@ fn full_subnet_names_the_subnet_and_changes_nothing() {
 fn del_tears_the_veth_down_in_the_background() {
     sandboxed("del_tears_the_veth_down_in_the_background", |sb| {
         let net = Net::new(sb, "1.1.0", "10.244.1.0/24");
-        let nss: Vec<_> = (0..10)
-            .map(|i| sb.create_netns(&format!("p{i}")).unwrap())
-            .collect();
+        let nss: Vec<_> = (0..10).map(|i| sb.create_netns(&format!("p{i}")).unwrap()).collect();
         for (i, ns) in nss.iter().enumerate() {
             net.add(&attachment(&format!("c{i}"), ns)).unwrap();
         }
@@ -645,18 +523,29 @@ fn del_tears_the_veth_down_in_the_background() {
             net.del(&attachment(&format!("c{i}"), ns)).unwrap();
         }
         assert!(net.reserved().is_empty());
-        eventually(
-            "the detached teardown to remove every veth",
-            Duration::from_secs(5),
-            || pod_veths().is_empty(),
-        );
+        eventually("the detached teardown to remove every veth", Duration::from_secs(5), || pod_veths().is_empty());
         // The pod ends went with them.
         for ns in &nss {
-            assert!(
-                in_netns(ns, || link::get(&mut Netlink::open().unwrap(), "eth0")
-                    .unwrap())
-                .is_none()
-            );
+            assert!(in_netns(ns, || link::get(&mut Netlink::open().unwrap(), "eth0").unwrap()).is_none());
         }
+    });
+}
+
+#[test]
+fn add_keeps_what_an_earlier_plugin_reported() {
+    sandboxed("add_keeps_what_an_earlier_plugin_reported", |sb| {
+        let prev = json!({"cniVersion": "1.0.0",
+            "interfaces": [{"name": "net9", "mac": "02:00:00:00:00:09", "sandbox": "/x"}],
+            "ips": [{"address": "192.0.2.9/24", "interface": 0}],
+            "dns": {"nameservers": ["192.0.2.53"]}});
+        let net = Net::new(sb, "1.0.0", "10.244.1.0/24").with("prevResult", prev);
+        let ns = sb.create_netns("p").unwrap();
+        let r = net.add(&attachment("c", &ns)).unwrap();
+        assert_eq!(r["interfaces"][0]["name"], "net9");
+        assert_eq!(r["interfaces"][3]["name"], "eth0");
+        assert_eq!(r["ips"][0]["address"], "192.0.2.9/24");
+        assert_eq!(r["ips"][1]["address"], "10.244.1.2/24");
+        assert_eq!(r["ips"][1]["interface"], 3, "our index shifts past the earlier interfaces");
+        assert_eq!(r["dns"]["nameservers"][0], "192.0.2.53");
     });
 }

@@ -12,15 +12,9 @@ use std::process::Command;
 use std::time::Duration;
 
 fn missing_tools() -> Option<String> {
-    for (bin, pkg) in [
-        ("podman", "podman"),
-        ("runc", "runc"),
-        ("busybox", "busybox-static"),
-        ("tar", "tar"),
-    ] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-            .unwrap_or(false);
+    for (bin, pkg) in [("podman", "podman"), ("runc", "runc"), ("busybox", "busybox-static"), ("tar", "tar")] {
+        let found =
+            std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file())).unwrap_or(false);
         if !found {
             return Some(format!("{bin} is not installed (apt-get install {pkg})"));
         }
@@ -79,12 +73,7 @@ impl Podman {
     }
 
     fn ip(&self, name: &str) -> String {
-        self.ok(&[
-            "inspect",
-            "-f",
-            "{{.NetworkSettings.Networks.flatnet.IPAddress}}",
-            name,
-        ])
+        self.ok(&["inspect", "-f", "{{.NetworkSettings.Networks.flatnet.IPAddress}}", name])
     }
 }
 
@@ -119,58 +108,33 @@ fn podman_containers_on_flatnet_reach_each_other_and_leave_nothing() {
         eprintln!("SKIPPED podman_containers_on_flatnet_reach_each_other_and_leave_nothing: {why}");
         return;
     }
-    sandboxed(
-        "podman_containers_on_flatnet_reach_each_other_and_leave_nothing",
-        |sb| {
-            // podman's /run state and the containers' netns pins stay in the sandbox.
-            mount(
-                Some("tmpfs"),
-                "/run",
-                Some("tmpfs"),
-                MsFlags::empty(),
-                Some("mode=0755"),
-            )
-            .expect("tmpfs on /run");
-            let root = sb.dir().to_path_buf();
-            let rootfs = root.join("rootfs");
-            std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-            let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-                .into_iter()
-                .find(|p| Path::new(p).is_file())
-                .unwrap();
-            std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
-            for applet in ["sh", "sleep", "ping"] {
-                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-            }
-            let tar = root.join("rootfs.tar");
-            assert!(
-                Command::new("tar")
-                    .arg("-C")
-                    .arg(&rootfs)
-                    .arg("-cf")
-                    .arg(&tar)
-                    .arg(".")
-                    .status()
-                    .unwrap()
-                    .success()
-            );
+    sandboxed("podman_containers_on_flatnet_reach_each_other_and_leave_nothing", |sb| {
+        // podman's /run state and the containers' netns pins stay in the sandbox.
+        mount(Some("tmpfs"), "/run", Some("tmpfs"), MsFlags::empty(), Some("mode=0755")).expect("tmpfs on /run");
+        let root = sb.dir().to_path_buf();
+        let rootfs = root.join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).is_file()).unwrap();
+        std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+        for applet in ["sh", "sleep", "ping"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        let tar = root.join("rootfs.tar");
+        assert!(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
 
-            let netd = root.join("net.d");
-            std::fs::create_dir_all(&netd).unwrap();
-            let data_dir = root.join("ipam");
-            std::fs::write(
-                netd.join("flatnet.conflist"),
-                serde_json::json!({"cniVersion": "1.0.0", "name": "flatnet", "plugins": [
+        let netd = root.join("net.d");
+        std::fs::create_dir_all(&netd).unwrap();
+        let data_dir = root.join("ipam");
+        std::fs::write(
+            netd.join("flatnet.conflist"),
+            serde_json::json!({"cniVersion": "1.0.0", "name": "flatnet", "plugins": [
                 {"type": "flatnet", "subnet": "10.244.5.0/24", "dataDir": data_dir}]})
-                .to_string(),
-            )
-            .unwrap();
-            let dirs: Vec<String> = plugin_dirs()
-                .iter()
-                .map(|d| format!("{:?}", d.display().to_string()))
-                .collect();
-            let conf = root.join("containers.conf");
-            std::fs::write(
+            .to_string(),
+        )
+        .unwrap();
+        let dirs: Vec<String> = plugin_dirs().iter().map(|d| format!("{:?}", d.display().to_string())).collect();
+        let conf = root.join("containers.conf");
+        std::fs::write(
             &conf,
             format!(
                 "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [{}]\nnetwork_config_dir = {:?}\n\
@@ -180,43 +144,24 @@ fn podman_containers_on_flatnet_reach_each_other_and_leave_nothing() {
             ),
         )
         .unwrap();
-            let podman = Podman {
-                root: root.clone(),
-                conf,
-                cgroup_parent: format!("/flatnet-test-{}", std::process::id()),
-            };
-            podman.ok(&[
-                "import",
-                tar.to_str().unwrap(),
-                "localhost/flatnet-test:latest",
-            ]);
+        let podman =
+            Podman { root: root.clone(), conf, cgroup_parent: format!("/flatnet-test-{}", std::process::id()) };
+        podman.ok(&["import", tar.to_str().unwrap(), "localhost/flatnet-test:latest"]);
 
-            podman.run("a");
-            podman.run("b");
-            let (a_ip, b_ip) = (podman.ip("a"), podman.ip("b"));
-            assert!(
-                a_ip.starts_with("10.244.5.") && b_ip.starts_with("10.244.5.") && a_ip != b_ip,
-                "{a_ip} {b_ip}"
-            );
-            assert_eq!(pod_veths().len(), 2);
-            let reserved = std::fs::read_dir(data_dir.join("flatnet/ips"))
-                .unwrap()
-                .count();
-            assert_eq!(reserved, 2);
+        podman.run("a");
+        podman.run("b");
+        let (a_ip, b_ip) = (podman.ip("a"), podman.ip("b"));
+        assert!(a_ip.starts_with("10.244.5.") && b_ip.starts_with("10.244.5.") && a_ip != b_ip, "{a_ip} {b_ip}");
+        assert_eq!(pod_veths().len(), 2);
+        let reserved = std::fs::read_dir(data_dir.join("flatnet/ips")).unwrap().count();
+        assert_eq!(reserved, 2);
 
-            podman.ok(&["exec", "a", "ping", "-c", "1", "-W", "3", &b_ip]);
-            podman.ok(&["exec", "b", "ping", "-c", "1", "-W", "3", &a_ip]);
+        podman.ok(&["exec", "a", "ping", "-c", "1", "-W", "3", &b_ip]);
+        podman.ok(&["exec", "b", "ping", "-c", "1", "-W", "3", &a_ip]);
 
-            podman.ok(&["rm", "-f", "-t", "0", "a", "b"]);
-            eventually(
-                "podman rm to leave no veth",
-                Duration::from_secs(10),
-                || pod_veths().is_empty(),
-            );
-            let reserved = std::fs::read_dir(data_dir.join("flatnet/ips"))
-                .unwrap()
-                .count();
-            assert_eq!(reserved, 0, "podman rm left an address reserved");
-        },
-    );
+        podman.ok(&["rm", "-f", "-t", "0", "a", "b"]);
+        eventually("podman rm to leave no veth", Duration::from_secs(10), || pod_veths().is_empty());
+        let reserved = std::fs::read_dir(data_dir.join("flatnet/ips")).unwrap().count();
+        assert_eq!(reserved, 0, "podman rm left an address reserved");
+    });
 }

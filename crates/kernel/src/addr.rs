@@ -13,19 +13,12 @@ pub fn add_v4(nl: &mut Netlink, index: u32, addr: Ipv4Net) -> Result<bool> {
     m.header.family = AddressFamily::Inet;
     m.header.prefix_len = addr.prefix_len();
     m.header.index = index;
-    m.attributes
-        .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
-    m.attributes
-        .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+    m.attributes.push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
+    m.attributes.push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
     if addr.prefix_len() < 31 {
-        m.attributes
-            .push(AddressAttribute::Broadcast(addr.broadcast()));
+        m.attributes.push(AddressAttribute::Broadcast(addr.broadcast()));
     }
-    match nl.change(
-        &format!("add address {addr} to device #{index}"),
-        Rt::NewAddress(m),
-        CREATE,
-    ) {
+    match nl.change(&format!("add address {addr} to device #{index}"), Rt::NewAddress(m), CREATE) {
         Ok(()) => Ok(true),
         Err(e) if e.is_exists() => Ok(false),
         Err(e) => Err(e),
@@ -57,11 +50,7 @@ pub fn delete_v4(nl: &mut Netlink, index: u32, ip: std::net::Ipv4Addr) -> Result
     m.header.family = AddressFamily::Inet;
     m.header.index = index;
     m.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
-    match nl.change(
-        &format!("remove address {ip} from device #{index}"),
-        Rt::DelAddress(m),
-        crate::netlink::CHANGE,
-    ) {
+    match nl.change(&format!("remove address {ip} from device #{index}"), Rt::DelAddress(m), crate::netlink::CHANGE) {
         Ok(()) => Ok(true),
         Err(e) if e.is_not_found() => Ok(false),
         Err(e) => Err(e),

@@ -16,34 +16,42 @@ pub const TEARDOWN_GROUP: u32 = 0x666c_6e64;
 /// How long a reaper gathers marked devices before deleting them.
 pub const TEARDOWN_DELAY: Duration = Duration::from_millis(100);
 
-/// Makes sure a reaper will delete every device in [`TEARDOWN_GROUP`] of the caller's
-/// network namespace: starts one unless one is already waiting (its lock file at
-/// `lock_path` is held). Must be called while the process is single-threaded, as the CNI
-/// plugin is. Returns false when no reaper could be started; the caller then deletes
-/// inline.
-pub fn schedule_teardown(lock_path: &Path) -> bool {
-    let Ok(lock) = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(lock_path)
-    else {
-        return false;
-    };
-    match lock.try_lock() {
-        Ok(()) => {}
-        // A reaper is waiting and has not started deleting: our device is marked, so
-        // it goes with that reaper's batch.
-        Err(std::fs::TryLockError::WouldBlock) => return true,
-        Err(std::fs::TryLockError::Error(_)) => return false,
+/// Makes sure every device in [`TEARDOWN_GROUP`] of the caller's network namespace gets
+/// deleted: by a detached reaper when one can be used (one already waiting, whose lock
+/// file in `lock_dir` is held, takes this device too), else inline, before returning.
+pub fn schedule_teardown(lock_dir: &Path) -> crate::error::Result<()> {
+    if reaper_scheduled(lock_dir) {
+        return Ok(());
     }
-    spawn_reaper(lock)
+    let mut nl = Netlink::open()?;
+    crate::link::delete_group(&mut nl, TEARDOWN_GROUP)
 }
 
-#[allow(
-    unsafe_code,
-    reason = "fork(2) has no safe wrapper; the CNI process is single-threaded here"
-)]
+fn reaper_scheduled(lock_dir: &Path) -> bool {
+    // fork() is only safe while this process has a single thread (the CNI plugin);
+    // a multi-threaded caller (an agent, the lab) deletes inline.
+    if !single_threaded() {
+        return false;
+    }
+    // The group is per network namespace, so the lock is too.
+    let Ok(ns) = crate::netns::NetNs::current().and_then(|n| n.id()) else { return false };
+    let path = lock_dir.join(format!("teardown-{ns}.lock"));
+    let Ok(lock) = File::options().create(true).truncate(false).write(true).open(path) else { return false };
+    match lock.try_lock() {
+        Ok(()) => spawn_reaper(lock),
+        // A reaper is waiting and has not started deleting: our device is marked, so
+        // it goes with that reaper's batch.
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Err(std::fs::TryLockError::Error(_)) => false,
+    }
+}
+
+fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.split_whitespace().eq(["Threads:", "1"])))
+}
+
+#[allow(unsafe_code, reason = "fork(2) has no safe wrapper; the CNI process is single-threaded here")]
 fn spawn_reaper(lock: File) -> bool {
     use nix::unistd::{ForkResult, fork};
     // SAFETY: the plugin process has one thread, so the child's copy of every lock is
@@ -56,9 +64,7 @@ fn spawn_reaper(lock: File) -> bool {
             // Unlock before deleting: a device marked from now on gets a reaper of its
             // own; one marked before is in the group this reaper is about to delete.
             drop(lock);
-            let ok = Netlink::open()
-                .and_then(|mut nl| crate::link::delete_group(&mut nl, TEARDOWN_GROUP))
-                .is_ok();
+            let ok = Netlink::open().and_then(|mut nl| crate::link::delete_group(&mut nl, TEARDOWN_GROUP)).is_ok();
             // SAFETY: _exit skips the parent's atexit handlers and buffered stdout.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) }
         }
@@ -68,10 +74,7 @@ fn spawn_reaper(lock: File) -> bool {
 
 /// A detached child: own session, stdio on /dev/null (so a runtime reading the
 /// plugin's stdout sees EOF as soon as the plugin exits).
-#[allow(
-    unsafe_code,
-    reason = "dup2 onto the standard descriptors; nix wants owned fds for them"
-)]
+#[allow(unsafe_code, reason = "dup2 onto the standard descriptors; nix wants owned fds for them")]
 fn quiet_child() {
     let _ = nix::unistd::setsid();
     if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {

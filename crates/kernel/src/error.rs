@@ -11,10 +11,7 @@ pub enum KernelError {
 
 impl KernelError {
     pub fn refused(op: impl Into<String>, source: io::Error) -> Self {
-        Self::Refused {
-            op: op.into(),
-            source,
-        }
+        Self::Refused { op: op.into(), source }
     }
 
     pub fn errno(&self) -> Option<i32> {
@@ -25,10 +22,7 @@ impl KernelError {
     }
 
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self.errno(),
-            Some(libc::ENODEV | libc::ENOENT | libc::ESRCH | libc::EADDRNOTAVAIL)
-        )
+        matches!(self.errno(), Some(libc::ENODEV | libc::ENOENT | libc::ESRCH | libc::EADDRNOTAVAIL))
     }
 
     pub fn is_exists(&self) -> bool {

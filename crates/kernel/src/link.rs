@@ -4,8 +4,8 @@ use crate::error::Result;
 use crate::netlink::{CHANGE, CREATE, Netlink};
 use netlink_packet_route::RouteNetlinkMessage as Rt;
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -22,6 +22,8 @@ pub struct Link {
     pub kind: Option<String>,
     /// For a bridge port: whether hairpin mode is on.
     pub hairpin: Option<bool>,
+    /// Device group (0 is the default group).
+    pub group: u32,
 }
 
 impl Link {
@@ -36,6 +38,7 @@ impl Link {
             alias: None,
             kind: None,
             hairpin: None,
+            group: 0,
         };
         for attr in &m.attributes {
             match attr {
@@ -44,6 +47,7 @@ impl Link {
                 LinkAttribute::Mtu(v) => link.mtu = *v,
                 LinkAttribute::Controller(v) if *v != 0 => link.master = Some(*v),
                 LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
+                LinkAttribute::Group(g) => link.group = *g,
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {
@@ -115,10 +119,7 @@ pub fn create_bridge(nl: &mut Netlink, name: &str, mac: [u8; 6], mtu: Option<u32
     if let Some(mtu) = mtu {
         m.attributes.push(LinkAttribute::Mtu(mtu));
     }
-    m.attributes
-        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
-            InfoKind::Bridge,
-        )]));
+    m.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
     nl.change(&format!("create bridge {name}"), Rt::NewLink(m), CREATE)
 }
 
@@ -137,11 +138,9 @@ pub struct VethPair<'a> {
 /// already in its namespace, both with their MACs and MTU.
 pub fn create_veth(nl: &mut Netlink, pair: &VethPair<'_>) -> Result<()> {
     let mut peer = by_name(pair.peer_name);
-    peer.attributes
-        .push(LinkAttribute::Address(pair.peer_mac.to_vec()));
+    peer.attributes.push(LinkAttribute::Address(pair.peer_mac.to_vec()));
     peer.attributes.push(LinkAttribute::Mtu(pair.mtu));
-    peer.attributes
-        .push(LinkAttribute::NetNsFd(pair.peer_netns.as_raw_fd()));
+    peer.attributes.push(LinkAttribute::NetNsFd(pair.peer_netns.as_raw_fd()));
     // One queue each, asked for up front: otherwise veth creates one per CPU and then
     // trims to one, and the trim waits for an RCU grace period under the rtnl lock,
     // stalling every other link operation on the node.
@@ -149,8 +148,7 @@ pub fn create_veth(nl: &mut Netlink, pair: &VethPair<'_>) -> Result<()> {
     let mut m = by_name(pair.host_name);
     m.header.flags = LinkFlags::Up;
     m.header.change_mask = LinkFlags::Up;
-    m.attributes
-        .push(LinkAttribute::Address(pair.host_mac.to_vec()));
+    m.attributes.push(LinkAttribute::Address(pair.host_mac.to_vec()));
     m.attributes.push(LinkAttribute::Mtu(pair.mtu));
     m.attributes.push(LinkAttribute::Controller(pair.master));
     single_queue(&mut m);
@@ -158,11 +156,7 @@ pub fn create_veth(nl: &mut Netlink, pair: &VethPair<'_>) -> Result<()> {
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
     ]));
-    nl.change(
-        &format!("create veth pair {}/{}", pair.host_name, pair.peer_name),
-        Rt::NewLink(m),
-        CREATE,
-    )
+    nl.change(&format!("create veth pair {}/{}", pair.host_name, pair.peer_name), Rt::NewLink(m), CREATE)
 }
 
 fn single_queue(m: &mut LinkMessage) {
@@ -176,15 +170,9 @@ pub fn set_bridge_port(nl: &mut Netlink, name: &str, hairpin: bool, alias: &str)
     m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
     m.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::PortKind(InfoPortKind::Bridge),
-        LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
-            hairpin,
-        )])),
+        LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(hairpin)])),
     ]));
-    nl.change(
-        &format!("configure bridge port {name}"),
-        Rt::NewLink(m),
-        CHANGE,
-    )
+    nl.change(&format!("configure bridge port {name}"), Rt::NewLink(m), CHANGE)
 }
 
 pub fn set_up(nl: &mut Netlink, index: u32) -> Result<()> {
@@ -196,11 +184,7 @@ pub fn set_up(nl: &mut Netlink, index: u32) -> Result<()> {
 
 /// Deletes a device by name; Ok(false) when it did not exist.
 pub fn delete(nl: &mut Netlink, name: &str) -> Result<bool> {
-    match nl.change(
-        &format!("delete device {name}"),
-        Rt::DelLink(by_name(name)),
-        CHANGE,
-    ) {
+    match nl.change(&format!("delete device {name}"), Rt::DelLink(by_name(name)), CHANGE) {
         Ok(()) => Ok(true),
         Err(e) if e.is_not_found() => Ok(false),
         Err(e) => Err(e),
@@ -211,11 +195,7 @@ pub fn delete(nl: &mut Netlink, name: &str) -> Result<bool> {
 pub fn set_group(nl: &mut Netlink, name: &str, group: u32) -> Result<bool> {
     let mut m = by_name(name);
     m.attributes.push(LinkAttribute::Group(group));
-    match nl.change(
-        &format!("move device {name} to group {group}"),
-        Rt::NewLink(m),
-        CHANGE,
-    ) {
+    match nl.change(&format!("move device {name} to group {group}"), Rt::NewLink(m), CHANGE) {
         Ok(()) => Ok(true),
         Err(e) if e.is_not_found() => Ok(false),
         Err(e) => Err(e),
@@ -227,11 +207,7 @@ pub fn set_group(nl: &mut Netlink, name: &str, group: u32) -> Result<bool> {
 pub fn delete_group(nl: &mut Netlink, group: u32) -> Result<()> {
     let mut m = LinkMessage::default();
     m.attributes.push(LinkAttribute::Group(group));
-    match nl.change(
-        &format!("delete device group {group}"),
-        Rt::DelLink(m),
-        CHANGE,
-    ) {
+    match nl.change(&format!("delete device group {group}"), Rt::DelLink(m), CHANGE) {
         Err(e) if !e.is_not_found() => Err(e),
         _ => Ok(()),
     }

@@ -34,11 +34,20 @@ impl NetNs {
         Ok(self.0.metadata()?.ino())
     }
 
-    /// Whether this is really a network namespace and not some other file.
+    /// Whether this is really a network namespace (not a mount namespace, not a file).
     pub fn is_netns(&self) -> bool {
-        const NSFS_MAGIC: i64 = 0x6e73_6673;
-        nix::sys::statfs::fstatfs(self.0.as_fd()).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
+        ns_type(&self.0) == Some(libc::CLONE_NEWNET)
     }
+}
+
+/// The namespace type of an nsfs file (`NS_GET_NSTYPE`), or None for any other file.
+#[allow(unsafe_code, reason = "NS_GET_NSTYPE is an ioctl with no safe wrapper")]
+fn ns_type(file: &File) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703; // _IO(0xb7, 0x3)
+    // SAFETY: the ioctl takes no argument and only reads the descriptor's namespace.
+    let t = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
+    (t > 0).then_some(t)
 }
 
 /// The calling thread is inside another namespace while this lives.
@@ -49,14 +58,10 @@ pub struct NetNsGuard {
 
 impl NetNsGuard {
     pub fn enter(target: &NetNs) -> Result<Self> {
-        let previous = NetNs::current()
-            .map_err(|e| KernelError::refused("open the current network namespace", e))?;
+        let previous = NetNs::current().map_err(|e| KernelError::refused("open the current network namespace", e))?;
         setns(target.0.as_fd(), CloneFlags::CLONE_NEWNET)
             .map_err(|e| KernelError::refused("enter network namespace", e.into()))?;
-        Ok(Self {
-            previous,
-            _not_send: PhantomData,
-        })
+        Ok(Self { previous, _not_send: PhantomData })
     }
 }
 
@@ -79,34 +84,16 @@ pub fn within<T>(ns: &NetNs, f: impl FnOnce() -> T) -> Result<T> {
 /// Creates a new network namespace and pins it with a bind mount at `path` (as
 /// `ip netns add` does), visible in the caller's mount namespace.
 pub fn create_named(path: &Path) -> Result<()> {
-    File::create(path)
-        .map_err(|e| KernelError::refused(format!("create {}", path.display()), e))?;
+    File::create(path).map_err(|e| KernelError::refused(format!("create {}", path.display()), e))?;
     let path_owned = path.to_path_buf();
     // A fresh thread, so the creator's own namespace is never touched.
     let made = std::thread::spawn(move || -> Result<()> {
-        unshare(CloneFlags::CLONE_NEWNET)
-            .map_err(|e| KernelError::refused("unshare a network namespace", e.into()))?;
-        mount(
-            Some("/proc/thread-self/ns/net"),
-            &path_owned,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| {
-            KernelError::refused(
-                format!("bind the namespace at {}", path_owned.display()),
-                e.into(),
-            )
-        })
+        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| KernelError::refused("unshare a network namespace", e.into()))?;
+        mount(Some("/proc/thread-self/ns/net"), &path_owned, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| KernelError::refused(format!("bind the namespace at {}", path_owned.display()), e.into()))
     })
     .join()
-    .unwrap_or_else(|_| {
-        Err(KernelError::Decode {
-            op: "create namespace".into(),
-            msg: "thread panicked".into(),
-        })
-    });
+    .unwrap_or_else(|_| Err(KernelError::Decode { op: "create namespace".into(), msg: "thread panicked".into() }));
     if made.is_err() {
         let _ = std::fs::remove_file(path);
     }
@@ -118,17 +105,13 @@ pub fn remove_named(path: &Path) -> Result<()> {
     match umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
         Err(e) => {
-            return Err(KernelError::refused(
-                format!("unmount {}", path.display()),
-                e.into(),
-            ));
+            return Err(KernelError::refused(format!("unmount {}", path.display()), e.into()));
         }
     }
     match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(KernelError::refused(
-            format!("remove {}", path.display()),
-            e,
-        )),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(KernelError::refused(format!("remove {}", path.display()), e))
+        }
         _ => Ok(()),
     }
 }
@@ -136,11 +119,6 @@ pub fn remove_named(path: &Path) -> Result<()> {
 /// Runs `f` on a scoped thread inside the namespace at `path`; the caller's thread
 /// never changes namespace.
 pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let ns = NetNs::open(path)
-        .map_err(|e| KernelError::refused(format!("open {}", path.display()), e))?;
-    std::thread::scope(|s| {
-        s.spawn(|| within(&ns, f))
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
+    let ns = NetNs::open(path).map_err(|e| KernelError::refused(format!("open {}", path.display()), e))?;
+    std::thread::scope(|s| s.spawn(|| within(&ns, f)).join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
 }

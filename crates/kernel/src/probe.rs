@@ -14,13 +14,7 @@ fn ns_err(e: crate::KernelError) -> io::Error {
 
 /// Listens on `to_ip:port` inside `to`, connects from inside `from`, exchanges a few
 /// bytes, and returns the peer address the listener saw. Bounded by `timeout`.
-pub fn tcp(
-    from: &Path,
-    to: &Path,
-    to_ip: IpAddr,
-    port: u16,
-    timeout: Duration,
-) -> io::Result<SocketAddr> {
+pub fn tcp(from: &Path, to: &Path, to_ip: IpAddr, port: u16, timeout: Duration) -> io::Result<SocketAddr> {
     let listener = netns::run_in(to, || TcpListener::bind((to_ip, port))).map_err(ns_err)??;
     listener.set_nonblocking(true)?;
     let server = std::thread::spawn(move || -> io::Result<SocketAddr> {
@@ -53,9 +47,7 @@ pub fn tcp(
         Ok(())
     })
     .map_err(ns_err)?;
-    let seen = server
-        .join()
-        .map_err(|_| io::Error::other("probe listener panicked"))?;
+    let seen = server.join().map_err(|_| io::Error::other("probe listener panicked"))?;
     client?;
     seen
 }

@@ -4,8 +4,7 @@ use crate::error::Result;
 use crate::netlink::{CREATE, Netlink};
 use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
-    RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage as Rt};
 use std::net::{IpAddr, Ipv4Addr};
@@ -19,38 +18,23 @@ pub struct RouteEntry {
 }
 
 /// Adds an IPv4 route in the main table; Ok(false) when an equal one was already there.
-pub fn add_v4(
-    nl: &mut Netlink,
-    dst: Ipv4Net,
-    gateway: Option<Ipv4Addr>,
-    oif: u32,
-    mtu: Option<u32>,
-) -> Result<bool> {
+pub fn add_v4(nl: &mut Netlink, dst: Ipv4Net, gateway: Option<Ipv4Addr>, oif: u32, mtu: Option<u32>) -> Result<bool> {
     let mut m = RouteMessage::default();
     m.header.address_family = AddressFamily::Inet;
     m.header.destination_prefix_length = dst.prefix_len();
     m.header.table = RouteHeader::RT_TABLE_MAIN;
     m.header.protocol = RouteProtocol::Boot;
     m.header.kind = RouteType::Unicast;
-    m.header.scope = if gateway.is_some() {
-        RouteScope::Universe
-    } else {
-        RouteScope::Link
-    };
+    m.header.scope = if gateway.is_some() { RouteScope::Universe } else { RouteScope::Link };
     if dst.prefix_len() > 0 {
-        m.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(
-                dst.network(),
-            )));
+        m.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(dst.network())));
     }
     if let Some(gw) = gateway {
-        m.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+        m.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
     }
     m.attributes.push(RouteAttribute::Oif(oif));
     if let Some(mtu) = mtu {
-        m.attributes
-            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+        m.attributes.push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
     }
     match nl.change(&format!("add route {dst}"), Rt::NewRoute(m), CREATE) {
         Ok(()) => Ok(true),
@@ -75,11 +59,7 @@ pub fn list_v4(nl: &mut Netlink) -> Result<Vec<RouteEntry>> {
 
 fn entry(r: &RouteMessage) -> RouteEntry {
     let mut e = RouteEntry {
-        dst: IpNet::new(
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            r.header.destination_prefix_length,
-        )
-        .unwrap_or_default(),
+        dst: IpNet::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), r.header.destination_prefix_length).unwrap_or_default(),
         gateway: None,
         oif: None,
         mtu: None,
@@ -87,8 +67,7 @@ fn entry(r: &RouteMessage) -> RouteEntry {
     for a in &r.attributes {
         match a {
             RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
-                e.dst =
-                    IpNet::new(IpAddr::V4(*ip), r.header.destination_prefix_length).unwrap_or(e.dst)
+                e.dst = IpNet::new(IpAddr::V4(*ip), r.header.destination_prefix_length).unwrap_or(e.dst)
             }
             RouteAttribute::Gateway(RouteAddress::Inet(gw)) => e.gateway = Some(IpAddr::V4(*gw)),
             RouteAttribute::Oif(i) => e.oif = Some(*i),

@@ -43,46 +43,22 @@ impl Sandbox {
 /// than run on the host) if the namespaces could not be made.
 pub fn run<T: Send>(f: impl FnOnce(&Sandbox) -> T + Send) -> Result<T> {
     let host_dir = tempdir_path();
-    std::fs::create_dir_all(&host_dir)
-        .map_err(|e| KernelError::refused("create sandbox dir", e))?;
+    std::fs::create_dir_all(&host_dir).map_err(|e| KernelError::refused("create sandbox dir", e))?;
     let out = std::thread::scope(|s| {
         s.spawn(|| -> Result<T> {
-            let host_net = NetNs::current()
-                .and_then(|n| n.id())
-                .map_err(|e| KernelError::refused("read netns", e))?;
-            unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).map_err(|e| {
-                KernelError::refused("unshare network and mount namespaces", e.into())
-            })?;
-            let inner = NetNs::current()
-                .and_then(|n| n.id())
-                .map_err(|e| KernelError::refused("read netns", e))?;
-            assert_ne!(
-                host_net, inner,
-                "sandbox is still in the host's network namespace"
-            );
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .map_err(|e| KernelError::refused("make mounts private", e.into()))?;
-            mount(
-                Some("tmpfs"),
-                &host_dir,
-                Some("tmpfs"),
-                MsFlags::empty(),
-                Some("mode=0755"),
-            )
-            .map_err(|e| KernelError::refused("mount sandbox tmpfs", e.into()))?;
-            std::fs::create_dir_all(host_dir.join("netns"))
-                .map_err(|e| KernelError::refused("mkdir", e))?;
+            let host_net = NetNs::current().and_then(|n| n.id()).map_err(|e| KernelError::refused("read netns", e))?;
+            unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
+                .map_err(|e| KernelError::refused("unshare network and mount namespaces", e.into()))?;
+            let inner = NetNs::current().and_then(|n| n.id()).map_err(|e| KernelError::refused("read netns", e))?;
+            assert_ne!(host_net, inner, "sandbox is still in the host's network namespace");
+            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+                .map_err(|e| KernelError::refused("make mounts private", e.into()))?;
+            mount(Some("tmpfs"), &host_dir, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"))
+                .map_err(|e| KernelError::refused("mount sandbox tmpfs", e.into()))?;
+            std::fs::create_dir_all(host_dir.join("netns")).map_err(|e| KernelError::refused("mkdir", e))?;
             let mut nl = Netlink::open()?;
             crate::link::set_up(&mut nl, 1)?; // loopback
-            Ok(f(&Sandbox {
-                dir: host_dir.clone(),
-            }))
+            Ok(f(&Sandbox { dir: host_dir.clone() }))
         })
         .join()
     });
@@ -96,9 +72,5 @@ pub fn run<T: Send>(f: impl FnOnce(&Sandbox) -> T + Send) -> Result<T> {
 fn tempdir_path() -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    std::env::temp_dir().join(format!(
-        "flatnet-sandbox-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ))
+    std::env::temp_dir().join(format!("flatnet-sandbox-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
 }

@@ -7,8 +7,7 @@ pub fn ensure(key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
     match std::fs::read_to_string(&path) {
         Ok(cur) if cur.trim() == value => Ok(()),
-        _ => std::fs::write(&path, value)
-            .map_err(|e| KernelError::refused(format!("set {key}={value}"), e)),
+        _ => std::fs::write(&path, value).map_err(|e| KernelError::refused(format!("set {key}={value}"), e)),
     }
 }
 

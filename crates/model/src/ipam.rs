@@ -23,10 +23,7 @@ impl AddressPool {
         if subnet.prefix_len() > 30 {
             return Err(PoolError::TooSmall(subnet));
         }
-        if !subnet.contains(&gateway)
-            || gateway == subnet.network()
-            || gateway == subnet.broadcast()
-        {
+        if !subnet.contains(&gateway) || gateway == subnet.network() || gateway == subnet.broadcast() {
             return Err(PoolError::GatewayOutside { subnet, gateway });
         }
         Ok(Self { subnet, gateway })
@@ -39,10 +36,7 @@ impl AddressPool {
 
     /// Whether `ip` may be handed to a pod.
     pub fn is_assignable(&self, ip: Ipv4Addr) -> bool {
-        self.subnet.contains(&ip)
-            && ip != self.subnet.network()
-            && ip != self.subnet.broadcast()
-            && ip != self.gateway
+        self.subnet.contains(&ip) && ip != self.subnet.network() && ip != self.subnet.broadcast() && ip != self.gateway
     }
 
     /// How many addresses this pool can hand out.
@@ -53,20 +47,14 @@ impl AddressPool {
 
     /// The next free address after `last` (the one handed out most recently), wrapping
     /// around the subnet, so an address just released is the last to be reused.
-    pub fn next_free(
-        &self,
-        last: Option<Ipv4Addr>,
-        is_taken: impl Fn(Ipv4Addr) -> bool,
-    ) -> Option<Ipv4Addr> {
+    pub fn next_free(&self, last: Option<Ipv4Addr>, is_taken: impl Fn(Ipv4Addr) -> bool) -> Option<Ipv4Addr> {
         let base = u32::from(self.subnet.network());
         let size = 1u32 << (32 - self.subnet.prefix_len());
         let start = match last {
             Some(ip) if self.subnet.contains(&ip) => u32::from(ip) - base + 1,
             _ => 0,
         };
-        (0..size)
-            .map(|i| Ipv4Addr::from(base + (start + i) % size))
-            .find(|&ip| self.is_assignable(ip) && !is_taken(ip))
+        (0..size).map(|i| Ipv4Addr::from(base + (start + i) % size)).find(|&ip| self.is_assignable(ip) && !is_taken(ip))
     }
 }
 
@@ -76,9 +64,7 @@ fn first_host(subnet: Ipv4Net) -> Ipv4Addr {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
-    #[error(
-        "subnet {0} is too small for pods: use a prefix of /30 or shorter (a /24 per node is usual)"
-    )]
+    #[error("subnet {0} is too small for pods: use a prefix of /30 or shorter (a /24 per node is usual)")]
     TooSmall(Ipv4Net),
     #[error("gateway {gateway} is not a host address of subnet {subnet}")]
     GatewayOutside { subnet: Ipv4Net, gateway: Ipv4Addr },
@@ -121,10 +107,7 @@ mod tests {
     #[test]
     fn released_address_is_not_reused_immediately() {
         let p = pool("10.0.0.0/29"); // .2 .. .6 assignable
-        let taken: HashSet<Ipv4Addr> = ["10.0.0.2", "10.0.0.4"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        let taken: HashSet<Ipv4Addr> = ["10.0.0.2", "10.0.0.4"].iter().map(|s| s.parse().unwrap()).collect();
         // .3 was just released (it was the last handed out): the next pick moves on.
         let next = p.next_free(Some("10.0.0.3".parse().unwrap()), |ip| taken.contains(&ip));
         assert_eq!(next, Some("10.0.0.5".parse().unwrap()));
@@ -135,17 +118,10 @@ mod tests {
 
     #[test]
     fn gateway_may_be_chosen() {
-        let p = AddressPool::with_gateway(
-            "10.0.0.0/24".parse().unwrap(),
-            "10.0.0.254".parse().unwrap(),
-        )
-        .unwrap();
+        let p = AddressPool::with_gateway("10.0.0.0/24".parse().unwrap(), "10.0.0.254".parse().unwrap()).unwrap();
         assert!(p.is_assignable("10.0.0.1".parse().unwrap()));
         assert!(!p.is_assignable("10.0.0.254".parse().unwrap()));
-        assert!(
-            AddressPool::with_gateway("10.0.0.0/24".parse().unwrap(), "10.0.1.1".parse().unwrap())
-                .is_err()
-        );
+        assert!(AddressPool::with_gateway("10.0.0.0/24".parse().unwrap(), "10.0.1.1".parse().unwrap()).is_err());
         assert!(AddressPool::new("10.0.0.0/31".parse().unwrap()).is_err());
     }
 

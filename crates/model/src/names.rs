@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 
 /// Prefix of the host end of every pod veth flatnet creates.
 pub const HOST_VETH_PREFIX: &str = "veth";
-/// `ifalias` marker on the host veth: `flatnet:<containerID>/<ifname>`, so a person (and
-/// GC) can tell which attachment a device belongs to.
+/// `ifalias` marker on the host veth: `flatnet:<network>/<containerID>/<ifname>`, so a
+/// person (and GC) can tell which attachment of which network a device belongs to.
 pub const ALIAS_PREFIX: &str = "flatnet:";
 
 /// Stable 64-bit FNV-1a; stable across releases because names on disk depend on it.
@@ -32,13 +32,15 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("{HOST_VETH_PREFIX}{:011x}", h >> 20)
 }
 
-pub fn attachment_alias(container_id: &str, ifname: &str) -> String {
-    format!("{ALIAS_PREFIX}{container_id}/{ifname}")
+pub fn attachment_alias(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("{ALIAS_PREFIX}{network}/{container_id}/{ifname}")
 }
 
-/// Parses an alias written by [`attachment_alias`] back into (containerID, ifname).
-pub fn parse_attachment_alias(alias: &str) -> Option<(&str, &str)> {
-    alias.strip_prefix(ALIAS_PREFIX)?.rsplit_once('/')
+/// Parses an alias written by [`attachment_alias`] into (network, containerID, ifname).
+/// None of the three may contain '/', so the split is unambiguous.
+pub fn parse_attachment_alias(alias: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = alias.strip_prefix(ALIAS_PREFIX)?.splitn(3, '/');
+    Some((parts.next()?, parts.next()?, parts.next()?))
 }
 
 /// The pod's MAC: `0a:58` and the IPv4 address, as Kubernetes network plugins have long
@@ -55,10 +57,7 @@ pub fn derived_mac(seed: &str) -> [u8; 6] {
 }
 
 pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Why an interface name is unusable, or None when the kernel will take it.
@@ -69,10 +68,7 @@ pub fn invalid_ifname_reason(name: &str) -> Option<&'static str> {
         Some("is longer than 15 bytes, the kernel's limit (IFNAMSIZ)")
     } else if name == "." || name == ".." {
         Some("may not be '.' or '..'")
-    } else if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
+    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
         Some("may not contain '/', ':' or whitespace")
     } else {
         None
@@ -106,17 +102,16 @@ mod tests {
 
     #[test]
     fn alias_round_trips() {
-        let alias = attachment_alias("ctr-1", "eth0");
-        assert_eq!(parse_attachment_alias(&alias), Some(("ctr-1", "eth0")));
+        let alias = attachment_alias("k8s", "ctr-1", "eth0");
+        assert_eq!(alias, "flatnet:k8s/ctr-1/eth0");
+        assert_eq!(parse_attachment_alias(&alias), Some(("k8s", "ctr-1", "eth0")));
+        assert_eq!(parse_attachment_alias("flatnet:k8s/ctr-1"), None);
         assert_eq!(parse_attachment_alias("something else"), None);
     }
 
     #[test]
     fn macs() {
-        assert_eq!(
-            format_mac(&pod_mac("10.244.1.5".parse().unwrap())),
-            "0a:58:0a:f4:01:05"
-        );
+        assert_eq!(format_mac(&pod_mac("10.244.1.5".parse().unwrap())), "0a:58:0a:f4:01:05");
         let m = derived_mac("cni0");
         assert_eq!(m[0] & 0x01, 0, "unicast");
         assert_eq!(m[0] & 0x02, 0x02, "locally administered");

@@ -37,41 +37,26 @@ impl NodeSubnet {
                 continue;
             }
             let err = |msg: String| SubnetFileError::Line { line: i + 1, msg };
-            let (key, value) = line
-                .split_once('=')
-                .ok_or_else(|| err(format!("expected KEY=VALUE, got {line:?}")))?;
+            let (key, value) = line.split_once('=').ok_or_else(|| err(format!("expected KEY=VALUE, got {line:?}")))?;
             let value = value.trim().trim_matches('"');
             let cidr = |v: &str| {
-                v.parse::<Ipv4Net>().map_err(|_| {
-                    err(format!(
-                        "{key}={v:?} is not an IPv4 CIDR such as 10.244.1.0/24"
-                    ))
-                })
+                v.parse::<Ipv4Net>().map_err(|_| err(format!("{key}={v:?} is not an IPv4 CIDR such as 10.244.1.0/24")))
             };
             match key.trim() {
                 "FLATNET_NETWORK" => network = Some(cidr(value)?),
                 "FLATNET_SUBNET" => subnet = Some(cidr(value)?),
                 "FLATNET_MTU" => {
-                    mtu = Some(
-                        value
-                            .parse::<u32>()
-                            .ok()
-                            .filter(|m| (576..=65535).contains(m))
-                            .ok_or_else(|| {
-                                err(format!(
-                                    "FLATNET_MTU={value:?} is not an MTU between 576 and 65535"
-                                ))
+                    mtu =
+                        Some(
+                            value.parse::<u32>().ok().filter(|m| (576..=65535).contains(m)).ok_or_else(|| {
+                                err(format!("FLATNET_MTU={value:?} is not an MTU between 576 and 65535"))
                             })?,
-                    )
+                        )
                 }
                 _ => {} // Unknown keys are for newer plugins; ignoring them keeps upgrades safe.
             }
         }
-        Ok(Self {
-            network,
-            subnet: subnet.ok_or(SubnetFileError::MissingSubnet)?,
-            mtu,
-        })
+        Ok(Self { network, subnet: subnet.ok_or(SubnetFileError::MissingSubnet)?, mtu })
     }
 
     pub fn render(&self) -> String {
@@ -103,20 +88,14 @@ mod tests {
 
     #[test]
     fn comments_quotes_and_unknown_keys() {
-        let s = NodeSubnet::parse(
-            "# written by the agent\nFLATNET_SUBNET=\"10.244.9.0/24\"\nFUTURE=1\n",
-        )
-        .unwrap();
+        let s = NodeSubnet::parse("# written by the agent\nFLATNET_SUBNET=\"10.244.9.0/24\"\nFUTURE=1\n").unwrap();
         assert_eq!(s.subnet.to_string(), "10.244.9.0/24");
         assert_eq!(s.mtu, None);
     }
 
     #[test]
     fn errors_name_the_line() {
-        assert_eq!(
-            NodeSubnet::parse("FLATNET_MTU=1400\n").unwrap_err(),
-            SubnetFileError::MissingSubnet
-        );
+        assert_eq!(NodeSubnet::parse("FLATNET_MTU=1400\n").unwrap_err(), SubnetFileError::MissingSubnet);
         let e = NodeSubnet::parse("FLATNET_SUBNET=10.244.1.0/24\nFLATNET_MTU=12\n").unwrap_err();
         assert!(e.to_string().starts_with("line 2:"), "{e}");
         let e = NodeSubnet::parse("garbage\n").unwrap_err();

@@ -66,12 +66,7 @@ fn bench(sb: &Sandbox, args: &CniBenchArgs, flatnet: &Path) -> anyhow::Result<()
         Contender {
             label: "flatnet",
             binary: flatnet.to_path_buf(),
-            dirs: vec![
-                flatnet
-                    .parent()
-                    .expect("a binary has a directory")
-                    .to_path_buf(),
-            ],
+            dirs: vec![flatnet.parent().expect("a binary has a directory").to_path_buf()],
             config: json!({"cniVersion": "1.0.0", "name": "bench", "type": "flatnet", "bridge": "cni0",
                 "subnet": "10.244.1.0/24", "dataDir": sb.dir().join("flatnet-ipam")}),
         },
@@ -84,9 +79,7 @@ fn bench(sb: &Sandbox, args: &CniBenchArgs, flatnet: &Path) -> anyhow::Result<()
                 "ipam": {"type": "host-local", "subnet": "10.244.2.0/24", "dataDir": sb.dir().join("ref-ipam")}}),
         },
     ];
-    let pods: Vec<PathBuf> = (0..args.pods)
-        .map(|i| sb.create_netns(&format!("pod{i}")))
-        .collect::<Result<_, _>>()?;
+    let pods: Vec<PathBuf> = (0..args.pods).map(|i| sb.create_netns(&format!("pod{i}"))).collect::<Result<_, _>>()?;
     println!(
         "CNI ADD/DEL latency, {} pods per round, {} rounds, sequential and {} at a time (wall time of each plugin process)",
         args.pods, args.rounds, args.parallel
@@ -96,8 +89,8 @@ fn bench(sb: &Sandbox, args: &CniBenchArgs, flatnet: &Path) -> anyhow::Result<()
         let mut samples: Vec<Samples> = contenders.iter().map(|_| Samples::default()).collect();
         for round in 0..args.rounds {
             for (c, s) in contenders.iter().zip(samples.iter_mut()) {
-                let (add, del) = round_trip(c, &pods, width, round)
-                    .with_context(|| format!("{} {mode} round {round}", c.label))?;
+                let (add, del) =
+                    round_trip(c, &pods, width, round).with_context(|| format!("{} {mode} round {round}", c.label))?;
                 s.add.extend(add);
                 s.del.extend(del);
             }
@@ -110,8 +103,7 @@ fn bench(sb: &Sandbox, args: &CniBenchArgs, flatnet: &Path) -> anyhow::Result<()
     );
     for (mode, samples) in &results {
         for (verb, pick) in [("ADD", 0), ("DEL", 1)] {
-            let get =
-                |s: &Samples| summarize(if pick == 0 { &s.add } else { &s.del }).expect("samples");
+            let get = |s: &Samples| summarize(if pick == 0 { &s.add } else { &s.del }).expect("samples");
             let (f, r) = (get(&samples[0]), get(&samples[1]));
             println!(
                 "{:<11} {:<4} {:>20} {:>20} {:>9.3}",
@@ -152,12 +144,7 @@ fn round_trip(
     Ok((add, del))
 }
 
-fn timed_calls(
-    c: &Contender,
-    atts: &[Attachment],
-    width: usize,
-    verb: &str,
-) -> anyhow::Result<Vec<Duration>> {
+fn timed_calls(c: &Contender, atts: &[Attachment], width: usize, verb: &str) -> anyhow::Result<Vec<Duration>> {
     let next = AtomicUsize::new(0);
     let out = Mutex::new(Vec::with_capacity(atts.len()));
     let first_error = Mutex::new(None);
@@ -191,10 +178,7 @@ fn wait_for_no_ports(bridge: &str) -> anyhow::Result<()> {
         return Ok(());
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while link::list(&mut nl)?
-        .iter()
-        .any(|l| l.master == Some(br.index))
-    {
+    while link::list(&mut nl)?.iter().any(|l| l.master == Some(br.index)) {
         if Instant::now() > deadline {
             bail!("ports of {bridge} were still there 30 s after DEL");
         }

@@ -15,15 +15,8 @@ pub fn summarize(samples: &[Duration]) -> Option<Summary> {
     }
     let mut v = samples.to_vec();
     v.sort();
-    let rank = |p: usize| {
-        v[((p * v.len()).div_ceil(100))
-            .saturating_sub(1)
-            .min(v.len() - 1)]
-    };
-    Some(Summary {
-        p50: rank(50),
-        p99: rank(99),
-    })
+    let rank = |p: usize| v[((p * v.len()).div_ceil(100)).saturating_sub(1).min(v.len() - 1)];
+    Some(Summary { p50: rank(50), p99: rank(99) })
 }
 
 pub fn ms(d: Duration) -> f64 {
@@ -41,10 +34,7 @@ mod tests {
         assert_eq!(s.p50, Duration::from_millis(50));
         assert_eq!(s.p99, Duration::from_millis(99));
         let s = summarize(&[Duration::from_millis(7)]).unwrap();
-        assert_eq!(
-            (s.p50, s.p99),
-            (Duration::from_millis(7), Duration::from_millis(7))
-        );
+        assert_eq!((s.p50, s.p99), (Duration::from_millis(7), Duration::from_millis(7)));
         assert!(summarize(&[]).is_none());
     }
 }

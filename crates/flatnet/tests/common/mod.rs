@@ -1,10 +1,7 @@
 //! Harness for privileged tests: each test runs in network and mount namespaces of its
 //! own (a [`Sandbox`]), so nothing it does is visible on the host, and skips with a
 //! printed reason when it cannot have them.
-#![allow(
-    dead_code,
-    reason = "each test file uses a different part of the harness"
-)]
+#![allow(dead_code, reason = "each test file uses a different part of the harness")]
 
 use flatnet_cni::exec::{self, Attachment, ExecError};
 use flatnet_kernel::sandbox::{self, Sandbox};
@@ -29,10 +26,7 @@ pub fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) 
         if cond() {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -42,10 +36,7 @@ pub fn flatnet_bin() -> PathBuf {
 }
 
 pub fn plugin_dirs() -> Vec<PathBuf> {
-    vec![
-        flatnet_bin().parent().unwrap().to_path_buf(),
-        PathBuf::from("/usr/lib/cni"),
-    ]
+    vec![flatnet_bin().parent().unwrap().to_path_buf(), PathBuf::from("/usr/lib/cni")]
 }
 
 /// A flatnet network in a sandbox: its config and the runtime calls on it.
@@ -69,12 +60,7 @@ impl Net {
         self
     }
 
-    pub fn call(
-        &self,
-        verb: &str,
-        att: Option<&Attachment>,
-        config: &Value,
-    ) -> Result<Value, ExecError> {
+    pub fn call(&self, verb: &str, att: Option<&Attachment>, config: &Value) -> Result<Value, ExecError> {
         exec::exec(&flatnet_bin(), verb, att, &plugin_dirs(), config)
     }
 
@@ -97,9 +83,7 @@ impl Net {
         let dir = self.data_dir.join("testnet").join("ips");
         let mut v: Vec<String> = std::fs::read_dir(&dir)
             .map(|rd| {
-                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                    .filter(|n| !n.starts_with('.'))
-                    .collect()
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| !n.starts_with('.')).collect()
             })
             .unwrap_or_default();
         v.sort();
@@ -127,20 +111,12 @@ pub fn pod_veths() -> Vec<link::Link> {
     link::list(&mut nl)
         .unwrap()
         .into_iter()
-        .filter(|l| {
-            l.alias
-                .as_deref()
-                .is_some_and(|a| a.starts_with("flatnet:"))
-        })
+        .filter(|l| l.alias.as_deref().is_some_and(|a| a.starts_with("flatnet:")))
         .collect()
 }
 
 pub fn wait_no_pod_veths() {
-    eventually(
-        "every pod veth to be torn down",
-        Duration::from_secs(10),
-        || pod_veths().is_empty(),
-    );
+    eventually("every pod veth to be torn down", Duration::from_secs(10), || pod_veths().is_empty());
 }
 
 /// The IPv4 address of `ifname` inside a namespace, if any.
@@ -158,11 +134,6 @@ pub fn pod_ip(netns: &Path, ifname: &str) -> Option<ipnet::IpNet> {
 
 /// Connects over TCP from one namespace to a listener in another and returns the
 /// source address the listener saw.
-pub fn tcp_probe(
-    from: &Path,
-    to: &Path,
-    to_ip: std::net::IpAddr,
-    port: u16,
-) -> std::io::Result<std::net::SocketAddr> {
+pub fn tcp_probe(from: &Path, to: &Path, to_ip: std::net::IpAddr, port: u16) -> std::io::Result<std::net::SocketAddr> {
     flatnet_kernel::probe::tcp(from, to, to_ip, port, Duration::from_secs(3))
 }

@@ -31,11 +31,7 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: ErrorCode, msg: impl Into<String>, details: impl Into<String>) -> Self {
-        Self {
-            code: code as u32,
-            msg: msg.into(),
-            details: details.into(),
-        }
+        Self { code: code as u32, msg: msg.into(), details: details.into() }
     }
 
     pub fn plugin(msg: impl Into<String>, details: impl Into<String>) -> Self {
@@ -55,11 +51,7 @@ impl CniError {
             #[serde(flatten)]
             err: &'a CniError,
         }
-        serde_json::to_string(&Wire {
-            cni_version,
-            err: self,
-        })
-        .expect("error objects serialize")
+        serde_json::to_string(&Wire { cni_version, err: self }).expect("error objects serialize")
     }
 }
 

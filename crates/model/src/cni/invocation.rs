@@ -47,10 +47,7 @@ impl Invocation {
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, CniError> {
         let non_empty = |k: &str| get(k).filter(|v| !v.is_empty());
         let raw = non_empty("CNI_COMMAND").ok_or_else(|| {
-            invalid_env(
-                "CNI_COMMAND is not set".into(),
-                "a runtime sets it to ADD, DEL, CHECK, GC, STATUS or VERSION",
-            )
+            invalid_env("CNI_COMMAND is not set".into(), "a runtime sets it to ADD, DEL, CHECK, GC, STATUS or VERSION")
         })?;
         let command = Command::parse(&raw).ok_or_else(|| {
             invalid_env(
@@ -61,18 +58,14 @@ impl Invocation {
         let needs_attachment = matches!(command, Command::Add | Command::Del | Command::Check);
         let require = |k: &str, needed: bool| -> Result<Option<String>, CniError> {
             match non_empty(k) {
-                None if needed => Err(invalid_env(
-                    format!("{k} is not set"),
-                    &format!("the runtime must set {k} for {raw}"),
-                )),
+                None if needed => {
+                    Err(invalid_env(format!("{k} is not set"), &format!("the runtime must set {k} for {raw}")))
+                }
                 v => Ok(v),
             }
         };
         let container_id = require("CNI_CONTAINERID", needs_attachment)?;
-        let netns = require(
-            "CNI_NETNS",
-            matches!(command, Command::Add | Command::Check),
-        )?;
+        let netns = require("CNI_NETNS", matches!(command, Command::Add | Command::Check))?;
         let ifname = require("CNI_IFNAME", needs_attachment)?;
         if let Some(id) = &container_id
             && !is_valid_identifier(id)
@@ -85,26 +78,20 @@ impl Invocation {
         if let Some(name) = &ifname
             && let Some(why) = invalid_ifname_reason(name)
         {
-            return Err(invalid_env(
-                format!("CNI_IFNAME={name:?} {why}"),
-                "pick a name such as eth0",
-            ));
+            return Err(invalid_env(format!("CNI_IFNAME={name:?} {why}"), "pick a name such as eth0"));
         }
-        let args = parse_args(get("CNI_ARGS").as_deref().unwrap_or(""))?;
-        Ok(Self {
-            command,
-            container_id,
-            netns,
-            ifname,
-            args,
-        })
+        let raw_args = get("CNI_ARGS").unwrap_or_default();
+        let args = match command {
+            Command::Add | Command::Check => parse_args(&raw_args)?,
+            // DEL must tear down even if the runtime's CNI_ARGS are off.
+            Command::Del => parse_args(&raw_args).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        Ok(Self { command, container_id, netns, ifname, args })
     }
 
     pub fn arg(&self, key: &str) -> Option<&str> {
-        self.args
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.args.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
 
@@ -112,14 +99,9 @@ fn parse_args(raw: &str) -> Result<Vec<(String, String)>, CniError> {
     raw.split(';')
         .filter(|p| !p.is_empty())
         .map(|pair| {
-            pair.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| {
-                    invalid_env(
-                        format!("CNI_ARGS has {pair:?}, which is not KEY=VALUE"),
-                        "separate pairs with ';'",
-                    )
-                })
+            pair.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| {
+                invalid_env(format!("CNI_ARGS has {pair:?}, which is not KEY=VALUE"), "separate pairs with ';'")
+            })
         })
         .collect()
 }
@@ -130,10 +112,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Result<Invocation, CniError> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Invocation::from_env(|k| m.get(k).cloned())
     }
 
@@ -164,11 +143,7 @@ mod tests {
 
     #[test]
     fn del_does_not_need_netns_and_version_needs_nothing() {
-        let e = env(&[
-            ("CNI_COMMAND", "DEL"),
-            ("CNI_CONTAINERID", "abc"),
-            ("CNI_IFNAME", "eth0"),
-        ]);
+        let e = env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0")]);
         assert!(e.is_ok());
         assert!(env(&[("CNI_COMMAND", "VERSION")]).is_ok());
         assert!(env(&[("CNI_COMMAND", "GC")]).is_ok());
@@ -185,11 +160,11 @@ mod tests {
         pairs[1] = ("CNI_CONTAINERID", "bad id!");
         assert_eq!(env(&pairs).unwrap_err().code, 4);
         assert_eq!(env(&[("CNI_COMMAND", "FROB")]).unwrap_err().code, 4);
-        assert_eq!(
-            env(&[("CNI_COMMAND", "VERSION"), ("CNI_ARGS", "novalue")])
-                .unwrap_err()
-                .code,
-            4
-        );
+        pairs[1] = ("CNI_CONTAINERID", "abc");
+        pairs[4] = ("CNI_ARGS", "novalue");
+        assert_eq!(env(&pairs).unwrap_err().code, 4);
+        assert!(env(&[("CNI_COMMAND", "VERSION"), ("CNI_ARGS", "novalue")]).is_ok(), "only ADD and CHECK use CNI_ARGS");
+        let del = [("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0"), ("CNI_ARGS", "novalue")];
+        assert!(env(&del).is_ok(), "DEL forgives bad CNI_ARGS");
     }
 }

@@ -8,7 +8,7 @@ pub mod invocation;
 pub mod result;
 pub mod version;
 
-pub use config::{Attachment, NetConf};
+pub use config::{Attachment, NetConf, TeardownConf};
 pub use error::{CniError, ErrorCode};
 pub use invocation::{Command, Invocation};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};

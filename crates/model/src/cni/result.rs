@@ -71,10 +71,7 @@ pub struct Dns {
 
 impl Dns {
     pub fn is_empty(&self) -> bool {
-        self.nameservers.is_empty()
-            && self.domain.is_none()
-            && self.search.is_empty()
-            && self.options.is_empty()
+        self.nameservers.is_empty() && self.domain.is_none() && self.search.is_empty() && self.options.is_empty()
     }
 }
 
@@ -86,20 +83,10 @@ impl CniResult {
         let mut v = serde_json::to_value(self).expect("results serialize");
         let obj = v.as_object_mut().expect("a result is an object");
         if version < CniVersion::V1_1_0 {
-            for iface in obj
-                .get_mut("interfaces")
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-            {
+            for iface in obj.get_mut("interfaces").and_then(Value::as_array_mut).into_iter().flatten() {
                 iface.as_object_mut().map(|o| o.remove("mtu"));
             }
-            for route in obj
-                .get_mut("routes")
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-            {
+            for route in obj.get_mut("routes").and_then(Value::as_array_mut).into_iter().flatten() {
                 if let Some(o) = route.as_object_mut() {
                     o.remove("mtu");
                     o.remove("priority");
@@ -107,20 +94,9 @@ impl CniResult {
             }
         }
         if version < CniVersion::V1_0_0 {
-            for (ip, cfg) in obj
-                .get_mut("ips")
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-                .zip(&self.ips)
-            {
-                let family = if cfg.address.addr().is_ipv4() {
-                    "4"
-                } else {
-                    "6"
-                };
-                ip.as_object_mut()
-                    .map(|o| o.insert("version".into(), json!(family)));
+            for (ip, cfg) in obj.get_mut("ips").and_then(Value::as_array_mut).into_iter().flatten().zip(&self.ips) {
+                let family = if cfg.address.addr().is_ipv4() { "4" } else { "6" };
+                ip.as_object_mut().map(|o| o.insert("version".into(), json!(family)));
             }
         }
         obj.insert("cniVersion".into(), json!(version_str));
@@ -130,10 +106,7 @@ impl CniResult {
     /// The interface a runtime would call the container's: the one with a sandbox and
     /// the given name.
     pub fn sandbox_interface(&self, ifname: &str) -> Option<(usize, &Interface)> {
-        self.interfaces
-            .iter()
-            .enumerate()
-            .find(|(_, i)| i.name == ifname && i.sandbox.is_some())
+        self.interfaces.iter().enumerate().find(|(_, i)| i.name == ifname && i.sandbox.is_some())
     }
 }
 
@@ -144,12 +117,7 @@ mod tests {
     fn sample() -> CniResult {
         CniResult {
             interfaces: vec![
-                Interface {
-                    name: "cni0".into(),
-                    mac: "02:00:00:00:00:01".into(),
-                    mtu: Some(1500),
-                    sandbox: None,
-                },
+                Interface { name: "cni0".into(), mac: "02:00:00:00:00:01".into(), mtu: Some(1500), sandbox: None },
                 Interface {
                     name: "eth0".into(),
                     mac: "0a:58:0a:f4:01:02".into(),
@@ -168,10 +136,7 @@ mod tests {
                 mtu: Some(1400),
                 priority: None,
             }],
-            dns: Dns {
-                nameservers: vec!["10.96.0.10".into()],
-                ..Default::default()
-            },
+            dns: Dns { nameservers: vec!["10.96.0.10".into()], ..Default::default() },
         }
     }
 
@@ -196,11 +161,7 @@ mod tests {
 
     #[test]
     fn v0_3_adds_ip_version() {
-        for (ver, s) in [
-            (CniVersion::V0_3_0, "0.3.0"),
-            (CniVersion::V0_3_1, "0.3.1"),
-            (CniVersion::V0_4_0, "0.4.0"),
-        ] {
+        for (ver, s) in [(CniVersion::V0_3_0, "0.3.0"), (CniVersion::V0_3_1, "0.3.1"), (CniVersion::V0_4_0, "0.4.0")] {
             let v = sample().to_json(ver, s);
             assert_eq!(v["cniVersion"], s);
             assert_eq!(v["ips"][0]["version"], "4");

@@ -13,13 +13,7 @@ pub enum CniVersion {
 }
 
 impl CniVersion {
-    pub const ALL: [CniVersion; 5] = [
-        Self::V0_3_0,
-        Self::V0_3_1,
-        Self::V0_4_0,
-        Self::V1_0_0,
-        Self::V1_1_0,
-    ];
+    pub const ALL: [CniVersion; 5] = [Self::V0_3_0, Self::V0_3_1, Self::V0_4_0, Self::V1_0_0, Self::V1_1_0];
     pub const LATEST: CniVersion = Self::V1_1_0;
 
     pub fn as_str(self) -> &'static str {
@@ -33,16 +27,13 @@ impl CniVersion {
     }
 
     pub fn parse(s: &str) -> Result<Self, CniError> {
-        Self::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| {
-                CniError::new(
-                    ErrorCode::IncompatibleVersion,
-                    format!("cniVersion {s:?} is not supported"),
-                    format!("flatnet supports {}", Self::supported_list().join(", ")),
-                )
-            })
+        Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| {
+            CniError::new(
+                ErrorCode::IncompatibleVersion,
+                format!("cniVersion {s:?} is not supported"),
+                format!("flatnet supports {}", Self::supported_list().join(", ")),
+            )
+        })
     }
 
     pub fn supported_list() -> Vec<&'static str> {
