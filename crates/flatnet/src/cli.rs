@@ -13,6 +13,11 @@ struct Cli {
 enum Cmd {
     /// One node, two pods wired by the CNI plugin, every hop shown (needs root).
     Demo,
+    /// The lab: a Kubernetes-compatible cluster on this machine.
+    Lab {
+        #[command(subcommand)]
+        what: crate::lab::LabCmd,
+    },
     /// Benchmarks, compared side by side with a reference in one run.
     Bench {
         #[command(subcommand)]
@@ -34,6 +39,7 @@ pub fn main() -> i32 {
     let out = match cli.command {
         Cmd::Bench { what } => crate::bench::run(what),
         Cmd::Demo => crate::demo::run(),
+        Cmd::Lab { what } => crate::lab::run(what),
         Cmd::CniConfig { name, subnet } => {
             let mut plugin = serde_json::json!({"type": "flatnet", "bridge": "cni0"});
             if let Some(s) = subnet {

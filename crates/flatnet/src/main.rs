@@ -4,6 +4,7 @@
 mod bench;
 mod cli;
 mod demo;
+mod lab;
 
 fn main() {
     // The CNI path stays lean: no argument parsing, no logging set-up.

@@ -5,4 +5,5 @@
 pub mod cni;
 pub mod ipam;
 pub mod names;
+pub mod selector;
 pub mod subnet_file;

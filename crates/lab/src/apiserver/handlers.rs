@@ -1,0 +1,341 @@
+//! get, list, create, update, patch and delete.
+
+use super::admission::{self, stamp_new};
+use super::patch::{self, PatchType};
+use super::resources::{Resource, invalid_name};
+use super::status::ApiError;
+use super::table::{self, IncludeObject};
+use super::{ApiServer, Request, Target, error, json, watch};
+use crate::store::{Change, Key};
+use axum::http::{Method, StatusCode, header};
+use axum::response::Response;
+use flatnet_model::selector::LabelSelector;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub(crate) async fn dispatch(api: &Arc<ApiServer>, t: Target, req: Request) -> Response {
+    let out = match (&req.method, t.name.is_some()) {
+        (&Method::GET, _) if req.flag("watch") => return watch::serve(api, t, req),
+        (&Method::GET, false) => list(api, &t, &req),
+        (&Method::GET, true) => get(api, &t, &req),
+        (&Method::POST, false) => create(api, &t, &req).await,
+        (&Method::PUT, true) => update(api, &t, &req).await,
+        (&Method::PATCH, true) => patch(api, &t, &req).await,
+        (&Method::DELETE, true) => delete(api, &t).await,
+        (m, _) => Err(ApiError::method_not_allowed(format!("{m} is not supported on this path"))),
+    };
+    match out {
+        Ok((code, v)) => json(code, &v),
+        Err(e) => error(&e),
+    }
+}
+
+type Reply = Result<(StatusCode, Value), ApiError>;
+
+fn key(t: &Target, name: &str) -> Key {
+    Key::new(&t.resource.store_name(), t.namespace.as_deref().unwrap_or(""), name)
+}
+
+fn labels_of(v: &Value) -> BTreeMap<String, String> {
+    v["metadata"]["labels"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, x)| (k.clone(), x.as_str().unwrap_or_default().to_string())).collect())
+        .unwrap_or_default()
+}
+
+/// `fieldSelector`: `path=value`, `path==value`, `path!=value`, comma-separated, on any
+/// dotted field path (`metadata.name`, `spec.nodeName`, `involvedObject.uid`, …).
+pub(crate) struct FieldSelector(Vec<(Vec<String>, String, bool)>);
+
+impl FieldSelector {
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        let mut reqs = Vec::new();
+        for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let (path, value, eq) = if let Some((p, v)) = term.split_once("!=") {
+                (p, v, false)
+            } else if let Some((p, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                (p, v, true)
+            } else {
+                return Err(ApiError::bad_request(format!("invalid field selector {term:?}: expected field=value")));
+            };
+            reqs.push((path.trim().split('.').map(str::to_string).collect(), value.trim().to_string(), eq));
+        }
+        Ok(Self(reqs))
+    }
+
+    pub fn matches(&self, v: &Value) -> bool {
+        self.0.iter().all(|(path, want, eq)| {
+            let mut cur = v;
+            for p in path {
+                cur = &cur[p.as_str()];
+            }
+            let have = match cur {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            (have == *want) == *eq
+        })
+    }
+}
+
+/// The label and field selectors of a list or watch.
+pub(crate) struct Filter {
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Filter {
+    pub fn from(req: &Request) -> Result<Self, ApiError> {
+        let labels = LabelSelector::parse(req.q("labelSelector").unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+        let fields = FieldSelector::parse(req.q("fieldSelector").unwrap_or(""))?;
+        Ok(Self { labels, fields })
+    }
+
+    pub fn matches(&self, v: &Value) -> bool {
+        self.labels.matches(&labels_of(v)) && self.fields.matches(v)
+    }
+}
+
+pub(crate) fn wants_table(req: &Request) -> bool {
+    req.headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("as=Table"))
+}
+
+fn include_object(req: &Request) -> IncludeObject {
+    match req.q("includeObject") {
+        Some("None") => IncludeObject::None,
+        Some("Object") => IncludeObject::Object,
+        _ => IncludeObject::Metadata,
+    }
+}
+
+fn list(api: &ApiServer, t: &Target, req: &Request) -> Reply {
+    let filter = Filter::from(req)?;
+    let store_name = t.resource.store_name();
+    api.store.read(|objects| {
+        let items: Vec<&Value> = objects
+            .list(&store_name, t.namespace.as_deref())
+            .map(|v| v.as_ref())
+            .filter(|v| filter.matches(v))
+            .collect();
+        if wants_table(req) {
+            return Ok((StatusCode::OK, table::render(t.resource, &items, objects.rv, include_object(req))));
+        }
+        Ok((
+            StatusCode::OK,
+            json!({"kind": t.resource.list_kind(), "apiVersion": t.resource.api_version(),
+                   "metadata": {"resourceVersion": objects.rv.to_string()}, "items": items}),
+        ))
+    })
+}
+
+fn get(api: &ApiServer, t: &Target, req: &Request) -> Reply {
+    let name = t.name.as_deref().unwrap_or_default();
+    api.store.read(|objects| {
+        let obj = objects.get(&key(t, name)).ok_or_else(|| ApiError::not_found(t.resource.plural, name))?;
+        if wants_table(req) {
+            return Ok((StatusCode::OK, table::render(t.resource, &[obj.as_ref()], objects.rv, include_object(req))));
+        }
+        Ok((StatusCode::OK, (**obj).clone()))
+    })
+}
+
+/// Parses a body as an object of this resource.
+fn parse_body(r: &Resource, body: &[u8]) -> Result<Value, ApiError> {
+    let mut obj: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not a valid JSON object: {e}")))?;
+    if !obj.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    if let Some(kind) = obj.get("kind").and_then(Value::as_str)
+        && kind != r.kind
+    {
+        return Err(ApiError::bad_request(format!("the body is a {kind}, but this path takes a {}", r.kind)));
+    }
+    if let Some(av) = obj.get("apiVersion").and_then(Value::as_str)
+        && av != r.api_version()
+    {
+        return Err(ApiError::bad_request(format!("apiVersion {av:?} is not served here: use {}", r.api_version())));
+    }
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    Ok(obj)
+}
+
+fn check_schema(r: &Resource, obj: &Value, name: &str) -> Result<(), ApiError> {
+    (r.schema)(obj)
+        .map_err(|e| ApiError::invalid(r.kind, name, "body", format!("does not match the {} schema: {e}", r.kind)))
+}
+
+fn check_namespace(t: &Target, obj: &Value) -> Result<(), ApiError> {
+    if let (Some(url_ns), Some(body_ns)) = (&t.namespace, obj["metadata"]["namespace"].as_str())
+        && url_ns != body_ns
+    {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    if t.resource.namespaced && t.namespace.is_none() {
+        return Err(ApiError::bad_request(format!(
+            "{} are namespaced: use a /namespaces/NAME/ path",
+            t.resource.plural
+        )));
+    }
+    Ok(())
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    uuid::Uuid::new_v4().as_bytes()[..5].iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
+async fn create(api: &ApiServer, t: &Target, req: &Request) -> Reply {
+    let r = t.resource;
+    let mut obj = parse_body(r, &req.body)?;
+    check_namespace(t, &obj)?;
+    let name = match (obj["metadata"]["name"].as_str(), obj["metadata"]["generateName"].as_str()) {
+        (Some(n), _) if !n.is_empty() => n.to_string(),
+        (_, Some(prefix)) => format!("{prefix}{}", random_suffix()),
+        _ => return Err(ApiError::invalid(r.kind, "", "metadata.name", "name or generateName is required")),
+    };
+    if let Some(why) = invalid_name(&name, r.label_names) {
+        return Err(ApiError::invalid(r.kind, &name, "metadata.name", format!("Invalid value: {name:?}: {why}")));
+    }
+    obj["metadata"]["name"] = json!(name);
+    check_schema(r, &obj, &name)?;
+    let namespace = t.namespace.clone().unwrap_or_default();
+    stamp_new(&mut obj, r, &namespace);
+    admission::defaults(&mut obj, r.kind);
+    let key = key(t, &name);
+    let cluster = api.cluster.clone();
+    let plural = r.plural;
+    let stored = api
+        .store
+        .mutate(key.clone(), move |all, current| {
+            if current.is_some() {
+                return Err(ApiError::already_exists(plural, &key.name));
+            }
+            admission::admit(&cluster, all, &key, &mut obj, None)?;
+            Ok(Change::Put(obj))
+        })
+        .await?;
+    Ok((StatusCode::CREATED, stored.map(|v| (*v).clone()).unwrap_or_default()))
+}
+
+/// Turns what a client sent (a full object or a patched copy) into what is stored: the
+/// identity fields stay, the status or the rest stays depending on the subresource,
+/// defaults and admission apply again.
+fn reconcile_update(
+    api_cluster: &admission::ClusterConfig,
+    all: &crate::store::Objects,
+    key: &Key,
+    r: &Resource,
+    status_only: bool,
+    current: &Value,
+    mut new: Value,
+) -> Result<Change, ApiError> {
+    if let Some(rv) = new["metadata"]["resourceVersion"].as_str()
+        && !rv.is_empty()
+        && Some(rv) != current["metadata"]["resourceVersion"].as_str()
+    {
+        return Err(ApiError::conflict(
+            r.plural,
+            &key.name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        ));
+    }
+    if new["metadata"]["name"].as_str().is_some_and(|n| n != key.name) {
+        return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
+    }
+    let mut out = if status_only {
+        let mut o = current.clone();
+        o["status"] = new["status"].take();
+        o
+    } else {
+        if r.status {
+            new["status"] = current["status"].clone();
+        }
+        if !new["metadata"].is_object() {
+            new["metadata"] = json!({});
+        }
+        for k in ["uid", "creationTimestamp", "namespace", "name", "deletionTimestamp"] {
+            match current["metadata"].get(k) {
+                Some(v) => new["metadata"][k] = v.clone(),
+                None => {
+                    new["metadata"].as_object_mut().map(|m| m.remove(k));
+                }
+            }
+        }
+        new
+    };
+    out["kind"] = json!(r.kind);
+    out["apiVersion"] = json!(r.api_version());
+    check_schema(r, &out, &key.name)?;
+    admission::defaults(&mut out, r.kind);
+    admission::admit(api_cluster, all, key, &mut out, Some(current))?;
+    let mut unchanged = out.clone();
+    unchanged["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+    if unchanged == *current {
+        return Ok(Change::Keep);
+    }
+    Ok(Change::Put(out))
+}
+
+async fn update(api: &ApiServer, t: &Target, req: &Request) -> Reply {
+    let r = t.resource;
+    let new = parse_body(r, &req.body)?;
+    check_namespace(t, &new)?;
+    let key = key(t, t.name.as_deref().unwrap_or_default());
+    let status_only = t.sub.as_deref() == Some("status");
+    let cluster = api.cluster.clone();
+    let k = key.clone();
+    let stored = api
+        .store
+        .mutate(key, move |all, current| {
+            let current = current.ok_or_else(|| ApiError::not_found(r.plural, &k.name))?;
+            reconcile_update(&cluster, all, &k, r, status_only, current, new)
+        })
+        .await?;
+    Ok((StatusCode::OK, stored.map(|v| (*v).clone()).unwrap_or_default()))
+}
+
+async fn patch(api: &ApiServer, t: &Target, req: &Request) -> Reply {
+    let r = t.resource;
+    let ct = req.headers.get(header::CONTENT_TYPE).and_then(|c| c.to_str().ok()).unwrap_or("");
+    let kind = PatchType::from_content_type(ct)?;
+    let body = req.body.clone();
+    let key = key(t, t.name.as_deref().unwrap_or_default());
+    let status_only = t.sub.as_deref() == Some("status");
+    let cluster = api.cluster.clone();
+    let k = key.clone();
+    let stored = api
+        .store
+        .mutate(key, move |all, current| {
+            let current = current.ok_or_else(|| ApiError::not_found(r.plural, &k.name))?;
+            let mut new = current.clone();
+            // A patch carries no resourceVersion unless the client wants the check.
+            new["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));
+            patch::apply(&mut new, &body, kind)?;
+            reconcile_update(&cluster, all, &k, r, status_only, current, new)
+        })
+        .await?;
+    Ok((StatusCode::OK, stored.map(|v| (*v).clone()).unwrap_or_default()))
+}
+
+async fn delete(api: &ApiServer, t: &Target) -> Reply {
+    let r = t.resource;
+    let key = key(t, t.name.as_deref().unwrap_or_default());
+    let last = api.store.read(|o| o.get(&key).cloned()).ok_or_else(|| ApiError::not_found(r.plural, &key.name))?;
+    api.store.mutate(key.clone(), |_, _| Ok(Change::Delete)).await?;
+    if r.kind == "Namespace" {
+        // What a namespace controller does: its contents go with it.
+        let inside: Vec<Key> = api.store.read(|o| o.map.keys().filter(|k| k.namespace == key.name).cloned().collect());
+        for k in inside {
+            let _ = api.store.mutate(k, |_, cur| Ok(if cur.is_some() { Change::Delete } else { Change::Keep })).await;
+        }
+    }
+    Ok((StatusCode::OK, (*last).clone()))
+}

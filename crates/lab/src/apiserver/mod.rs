@@ -1,0 +1,177 @@
+//! The Kubernetes-compatible REST API: discovery, CRUD and watch for the resources in
+//! [`resources`], JSON with the real schemas, Table output for kubectl, bearer-token auth.
+
+pub mod admission;
+pub mod discovery;
+mod handlers;
+pub mod patch;
+pub mod resources;
+pub mod status;
+pub mod table;
+mod watch;
+
+use crate::store::Store;
+use admission::ClusterConfig;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use resources::Resource;
+use serde_json::Value;
+use status::ApiError;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub struct ApiServer {
+    pub store: Arc<Store>,
+    pub cluster: ClusterConfig,
+    token: String,
+}
+
+impl ApiServer {
+    pub fn new(store: Arc<Store>, cluster: ClusterConfig, token: String) -> Arc<Self> {
+        Arc::new(Self { store, cluster, token })
+    }
+
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new().fallback(serve).with_state(self.clone())
+    }
+}
+
+/// A request for a resource: `/api/v1[/namespaces/NS]/PLURAL[/NAME[/SUB]]`, or the same
+/// under `/apis/GROUP/VERSION`.
+pub(crate) struct Target {
+    pub resource: &'static Resource,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<String>,
+}
+
+pub(crate) struct Request {
+    pub method: Method,
+    pub query: HashMap<String, String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Request {
+    pub fn q(&self, k: &str) -> Option<&str> {
+        self.query.get(k).map(String::as_str)
+    }
+
+    pub fn flag(&self, k: &str) -> bool {
+        matches!(self.q(k), Some("true" | "1"))
+    }
+}
+
+pub(crate) fn json(code: StatusCode, v: &Value) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+pub(crate) fn error(e: &ApiError) -> Response {
+    json(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &e.to_status())
+}
+
+async fn serve(
+    State(api): State<Arc<ApiServer>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().trim_end_matches('/').to_string();
+    if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
+        return (StatusCode::OK, "ok").into_response();
+    }
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| t == api.token);
+    if !authorized {
+        return error(&ApiError::unauthorized());
+    }
+    let query: HashMap<String, String> = uri
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    Some((decode(k)?, decode(v)?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let req = Request { method, query, headers, body };
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let discovery = match segs.as_slice() {
+        ["version"] => Some(discovery::version()),
+        ["api"] => Some(discovery::api_versions()),
+        ["apis"] => Some(discovery::api_groups()),
+        ["api", v] => discovery::resource_list("", v),
+        ["apis", g] if resources::groups().contains(g) => Some(discovery::group(g)),
+        ["apis", g, v] => discovery::resource_list(g, v),
+        ["openapi", "v3"] => Some(discovery::openapi_index()),
+        ["openapi", "v3", rest @ ..] => discovery::openapi_group(&rest.join("/")),
+        _ => None,
+    };
+    if let Some(doc) = discovery {
+        return if req.method == Method::GET {
+            json(StatusCode::OK, &doc)
+        } else {
+            error(&ApiError::method_not_allowed("read-only"))
+        };
+    }
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return error(&ApiError::no_route(&path)),
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, plural, tail @ ..]
+            if resources::find(group, version, plural).is_some_and(|r| r.namespaced) =>
+        {
+            (Some(ns.to_string()), [&[*plural][..], tail].concat())
+        }
+        other => (None, other.to_vec()),
+    };
+    let Some(resource) = rest.first().and_then(|p| resources::find(group, version, p)) else {
+        return error(&ApiError::no_route(&path));
+    };
+    if rest.len() > 3 || (rest.len() == 3 && !(rest[2] == "status" && resource.status)) {
+        return error(&ApiError::no_route(&path));
+    }
+    let target = Target {
+        resource,
+        namespace,
+        name: rest.get(1).map(|s| s.to_string()),
+        sub: rest.get(2).map(|s| s.to_string()),
+    };
+    handlers::dispatch(&api, target, req).await
+}
+
+fn decode(s: &str) -> Option<String> {
+    let s = s.replace('+', " ");
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+pub(crate) fn body_of(code: StatusCode, body: Body) -> Response {
+    Response::builder()
+        .status(code)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

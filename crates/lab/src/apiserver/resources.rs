@@ -1,0 +1,197 @@
+//! The resources this API server serves, with what discovery, validation and printing
+//! need to know about each.
+
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub struct Resource {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    /// Has a `/status` subresource.
+    pub status: bool,
+    /// Checks the object against the real schema (k8s-openapi types).
+    pub schema: fn(&Value) -> Result<(), String>,
+    /// Names must be DNS-1123 labels (not just subdomains).
+    pub label_names: bool,
+}
+
+fn schema<T: DeserializeOwned>(v: &Value) -> Result<(), String> {
+    serde_json::from_value::<T>(v.clone()).map(|_| ()).map_err(|e| e.to_string())
+}
+
+pub static RESOURCES: &[Resource] = &[
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+        singular: "namespace",
+        namespaced: false,
+        short_names: &["ns"],
+        status: true,
+        schema: schema::<Namespace>,
+        label_names: true,
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "Node",
+        plural: "nodes",
+        singular: "node",
+        namespaced: false,
+        short_names: &["no"],
+        status: true,
+        schema: schema::<Node>,
+        label_names: false,
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "Pod",
+        plural: "pods",
+        singular: "pod",
+        namespaced: true,
+        short_names: &["po"],
+        status: true,
+        schema: schema::<Pod>,
+        label_names: false,
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "Service",
+        plural: "services",
+        singular: "service",
+        namespaced: true,
+        short_names: &["svc"],
+        status: true,
+        schema: schema::<Service>,
+        label_names: true,
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "Event",
+        plural: "events",
+        singular: "event",
+        namespaced: true,
+        short_names: &["ev"],
+        status: false,
+        schema: schema::<Event>,
+        label_names: false,
+    },
+    Resource {
+        group: "discovery.k8s.io",
+        version: "v1",
+        kind: "EndpointSlice",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        namespaced: true,
+        short_names: &[],
+        status: false,
+        schema: schema::<EndpointSlice>,
+        label_names: false,
+    },
+    Resource {
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "NetworkPolicy",
+        plural: "networkpolicies",
+        singular: "networkpolicy",
+        namespaced: true,
+        short_names: &["netpol"],
+        status: false,
+        schema: schema::<NetworkPolicy>,
+        label_names: false,
+    },
+];
+
+impl Resource {
+    /// The name objects are stored under: the plural, qualified by its group.
+    pub fn store_name(&self) -> String {
+        if self.group.is_empty() { self.plural.to_string() } else { format!("{}.{}", self.plural, self.group) }
+    }
+
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    pub fn list_kind(&self) -> String {
+        format!("{}List", self.kind)
+    }
+}
+
+pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+pub fn by_kind(kind: &str) -> Option<&'static Resource> {
+    RESOURCES.iter().find(|r| r.kind == kind)
+}
+
+/// The API groups served under /apis, in order.
+pub fn groups() -> Vec<&'static str> {
+    let mut g: Vec<&str> = RESOURCES.iter().map(|r| r.group).filter(|g| !g.is_empty()).collect();
+    g.dedup();
+    g
+}
+
+/// Why `name` is not a valid object name, or None.
+pub fn invalid_name(name: &str, label: bool) -> Option<String> {
+    let max = if label { 63 } else { 253 };
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 63
+            && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !p.starts_with('-')
+            && !p.ends_with('-')
+    };
+    if name.is_empty() {
+        return Some("a name is required".into());
+    }
+    if name.len() > max {
+        return Some(format!("must be no more than {max} characters"));
+    }
+    let ok = if label { part_ok(name) } else { name.split('.').all(part_ok) };
+    (!ok).then(|| {
+        format!(
+            "a lowercase RFC 1123 {} must consist of lower case alphanumeric characters{}, and must start and end with an alphanumeric character",
+            if label { "label" } else { "subdomain" },
+            if label { " or '-'" } else { ", '-' or '.'" }
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(invalid_name("web-0", true).is_none());
+        assert!(invalid_name("a.b", false).is_none());
+        assert!(invalid_name("a.b", true).is_some());
+        assert!(invalid_name("Web", false).is_some());
+        assert!(invalid_name("-x", false).is_some());
+        assert!(invalid_name(&"a".repeat(64), true).is_some());
+        assert!(invalid_name("", false).is_some());
+    }
+
+    #[test]
+    fn lookup() {
+        assert_eq!(find("", "v1", "pods").unwrap().kind, "Pod");
+        assert_eq!(
+            find("discovery.k8s.io", "v1", "endpointslices").unwrap().store_name(),
+            "endpointslices.discovery.k8s.io"
+        );
+        assert_eq!(groups(), vec!["discovery.k8s.io", "networking.k8s.io"]);
+    }
+}

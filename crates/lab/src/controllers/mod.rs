@@ -1,0 +1,130 @@
+//! The controllers a cluster's controller manager and scheduler run: node IPAM, the
+//! scheduler, and EndpointSlices. They watch the store, work out what should be, and
+//! write only the differences; on start they reconcile everything once.
+
+mod endpointslices;
+mod nodeipam;
+mod scheduler;
+
+use crate::apiserver::admission::ClusterConfig;
+use crate::store::{Change, Event, Key, Store};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tokio::sync::broadcast::error::RecvError;
+
+/// What changed since the last pass, by the object each controller keys on.
+#[derive(Default)]
+struct Dirty {
+    nodes: bool,
+    pending_pods: bool,
+    /// (namespace, service name)
+    services: BTreeSet<(String, String)>,
+    all_services: bool,
+}
+
+/// Starts the controllers on the current runtime.
+pub fn spawn(store: Arc<Store>, cluster: ClusterConfig) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(store, cluster))
+}
+
+async fn run(store: Arc<Store>, cluster: ClusterConfig) {
+    let (_, _, mut live) = store.list_and_subscribe("", None);
+    let mut dirty = Dirty { nodes: true, pending_pods: true, all_services: true, ..Default::default() };
+    loop {
+        reconcile(&store, &cluster, std::mem::take(&mut dirty)).await;
+        // Wait for something to happen, then take everything else that already has.
+        match live.recv().await {
+            Ok(ev) => note(&mut dirty, &ev),
+            Err(RecvError::Lagged(_)) => {
+                dirty = Dirty { nodes: true, pending_pods: true, all_services: true, ..Default::default() }
+            }
+            Err(RecvError::Closed) => return,
+        }
+        loop {
+            match live.try_recv() {
+                Ok(ev) => note(&mut dirty, &ev),
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                    dirty = Dirty { nodes: true, pending_pods: true, all_services: true, ..Default::default() }
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+fn note(d: &mut Dirty, ev: &Event) {
+    let ns = ev.key.namespace.clone();
+    match ev.key.resource.as_str() {
+        "nodes" => {
+            d.nodes = true;
+            d.pending_pods = true;
+        }
+        "pods" => {
+            d.pending_pods |= ev.object["spec"]["nodeName"].is_null();
+            // Services whose selector matched the pod before or matches it now.
+            d.services.insert((ns, String::new()));
+        }
+        "services" => {
+            d.services.insert((ns, ev.key.name.clone()));
+        }
+        "endpointslices.discovery.k8s.io" => {
+            if let Some(svc) = ev.object["metadata"]["labels"]["kubernetes.io/service-name"].as_str() {
+                d.services.insert((ns, svc.to_string()));
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn reconcile(store: &Store, cluster: &ClusterConfig, dirty: Dirty) {
+    let mut writes: Vec<(Key, Change)> = Vec::new();
+    store.read(|objects| {
+        if dirty.nodes {
+            writes.extend(nodeipam::plan(objects, cluster));
+        }
+        if dirty.pending_pods {
+            writes.extend(scheduler::plan(objects));
+        }
+        writes.extend(endpointslices::plan(objects, &dirty.services, dirty.all_services));
+    });
+    for (key, change) in writes {
+        apply(store, key, change).await;
+    }
+}
+
+/// Writes a planned change unless the object moved on since it was planned (the next
+/// pass plans again from the new state).
+async fn apply(store: &Store, key: Key, change: Change) {
+    let expected_rv = match &change {
+        Change::Put(v) => v["metadata"]["resourceVersion"].as_str().map(str::to_string),
+        _ => None,
+    };
+    let outcome = store
+        .mutate(key, move |_, current| {
+            let current_rv = current.and_then(|c| c["metadata"]["resourceVersion"].as_str());
+            match change {
+                Change::Put(_) if expected_rv.as_deref() != current_rv => Ok(Change::Keep),
+                Change::Delete if current.is_none() => Ok(Change::Keep),
+                other => Ok(other),
+            }
+        })
+        .await;
+    if let Err(e) = outcome {
+        tracing::warn!("controller write failed: {e}");
+    }
+}
+
+fn labels(v: &Value) -> std::collections::BTreeMap<String, String> {
+    v["metadata"]["labels"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, x)| (k.clone(), x.as_str().unwrap_or_default().to_string())).collect())
+        .unwrap_or_default()
+}
+
+fn is_ready_node(n: &Value) -> bool {
+    n["spec"]["unschedulable"].as_bool() != Some(true)
+        && n["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}

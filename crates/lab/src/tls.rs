@@ -1,0 +1,131 @@
+//! The lab's own certificate authority and the API server's serving certificate:
+//! kubectl and client-go send a bearer token only over TLS.
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("certificate: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Pem(String),
+}
+
+pub struct Pki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The names and addresses the API server answers to: loopback for people, the lab
+/// underlay for nodes, and the `kubernetes` Service for pods.
+pub fn default_sans() -> (Vec<IpAddr>, Vec<String>) {
+    let ips = ["127.0.0.1", "192.168.1.1", "10.96.0.1"].iter().map(|s| s.parse().expect("literal")).collect();
+    let names = [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    (ips, names)
+}
+
+pub fn generate(ips: &[IpAddr], names: &[String]) -> Result<Pki, TlsError> {
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "flatnet-lab-ca");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+
+    let mut server = CertificateParams::new(names.to_vec())?;
+    server.distinguished_name.push(DnType::CommonName, "flatnet-lab-apiserver");
+    server.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    let key = KeyPair::generate()?;
+    let cert = server.signed_by(&key, &ca)?;
+    Ok(Pki { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// The PKI in `dir` (ca.crt, apiserver.crt, apiserver.key), made on first use.
+pub fn load_or_create(dir: &Path) -> Result<Pki, TlsError> {
+    let read = |n: &str| std::fs::read_to_string(dir.join(n));
+    if let (Ok(ca_pem), Ok(cert_pem), Ok(key_pem)) = (read("ca.crt"), read("apiserver.crt"), read("apiserver.key")) {
+        return Ok(Pki { ca_pem, cert_pem, key_pem });
+    }
+    let (ips, names) = default_sans();
+    let pki = generate(&ips, &names)?;
+    for (name, text, mode) in [
+        ("ca.crt", &pki.ca_pem, 0o644),
+        ("apiserver.crt", &pki.cert_pem, 0o644),
+        ("apiserver.key", &pki.key_pem, 0o600),
+    ] {
+        write_mode(&dir.join(name), text, mode)?;
+    }
+    Ok(pki)
+}
+
+fn write_mode(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| TlsError::Io { path: path.display().to_string(), source };
+    let mut f =
+        std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(mode).open(path).map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)
+}
+
+pub fn acceptor(pki: &Pki) -> Result<TlsAcceptor, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pki.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Pem(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).map_err(|e| TlsError::Pem(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A TCP listener that completes the TLS handshake before handing a connection to axum.
+pub struct TlsListener {
+    pub tcp: TcpListener,
+    pub acceptor: TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            match tokio::time::timeout(Duration::from_secs(5), self.acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                _ => continue, // a failed or stalled handshake costs only that connection
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
