@@ -73,7 +73,26 @@ fn serve(state_dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
         let pki = flatnet_lab::tls::load_or_create(state_dir)?;
         let cp = flatnet_lab::control_plane::start(state_dir, token, ClusterConfig::default(), listen.port()).await?;
         eprintln!("flatnet lab control plane listening on https://{listen}");
-        flatnet_lab::control_plane::serve(cp.api.clone(), listener, &pki).await?;
+        let stop = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+        let api = cp.api.clone();
+        let server = tokio::spawn(async move {
+            flatnet_lab::control_plane::serve(api, listener, &pki, async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        stop.await;
+        let _ = stopping.send(());
+        cp.shutdown().await;
+        let _ = server.await;
         Ok(())
     })
 }

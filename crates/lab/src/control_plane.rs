@@ -15,6 +15,14 @@ pub struct ControlPlane {
     controllers: tokio::task::JoinHandle<()>,
 }
 
+impl ControlPlane {
+    /// Stops the controllers and closes the store.
+    pub async fn shutdown(self) {
+        self.controllers.abort();
+        self.store.shutdown().await;
+    }
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.controllers.abort();
@@ -36,14 +44,16 @@ pub async fn start(
     Ok(ControlPlane { store, api, controllers })
 }
 
-/// Serves the API over TLS on `listener` until the process ends.
+/// Serves the API over TLS on `listener` until `stop` resolves; then stops accepting,
+/// lets requests in flight finish (watches end when the store closes) and returns.
 pub async fn serve(
     api: Arc<ApiServer>,
     listener: tokio::net::TcpListener,
     pki: &crate::tls::Pki,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let acceptor = crate::tls::acceptor(pki).map_err(std::io::Error::other)?;
-    axum::serve(crate::tls::TlsListener { tcp: listener, acceptor }, api.router()).await
+    axum::serve(crate::tls::TlsListener { tcp: listener, acceptor }, api.router()).with_graceful_shutdown(stop).await
 }
 
 async fn ensure(store: &Store, cluster: &ClusterConfig, kind: &str, namespace: &str, mut obj: Value) {

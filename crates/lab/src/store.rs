@@ -125,10 +125,17 @@ pub enum StoreError {
     Open { path: String, msg: String },
 }
 
+enum Msg {
+    Mutate(Request),
+    /// Close the database and stop; answered once it is closed.
+    Shutdown(oneshot::Sender<()>),
+}
+
 pub struct Store {
     objects: Arc<RwLock<Objects>>,
     events: broadcast::Sender<Arc<Event>>,
-    requests: std::sync::mpsc::Sender<Request>,
+    requests: std::sync::mpsc::Sender<Msg>,
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 /// A watch's starting point: the events after `from`, then the live stream.
@@ -162,13 +169,13 @@ impl Store {
         }
         let objects = Arc::new(RwLock::new(objects));
         let (events, _) = broadcast::channel(16 * 1024);
-        let (tx, rx) = std::sync::mpsc::channel::<Request>();
+        let (tx, rx) = std::sync::mpsc::channel::<Msg>();
         let (objs, ev) = (objects.clone(), events.clone());
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer(db, rx, objs, ev))
             .map_err(|e| err(&e))?;
-        Ok(Arc::new(Self { objects, events, requests: tx }))
+        Ok(Arc::new(Self { objects, events, requests: tx, closed: tokio::sync::watch::Sender::new(false) }))
     }
 
     /// Reads the committed state.
@@ -185,7 +192,7 @@ impl Store {
     ) -> Result<Option<Arc<Value>>, Refusal> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(Request { key, mutate: Box::new(mutate), reply })
+            .send(Msg::Mutate(Request { key, mutate: Box::new(mutate), reply }))
             .map_err(|_| Refusal::internal("the store's writer has stopped"))?;
         answer.await.map_err(|_| Refusal::internal("the store's writer has stopped"))?
     }
@@ -213,6 +220,21 @@ impl Store {
         (items, objects.rv, self.events.subscribe())
     }
 
+    /// Closes the database: every later write is refused. Returns once it is closed, so
+    /// the same store can be opened again (a restart in the same process).
+    pub async fn shutdown(&self) {
+        self.closed.send_replace(true);
+        let (done, closed) = oneshot::channel();
+        if self.requests.send(Msg::Shutdown(done)).is_ok() {
+            let _ = closed.await;
+        }
+    }
+
+    /// Becomes true when the store shuts down; watches end then.
+    pub fn closed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+
     pub fn current_rv(&self) -> u64 {
         self.read(|o| o.rv)
     }
@@ -226,16 +248,28 @@ fn set_rv(obj: &mut Value, rv: u64) {
 
 fn writer(
     db: redb::Database,
-    rx: std::sync::mpsc::Receiver<Request>,
+    rx: std::sync::mpsc::Receiver<Msg>,
     objects: Arc<RwLock<Objects>>,
     events: broadcast::Sender<Arc<Event>>,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-            if batch.len() >= 1024 {
+    let mut stop: Option<oneshot::Sender<()>> = None;
+    while stop.is_none() {
+        let mut batch = match rx.recv() {
+            Ok(Msg::Mutate(first)) => vec![first],
+            Ok(Msg::Shutdown(done)) => {
+                stop = Some(done);
                 break;
+            }
+            Err(_) => break,
+        };
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(Msg::Mutate(more)) => batch.push(more),
+                Ok(Msg::Shutdown(done)) => {
+                    stop = Some(done);
+                    break;
+                }
+                Err(_) => break,
             }
         }
         // Decide every mutation against a working copy of the changed objects.
@@ -318,6 +352,10 @@ fn writer(
         for (reply, result) in replies {
             let _ = reply.send(result);
         }
+    }
+    drop(db);
+    if let Some(done) = stop {
+        let _ = done.send(());
     }
 }
 

@@ -24,6 +24,7 @@ pub enum TlsError {
     Pem(String),
 }
 
+#[derive(Clone)]
 pub struct Pki {
     pub ca_pem: String,
     pub cert_pem: String,

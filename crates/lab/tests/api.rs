@@ -100,7 +100,7 @@ async fn crud_selectors_and_patches() {
 async fn bad_input_gets_a_4xx_status_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let lab = TestLab::start(dir.path(), 0).await;
-    let rv_before = lab.cp.store.current_rv();
+    let rv_before = lab.store().current_rv();
     let json_ct = "application/json";
     let pod_body = |name: &str| {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
@@ -190,11 +190,11 @@ async fn bad_input_gets_a_4xx_status_and_stores_nothing() {
     // A duplicate: 409 AlreadyExists (after one good create).
     let (st, _) = lab.raw("POST", "/api/v1/namespaces/default/pods", json_ct, pod_body("dup").as_bytes()).await;
     assert_eq!(st, 201);
-    let rv_after_good = lab.cp.store.current_rv();
+    let rv_after_good = lab.store().current_rv();
     let (st, s) = lab.raw("POST", "/api/v1/namespaces/default/pods", json_ct, pod_body("dup").as_bytes()).await;
     assert_eq!((st, s["reason"].as_str()), (409, Some("AlreadyExists")));
     assert_eq!(rv_before + 1, rv_after_good, "the bad requests stored nothing");
-    assert_eq!(lab.cp.store.current_rv(), rv_after_good);
+    assert_eq!(lab.store().current_rv(), rv_after_good);
 
     // No token, or the wrong one: 401.
     let no_token = lab.kubeconfig.replace("token: ", "token: wrong");

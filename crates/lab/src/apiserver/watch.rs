@@ -112,7 +112,8 @@ pub(crate) fn serve(api: &Arc<ApiServer>, t: Target, req: Request) -> Response {
             }
         }
     };
-    tokio::spawn(run(watcher, snapshot, start_rv, backlog, live, bookmarks && initial, bookmarks, timeout));
+    let closed = api.store.closed();
+    tokio::spawn(run(watcher, snapshot, start_rv, backlog, live, bookmarks && initial, bookmarks, timeout, closed));
     let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     body_of(StatusCode::OK, Body::from_stream(stream))
 }
@@ -127,6 +128,7 @@ async fn run(
     initial_end_bookmark: bool,
     bookmarks: bool,
     timeout: Duration,
+    mut closed: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last_rv = start_rv;
     for obj in snapshot.iter().filter(|o| w.selects(o)) {
@@ -167,6 +169,7 @@ async fn run(
                 if !w.bookmark(last_rv, false).await { return; }
             }
             _ = w.tx.closed() => return,
+            _ = closed.changed() => return,
             _ = &mut deadline => return,
         }
     }

@@ -10,11 +10,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub struct TestLab {
-    pub cp: ControlPlane,
+    pub cp: Option<ControlPlane>,
     pub addr: SocketAddr,
     pub client: kube::Client,
     pub kubeconfig: String,
     server: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Drop for TestLab {
@@ -41,12 +42,31 @@ impl TestLab {
         let cp = control_plane::start(dir, token.clone(), ClusterConfig::default(), addr.port()).await.unwrap();
         let api = cp.api.clone();
         let ca_pem = pki.ca_pem.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            let _ = control_plane::serve(api, listener, &pki).await;
+            let _ = control_plane::serve(api, listener, &pki, async move {
+                let _ = stopped.await;
+            })
+            .await;
         });
         let kubeconfig = flatnet_lab::kubeconfig::render(&format!("https://{addr}"), &ca_pem, &token);
         let client = client_for(&kubeconfig).await;
-        Self { cp, addr, client, kubeconfig, server }
+        Self { cp: Some(cp), addr, client, kubeconfig, server, stop: Some(stop) }
+    }
+
+    pub fn store(&self) -> &flatnet_lab::store::Store {
+        &self.cp.as_ref().expect("running").store
+    }
+
+    /// Stops serving and closes the store, as a process exit would.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(cp) = self.cp.take() {
+            cp.shutdown().await;
+        }
+        let _ = (&mut self.server).await;
     }
 
     /// A raw request; returns (status, body as JSON or Null).
