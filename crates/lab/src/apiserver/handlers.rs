@@ -15,6 +15,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub(crate) async fn dispatch(api: &Arc<ApiServer>, t: Target, req: Request) -> Response {
+    // Bodies are JSON (or a JSON patch type). A protobuf body (kubectl's generator
+    // subcommands such as `kubectl create namespace` send one) gets a 415 that says so.
+    if matches!(req.method, Method::POST | Method::PUT) && !req.body.is_empty() {
+        let ct = req.headers.get(header::CONTENT_TYPE).and_then(|c| c.to_str().ok()).unwrap_or("application/json");
+        if !ct.starts_with("application/json") && !ct.starts_with("application/yaml") {
+            return error(&ApiError::unsupported_media_type(format!(
+                "the body's content type {ct:?} is not supported: send application/json (with kubectl, write a manifest and use `kubectl create -f` or `kubectl apply -f`)"
+            )));
+        }
+    }
     let out = match (&req.method, t.name.is_some()) {
         (&Method::GET, _) if req.flag("watch") => return watch::serve(api, t, req),
         (&Method::GET, false) => list(api, &t, &req),
