@@ -98,11 +98,16 @@ impl Objects {
     }
 
     /// Every object of a resource, optionally in one namespace.
-    pub fn list<'a>(&'a self, resource: &'a str, namespace: Option<&'a str>) -> impl Iterator<Item = &'a Arc<Value>> {
+    pub fn list<'s>(
+        &'s self,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> impl Iterator<Item = &'s Arc<Value>> + use<'s> {
         let start = Key::new(resource, namespace.unwrap_or(""), "");
+        let (resource, namespace) = (resource.to_string(), namespace.map(str::to_string));
         self.map
             .range(start..)
-            .take_while(move |(k, _)| k.resource == resource && namespace.is_none_or(|ns| k.namespace == ns))
+            .take_while(move |(k, _)| k.resource == resource && namespace.as_ref().is_none_or(|ns| k.namespace == *ns))
             .map(|(_, v)| v)
     }
 }

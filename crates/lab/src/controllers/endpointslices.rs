@@ -8,7 +8,7 @@ use super::labels;
 use crate::store::{Change, Key, Objects};
 use flatnet_model::selector::LabelSelector;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 const RESOURCE: &str = "endpointslices.discovery.k8s.io";
@@ -39,27 +39,71 @@ pub(super) fn plan(objects: &Objects, dirty: &BTreeSet<(String, String)>, all: b
         }
     }
     let mut out = Vec::new();
+    let mut index: Option<(String, NsIndex)> = None;
     for (ns, name) in services {
+        if index.as_ref().is_none_or(|(n, _)| *n != ns) {
+            index = Some((ns.clone(), NsIndex::build(objects, &ns)));
+        }
+        let idx = &index.as_ref().expect("just built").1;
         let svc = objects.get(&Key::new("services", &ns, &name));
-        out.extend(reconcile_service(objects, &ns, &name, svc));
+        out.extend(reconcile_service(idx, &ns, &name, svc));
     }
     out
+}
+
+/// One namespace's pods by label and slices by Service, built once per pass, so a pass
+/// costs the pods a Service selects rather than every pod for every Service.
+struct NsIndex<'a> {
+    pods_by_label: HashMap<(&'a str, &'a str), Vec<&'a Arc<Value>>>,
+    slices_by_service: HashMap<&'a str, Vec<&'a Arc<Value>>>,
+}
+
+impl<'a> NsIndex<'a> {
+    fn build(objects: &'a Objects, ns: &str) -> Self {
+        let mut pods_by_label: HashMap<(&str, &str), Vec<&Arc<Value>>> = HashMap::new();
+        for p in objects.list("pods", Some(ns)) {
+            let has_ip = p["status"]["podIP"].as_str().is_some_and(|ip| !ip.is_empty());
+            let finished = matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+            if !has_ip || finished {
+                continue;
+            }
+            for (k, v) in p["metadata"]["labels"].as_object().into_iter().flatten() {
+                pods_by_label.entry((k.as_str(), v.as_str().unwrap_or_default())).or_default().push(p);
+            }
+        }
+        let mut slices_by_service: HashMap<&str, Vec<&Arc<Value>>> = HashMap::new();
+        for s in objects.list(RESOURCE, Some(ns)) {
+            if s["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == MANAGED_BY
+                && let Some(svc) = s["metadata"]["labels"]["kubernetes.io/service-name"].as_str()
+            {
+                slices_by_service.entry(svc).or_default().push(s);
+            }
+        }
+        Self { pods_by_label, slices_by_service }
+    }
+
+    /// The running pods with an IP that match every pair of `selector`.
+    fn selected(&self, selector: &BTreeMap<String, String>) -> Vec<&'a Arc<Value>> {
+        let lists: Option<Vec<&Vec<&Arc<Value>>>> =
+            selector.iter().map(|(k, v)| self.pods_by_label.get(&(k.as_str(), v.as_str()))).collect();
+        let Some(mut lists) = lists else { return Vec::new() };
+        lists.sort_by_key(|l| l.len());
+        let Some((smallest, _)) = lists.split_first() else { return Vec::new() };
+        let sel = LabelSelector::from_map(selector);
+        smallest.iter().copied().filter(|p| sel.matches(&labels(p))).collect()
+    }
 }
 
 fn str_of(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
 }
 
-fn reconcile_service(objects: &Objects, ns: &str, name: &str, svc: Option<&Arc<Value>>) -> Vec<(Key, Change)> {
-    let existing: BTreeMap<String, &Arc<Value>> = objects
-        .list(RESOURCE, Some(ns))
-        .filter(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == name)
-        .filter(|s| s["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == MANAGED_BY)
-        .map(|s| (str_of(&s["metadata"]["name"]), s))
-        .collect();
+fn reconcile_service(idx: &NsIndex, ns: &str, name: &str, svc: Option<&Arc<Value>>) -> Vec<(Key, Change)> {
+    let existing: BTreeMap<String, &Arc<Value>> =
+        idx.slices_by_service.get(name).into_iter().flatten().map(|s| (str_of(&s["metadata"]["name"]), *s)).collect();
     let desired: BTreeMap<String, Value> = match svc {
         Some(svc) if has_selector(svc) => {
-            desired_slices(objects, svc).into_iter().map(|s| (str_of(&s["metadata"]["name"]), s)).collect()
+            desired_slices(idx, svc).into_iter().map(|s| (str_of(&s["metadata"]["name"]), s)).collect()
         }
         _ => BTreeMap::new(),
     };
@@ -152,22 +196,15 @@ fn endpoint(pod: &Value, svc: &Value) -> Value {
     ep
 }
 
-fn desired_slices(objects: &Objects, svc: &Value) -> Vec<Value> {
-    let ns = str_of(&svc["metadata"]["namespace"]);
+fn desired_slices(idx: &NsIndex, svc: &Value) -> Vec<Value> {
     let name = str_of(&svc["metadata"]["name"]);
     let selector_map: BTreeMap<String, String> = svc["spec"]["selector"]
         .as_object()
         .map(|m| m.iter().map(|(k, v)| (k.clone(), str_of(v))).collect())
         .unwrap_or_default();
-    let selector = LabelSelector::from_map(&selector_map);
     // Endpoints grouped by how they resolve the ports.
     let mut groups: BTreeMap<String, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
-    let mut pods: Vec<&Arc<Value>> = objects
-        .list("pods", Some(&ns))
-        .filter(|p| selector.matches(&labels(p)))
-        .filter(|p| p["status"]["podIP"].as_str().is_some_and(|ip| !ip.is_empty()))
-        .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
-        .collect();
+    let mut pods = idx.selected(&selector_map);
     pods.sort_by_key(|p| str_of(&p["metadata"]["name"]));
     for pod in pods {
         let Some(ports) = resolve_ports(svc, pod) else { continue };
