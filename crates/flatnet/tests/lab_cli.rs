@@ -180,7 +180,9 @@ fn kubectl_works_against_the_lab() {
     assert!(described.contains("10.244.0.7:80"), "{described}");
     let nodes = lab.ok(&["get", "nodes", "-o", "wide"], None);
     assert!(nodes.contains("10.244.0.0/24") || nodes.contains("10.244."), "{nodes}");
-    let deleted = lab.ok(&["delete", "pod", "web"], None);
+    // Graceful deletion: the pod is Terminating until the grace period ends (the lab's
+    // kubelet ends it sooner; here the pod GC does at the deadline).
+    let deleted = lab.ok(&["delete", "pod", "web", "--grace-period=1"], None);
     assert!(deleted.contains("pod \"web\" deleted"), "{deleted}");
     let bad = lab.kubectl(
         &["apply", "-f", "-"],

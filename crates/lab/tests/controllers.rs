@@ -182,3 +182,59 @@ async fn endpointslices_follow_pods_with_conditions_and_named_ports() {
     svcs.delete("web", &DeleteParams::default()).await.unwrap();
     eventually("slices deleted with the Service", WAIT, || async { slices(&eps, "web").await.is_empty() }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_deletion_marks_endpoints_terminating_then_removes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = TestLab::start(dir.path(), 0).await;
+    let nodes: Api<Node> = Api::all(lab.client.clone());
+    nodes.create(&PostParams::default(), &node("node-1", true)).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(lab.client.clone(), "default");
+    let svcs: Api<Service> = Api::namespaced(lab.client.clone(), "default");
+    let eps: Api<EndpointSlice> = Api::namespaced(lab.client.clone(), "default");
+    let svc: Service = serde_json::from_value(json!({"metadata": {"name": "api"},
+        "spec": {"selector": {"app": "api"}, "ports": [{"port": 80}]}}))
+    .unwrap();
+    svcs.create(&PostParams::default(), &svc).await.unwrap();
+    for (name, ip) in [("slow", "10.244.0.10"), ("quick", "10.244.0.11")] {
+        pods.create(&PostParams::default(), &pod(name, json!({"app": "api"}), Some("node-1"), json!([])))
+            .await
+            .unwrap();
+        let st =
+            json!({"status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(st)).await.unwrap();
+    }
+    let conditions = |ip: &'static str| {
+        let eps = eps.clone();
+        async move {
+            slices(&eps, "api")
+                .await
+                .into_iter()
+                .flat_map(|s| s.endpoints.unwrap_or_default())
+                .find(|e| e.addresses[0] == ip)
+                .map(|e| e.conditions.unwrap_or_default())
+                .map(|c| (c.ready.unwrap_or(false), c.serving.unwrap_or(false), c.terminating.unwrap_or(false)))
+        }
+    };
+    eventually("both endpoints ready", WAIT, || async {
+        conditions("10.244.0.10").await == Some((true, true, false)) && conditions("10.244.0.11").await.is_some()
+    })
+    .await;
+
+    // A grace period: Terminating, still serving but not ready, then gone at the deadline.
+    pods.delete("slow", &DeleteParams { grace_period_seconds: Some(2), ..Default::default() }).await.unwrap();
+    let terminating = pods.get("slow").await.unwrap();
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    eventually("slow's endpoint terminating", WAIT, || async {
+        conditions("10.244.0.10").await == Some((false, true, true))
+    })
+    .await;
+    // Grace 0: gone at once.
+    pods.delete("quick", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+    assert!(pods.get("quick").await.is_err());
+    eventually("slow removed at its deadline", WAIT, || async { pods.get("slow").await.is_err() }).await;
+    eventually("no endpoints left", WAIT, || async {
+        conditions("10.244.0.10").await.is_none() && conditions("10.244.0.11").await.is_none()
+    })
+    .await;
+}

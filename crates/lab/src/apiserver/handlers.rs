@@ -32,7 +32,7 @@ pub(crate) async fn dispatch(api: &Arc<ApiServer>, t: Target, req: Request) -> R
         (&Method::POST, false) => create(api, &t, &req).await,
         (&Method::PUT, true) => update(api, &t, &req).await,
         (&Method::PATCH, true) => patch(api, &t, &req).await,
-        (&Method::DELETE, true) => delete(api, &t).await,
+        (&Method::DELETE, true) => delete(api, &t, &req).await,
         (m, _) => Err(ApiError::method_not_allowed(format!("{m} is not supported on this path"))),
     };
     match out {
@@ -335,10 +335,58 @@ async fn patch(api: &ApiServer, t: &Target, req: &Request) -> Reply {
     Ok((StatusCode::OK, stored.map(|v| (*v).clone()).unwrap_or_default()))
 }
 
-async fn delete(api: &ApiServer, t: &Target) -> Reply {
+/// The grace period a DELETE asks for: `gracePeriodSeconds` in the query or in the
+/// DeleteOptions body, else None (the pod's own).
+fn grace_period(req: &Request) -> Result<Option<i64>, ApiError> {
+    if let Some(q) = req.q("gracePeriodSeconds") {
+        return q
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("gracePeriodSeconds={q:?} is not a number")));
+    }
+    if req.body.is_empty() {
+        return Ok(None);
+    }
+    let opts: Value = serde_json::from_slice(&req.body)
+        .map_err(|e| ApiError::bad_request(format!("the DeleteOptions body is not valid JSON: {e}")))?;
+    Ok(opts["gracePeriodSeconds"].as_i64())
+}
+
+async fn delete(api: &ApiServer, t: &Target, req: &Request) -> Reply {
     let r = t.resource;
     let key = key(t, t.name.as_deref().unwrap_or_default());
+    let grace = grace_period(req)?;
     let last = api.store.read(|o| o.get(&key).cloned()).ok_or_else(|| ApiError::not_found(r.plural, &key.name))?;
+    if r.kind == "Pod" {
+        // Graceful deletion, as a real API server does it for a pod its kubelet runs:
+        // the pod turns Terminating (deletionTimestamp) and the kubelet, once the
+        // containers are gone, deletes it for good; the pod GC removes it at the deadline
+        // otherwise. A pod on no ready node, or a grace period of 0, goes at once.
+        let stored = api
+            .store
+            .mutate(key.clone(), move |all, current| {
+                let Some(pod) = current else { return Ok(Change::Delete) };
+                let grace =
+                    grace.or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30).max(0);
+                let node_ready = pod["spec"]["nodeName"]
+                    .as_str()
+                    .and_then(|n| all.get(&Key::new("nodes", "", n)))
+                    .is_some_and(|n| crate::controllers::is_ready_node(n));
+                if grace == 0 || !node_ready {
+                    return Ok(Change::Delete);
+                }
+                if !pod["metadata"]["deletionTimestamp"].is_null() {
+                    return Ok(Change::Keep);
+                }
+                let mut p = pod.clone();
+                let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
+                p["metadata"]["deletionTimestamp"] = json!(at.round(jiff::Unit::Second).unwrap_or(at).to_string());
+                p["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+                Ok(Change::Put(p))
+            })
+            .await?;
+        return Ok((StatusCode::OK, stored.map(|v| (*v).clone()).unwrap_or_else(|| (*last).clone())));
+    }
     api.store.mutate(key.clone(), |_, _| Ok(Change::Delete)).await?;
     if r.kind == "Namespace" {
         // What a namespace controller does: its contents go with it.

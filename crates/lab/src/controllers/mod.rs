@@ -4,6 +4,7 @@
 
 mod endpointslices;
 mod nodeipam;
+mod podgc;
 mod scheduler;
 
 use crate::apiserver::admission::ClusterConfig;
@@ -33,13 +34,17 @@ async fn run(store: Arc<Store>, cluster: ClusterConfig) {
     let mut dirty = Dirty { nodes: true, pending_pods: true, all_services: true, ..Default::default() };
     loop {
         reconcile(&store, &cluster, std::mem::take(&mut dirty)).await;
-        // Wait for something to happen, then take everything else that already has.
-        match live.recv().await {
-            Ok(ev) => note(&mut dirty, &ev),
-            Err(RecvError::Lagged(_)) => {
-                dirty = Dirty { nodes: true, pending_pods: true, all_services: true, ..Default::default() }
-            }
-            Err(RecvError::Closed) => return,
+        // Wait for something to happen (or a second to pass: terminating pods reach
+        // their deadline without an event), then take everything else that already has.
+        tokio::select! {
+            ev = live.recv() => match ev {
+                Ok(ev) => note(&mut dirty, &ev),
+                Err(RecvError::Lagged(_)) => {
+                    dirty = Dirty { nodes: true, pending_pods: true, all_services: true, ..Default::default() }
+                }
+                Err(RecvError::Closed) => return,
+            },
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
         loop {
             match live.try_recv() {
@@ -87,6 +92,7 @@ async fn reconcile(store: &Store, cluster: &ClusterConfig, dirty: Dirty) {
             writes.extend(scheduler::plan(objects));
         }
         writes.extend(endpointslices::plan(objects, &dirty.services, dirty.all_services));
+        writes.extend(podgc::plan(objects));
     });
     for (key, change) in writes {
         apply(store, key, change).await;
@@ -122,7 +128,7 @@ fn labels(v: &Value) -> std::collections::BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-fn is_ready_node(n: &Value) -> bool {
+pub fn is_ready_node(n: &Value) -> bool {
     n["spec"]["unschedulable"].as_bool() != Some(true)
         && n["status"]["conditions"]
             .as_array()
