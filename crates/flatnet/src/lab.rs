@@ -37,6 +37,9 @@ pub enum LabCmd {
         state_dir: PathBuf,
         #[arg(long, default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
+        /// Also listen on 192.168.1.1 inside this network namespace (the lab underlay).
+        #[arg(long)]
+        underlay_netns: Option<PathBuf>,
     },
 }
 
@@ -52,7 +55,7 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
             println!("{}", path.display());
             Ok(())
         }
-        LabCmd::Serve { state_dir, listen } => serve(&state_dir, listen),
+        LabCmd::Serve { state_dir, listen, underlay_netns } => serve(&state_dir, listen, underlay_netns.as_deref()),
     }
 }
 
@@ -60,39 +63,57 @@ fn token_path(state_dir: &Path) -> PathBuf {
     state_dir.join("token")
 }
 
-fn serve(state_dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
+fn underlay_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("netns").join("underlay")
+}
+
+fn serve(state_dir: &Path, listen: SocketAddr, underlay: Option<&Path>) -> anyhow::Result<()> {
     let token = std::fs::read_to_string(token_path(state_dir))
         .with_context(|| format!("read the API token in {}", state_dir.display()))?
         .trim()
         .to_string();
+    // The underlay socket is opened before any runtime thread exists (namespaces are per thread).
+    let underlay_addr = SocketAddr::new(flatnet_lab::underlay::control_plane_ip().into(), listen.port());
+    let underlay_listener = underlay
+        .map(|path| {
+            flatnet_lab::underlay::listen_in(path, underlay_addr)
+                .with_context(|| format!("listen on {underlay_addr} in the underlay {}", path.display()))
+        })
+        .transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("listen on {listen}: is another lab or API server running there?"))?;
+        let mut listeners = vec![
+            tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listen on {listen}: is another lab or API server running there?"))?,
+        ];
+        if let Some(l) = underlay_listener {
+            listeners.push(tokio::net::TcpListener::from_std(l)?);
+        }
         let pki = flatnet_lab::tls::load_or_create(state_dir)?;
         let cp = flatnet_lab::control_plane::start(state_dir, token, ClusterConfig::default(), listen.port()).await?;
-        eprintln!("flatnet lab control plane listening on https://{listen}");
-        let stop = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        };
-        let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
-        let api = cp.api.clone();
-        let server = tokio::spawn(async move {
-            flatnet_lab::control_plane::serve(api, listener, &pki, async move {
-                let _ = stopped.await;
-            })
-            .await
-        });
-        stop.await;
-        let _ = stopping.send(());
+        let (stopping, _) = tokio::sync::watch::channel(false);
+        let mut servers = Vec::new();
+        for l in listeners {
+            eprintln!("flatnet lab control plane listening on https://{}", l.local_addr()?);
+            let (api, pki, mut stopped) = (cp.api.clone(), pki.clone(), stopping.subscribe());
+            servers.push(tokio::spawn(async move {
+                flatnet_lab::control_plane::serve(api, l, &pki, async move {
+                    let _ = stopped.changed().await;
+                })
+                .await
+            }));
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        stopping.send_replace(true);
         cp.shutdown().await;
-        let _ = server.await;
+        for s in servers {
+            let _ = s.await;
+        }
         Ok(())
     })
 }
@@ -114,6 +135,9 @@ fn up(state_dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
         }
     };
     flatnet_lab::tls::load_or_create(state_dir)?;
+    let underlay = underlay_path(state_dir);
+    std::fs::create_dir_all(underlay.parent().expect("has a parent"))?;
+    flatnet_lab::underlay::create(&underlay).context("create the lab underlay network namespace (needs root)")?;
     let log = std::fs::File::create(state_dir.join("apiserver.log"))?;
     let me = std::env::current_exe()?;
     let child = std::process::Command::new(me)
@@ -121,6 +145,8 @@ fn up(state_dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
         .arg(state_dir)
         .arg("--listen")
         .arg(listen.to_string())
+        .arg("--underlay-netns")
+        .arg(&underlay)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -137,6 +163,14 @@ fn up(state_dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
     write_private(&kubeconfig, &flatnet_lab::kubeconfig::render(&server, &ca, &token))?;
     println!("flatnet lab control plane is up");
     println!("  API server   {server} (pid {})", child.id());
+    println!(
+        "  underlay     {} on bridge {} in {} (nodes reach the API at https://{}:{})",
+        flatnet_lab::underlay::network(),
+        flatnet_lab::underlay::BRIDGE,
+        underlay.display(),
+        flatnet_lab::underlay::control_plane_ip(),
+        listen.port()
+    );
     println!("  state        {}", state_dir.display());
     println!("  kubeconfig   {}", kubeconfig.display());
     println!("try:  KUBECONFIG=$(flatnet lab kubeconfig) kubectl get namespaces,services -A");
@@ -181,6 +215,7 @@ fn down(state_dir: &Path) -> anyhow::Result<()> {
         }
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
+    flatnet_lab::underlay::remove(&underlay_path(state_dir)).context("remove the lab underlay")?;
     match std::fs::remove_dir_all(state_dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).context(format!("remove {}", state_dir.display())),
         _ => {

@@ -1,8 +1,13 @@
 //! `flatnet lab` as people use it: `lab up` writes a kubeconfig that the real kubectl
 //! works with (create, apply, get -o wide, label, describe, delete), and the control
 //! plane survives kill -9 without losing an acknowledged write. Each test uses its own
-//! state directory and a free port on 127.0.0.1, and takes the lab down after.
+//! state directory and a free port, inside a sandbox (its own network and mount
+//! namespaces: the lab's underlay namespace and 127.0.0.1 are the sandbox's), and takes
+//! the lab down after.
 
+mod common;
+
+use common::sandboxed;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -135,6 +140,10 @@ fn kubectl_works_against_the_lab() {
         eprintln!("SKIPPED kubectl_works_against_the_lab: kubectl is not installed");
         return;
     }
+    sandboxed("kubectl_works_against_the_lab", |_| kubectl_session());
+}
+
+fn kubectl_session() {
     let lab = Lab::up();
     let applied = lab.ok(&["apply", "-f", "-"], Some(MANIFEST));
     for line in [
@@ -204,6 +213,10 @@ fn kill_dash_nine_loses_no_acknowledged_write() {
         eprintln!("SKIPPED kill_dash_nine_loses_no_acknowledged_write: kubectl is not installed");
         return;
     }
+    sandboxed("kill_dash_nine_loses_no_acknowledged_write", |_| kill_session());
+}
+
+fn kill_session() {
     let lab = Lab::up();
     let mut manifest = String::new();
     for i in 0..50 {
@@ -232,4 +245,34 @@ fn kill_dash_nine_loses_no_acknowledged_write() {
     let rv_after: u64 =
         lab.ok(&["get", "pod", "after", "-o", "jsonpath={.metadata.resourceVersion}"], None).trim().parse().unwrap();
     assert!(rv_after > rv_before, "resourceVersions continue after the restart ({rv_after} > {rv_before})");
+}
+
+#[test]
+fn nodes_reach_the_api_on_the_underlay() {
+    sandboxed("nodes_reach_the_api_on_the_underlay", |_| {
+        let lab = Lab::up();
+        let underlay = lab.state().join("netns/underlay");
+        let token = std::fs::read_to_string(lab.state().join("token")).unwrap();
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", underlay.display()))
+            .args(["curl", "-sS", "--max-time", "5", "--cacert"])
+            .arg(lab.state().join("ca.crt"))
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {}", token.trim()))
+            .arg(format!("https://192.168.1.1:{}/api/v1/namespaces", lab.port))
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && body.contains("NamespaceList"),
+            "{body}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Down unmounts the underlay namespace and removes the state.
+        let down = Command::new(flatnet()).args(["lab", "down", "--state-dir"]).arg(lab.state()).output().unwrap();
+        assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(underlay.to_str().unwrap()), "the underlay is still mounted");
+        assert!(!lab.state().join("token").exists());
+    });
 }

@@ -8,3 +8,4 @@ pub mod controllers;
 pub mod kubeconfig;
 pub mod store;
 pub mod tls;
+pub mod underlay;
