@@ -114,3 +114,57 @@ async fn watch_from_a_version_too_old_is_gone_and_bookmarks_flow() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_watcher_relists_after_410_and_sees_what_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = TestLab::start(dir.path(), 0).await;
+    let port = lab.addr.port();
+    let pods: Api<Pod> = Api::namespaced(lab.client.clone(), "default");
+    pods.create(&PostParams::default(), &pod("seen")).await.unwrap();
+    let mut stream = watcher::watcher(pods.clone(), watcher::Config::default()).boxed();
+    let mut names = BTreeSet::new();
+    while !names.contains("seen") {
+        next_names(&mut stream, &mut names).await;
+    }
+    lab.stop().await;
+
+    // While the API is down, the store moves on (as another writer would have): the
+    // watcher's resourceVersion is now older than anything the restarted server keeps.
+    {
+        let store = flatnet_lab::store::Store::open(&dir.path().join("store.redb")).unwrap();
+        for name in ["missed-1", "missed-2"] {
+            let mut obj = serde_json::to_value(pod(name)).unwrap();
+            obj["metadata"]["namespace"] = json!("default");
+            store
+                .mutate(flatnet_lab::store::Key::new("pods", "default", name), move |_, _| {
+                    Ok(flatnet_lab::store::Change::Put(obj))
+                })
+                .await
+                .unwrap();
+        }
+        store.shutdown().await;
+    }
+    let _lab = TestLab::start(dir.path(), port).await;
+    // The re-watch gets 410 Gone (the watcher reports it), then relists and finds both.
+    let mut saw_gone = false;
+    let mut relisted = false;
+    while !relisted {
+        let ev = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("an event within 10 s");
+        match ev.expect("stream open") {
+            Err(watcher::Error::WatchError(s)) if s.code == 410 => saw_gone = true,
+            Err(e) => panic!("unexpected watch error: {e}"),
+            Ok(Event::Apply(p) | Event::InitApply(p)) => {
+                names.insert(p.metadata.name.unwrap());
+            }
+            Ok(Event::Delete(p)) => {
+                names.remove(&p.metadata.name.unwrap());
+            }
+            Ok(Event::Init) => names.clear(),
+            Ok(Event::InitDone) => relisted = saw_gone,
+        }
+    }
+    assert!(names.contains("missed-1") && names.contains("missed-2"), "{names:?}");
+    assert!(saw_gone, "the re-watch from the old version was answered 410");
+    assert!(names.contains("seen"));
+}
