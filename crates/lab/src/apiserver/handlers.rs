@@ -295,28 +295,33 @@ fn reconcile_update(
 }
 
 async fn update(api: &ApiServer, t: &Target, req: &Request) -> Reply {
-    let r = t.resource;
-    let new = parse_body(r, &req.body)?;
+    let new = parse_body(t.resource, &req.body)?;
     check_namespace(t, &new)?;
-    let key = key(t, t.name.as_deref().unwrap_or_default());
-    let status_only = t.sub.as_deref() == Some("status");
-    let cluster = api.cluster.clone();
-    let k = key.clone();
-    let stored = api
-        .store
-        .mutate(key, move |all, current| {
-            let current = current.ok_or_else(|| ApiError::not_found(r.plural, &k.name))?;
-            reconcile_update(&cluster, all, &k, r, status_only, current, new)
-        })
-        .await?;
-    Ok((StatusCode::OK, stored.map(|v| (*v).clone()).unwrap_or_default()))
+    modify(api, t, move |_| Ok(new)).await
 }
 
 async fn patch(api: &ApiServer, t: &Target, req: &Request) -> Reply {
-    let r = t.resource;
     let ct = req.headers.get(header::CONTENT_TYPE).and_then(|c| c.to_str().ok()).unwrap_or("");
     let kind = PatchType::from_content_type(ct)?;
     let body = req.body.clone();
+    modify(api, t, move |current| {
+        let mut new = current.clone();
+        // A patch carries no resourceVersion unless the client wants the check.
+        new["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));
+        patch::apply(&mut new, &body, kind)?;
+        Ok(new)
+    })
+    .await
+}
+
+/// Replaces an existing object with what `make` derives from it, through the same
+/// checks as any update (resourceVersion, identity, schema, admission).
+async fn modify(
+    api: &ApiServer,
+    t: &Target,
+    make: impl FnOnce(&Value) -> Result<Value, ApiError> + Send + 'static,
+) -> Reply {
+    let r = t.resource;
     let key = key(t, t.name.as_deref().unwrap_or_default());
     let status_only = t.sub.as_deref() == Some("status");
     let cluster = api.cluster.clone();
@@ -325,10 +330,7 @@ async fn patch(api: &ApiServer, t: &Target, req: &Request) -> Reply {
         .store
         .mutate(key, move |all, current| {
             let current = current.ok_or_else(|| ApiError::not_found(r.plural, &k.name))?;
-            let mut new = current.clone();
-            // A patch carries no resourceVersion unless the client wants the check.
-            new["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));
-            patch::apply(&mut new, &body, kind)?;
+            let new = make(current)?;
             reconcile_update(&cluster, all, &k, r, status_only, current, new)
         })
         .await?;
