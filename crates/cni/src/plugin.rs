@@ -37,18 +37,18 @@ pub fn run(inv: &Invocation, stdin: &[u8]) -> Result<Option<String>, CniError> {
         Command::Del => del::del(&TeardownConf::parse(stdin)?, inv).map(|()| None),
         Command::Check => {
             let conf = NetConf::parse(stdin)?;
-            needs(Some(conf.cni_version), &conf.cni_version_str, "CHECK", CniVersion::V0_4_0)?;
+            needs(Some(conf.cni_version), &conf.cni_version_str, "CHECK", CniVersion::CHECK_SINCE)?;
             check::check(&conf, inv).map(|()| None)
         }
         Command::Gc => {
             let conf = TeardownConf::parse(stdin)?;
             let given = NetConf::sniff_version(stdin).unwrap_or_default();
-            needs(conf.cni_version, &given, "GC", CniVersion::V1_1_0)?;
+            needs(conf.cni_version, &given, "GC", CniVersion::GC_AND_STATUS_SINCE)?;
             gc::gc(&conf).map(|_| None)
         }
         Command::Status => {
             let conf = NetConf::parse(stdin)?;
-            needs(Some(conf.cni_version), &conf.cni_version_str, "STATUS", CniVersion::V1_1_0)?;
+            needs(Some(conf.cni_version), &conf.cni_version_str, "STATUS", CniVersion::GC_AND_STATUS_SINCE)?;
             status::status(&conf).map(|()| None)
         }
     }

@@ -41,14 +41,9 @@ impl CniVersion {
     }
 
     /// CHECK arrived in 0.4.0.
-    pub fn has_check(self) -> bool {
-        self >= Self::V0_4_0
-    }
-
+    pub const CHECK_SINCE: CniVersion = Self::V0_4_0;
     /// GC and STATUS arrived in 1.1.0.
-    pub fn has_gc_and_status(self) -> bool {
-        self >= Self::V1_1_0
-    }
+    pub const GC_AND_STATUS_SINCE: CniVersion = Self::V1_1_0;
 }
 
 impl fmt::Display for CniVersion {
@@ -70,8 +65,8 @@ mod tests {
         let e = CniVersion::parse("0.2.0").unwrap_err();
         assert_eq!(e.code, 1);
         assert!(e.details.contains("1.1.0"));
-        assert!(!CniVersion::V0_3_1.has_check());
-        assert!(CniVersion::V1_0_0.has_check());
-        assert!(!CniVersion::V1_0_0.has_gc_and_status());
+        assert!(CniVersion::V0_3_1 < CniVersion::CHECK_SINCE);
+        assert!(CniVersion::V1_0_0 >= CniVersion::CHECK_SINCE);
+        assert!(CniVersion::V1_0_0 < CniVersion::GC_AND_STATUS_SINCE);
     }
 }
