@@ -53,7 +53,7 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let acceptor = crate::tls::acceptor(pki).map_err(std::io::Error::other)?;
-    axum::serve(crate::tls::TlsListener { tcp: listener, acceptor }, api.router()).with_graceful_shutdown(stop).await
+    axum::serve(crate::tls::TlsListener::new(listener, acceptor)?, api.router()).with_graceful_shutdown(stop).await
 }
 
 async fn ensure(store: &Store, cluster: &ClusterConfig, kind: &str, namespace: &str, mut obj: Value) {

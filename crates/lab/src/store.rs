@@ -185,7 +185,7 @@ impl Store {
 
     /// Reads the committed state.
     pub fn read<T>(&self, f: impl FnOnce(&Objects) -> T) -> T {
-        f(&self.objects.read().expect("store lock"))
+        f(&self.objects.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Runs `mutate` against the current object (and all others, for uniqueness checks)
@@ -205,8 +205,10 @@ impl Store {
     /// The events after resourceVersion `from` and the live stream after them; None when
     /// `from` is older than the history kept (the caller answers 410 Gone).
     pub fn subscribe(&self, from: u64) -> Option<Subscription> {
-        let objects = self.objects.read().expect("store lock");
-        if from < objects.history_floor {
+        let objects = self.objects.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Too old (history gone) or newer than anything here (a store that was reset):
+        // either way the client must list again.
+        if from < objects.history_floor || from > objects.rv {
             return None;
         }
         let backlog = objects.history.iter().filter(|e| e.rv > from).cloned().collect();
@@ -220,7 +222,7 @@ impl Store {
         resource: &str,
         namespace: Option<&str>,
     ) -> (Vec<Arc<Value>>, u64, broadcast::Receiver<Arc<Event>>) {
-        let objects = self.objects.read().expect("store lock");
+        let objects = self.objects.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let items = objects.list(resource, namespace).cloned().collect();
         (items, objects.rv, self.events.subscribe())
     }
@@ -281,13 +283,18 @@ fn writer(
         let mut staged: Vec<Staged> = Vec::new();
         let mut replies: Vec<(Reply, Outcome)> = Vec::new();
         {
-            let mut view = objects.write().expect("store lock");
+            let mut view = objects.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             let base_rv = view.rv;
             let mut rv = base_rv;
             let mut undo: Vec<(Key, Option<Arc<Value>>)> = Vec::new();
             for req in batch {
                 let current = view.map.get(&req.key).cloned();
-                let outcome = (req.mutate)(&view, current.as_deref());
+                // A bug in one mutation must not take the writer (and the API) down.
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (req.mutate)(&view, current.as_deref())))
+                        .unwrap_or_else(|_| {
+                            Err(Refusal::internal("the request could not be applied (internal error)"))
+                        });
                 let result = match outcome {
                     Err(e) => Err(e),
                     Ok(Change::Keep) => Ok(current.clone()),

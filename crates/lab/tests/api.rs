@@ -196,6 +196,47 @@ async fn bad_input_gets_a_4xx_status_and_stores_nothing() {
     assert_eq!(rv_before + 1, rv_after_good, "the bad requests stored nothing");
     assert_eq!(lab.store().current_rv(), rv_after_good);
 
+    // Requests that once could hurt the server: a JSON patch that turns the object into
+    // an array, DELETE on a status path, a query that does not decode, a watch from a
+    // version the server has never had. Each is refused and the server carries on.
+    let cases: Vec<(&str, &str, &str, &str, u16)> = vec![
+        (
+            "PATCH",
+            "/api/v1/namespaces/default/pods/dup",
+            "application/json-patch+json",
+            r#"[{"op":"replace","path":"","value":[]}]"#,
+            422,
+        ),
+        ("DELETE", "/api/v1/namespaces/default/pods/dup/status", json_ct, "", 405),
+        ("GET", "/api/v1/pods?labelSelector=%zz", json_ct, "", 400),
+    ];
+    for (method, path, ct, body, code) in cases {
+        let (st, s) = lab.raw(method, path, ct, body.as_bytes()).await;
+        assert_eq!(st, code, "{method} {path}: {s}");
+    }
+    let (st, s) = lab.raw("GET", "/api/v1/pods?watch=true&resourceVersion=999999", json_ct, b"").await;
+    assert_eq!((st, s["object"]["code"].as_i64()), (200, Some(410)), "{s}");
+    let (st, _) = lab.raw("GET", "/api/v1/namespaces/default/pods/dup", json_ct, b"").await;
+    assert_eq!(st, 200, "the pod is still there and the server still answers");
+
+    // A grace period too large to be a time: 422, not a crash.
+    let node = json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.7.0/24"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+    assert_eq!(lab.raw("POST", "/api/v1/nodes", json_ct, node.to_string().as_bytes()).await.0, 201);
+    let bound =
+        json!({"metadata": {"name": "bound"}, "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x"}]}});
+    assert_eq!(lab.raw("POST", "/api/v1/namespaces/default/pods", json_ct, bound.to_string().as_bytes()).await.0, 201);
+    let (st, _) =
+        lab.raw("DELETE", "/api/v1/namespaces/default/pods/bound?gracePeriodSeconds=999999999999", json_ct, b"").await;
+    assert_eq!(st, 422);
+    // A node's pod CIDR is fixed once set: an update without it keeps it, a change is refused.
+    let (st, n) = lab
+        .raw("PUT", "/api/v1/nodes/n1", json_ct, json!({"metadata": {"name": "n1"}, "spec": {}}).to_string().as_bytes())
+        .await;
+    assert_eq!((st, n["spec"]["podCIDR"].as_str()), (200, Some("10.244.7.0/24")), "{n}");
+    let moved = json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.9.0/24"}});
+    assert_eq!(lab.raw("PUT", "/api/v1/nodes/n1", json_ct, moved.to_string().as_bytes()).await.0, 422);
+
     // No token, or the wrong one: 401.
     let no_token = lab.kubeconfig.replace("token: ", "token: wrong");
     let stranger = client_for(&no_token).await;

@@ -148,6 +148,26 @@ pub fn admit(
     if key.resource == "services" {
         service_ips(cfg, all, key, obj, old)?;
     }
+    if key.resource == "nodes"
+        && let Some(prev) = old.and_then(|o| o["spec"]["podCIDR"].as_str()).filter(|p| !p.is_empty())
+    {
+        // A node's pod range is fixed once given: its pods already have addresses in it.
+        match obj["spec"]["podCIDR"].as_str() {
+            None | Some("") => {
+                obj["spec"]["podCIDR"] = json!(prev);
+                obj["spec"]["podCIDRs"] = old.map(|o| o["spec"]["podCIDRs"].clone()).unwrap_or_else(|| json!([prev]));
+            }
+            Some(new) if new != prev => {
+                return Err(ApiError::invalid(
+                    "Node",
+                    &key.name,
+                    "spec.podCIDR",
+                    format!("field is immutable once set (it is {prev})"),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
     Ok(())
 }
 

@@ -25,6 +25,12 @@ pub(crate) async fn dispatch(api: &Arc<ApiServer>, t: Target, req: Request) -> R
             )));
         }
     }
+    if t.sub.is_some() && !matches!(req.method, Method::GET | Method::PUT | Method::PATCH) {
+        return error(&ApiError::method_not_allowed(format!(
+            "{} is not supported on a status subresource",
+            req.method
+        )));
+    }
     let out = match (&req.method, t.name.is_some()) {
         (&Method::GET, _) if req.flag("watch") => return watch::serve(api, t, req),
         (&Method::GET, false) => list(api, &t, &req),
@@ -331,6 +337,14 @@ async fn modify(
         .mutate(key, move |all, current| {
             let current = current.ok_or_else(|| ApiError::not_found(r.plural, &k.name))?;
             let new = make(current)?;
+            if !new.is_object() || !new["metadata"].is_object() && !new["metadata"].is_null() {
+                return Err(ApiError::invalid(
+                    r.kind,
+                    &k.name,
+                    "body",
+                    "the result must be an object with object metadata",
+                ));
+            }
             reconcile_update(&cluster, all, &k, r, status_only, current, new)
         })
         .await?;
@@ -381,7 +395,14 @@ async fn delete(api: &ApiServer, t: &Target, req: &Request) -> Reply {
                     return Ok(Change::Keep);
                 }
                 let mut p = pod.clone();
-                let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
+                let at = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(grace)).map_err(|_| {
+                    ApiError::invalid(
+                        "Pod",
+                        pod["metadata"]["name"].as_str().unwrap_or_default(),
+                        "gracePeriodSeconds",
+                        format!("{grace} is too large"),
+                    )
+                })?;
                 p["metadata"]["deletionTimestamp"] = json!(at.round(jiff::Unit::Second).unwrap_or(at).to_string());
                 p["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
                 Ok(Change::Put(p))

@@ -91,17 +91,15 @@ async fn serve(
     if !authorized {
         return error(&ApiError::unauthorized());
     }
-    let query: HashMap<String, String> = uri
-        .query()
-        .map(|q| {
-            q.split('&')
-                .filter_map(|kv| {
-                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    Some((decode(k)?, decode(v)?))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut query: HashMap<String, String> = HashMap::new();
+    for kv in uri.query().unwrap_or("").split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match (decode(k), decode(v)) {
+            (Some(k), Some(v)) => query.insert(k, v),
+            // Dropping a parameter that does not decode could drop a selector: refuse.
+            _ => return error(&ApiError::bad_request(format!("the query parameter {kv:?} is not valid URL encoding"))),
+        };
+    }
     let req = Request { method, query, headers, body };
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let discovery = match segs.as_slice() {

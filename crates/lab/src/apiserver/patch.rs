@@ -54,12 +54,15 @@ pub fn apply(target: &mut Value, patch: &[u8], kind: PatchType) -> Result<(), Ap
 /// The merge key of a list field, by its name and where it sits.
 fn merge_key(field: &str, path: &[String]) -> Option<&'static str> {
     let in_container = path.iter().any(|p| p.ends_with("ontainers"));
+    let at = |want: &[&str]| path.len() == want.len() && path.iter().zip(want).all(|(a, b)| a == b);
     Some(match field {
         "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets" => "name",
         "ports" if in_container => "containerPort",
-        "ports" => "port",
+        // A Service's ports; other `ports` lists (an EndpointSlice's) are replaced whole.
+        "ports" if at(&["spec", "ports"]) => "port",
         "volumeMounts" => "mountPath",
-        "conditions" | "addresses" => "type",
+        "conditions" => "type",
+        "addresses" if at(&["status", "addresses"]) => "type",
         "ownerReferences" => "uid",
         "hostAliases" => "ip",
         _ => return None,
@@ -211,6 +214,16 @@ mod tests {
         let out = smp(t, json!({"spec": {"ports": [{"port": 80, "targetPort": 8080}], "externalIPs": ["192.0.2.2"]}}));
         assert_eq!(out["spec"]["ports"], json!([{"port": 80, "name": "http", "targetPort": 8080}]));
         assert_eq!(out["spec"]["externalIPs"], json!(["192.0.2.2"]));
+    }
+
+    #[test]
+    fn lists_without_a_merge_key_at_their_path_are_replaced() {
+        // An EndpointSlice's ports (no merge key) versus a Service's spec.ports (by port).
+        let t = json!({"ports": [{"port": 80}, {"port": 81}], "status": {"addresses": [{"type": "InternalIP", "address": "a"}]}});
+        let out =
+            smp(t, json!({"ports": [{"port": 82}], "status": {"addresses": [{"type": "Hostname", "address": "h"}]}}));
+        assert_eq!(out["ports"], json!([{"port": 82}]));
+        assert_eq!(out["status"]["addresses"].as_array().unwrap().len(), 2, "node addresses merge by type");
     }
 
     #[test]

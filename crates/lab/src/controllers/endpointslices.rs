@@ -140,6 +140,7 @@ fn has_selector(svc: &Value) -> bool {
 fn same_content(have: &Value, want: &Value) -> bool {
     ["endpoints", "ports", "addressType"].iter().all(|k| have[*k] == want[*k])
         && have["metadata"]["labels"] == want["metadata"]["labels"]
+        && have["metadata"]["ownerReferences"] == want["metadata"]["ownerReferences"]
 }
 
 /// The ports of a Service as one pod resolves them; None when a named targetPort is not
