@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use flatnet_lab::apiserver::admission::ClusterConfig;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -177,14 +178,8 @@ fn up(state_dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-use std::os::unix::process::CommandExt;
-
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
+    flatnet_lab::write_file(path, text, 0o600).with_context(|| format!("write {}", path.display()))
 }
 
 fn running_pid(pid_file: &Path) -> Option<i32> {

@@ -9,3 +9,12 @@ pub mod kubeconfig;
 pub mod store;
 pub mod tls;
 pub mod underlay;
+
+/// Writes `text` to `path` with permission `mode` (0o600 for secrets: keys, tokens,
+/// kubeconfigs).
+pub fn write_file(path: &std::path::Path, text: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(mode).open(path)?;
+    f.write_all(text.as_bytes())
+}

@@ -76,18 +76,11 @@ pub fn load_or_create(dir: &Path) -> Result<Pki, TlsError> {
         ("apiserver.crt", &pki.cert_pem, 0o644),
         ("apiserver.key", &pki.key_pem, 0o600),
     ] {
-        write_mode(&dir.join(name), text, mode)?;
+        let path = dir.join(name);
+        crate::write_file(&path, text, mode)
+            .map_err(|source| TlsError::Io { path: path.display().to_string(), source })?;
     }
     Ok(pki)
-}
-
-fn write_mode(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| TlsError::Io { path: path.display().to_string(), source };
-    let mut f =
-        std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(mode).open(path).map_err(io)?;
-    f.write_all(text.as_bytes()).map_err(io)
 }
 
 pub fn acceptor(pki: &Pki) -> Result<TlsAcceptor, TlsError> {

@@ -11,7 +11,6 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::Response;
 use flatnet_model::selector::LabelSelector;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub(crate) async fn dispatch(api: &Arc<ApiServer>, t: Target, req: Request) -> Response {
@@ -51,13 +50,6 @@ type Reply = Result<(StatusCode, Value), ApiError>;
 
 fn key(t: &Target, name: &str) -> Key {
     Key::new(&t.resource.store_name(), t.namespace.as_deref().unwrap_or(""), name)
-}
-
-fn labels_of(v: &Value) -> BTreeMap<String, String> {
-    v["metadata"]["labels"]
-        .as_object()
-        .map(|m| m.iter().map(|(k, x)| (k.clone(), x.as_str().unwrap_or_default().to_string())).collect())
-        .unwrap_or_default()
 }
 
 /// `fieldSelector`: `path=value`, `path==value`, `path!=value`, comma-separated, on any
@@ -111,7 +103,7 @@ impl Filter {
     }
 
     pub fn matches(&self, v: &Value) -> bool {
-        self.labels.matches(&labels_of(v)) && self.fields.matches(v)
+        self.labels.matches(&crate::store::labels(v)) && self.fields.matches(v)
     }
 }
 

@@ -4,7 +4,7 @@
 //! to different slices; a slice holds at most 100 endpoints; a Service with no ready pod
 //! keeps one empty slice.
 
-use super::labels;
+use crate::store::labels;
 use crate::store::{Change, Key, Objects};
 use flatnet_model::selector::LabelSelector;
 use serde_json::{Value, json};

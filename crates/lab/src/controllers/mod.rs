@@ -121,13 +121,6 @@ async fn apply(store: &Store, key: Key, change: Change) {
     }
 }
 
-fn labels(v: &Value) -> std::collections::BTreeMap<String, String> {
-    v["metadata"]["labels"]
-        .as_object()
-        .map(|m| m.iter().map(|(k, x)| (k.clone(), x.as_str().unwrap_or_default().to_string())).collect())
-        .unwrap_or_default()
-}
-
 pub fn is_ready_node(n: &Value) -> bool {
     n["spec"]["unschedulable"].as_bool() != Some(true)
         && n["status"]["conditions"]
