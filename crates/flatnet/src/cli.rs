@@ -18,6 +18,9 @@ enum Cmd {
         #[command(subcommand)]
         what: crate::lab::LabCmd,
     },
+    /// The node agent: routes to every other node's pods (VXLAN or direct), masquerade,
+    /// and the subnet file for the CNI plugin. Runs until SIGTERM.
+    Agent(crate::agent::AgentArgs),
     /// Benchmarks, compared side by side with a reference in one run.
     Bench {
         #[command(subcommand)]
@@ -39,6 +42,7 @@ pub fn main() -> i32 {
     let out = match cli.command {
         Cmd::Bench { what } => crate::bench::run(what),
         Cmd::Demo => crate::demo::run(),
+        Cmd::Agent(args) => crate::agent::run(args),
         Cmd::Lab { what } => crate::lab::run(what),
         Cmd::CniConfig { name, subnet } => {
             let mut plugin = serde_json::json!({"type": "flatnet", "bridge": "cni0"});

@@ -1,6 +1,7 @@
 //! `flatnet`: one binary. Executed by a container runtime (with `CNI_COMMAND` set) it is
 //! the CNI plugin; otherwise it is the command line.
 
+mod agent;
 mod bench;
 mod cli;
 mod demo;

@@ -1,13 +1,17 @@
 //! The only flatnet code that touches the kernel: rtnetlink requests over a small
-//! synchronous socket (links, addresses, routes), network namespaces, and sysctls.
+//! synchronous socket (links, addresses, routes, neighbours, FDB), nftables through
+//! `nft`, network namespaces, and sysctls.
 //! Everything above this crate plans; this crate applies and reads back.
 
 pub mod addr;
 pub mod detach;
+pub mod enter;
 pub mod error;
 pub mod link;
+pub mod neigh;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod probe;
 pub mod route;
 pub mod sandbox;

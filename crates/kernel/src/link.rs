@@ -4,9 +4,10 @@ use crate::error::Result;
 use crate::netlink::{CHANGE, CREATE, Netlink};
 use netlink_packet_route::RouteNetlinkMessage as Rt;
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags,
+    LinkInfo, LinkMessage,
 };
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// What flatnet reads back about a device.
@@ -24,6 +25,22 @@ pub struct Link {
     pub hairpin: Option<bool>,
     /// Device group (0 is the default group).
     pub group: u32,
+    /// For a VXLAN device: its settings.
+    pub vxlan: Option<Vxlan>,
+    /// Packets sent and received (zero when the kernel gave no statistics).
+    pub tx_packets: u64,
+    pub rx_packets: u64,
+}
+
+/// A VXLAN device's settings, as created and as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vxlan {
+    pub vni: u32,
+    pub port: u16,
+    pub local: Option<Ipv4Addr>,
+    /// The underlay device it sends through.
+    pub underlay: Option<u32>,
+    pub learning: bool,
 }
 
 impl Link {
@@ -39,6 +56,9 @@ impl Link {
             kind: None,
             hairpin: None,
             group: 0,
+            vxlan: None,
+            tx_packets: 0,
+            rx_packets: 0,
         };
         for attr in &m.attributes {
             match attr {
@@ -48,10 +68,15 @@ impl Link {
                 LinkAttribute::Controller(v) if *v != 0 => link.master = Some(*v),
                 LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
                 LinkAttribute::Group(g) => link.group = *g,
+                LinkAttribute::Stats64(st) => {
+                    link.tx_packets = st.tx_packets;
+                    link.rx_packets = st.rx_packets;
+                }
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {
                             LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                            LinkInfo::Data(InfoData::Vxlan(attrs)) => link.vxlan = Some(Vxlan::from_attributes(attrs)),
                             LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
                                 link.hairpin = port.iter().find_map(|p| match p {
                                     InfoBridgePort::HairpinMode(on) => Some(*on),
@@ -211,4 +236,48 @@ pub fn delete_group(nl: &mut Netlink, group: u32) -> Result<()> {
         Err(e) if !e.is_not_found() => Err(e),
         _ => Ok(()),
     }
+}
+
+impl Vxlan {
+    fn from_attributes(attrs: &[InfoVxlan]) -> Self {
+        let mut v = Vxlan { vni: 0, port: 0, local: None, underlay: None, learning: true };
+        for a in attrs {
+            match a {
+                InfoVxlan::Id(id) => v.vni = *id,
+                InfoVxlan::Port(p) => v.port = *p,
+                InfoVxlan::Local(ip) => v.local = Some(*ip),
+                InfoVxlan::Link(i) => v.underlay = Some(*i),
+                InfoVxlan::Learning(l) => v.learning = *l,
+                _ => {}
+            }
+        }
+        v
+    }
+}
+
+/// Creates a VXLAN device, up, with a fixed MAC (peers know it from the API, so it must
+/// survive a re-creation) and the given MTU.
+pub fn create_vxlan(nl: &mut Netlink, name: &str, settings: &Vxlan, mac: [u8; 6], mtu: u32) -> Result<()> {
+    let mut data =
+        vec![InfoVxlan::Id(settings.vni), InfoVxlan::Port(settings.port), InfoVxlan::Learning(settings.learning)];
+    if let Some(ip) = settings.local {
+        data.push(InfoVxlan::Local(ip));
+    }
+    if let Some(i) = settings.underlay {
+        data.push(InfoVxlan::Link(i));
+    }
+    let mut m = by_name(name);
+    m.header.flags = LinkFlags::Up;
+    m.header.change_mask = LinkFlags::Up;
+    m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+    m.attributes.push(LinkAttribute::Mtu(mtu));
+    m.attributes
+        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Vxlan), LinkInfo::Data(InfoData::Vxlan(data))]));
+    nl.change(&format!("create VXLAN device {name}"), Rt::NewLink(m), CREATE)
+}
+
+pub fn set_mtu(nl: &mut Netlink, index: u32, mtu: u32) -> Result<()> {
+    let mut m = by_index(index);
+    m.attributes.push(LinkAttribute::Mtu(mtu));
+    nl.change(&format!("set the MTU of device #{index} to {mtu}"), Rt::SetLink(m), CHANGE)
 }

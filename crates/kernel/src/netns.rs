@@ -122,3 +122,34 @@ pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
     let ns = NetNs::open(path).map_err(|e| KernelError::refused(format!("open {}", path.display()), e))?;
     std::thread::scope(|s| s.spawn(|| within(&ns, f)).join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
 }
+
+/// Makes directory `dir` a mount point of its own with shared propagation (as
+/// `ip netns add` does for /run/netns), so that when a pin under it is unmounted, the
+/// unmount reaches every mount namespace copied from this one (a container's, say)
+/// and the namespace is really freed. Idempotent.
+pub fn make_shared_dir(dir: &Path) -> Result<()> {
+    let err = |what: &str, e: nix::errno::Errno| KernelError::refused(format!("{what} {}", dir.display()), e.into());
+    if !is_mount_point(dir) {
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .map_err(|e| err("bind-mount", e))?;
+    }
+    mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
+        .map_err(|e| err("make shared", e))
+}
+
+/// Unmounts a directory made by [`make_shared_dir`] (and anything still under it).
+pub fn unmount_dir(dir: &Path) -> Result<()> {
+    match umount2(dir, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(KernelError::refused(format!("unmount {}", dir.display()), e.into())),
+    }
+}
+
+/// Whether `path` is a mount point in the caller's mount namespace.
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(canon) = path.canonicalize() else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    // Field 5 is the mount point, with spaces and such escaped as octal.
+    let want = canon.to_string_lossy().replace(' ', "\\040");
+    info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}

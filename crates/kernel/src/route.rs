@@ -1,10 +1,12 @@
-//! Routes in the main table.
+//! Routes in the main table: the ones the CNI plugin adds in a pod, and the ones the
+//! agent owns on a node (marked with flatnet's protocol number).
 
 use crate::error::Result;
 use crate::netlink::{CREATE, Netlink};
 use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage as Rt};
 use std::net::{IpAddr, Ipv4Addr};
@@ -82,4 +84,76 @@ fn entry(r: &RouteMessage) -> RouteEntry {
         }
     }
     e
+}
+
+/// The protocol number flatnet stamps on the routes it owns (`ip route` shows
+/// `proto 70`): the agent only ever reads back, changes or removes routes carrying it.
+pub const FLATNET_PROTOCOL: u8 = 70;
+
+/// A route the agent owns: a destination via a gateway on one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnedRoute {
+    pub dst: Ipv4Net,
+    pub via: Ipv4Addr,
+    pub oif: u32,
+    pub onlink: bool,
+}
+
+fn owned_message(dst: Ipv4Net) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = AddressFamily::Inet;
+    m.header.destination_prefix_length = dst.prefix_len();
+    m.header.table = RouteHeader::RT_TABLE_MAIN;
+    m.header.protocol = RouteProtocol::Other(FLATNET_PROTOCOL);
+    m.header.kind = RouteType::Unicast;
+    m.header.scope = RouteScope::Universe;
+    m.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(dst.network())));
+    m
+}
+
+/// Adds the route, or replaces the one to the same destination, in one request.
+pub fn replace_owned(nl: &mut Netlink, r: &OwnedRoute) -> Result<()> {
+    let mut m = owned_message(r.dst);
+    m.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(r.via)));
+    m.attributes.push(RouteAttribute::Oif(r.oif));
+    if r.onlink {
+        m.header.flags = RouteFlags::Onlink;
+    }
+    let flags = netlink_packet_core::NLM_F_REQUEST
+        | netlink_packet_core::NLM_F_ACK
+        | netlink_packet_core::NLM_F_CREATE
+        | netlink_packet_core::NLM_F_REPLACE;
+    nl.change(&format!("route {} via {}", r.dst, r.via), Rt::NewRoute(m), flags)
+}
+
+/// Removes flatnet's route to `dst`; Ok(false) when there was none.
+pub fn delete_owned(nl: &mut Netlink, dst: Ipv4Net) -> Result<bool> {
+    match nl.change(&format!("delete route {dst}"), Rt::DelRoute(owned_message(dst)), crate::netlink::CHANGE) {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The IPv4 routes of the main table that carry flatnet's protocol number.
+pub fn list_owned(nl: &mut Netlink) -> Result<Vec<OwnedRoute>> {
+    let mut req = RouteMessage::default();
+    req.header.address_family = AddressFamily::Inet;
+    let msgs = nl.dump("list routes", Rt::GetRoute(req))?;
+    Ok(msgs
+        .iter()
+        .filter_map(|m| match m {
+            Rt::NewRoute(r)
+                if r.header.table == RouteHeader::RT_TABLE_MAIN
+                    && r.header.protocol == RouteProtocol::Other(FLATNET_PROTOCOL) =>
+            {
+                let e = entry(r);
+                let (IpNet::V4(dst), Some(IpAddr::V4(via)), Some(oif)) = (e.dst, e.gateway, e.oif) else {
+                    return None;
+                };
+                Some(OwnedRoute { dst, via, oif, onlink: r.header.flags.contains(RouteFlags::Onlink) })
+            }
+            _ => None,
+        })
+        .collect())
 }

@@ -1,0 +1,44 @@
+//! What the agent is told: who it is, how to reach the API, and how to connect nodes.
+
+use flatnet_model::node_network::{Backend, VxlanSettings};
+use ipnet::Ipv4Net;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    /// A kubeconfig file; None means in-cluster config (or `KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
+    pub backend: Backend,
+    pub vxlan: VxlanSettings,
+    /// The device that carries traffic between nodes; None means the one holding the
+    /// Node's InternalIP.
+    pub underlay_iface: Option<String>,
+    /// The cluster's pod CIDR: pod traffic leaving it is masqueraded.
+    pub cluster_cidr: Ipv4Net,
+    pub subnet_file: PathBuf,
+    /// How often the kernel is compared with the plan even when the API is quiet.
+    pub resync: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(node_name: impl Into<String>) -> Self {
+        Self {
+            node_name: node_name.into(),
+            kubeconfig: None,
+            backend: Backend::default(),
+            vxlan: VxlanSettings::default(),
+            underlay_iface: None,
+            cluster_cidr: "10.244.0.0/16".parse().expect("literal"),
+            subnet_file: flatnet_model::subnet_file::DEFAULT_PATH.into(),
+            resync: Duration::from_secs(1),
+        }
+    }
+
+    /// The VTEP MAC: derived from the node name, so it is the same after a restart or
+    /// a re-creation of the device, and peers' FDB entries stay right.
+    pub fn vtep_mac(&self) -> [u8; 6] {
+        flatnet_model::names::derived_mac(&format!("{}/{}", self.node_name, self.vxlan.device()))
+    }
+}

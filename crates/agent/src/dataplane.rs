@@ -1,0 +1,264 @@
+//! The kernel side of the agent: read what the node has, diff it against the plan,
+//! apply only the difference. Everything it touches is its own: the VXLAN device, the
+//! routes carrying flatnet's protocol number, the entries on that device, and the
+//! `ip flatnet` nftables table.
+
+use crate::config::AgentConfig;
+use flatnet_kernel::route::OwnedRoute;
+use flatnet_kernel::{KernelError, Netlink, addr, link, neigh, nft, route, sysctl};
+use flatnet_model::masquerade;
+use flatnet_model::node_network::{self, Backend, Local, NodeNetwork, Peer, RouteDevice, Skipped, VXLAN_OVERHEAD};
+use ipnet::{IpNet, Ipv4Net};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// Something only a person can fix; retried, and shown on the Node.
+    #[error("{0}")]
+    NeedsPerson(String),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Nft(#[from] nft::NftError),
+}
+
+/// The device that carries traffic between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Underlay {
+    pub index: u32,
+    pub name: String,
+    pub addr: Ipv4Net,
+    pub mtu: u32,
+}
+
+/// Finds the underlay device: the one named, else the one holding `internal_ip`.
+pub fn find_underlay(
+    nl: &mut Netlink,
+    iface: Option<&str>,
+    internal_ip: Option<Ipv4Addr>,
+) -> Result<Underlay, DataplaneError> {
+    let addrs = addr::list(nl, None)?;
+    let v4 = |index: u32| {
+        addrs.iter().find_map(|(i, a)| match a {
+            IpNet::V4(a) if *i == index => Some(*a),
+            _ => None,
+        })
+    };
+    let (index, ip) = match (iface, internal_ip) {
+        (Some(name), _) => {
+            let l = link::get(nl, name)?.ok_or_else(|| {
+                DataplaneError::NeedsPerson(format!("underlay interface {name} not found on this node (--iface)"))
+            })?;
+            let a = v4(l.index)
+                .ok_or_else(|| DataplaneError::NeedsPerson(format!("underlay interface {name} has no IPv4 address")))?;
+            (l.index, a)
+        }
+        (None, Some(ip)) => addrs
+            .iter()
+            .find_map(|(i, a)| match a {
+                IpNet::V4(a) if a.addr() == ip => Some((*i, *a)),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                DataplaneError::NeedsPerson(format!(
+                    "no interface on this node holds the Node's InternalIP {ip}: name the underlay with --iface"
+                ))
+            })?,
+        (None, None) => {
+            return Err(DataplaneError::NeedsPerson(
+                "the Node has no InternalIP and no --iface was given: cannot tell which interface joins the nodes"
+                    .into(),
+            ));
+        }
+    };
+    let l = link::get_by_index(nl, index)?
+        .ok_or_else(|| DataplaneError::NeedsPerson(format!("underlay interface #{index} vanished")))?;
+    Ok(Underlay { index, name: l.name, addr: ip, mtu: l.mtu })
+}
+
+/// The MTU pods get on this node.
+pub fn pod_mtu(backend: Backend, underlay: &Underlay) -> u32 {
+    match backend {
+        Backend::Vxlan => underlay.mtu - VXLAN_OVERHEAD,
+        Backend::HostGw => underlay.mtu,
+    }
+}
+
+/// What a reconcile did, for the log and the status.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub changes: Vec<String>,
+    pub skipped: Vec<Skipped>,
+    pub peers: usize,
+}
+
+/// One pass: make the kernel match the plan for `local` and `nodes`.
+pub fn reconcile(
+    nl: &mut Netlink,
+    cfg: &AgentConfig,
+    underlay: &Underlay,
+    pod_cidr: Ipv4Net,
+    nodes: &[Peer],
+) -> Result<Outcome, DataplaneError> {
+    let mut out = Outcome::default();
+    sysctl::ensure("net.ipv4.ip_forward", "1")?;
+    let local = Local { name: cfg.node_name.clone(), backend: cfg.backend, underlay: underlay.addr, pod_cidr };
+    let (plan, skipped) = node_network::plan(&local, nodes);
+    out.skipped = skipped;
+    out.peers = plan.routes.len();
+    let vxlan_index = match cfg.backend {
+        Backend::Vxlan => Some(ensure_vxlan(nl, cfg, underlay, pod_cidr, &mut out.changes)?),
+        Backend::HostGw => {
+            if link::delete(nl, &cfg.vxlan.device())? {
+                out.changes.push(format!("deleted {} (backend is host-gw)", cfg.vxlan.device()));
+            }
+            None
+        }
+    };
+    apply_peers(nl, &plan, underlay.index, vxlan_index, &mut out.changes)?;
+    ensure_masquerade(cfg.cluster_cidr, &mut out.changes)?;
+    Ok(out)
+}
+
+/// The VXLAN device as configured: created when missing, re-created when its identity
+/// (VNI, port, local address, underlay, learning, MAC) differs, MTU and state fixed in place.
+fn ensure_vxlan(
+    nl: &mut Netlink,
+    cfg: &AgentConfig,
+    underlay: &Underlay,
+    pod_cidr: Ipv4Net,
+    changes: &mut Vec<String>,
+) -> Result<u32, DataplaneError> {
+    let name = cfg.vxlan.device();
+    let want = link::Vxlan {
+        vni: cfg.vxlan.vni,
+        port: cfg.vxlan.port,
+        local: Some(underlay.addr.addr()),
+        underlay: Some(underlay.index),
+        learning: false,
+    };
+    let mac = cfg.vtep_mac();
+    let mtu = pod_mtu(Backend::Vxlan, underlay);
+    let existing = link::get(nl, &name)?;
+    let dev = match existing {
+        Some(l) if l.vxlan.as_ref() == Some(&want) && l.mac == mac => l,
+        other => {
+            if other.is_some() {
+                link::delete(nl, &name)?;
+                changes.push(format!("deleted {name}: its settings differ from the configuration"));
+            }
+            link::create_vxlan(nl, &name, &want, mac, mtu)?;
+            changes.push(format!(
+                "created {name} (VNI {}, UDP {}, local {})",
+                want.vni,
+                want.port,
+                underlay.addr.addr()
+            ));
+            link::get(nl, &name)?
+                .ok_or_else(|| DataplaneError::NeedsPerson(format!("{name} vanished after creation")))?
+        }
+    };
+    if dev.mtu != mtu {
+        link::set_mtu(nl, dev.index, mtu)?;
+        changes.push(format!("set the MTU of {name} to {mtu}"));
+    }
+    if !dev.up {
+        link::set_up(nl, dev.index)?;
+        changes.push(format!("brought {name} up"));
+    }
+    let vtep = Ipv4Net::new(node_network::vtep_ip(pod_cidr), 32).expect("valid prefix");
+    let addrs = addr::list(nl, Some(dev.index))?;
+    for (_, a) in &addrs {
+        if let IpNet::V4(a) = a
+            && *a != vtep
+        {
+            addr::delete_v4(nl, dev.index, a.addr())?;
+            changes.push(format!("removed {a} from {name}"));
+        }
+    }
+    if addr::add_v4(nl, dev.index, vtep)? {
+        changes.push(format!("added VTEP address {vtep} to {name}"));
+    }
+    Ok(dev.index)
+}
+
+/// FDB and neighbour entries first and routes last when adding, the reverse when
+/// removing: a route never points at a VTEP the device cannot reach.
+fn apply_peers(
+    nl: &mut Netlink,
+    plan: &NodeNetwork,
+    underlay: u32,
+    vxlan: Option<u32>,
+    changes: &mut Vec<String>,
+) -> Result<(), DataplaneError> {
+    let mac = flatnet_model::names::format_mac;
+    let (fdb, neighbours) = match vxlan {
+        Some(dev) => {
+            let fdb = node_network::diff(&plan.fdb, &neigh::list_fdb(nl, dev)?.into_iter().collect());
+            let neighbours =
+                node_network::diff(&plan.neighbours, &neigh::list_permanent(nl, dev)?.into_iter().collect());
+            (Some((dev, fdb)), Some((dev, neighbours)))
+        }
+        None => (None, None),
+    };
+    let desired_routes: BTreeMap<Ipv4Net, OwnedRoute> = plan
+        .routes
+        .values()
+        .filter_map(|r| {
+            let oif = match r.device {
+                RouteDevice::Vxlan => vxlan?,
+                RouteDevice::Underlay => underlay,
+            };
+            Some((r.dst, OwnedRoute { dst: r.dst, via: r.via, oif, onlink: r.onlink }))
+        })
+        .collect();
+    let actual_routes = route::list_owned(nl)?.into_iter().map(|r| (r.dst, r)).collect();
+    let routes = node_network::diff(&desired_routes, &actual_routes);
+
+    if let Some((dev, c)) = &fdb {
+        for (m, ip) in &c.upsert {
+            neigh::replace_fdb(nl, *dev, *m, *ip)?;
+            changes.push(format!("FDB {} → {ip}", mac(m)));
+        }
+    }
+    if let Some((dev, c)) = &neighbours {
+        for (ip, m) in &c.upsert {
+            neigh::replace(nl, *dev, *ip, *m)?;
+            changes.push(format!("neighbour {ip} → {}", mac(m)));
+        }
+    }
+    for (_, r) in &routes.upsert {
+        route::replace_owned(nl, r)?;
+        changes.push(format!("route {} via {}{}", r.dst, r.via, if r.onlink { " onlink" } else { "" }));
+    }
+    for dst in &routes.remove {
+        route::delete_owned(nl, *dst)?;
+        changes.push(format!("removed route {dst}"));
+    }
+    if let Some((dev, c)) = &neighbours {
+        for ip in &c.remove {
+            neigh::delete(nl, *dev, *ip)?;
+            changes.push(format!("removed neighbour {ip}"));
+        }
+    }
+    if let Some((dev, c)) = &fdb {
+        let actual: BTreeMap<_, _> = neigh::list_fdb(nl, *dev)?.into_iter().collect();
+        for m in &c.remove {
+            if let Some(ip) = actual.get(m) {
+                neigh::delete_fdb(nl, *dev, *m, *ip)?;
+                changes.push(format!("removed FDB {}", mac(m)));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ensure_masquerade(cluster: Ipv4Net, changes: &mut Vec<String>) -> Result<(), DataplaneError> {
+    let want = masquerade::rule_comments(cluster);
+    if nft::chain_rule_comments(masquerade::FAMILY, masquerade::TABLE, masquerade::CHAIN)?.as_ref() != Some(&want) {
+        nft::apply(&masquerade::transaction(cluster))?;
+        changes.push(format!("masquerade for pod traffic leaving {cluster}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! The flatnet node agent: one per node. It list/watches Nodes, publishes what peers
+//! need on its own Node, writes the subnet file the CNI plugin reads, and keeps the
+//! kernel's routes, VXLAN peers and masquerade equal to the plan, level-triggered: on
+//! every change and every second, whatever state it starts from.
+
+pub mod config;
+pub mod dataplane;
+pub mod node;
+pub mod run;
+
+pub use config::AgentConfig;
+pub use run::run;

@@ -1,0 +1,79 @@
+//! Reading Nodes the way the planner needs them, and what the agent writes back on its
+//! own Node: the annotations peers route by, and the NetworkUnavailable condition.
+
+use crate::config::AgentConfig;
+use flatnet_model::names::format_mac;
+use flatnet_model::node_network::{Peer, annotations, parse_mac};
+use k8s_openapi::api::core::v1::Node;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+pub fn pod_cidr(node: &Node) -> Option<ipnet::Ipv4Net> {
+    node.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()
+}
+
+pub fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
+    node.status.as_ref()?.addresses.as_ref()?.iter().find(|a| a.type_ == "InternalIP")?.address.parse().ok()
+}
+
+fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    node.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+pub fn peer(node: &Node) -> Peer {
+    Peer {
+        name: node.metadata.name.clone().unwrap_or_default(),
+        underlay_ip: annotation(node, annotations::UNDERLAY_IP).and_then(|s| s.parse().ok()),
+        pod_cidr: pod_cidr(node),
+        backend: annotation(node, annotations::BACKEND).and_then(|s| s.parse().ok()),
+        vtep_mac: annotation(node, annotations::VTEP_MAC).and_then(parse_mac),
+    }
+}
+
+/// The annotations this node must carry.
+pub fn desired_annotations(cfg: &AgentConfig, underlay_ip: Ipv4Addr) -> BTreeMap<&'static str, String> {
+    let mut want = BTreeMap::from([
+        (annotations::BACKEND, cfg.backend.to_string()),
+        (annotations::UNDERLAY_IP, underlay_ip.to_string()),
+    ]);
+    if cfg.backend == flatnet_model::node_network::Backend::Vxlan {
+        want.insert(annotations::VTEP_MAC, format_mac(&cfg.vtep_mac()));
+    }
+    want
+}
+
+/// A merge patch that sets the annotations that differ (removing the VTEP MAC when the
+/// backend no longer uses one), or None when the Node already carries them.
+pub fn annotation_patch(node: &Node, want: &BTreeMap<&'static str, String>) -> Option<Value> {
+    let mut patch = serde_json::Map::new();
+    for (k, v) in want {
+        if annotation(node, k) != Some(v.as_str()) {
+            patch.insert((*k).to_string(), json!(v));
+        }
+    }
+    if !want.contains_key(annotations::VTEP_MAC) && annotation(node, annotations::VTEP_MAC).is_some() {
+        patch.insert(annotations::VTEP_MAC.to_string(), Value::Null);
+    }
+    (!patch.is_empty()).then(|| json!({"metadata": {"annotations": patch}}))
+}
+
+/// The node's NetworkUnavailable condition as (status, reason, message), when set.
+pub fn network_condition(node: &Node) -> Option<(String, String, String)> {
+    let c = node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "NetworkUnavailable")?;
+    Some((c.status.clone(), c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()))
+}
+
+/// A strategic merge patch for the NetworkUnavailable condition (merged by type, so
+/// the kubelet's conditions stay as they are).
+pub fn condition_patch(unavailable: bool, reason: &str, message: &str) -> Value {
+    let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string();
+    json!({"status": {"conditions": [{
+        "type": "NetworkUnavailable",
+        "status": if unavailable { "True" } else { "False" },
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now,
+        "lastHeartbeatTime": now,
+    }]}})
+}

@@ -1,0 +1,68 @@
+//! `flatnet agent`: the node agent's command line.
+
+use clap::Args;
+use flatnet_agent::AgentConfig;
+use flatnet_model::node_network::{Backend, VxlanSettings};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// This node's name in the API (default: $NODE_NAME, else the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// A kubeconfig; without it, the in-cluster service account (or $KUBECONFIG).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// How packets cross between nodes: vxlan (encapsulated) or host-gw (direct routes,
+    /// every node on one L2 segment).
+    #[arg(long, default_value = "vxlan")]
+    backend: Backend,
+    #[arg(long, default_value_t = 1)]
+    vni: u32,
+    /// VXLAN UDP port: 8472 (Linux, Flannel) or 4789 (IANA).
+    #[arg(long, default_value_t = 8472)]
+    vxlan_port: u16,
+    /// The interface that joins the nodes (default: the one holding the Node's InternalIP).
+    #[arg(long)]
+    iface: Option<String>,
+    /// The cluster's pod CIDR; pod traffic leaving it is masqueraded.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: ipnet::Ipv4Net,
+    /// Where to write the node's subnet for the CNI plugin.
+    #[arg(long, default_value = flatnet_model::subnet_file::DEFAULT_PATH)]
+    subnet_file: PathBuf,
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    init_logging();
+    let node_name = match args.node_name.or_else(|| std::env::var("NODE_NAME").ok()) {
+        Some(n) => n,
+        None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
+    };
+    let mut cfg = AgentConfig::new(node_name);
+    cfg.kubeconfig = args.kubeconfig;
+    cfg.backend = args.backend;
+    cfg.vxlan = VxlanSettings { vni: args.vni, port: args.vxlan_port };
+    cfg.underlay_iface = args.iface;
+    cfg.cluster_cidr = args.cluster_cidr;
+    cfg.subnet_file = args.subnet_file;
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).max_blocking_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let stop = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        flatnet_agent::run(cfg, stop).await.map_err(anyhow::Error::from)
+    })
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default `info`.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
+}

@@ -1,0 +1,85 @@
+//! `flatnet lab apply -f FILE`: create each object of a YAML (multi-document) or JSON
+//! file, or replace it when it exists, without kubectl.
+
+use anyhow::{Context, bail};
+use flatnet_lab::layout::Layout;
+use kube::api::{Api, DynamicObject, GroupVersionKind, PostParams};
+use kube::discovery::Scope;
+use serde_json::Value;
+use std::path::Path;
+
+/// The objects in `text`: YAML documents, or a JSON object; `kind: List` is unpacked.
+pub fn parse(text: &str) -> anyhow::Result<Vec<Value>> {
+    let docs: Vec<Value> = if text.trim_start().starts_with('{') {
+        vec![serde_json::from_str(text).context("the file is not valid JSON")?]
+    } else {
+        serde_saphyr::from_multiple(text).context("the file is not valid YAML")?
+    };
+    let mut out = Vec::new();
+    for d in docs.into_iter().filter(|d| !d.is_null()) {
+        match d.get("kind").and_then(Value::as_str) {
+            Some("List") => out.extend(d.get("items").and_then(Value::as_array).cloned().unwrap_or_default()),
+            Some(_) => out.push(d),
+            None => bail!("an object in the file has no kind: {}", d.to_string().chars().take(80).collect::<String>()),
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(layout: &Layout, file: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let objects = parse(&text)?;
+    super::runtime()?.block_on(async {
+        let client = super::client(layout).await?;
+        for obj in objects {
+            println!("{}", apply_one(&client, obj).await?);
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Creates or replaces one object; returns `kind/name created|configured`.
+pub async fn apply_one(client: &kube::Client, obj: Value) -> anyhow::Result<String> {
+    let api_version = obj.get("apiVersion").and_then(Value::as_str).context("apiVersion is missing")?;
+    let kind = obj.get("kind").and_then(Value::as_str).context("kind is missing")?.to_string();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, &kind);
+    let (resource, caps) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .with_context(|| format!("the lab API does not serve {kind} ({api_version})"))?;
+    let mut obj: DynamicObject = serde_json::from_value(obj).with_context(|| format!("decode the {kind}"))?;
+    let name = obj.metadata.name.clone().context("metadata.name is missing")?;
+    let api: Api<DynamicObject> = match caps.scope {
+        Scope::Namespaced => {
+            let ns = obj.metadata.namespace.get_or_insert_with(|| "default".into()).clone();
+            Api::namespaced_with(client.clone(), &ns, &resource)
+        }
+        Scope::Cluster => Api::all_with(client.clone(), &resource),
+    };
+    let what = format!("{}/{name}", kind.to_lowercase());
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => Ok(format!("{what} created")),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let current = api.get(&name).await?;
+            obj.metadata.resource_version = current.metadata.resource_version;
+            api.replace(&name, &PostParams::default(), &obj).await.with_context(|| format!("update {what}"))?;
+            Ok(format!("{what} configured"))
+        }
+        Err(e) => Err(anyhow::Error::from(e).context(format!("create {what}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn yaml_documents_and_lists_unpack() {
+        let objs = super::parse(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\n---\napiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Service, metadata: {name: b}}\n",
+        )
+        .unwrap();
+        assert_eq!(objs.len(), 2);
+        assert_eq!(objs[1]["kind"], "Service");
+        assert!(super::parse("metadata: {name: a}\n").unwrap_err().to_string().contains("no kind"));
+        assert!(super::parse("{\"kind\": \"Pod\"").is_err());
+    }
+}

@@ -1,0 +1,183 @@
+//! `flatnet lab demo`: the classic pod network scenario on a running lab. A client and a
+//! neighbour on node-1, a server on node-2; requests between them, each check explained
+//! by the kernel state it crossed.
+
+use super::UpArgs;
+use anyhow::{Context, bail};
+use flatnet_kernel::{Netlink, link, netns, route};
+use flatnet_lab::layout::running_pid;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+pub const NAMESPACE: &str = "flatnet-demo";
+
+fn pod(name: &str, node: &str, serves: bool) -> serde_json::Value {
+    let container = if serves {
+        json!({"name": "web", "image": "nginx:1.25", "ports": [{"containerPort": 80}]})
+    } else {
+        json!({"name": "shell", "image": "busybox:1.36", "command": ["sleep", "3600"]})
+    };
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": name}},
+           "spec": {"nodeName": node, "containers": [container]}})
+}
+
+pub fn run(args: &UpArgs) -> anyhow::Result<()> {
+    let layout = args.state.layout();
+    if running_pid(&layout.apiserver_pid(), "lab").is_none() || super::up::settings(&layout).is_none() {
+        super::up::up(args)?;
+        println!();
+    }
+    let settings = super::up::settings(&layout).context("the lab's settings are missing")?;
+    if settings.nodes < 2 {
+        bail!("the demo needs two nodes; this lab has {}: `flatnet lab down` then `flatnet lab demo`", settings.nodes);
+    }
+    println!("deploying in namespace {NAMESPACE}: client and neighbor on node-1, server on node-2");
+    let objects = vec![
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
+        pod("client", "node-1", false),
+        pod("neighbor", "node-1", true),
+        pod("server", "node-2", true),
+    ];
+    let pods = super::runtime()?.block_on(async {
+        let client = super::client(&layout).await?;
+        for o in objects {
+            println!("  {}", super::apply::apply_one(&client, o).await?);
+        }
+        wait_ready(&client, 3, Duration::from_secs(60)).await
+    })?;
+    println!("\n  {:<10} {:<8} {:<12} READY", "POD", "NODE", "IP");
+    for (name, node, ip) in &pods {
+        println!("  {name:<10} {node:<8} {ip:<12} yes");
+    }
+    let ip = |n: &str| pods.iter().find(|p| p.0 == n).map(|p| p.2.clone()).unwrap_or_default();
+    let (client_ip, neighbor_ip, server_ip) = (ip("client"), ip("neighbor"), ip("server"));
+    let client_ns = super::exec::find_sandbox(&layout, NAMESPACE, "client").context("the client's sandbox")?.netns;
+    let node1 = layout.node_ns("node-1");
+    let backend = settings.backend.clone();
+
+    let mut rows: Vec<(String, bool, String)> = Vec::new();
+    // Same node: the VXLAN device must not move.
+    let before = vxlan_tx(&node1);
+    let same = http_get(&client_ns, &neighbor_ip);
+    let after = vxlan_tx(&node1);
+    let saw = same.as_deref().ok().and_then(seen_client).unwrap_or_default();
+    rows.push((
+        "client → neighbor (both on node-1)".into(),
+        same.is_ok() && after == before,
+        format!(
+            "veth → cni0 bridge → veth, inside node-1; {} packet(s) left the node",
+            after.zip(before).map(|(a, b)| a.saturating_sub(b)).unwrap_or(0)
+        ),
+    ));
+    rows.push(("neighbor saw the client's pod IP".into(), saw == client_ip, format!("{saw} (no NAT on the bridge)")));
+    // Cross node.
+    let before = vxlan_tx(&node1);
+    let cross = http_get(&client_ns, &server_ip);
+    let after = vxlan_tx(&node1);
+    let saw = cross.as_deref().ok().and_then(seen_client).unwrap_or_default();
+    let route = peer_route(&node1, server_ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED));
+    let path = match backend.as_str() {
+        "vxlan" => format!(
+            "{route}: encapsulated in VXLAN (UDP 8472) to node-2's 192.168.1.12; {} packet(s) through flatnet.1",
+            after.zip(before).map(|(a, b)| a.saturating_sub(b)).unwrap_or(0)
+        ),
+        _ => format!("{route}: routed as is over the underlay, no encapsulation"),
+    };
+    rows.push(("client (node-1) → server (node-2)".into(), cross.is_ok(), path));
+    rows.push((
+        "server saw the client's pod IP".into(),
+        saw == client_ip,
+        format!("{saw} (pod to pod is never NATed; masquerade is only for traffic leaving 10.244.0.0/16)"),
+    ));
+
+    println!("\n  {:<38} {:<6} PATH", "CHECK", "RESULT");
+    for (check, ok, path) in &rows {
+        println!("  {check:<38} {:<6} {path}", if *ok { "PASS" } else { "FAIL" });
+    }
+    if let Err(e) = &same {
+        println!("  client → neighbor failed: {e}");
+    }
+    if let Err(e) = &cross {
+        println!("  client → server failed: {e}");
+    }
+    println!("\ntry it yourself:");
+    println!("  flatnet lab exec client -n {NAMESPACE} -- wget -qO- http://{server_ip}");
+    println!("  flatnet lab exec client -n {NAMESPACE} -- ip route");
+    println!("  KUBECONFIG={} kubectl get pods -n {NAMESPACE} -o wide", layout.kubeconfig().display());
+    if rows.iter().any(|r| !r.1) {
+        bail!("some checks failed (logs under {}/nodes/)", layout.state.display());
+    }
+    Ok(())
+}
+
+/// Waits until `count` pods of the demo namespace are Ready; returns (name, node, IP).
+async fn wait_ready(
+    client: &kube::Client,
+    count: usize,
+    within: Duration,
+) -> anyhow::Result<Vec<(String, String, String)>> {
+    let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), NAMESPACE);
+    let deadline = Instant::now() + within;
+    loop {
+        let pods = api.list(&Default::default()).await?.items;
+        let ready: Vec<_> = pods
+            .iter()
+            .filter(|p| super::status::pod_ready(p))
+            .map(|p| {
+                (
+                    p.metadata.name.clone().unwrap_or_default(),
+                    p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
+                    p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        if ready.len() >= count {
+            let mut ready = ready;
+            ready.sort();
+            return Ok(ready);
+        }
+        if Instant::now() > deadline {
+            bail!("only {} of {count} demo pods became Ready within {within:?}", ready.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An HTTP GET from inside the pod whose namespace is pinned at `ns`.
+pub fn http_get(ns: &std::path::Path, ip: &str) -> anyhow::Result<String> {
+    let addr: SocketAddr = format!("{ip}:80").parse().with_context(|| format!("bad pod IP {ip:?}"))?;
+    netns::run_in(ns, || -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(format!("GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })?
+    .with_context(|| format!("GET http://{addr}/"))
+}
+
+/// The client address the built-in server reported.
+pub fn seen_client(body: &str) -> Option<String> {
+    let client = body.split_whitespace().find_map(|w| w.strip_prefix("client="))?;
+    Some(client.rsplit_once(':').map_or(client, |(ip, _)| ip).to_string())
+}
+
+fn vxlan_tx(node_ns: &std::path::Path) -> Option<u64> {
+    netns::run_in(node_ns, || Some(link::get(&mut Netlink::open().ok()?, "flatnet.1").ok()??.tx_packets)).ok()?
+}
+
+/// The route node-1 uses for `ip`, as `ip route` would print it.
+fn peer_route(node_ns: &std::path::Path, ip: Ipv4Addr) -> String {
+    let found = netns::run_in(node_ns, || {
+        let mut nl = Netlink::open().ok()?;
+        let r = route::list_owned(&mut nl).ok()?.into_iter().find(|r| r.dst.contains(&ip))?;
+        let dev = link::get_by_index(&mut nl, r.oif).ok()??.name;
+        Some(format!("route {} via {} dev {dev}{}", r.dst, r.via, if r.onlink { " onlink" } else { "" }))
+    });
+    found.ok().flatten().unwrap_or_else(|| format!("no flatnet route to {ip}"))
+}

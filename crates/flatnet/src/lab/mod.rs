@@ -1,0 +1,169 @@
+//! `flatnet lab …`: a Kubernetes cluster on this machine made of network namespaces. A
+//! control plane (API server, store, controllers) in the host's namespace, an underlay
+//! namespace with a bridge, and nodes plugged into it, each running the lab kubelet and
+//! the flatnet agent.
+
+mod apply;
+mod demo;
+mod exec;
+mod status;
+mod up;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use flatnet_lab::layout::Layout;
+use flatnet_model::node_network::Backend;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/flatnet/lab";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6443";
+
+#[derive(clap::Args, Clone)]
+pub struct StateDir {
+    /// Where the lab keeps its state (everything it makes on disk is under it).
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.state_dir)
+    }
+}
+
+#[derive(clap::Args, Clone)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub state: StateDir,
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// How many nodes (node-1 … node-N).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// How pods on different nodes reach each other: vxlan or host-gw.
+    #[arg(long, default_value = "vxlan")]
+    pub backend: Backend,
+}
+
+#[derive(Subcommand)]
+pub enum LabCmd {
+    /// Builds the lab: control plane, underlay, nodes with their kubelet and agent.
+    Up(UpArgs),
+    /// Stops the lab and removes every namespace, process, mount and file it made.
+    Down(StateDir),
+    /// Brings the lab up if needed, deploys pods on two nodes and checks every path.
+    Demo(UpArgs),
+    /// Nodes, their network status, pods and processes.
+    Status(StateDir),
+    /// Creates or updates the objects in a YAML or JSON file (like `kubectl apply -f`).
+    Apply {
+        #[command(flatten)]
+        state: StateDir,
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Runs a command inside a pod: its network namespace, resolv.conf and hostname.
+    Exec {
+        #[command(flatten)]
+        state: StateDir,
+        pod: String,
+        #[arg(short = 'n', long = "namespace", default_value = "default")]
+        namespace: String,
+        #[arg(last = true, required = true)]
+        command: Vec<OsString>,
+    },
+    /// Prints the path of the lab's kubeconfig.
+    Kubeconfig(StateDir),
+    /// Runs the control plane in the foreground (what `lab up` starts).
+    #[command(hide = true)]
+    Serve {
+        #[command(flatten)]
+        state: StateDir,
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Also listen on 192.168.1.1 inside this network namespace (the lab underlay).
+        #[arg(long)]
+        underlay_netns: Option<PathBuf>,
+    },
+    /// Runs one node's kubelet (and through it the agent) inside the node's namespace.
+    #[command(hide = true)]
+    Kubelet {
+        #[command(flatten)]
+        state: StateDir,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        node_ip: std::net::Ipv4Addr,
+        #[arg(long, default_value = "vxlan")]
+        backend: Backend,
+    },
+    /// Enters a pod and executes a command (what the kubelet starts containers with).
+    #[command(hide = true)]
+    Enter {
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long)]
+        resolv_conf: Option<PathBuf>,
+        #[arg(long)]
+        hosts: Option<PathBuf>,
+        #[arg(long)]
+        hostname: Option<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<OsString>,
+    },
+    /// The built-in server the lab runs for containers that declare ports.
+    #[command(hide = true)]
+    Netexec {
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long = "port", required = true)]
+        ports: Vec<String>,
+    },
+}
+
+pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
+    match cmd {
+        LabCmd::Up(args) => up::up(&args).map(|_| ()),
+        LabCmd::Down(s) => up::down(&s.layout()),
+        LabCmd::Demo(args) => demo::run(&args),
+        LabCmd::Status(s) => status::run(&s.layout()),
+        LabCmd::Apply { state, file } => apply::run(&state.layout(), &file),
+        LabCmd::Exec { state, pod, namespace, command } => exec::exec(&state.layout(), &namespace, &pod, &command),
+        LabCmd::Kubeconfig(s) => {
+            let path = s.layout().kubeconfig();
+            if !path.is_file() {
+                bail!("the lab is not up (no {}): run `flatnet lab up`", path.display());
+            }
+            println!("{}", path.display());
+            Ok(())
+        }
+        LabCmd::Serve { state, listen, underlay_netns } => {
+            up::serve(&state.layout(), listen, underlay_netns.as_deref())
+        }
+        LabCmd::Kubelet { state, node, node_ip, backend } => up::kubelet(&state.layout(), &node, node_ip, backend),
+        LabCmd::Enter { netns, resolv_conf, hosts, hostname, command } => {
+            let ctx = flatnet_kernel::enter::PodContext { netns, resolv_conf, hosts, hostname };
+            Err(flatnet_kernel::enter::exec(&ctx, &command).into())
+        }
+        LabCmd::Netexec { pod, namespace, node, ports } => exec::netexec(pod, namespace, node, &ports),
+    }
+}
+
+/// A kube client for the lab, from its kubeconfig.
+pub async fn client(layout: &Layout) -> anyhow::Result<kube::Client> {
+    let path = layout.kubeconfig();
+    let kc = kube::config::Kubeconfig::read_from(&path)
+        .with_context(|| format!("read {} (is the lab up? run `flatnet lab up`)", path.display()))?;
+    Ok(kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?)
+}
+
+/// A small runtime for the CLI's own API calls.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}

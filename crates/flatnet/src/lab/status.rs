@@ -1,0 +1,74 @@
+//! `flatnet lab status`: what the lab runs and whether each node's network is up, with
+//! the agent's own words when it is not.
+
+use flatnet_lab::layout::{Layout, running_pid};
+use k8s_openapi::api::core::v1::{Node, Pod};
+
+/// (up with every peer routed, message): the agent's NetworkUnavailable condition.
+pub fn network_condition(node: &Node) -> (bool, String) {
+    match flatnet_agent::node::network_condition(node) {
+        Some((status, reason, message)) => (status == "False" && reason == flatnet_agent::run::REASON_UP, message),
+        None => (false, "the agent has not reported yet".into()),
+    }
+}
+
+fn process(file: &std::path::Path, marker: &str) -> String {
+    match running_pid(file, marker) {
+        Some(pid) => format!("running (pid {pid})"),
+        None => "NOT RUNNING".into(),
+    }
+}
+
+pub fn run(layout: &Layout) -> anyhow::Result<()> {
+    let Some(settings) = super::up::settings(layout) else {
+        anyhow::bail!("the lab is not up (nothing in {}): run `flatnet lab up`", layout.state.display());
+    };
+    println!("lab {} ({} node(s), backend {})", layout.state.display(), settings.nodes, settings.backend);
+    println!("  control plane  https://{}  {}", settings.listen, process(&layout.apiserver_pid(), "lab"));
+    for node in layout.nodes() {
+        println!(
+            "  {node:<8} kubelet {}  agent {}",
+            process(&layout.kubelet_pid(&node), "kubelet"),
+            process(&layout.agent_pid(&node), "agent")
+        );
+    }
+    let (nodes, pods) = super::runtime()?.block_on(async {
+        let client = super::client(layout).await?;
+        let nodes = kube::Api::<Node>::all(client.clone()).list(&Default::default()).await?.items;
+        let pods = kube::Api::<Pod>::all(client).list(&Default::default()).await?.items;
+        anyhow::Ok((nodes, pods))
+    })?;
+    println!("\n  {:<8} {:<14} {:<15} {:<6} {:<9} NETWORK", "NODE", "IP", "POD CIDR", "READY", "PODS");
+    for n in &nodes {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let on_node: Vec<&Pod> =
+            pods.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&name)).collect();
+        let ready = on_node.iter().filter(|p| pod_ready(p)).count();
+        let (up, message) = network_condition(n);
+        println!(
+            "  {:<8} {:<14} {:<15} {:<6} {:<9} {}{}",
+            name,
+            flatnet_agent::node::internal_ip(n).map(|i| i.to_string()).unwrap_or_default(),
+            n.spec.as_ref().and_then(|s| s.pod_cidr.clone()).unwrap_or_else(|| "-".into()),
+            if node_ready(n) { "yes" } else { "no" },
+            format!("{ready}/{}", on_node.len()),
+            if up { "" } else { "DOWN: " },
+            message
+        );
+    }
+    Ok(())
+}
+
+pub fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}

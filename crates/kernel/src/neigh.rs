@@ -1,0 +1,115 @@
+//! Permanent neighbour (ARP) and bridge FDB entries on one device: how the agent tells
+//! the VXLAN device which MAC each remote VTEP has and which node address it lives at.
+
+use crate::error::Result;
+use crate::netlink::{CHANGE, Netlink};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage as Rt};
+use std::net::Ipv4Addr;
+
+pub type Mac = [u8; 6];
+
+const UPSERT: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+
+fn message(family: AddressFamily, ifindex: u32) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = family;
+    m.header.ifindex = ifindex;
+    m.header.state = NeighbourState::Permanent;
+    m
+}
+
+fn mac_of(m: &NeighbourMessage) -> Option<Mac> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(b) => b.as_slice().try_into().ok(),
+        _ => None,
+    })
+}
+
+fn ip_of(m: &NeighbourMessage) -> Option<Ipv4Addr> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        _ => None,
+    })
+}
+
+fn dump(nl: &mut Netlink, op: &str, family: AddressFamily, ifindex: u32) -> Result<Vec<NeighbourMessage>> {
+    let mut req = NeighbourMessage::default();
+    req.header.family = family;
+    Ok(nl
+        .dump(op, Rt::GetNeighbour(req))?
+        .into_iter()
+        .filter_map(|m| match m {
+            Rt::NewNeighbour(n) if n.header.ifindex == ifindex && n.header.family == family => Some(n),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The permanent IPv4 neighbour entries on device `ifindex`: (IP, MAC).
+pub fn list_permanent(nl: &mut Netlink, ifindex: u32) -> Result<Vec<(Ipv4Addr, Mac)>> {
+    Ok(dump(nl, "list neighbours", AddressFamily::Inet, ifindex)?
+        .iter()
+        .filter(|n| n.header.state == NeighbourState::Permanent)
+        .filter_map(|n| Some((ip_of(n)?, mac_of(n)?)))
+        .collect())
+}
+
+/// Sets a permanent neighbour entry `ip` → `mac` on device `ifindex`.
+pub fn replace(nl: &mut Netlink, ifindex: u32, ip: Ipv4Addr, mac: Mac) -> Result<()> {
+    let mut m = message(AddressFamily::Inet, ifindex);
+    m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    nl.change(&format!("neighbour {ip} on device #{ifindex}"), Rt::NewNeighbour(m), UPSERT)
+}
+
+/// Removes the neighbour entry for `ip`; Ok(false) when there was none.
+pub fn delete(nl: &mut Netlink, ifindex: u32, ip: Ipv4Addr) -> Result<bool> {
+    let mut m = message(AddressFamily::Inet, ifindex);
+    m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    match nl.change(&format!("delete neighbour {ip} on device #{ifindex}"), Rt::DelNeighbour(m), CHANGE) {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The FDB entries of device `ifindex` (a VXLAN device) that name a remote IPv4
+/// address: (MAC, remote).
+pub fn list_fdb(nl: &mut Netlink, ifindex: u32) -> Result<Vec<(Mac, Ipv4Addr)>> {
+    Ok(dump(nl, "list FDB entries", AddressFamily::Bridge, ifindex)?
+        .iter()
+        .filter_map(|n| Some((mac_of(n)?, ip_of(n)?)))
+        .collect())
+}
+
+fn fdb_message(ifindex: u32, mac: Mac, dst: Ipv4Addr) -> NeighbourMessage {
+    let mut m = message(AddressFamily::Bridge, ifindex);
+    m.header.flags = NeighbourFlags::Own;
+    m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+    m
+}
+
+/// Sets the permanent FDB entry `mac` → remote `dst` on VXLAN device `ifindex`.
+pub fn replace_fdb(nl: &mut Netlink, ifindex: u32, mac: Mac, dst: Ipv4Addr) -> Result<()> {
+    let op = format!("FDB entry {} via {dst} on device #{ifindex}", mac_text(&mac));
+    nl.change(&op, Rt::NewNeighbour(fdb_message(ifindex, mac, dst)), UPSERT)
+}
+
+/// Removes the FDB entry `mac` → `dst`; Ok(false) when there was none.
+pub fn delete_fdb(nl: &mut Netlink, ifindex: u32, mac: Mac, dst: Ipv4Addr) -> Result<bool> {
+    let op = format!("delete FDB entry {} on device #{ifindex}", mac_text(&mac));
+    match nl.change(&op, Rt::DelNeighbour(fdb_message(ifindex, mac, dst)), CHANGE) {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn mac_text(mac: &Mac) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}

@@ -1,0 +1,236 @@
+//! A pod's sandbox, as a container runtime makes it: a network namespace pinned under
+//! the lab's `netns/`, wired by executing the CNI plugin exactly as containerd does, and
+//! the pod's resolv.conf and hosts files. Its container processes run inside it.
+
+use crate::layout::Layout;
+use flatnet_cni::exec::{Attachment, ConfList};
+use flatnet_kernel::netns;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Map, Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What is on disk about a sandbox (so a restarted kubelet finds its pods again).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sandbox {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub ip: String,
+    pub netns: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Sandbox {
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.dir.join("resolv.conf")
+    }
+    pub fn hosts(&self) -> PathBuf {
+        self.dir.join("hosts")
+    }
+}
+
+/// The node's CNI network: the flatnet plugin, its store and subnet file under the node's directory.
+pub fn conflist(layout: &Layout, node: &str) -> ConfList {
+    let text = json!({
+        "cniVersion": "1.1.0",
+        "name": "flatnet",
+        "plugins": [{
+            "type": "flatnet",
+            "bridge": "cni0",
+            "subnetFile": layout.subnet_file(node),
+            "dataDir": layout.node_dir(node).join("cni"),
+        }],
+    });
+    ConfList::parse(&text.to_string()).expect("a literal conflist")
+}
+
+fn attachment(uid: &str, namespace: &str, name: &str, netns: &Path) -> Attachment {
+    Attachment {
+        container_id: uid.to_string(),
+        netns: netns.to_string_lossy().into_owned(),
+        ifname: "eth0".into(),
+        args: vec![
+            ("IgnoreUnknown".into(), "1".into()),
+            ("K8S_POD_NAMESPACE".into(), namespace.into()),
+            ("K8S_POD_NAME".into(), name.into()),
+            ("K8S_POD_INFRA_CONTAINER_ID".into(), uid.into()),
+            ("K8S_POD_UID".into(), uid.into()),
+        ],
+    }
+}
+
+/// Creates the sandbox: namespace, CNI ADD, the pod's files. On failure nothing is left.
+pub fn create(
+    layout: &Layout,
+    node: &str,
+    pod: &Pod,
+    cni_dirs: &[PathBuf],
+    dns: (&str, &str),
+) -> Result<Sandbox, String> {
+    let uid = pod.metadata.uid.clone().ok_or("the pod has no uid")?;
+    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let dir = layout.pod_dir(node, &uid);
+    let ns = layout.pod_ns(&uid);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    if !netns::NetNs::open(&ns).is_ok_and(|n| n.is_netns()) {
+        netns::create_named(&ns).map_err(|e| format!("create the pod's network namespace: {e}"))?;
+    }
+    let att = attachment(&uid, &namespace, &name, &ns);
+    let result = conflist(layout, node).add(&att, cni_dirs, &Map::new());
+    let ip = match result.as_ref().map(first_ip) {
+        Ok(Some(ip)) => ip,
+        other => {
+            let why = match other {
+                Err(e) => format!("CNI ADD: {e}"),
+                _ => "CNI ADD returned no IP address".to_string(),
+            };
+            let _ = destroy_parts(layout, node, &uid, &namespace, &name);
+            return Err(why);
+        }
+    };
+    let sandbox = Sandbox { uid, namespace, name, ip, netns: ns, dir };
+    let write =
+        |path: PathBuf, text: String| std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()));
+    write(sandbox.resolv_conf(), super::workload::resolv_conf(&sandbox.namespace, dns.0, dns.1))?;
+    write(sandbox.hosts(), super::workload::hosts_file(&sandbox.ip, &sandbox.name))?;
+    write(sandbox.dir.join("sandbox.json"), serde_json::to_string(&sandbox).expect("serializes"))?;
+    Ok(sandbox)
+}
+
+fn first_ip(result: &Value) -> Option<String> {
+    let addr = result.get("ips")?.as_array()?.first()?.get("address")?.as_str()?;
+    Some(addr.split('/').next()?.to_string())
+}
+
+/// Tears the sandbox down: CNI DEL, the namespace, the pod's files. Idempotent.
+pub fn destroy(layout: &Layout, node: &str, s: &Sandbox) -> Result<(), String> {
+    destroy_parts(layout, node, &s.uid, &s.namespace, &s.name)
+}
+
+fn destroy_parts(layout: &Layout, node: &str, uid: &str, namespace: &str, name: &str) -> Result<(), String> {
+    let ns = layout.pod_ns(uid);
+    let att = attachment(uid, namespace, name, &ns);
+    conflist(layout, node).del(&att, &cni_dirs(), &Map::new(), &Value::Null).map_err(|e| format!("CNI DEL: {e}"))?;
+    netns::remove_named(&ns).map_err(|e| format!("remove the pod's network namespace: {e}"))?;
+    let dir = layout.pod_dir(node, uid);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("remove {}: {e}", dir.display())),
+        _ => Ok(()),
+    }
+}
+
+/// The sandboxes a previous run of this node's kubelet left.
+pub fn adopt(layout: &Layout, node: &str) -> Vec<Sandbox> {
+    let Ok(dirs) = std::fs::read_dir(layout.node_dir(node).join("pods")) else { return Vec::new() };
+    dirs.filter_map(|d| {
+        let text = std::fs::read_to_string(d.ok()?.path().join("sandbox.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    })
+    .collect()
+}
+
+/// Where the CNI plugin lives: next to this binary, which is the plugin.
+pub fn cni_dirs() -> Vec<PathBuf> {
+    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).into_iter().collect()
+}
+
+/// A running container process (the leader of its own process group).
+#[derive(Debug)]
+pub struct Process {
+    pub pid: i32,
+    child: Option<Child>,
+}
+
+impl Process {
+    /// Adopts a process left by a previous kubelet, when it is still alive.
+    pub fn adopt(pid: i32) -> Option<Self> {
+        Path::new(&format!("/proc/{pid}")).exists().then_some(Self { pid, child: None })
+    }
+
+    /// Its exit code once it has exited (-1 when killed by a signal or not ours to reap).
+    pub fn exited(&mut self) -> Option<i32> {
+        match &mut self.child {
+            Some(c) => match c.try_wait() {
+                Ok(Some(st)) => Some(st.code().unwrap_or(-1)),
+                _ => None,
+            },
+            None => (!Path::new(&format!("/proc/{}", self.pid)).exists()).then_some(-1),
+        }
+    }
+}
+
+/// Starts `argv` inside the sandbox through `flatnet lab enter`, logging to `log`.
+pub fn start(
+    s: &Sandbox,
+    argv: &[std::ffi::OsString],
+    env: &[(String, String)],
+    workdir: Option<&str>,
+    log: &Path,
+) -> Result<Process, String> {
+    let flatnet = std::env::current_exe().map_err(|e| format!("find the flatnet binary: {e}"))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("open {}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(flatnet);
+    cmd.args(["lab", "enter", "--netns"])
+        .arg(&s.netns)
+        .arg("--resolv-conf")
+        .arg(s.resolv_conf())
+        .arg("--hosts")
+        .arg(s.hosts())
+        .arg("--hostname")
+        .arg(&s.name)
+        .arg("--")
+        .args(argv)
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/root")
+        .env("HOSTNAME", &s.name)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(workdir.unwrap_or("/"))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd.spawn().map_err(|e| format!("start the container: {e}"))?;
+    Ok(Process { pid: i32::try_from(child.id()).unwrap_or(i32::MAX), child: Some(child) })
+}
+
+/// Stops processes: SIGTERM to each process group, then SIGKILL after `grace`.
+pub fn stop(procs: &mut [Process], grace: Duration) {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    for p in procs.iter() {
+        let _ = killpg(Pid::from_raw(p.pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && procs.iter_mut().any(|p| p.exited().is_none()) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for p in procs.iter_mut() {
+        if p.exited().is_none() {
+            let _ = killpg(Pid::from_raw(p.pid), Signal::SIGKILL);
+        }
+        if let Some(c) = &mut p.child {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Adds the sandbox's process ids to its record, for a restarted kubelet to adopt.
+pub fn record_pids(s: &Sandbox, pids: &[(String, i32)]) {
+    let v: Value = pids.iter().map(|(n, p)| (n.clone(), json!(p))).collect::<Map<_, _>>().into();
+    let _ = std::fs::write(s.dir.join("pids.json"), v.to_string());
+}
+
+pub fn recorded_pids(s: &Sandbox) -> Vec<(String, i32)> {
+    let Ok(text) = std::fs::read_to_string(s.dir.join("pids.json")) else { return Vec::new() };
+    let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&text) else { return Vec::new() };
+    m.into_iter().filter_map(|(k, v)| Some((k, i32::try_from(v.as_i64()?).ok()?))).collect()
+}

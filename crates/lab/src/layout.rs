@@ -1,0 +1,73 @@
+//! Where the lab keeps things under its state directory. Everything the lab makes on
+//! disk is under it, and every namespace pin is under `netns/`, one shared mount that
+//! `lab down` removes in one go.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub state: PathBuf,
+}
+
+impl Layout {
+    pub fn new(state: impl Into<PathBuf>) -> Self {
+        Self { state: state.into() }
+    }
+    pub fn netns_dir(&self) -> PathBuf {
+        self.state.join("netns")
+    }
+    pub fn underlay_ns(&self) -> PathBuf {
+        self.netns_dir().join("underlay")
+    }
+    pub fn node_ns(&self, node: &str) -> PathBuf {
+        self.netns_dir().join(node)
+    }
+    pub fn pod_ns(&self, uid: &str) -> PathBuf {
+        self.netns_dir().join(format!("pod-{uid}"))
+    }
+    pub fn node_dir(&self, node: &str) -> PathBuf {
+        self.state.join("nodes").join(node)
+    }
+    pub fn pod_dir(&self, node: &str, uid: &str) -> PathBuf {
+        self.node_dir(node).join("pods").join(uid)
+    }
+    pub fn node_kubeconfig(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("kubeconfig")
+    }
+    pub fn subnet_file(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("subnet.env")
+    }
+    pub fn kubelet_pid(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("kubelet.pid")
+    }
+    pub fn agent_pid(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("agent.pid")
+    }
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.state.join("kubeconfig")
+    }
+    pub fn token(&self) -> PathBuf {
+        self.state.join("token")
+    }
+    pub fn apiserver_pid(&self) -> PathBuf {
+        self.state.join("apiserver.pid")
+    }
+    /// The lab-wide settings `lab up` chose (backend, node count).
+    pub fn settings(&self) -> PathBuf {
+        self.state.join("lab.json")
+    }
+    pub fn nodes(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.state.join("nodes"))
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        names.sort_by_key(|n| n.trim_start_matches("node-").parse::<usize>().unwrap_or(usize::MAX));
+        names
+    }
+}
+
+/// The pid in `file` when that process is alive and its command line contains `marker`.
+pub fn running_pid(file: &Path, marker: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline).contains(marker).then_some(pid)
+}

@@ -1,0 +1,341 @@
+//! The node network planner: from this node and its peers as the API shows them, the
+//! routes, neighbours and FDB entries that make every remote Pod CIDR reachable, and the
+//! smallest change from what the kernel has now to that.
+
+use crate::names::format_mac;
+use ipnet::Ipv4Net;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+pub type Mac = [u8; 6];
+
+/// Node annotations the agent publishes so peers can reach it.
+pub mod annotations {
+    pub const BACKEND: &str = "flatnet.dev/backend";
+    pub const UNDERLAY_IP: &str = "flatnet.dev/underlay-ip";
+    pub const VTEP_MAC: &str = "flatnet.dev/vtep-mac";
+}
+
+/// How packets between nodes travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Backend {
+    /// Encapsulated in VXLAN (UDP) between the nodes' underlay addresses.
+    #[default]
+    Vxlan,
+    /// Routed natively: the next hop of a remote Pod CIDR is the node itself.
+    HostGw,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Vxlan => "vxlan",
+            Self::HostGw => "host-gw",
+        })
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "vxlan" => Ok(Self::Vxlan),
+            "host-gw" => Ok(Self::HostGw),
+            other => Err(format!("unknown backend {other:?}: use vxlan or host-gw")),
+        }
+    }
+}
+
+/// VXLAN settings; the defaults are Flannel's (VNI 1, the Linux port 8472).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanSettings {
+    pub vni: u32,
+    pub port: u16,
+}
+
+impl Default for VxlanSettings {
+    fn default() -> Self {
+        Self { vni: 1, port: 8472 }
+    }
+}
+
+impl VxlanSettings {
+    /// `flatnet.<vni>`, as Flannel names `flannel.<vni>`.
+    pub fn device(&self) -> String {
+        format!("flatnet.{}", self.vni)
+    }
+}
+
+/// Bytes VXLAN adds around a pod's packet: outer IPv4 (20), UDP (8), VXLAN (8), inner
+/// Ethernet (14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// A remote node as the API shows it; anything may still be missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub underlay_ip: Option<Ipv4Addr>,
+    pub pod_cidr: Option<Ipv4Net>,
+    pub backend: Option<Backend>,
+    pub vtep_mac: Option<Mac>,
+}
+
+/// This node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    pub name: String,
+    pub backend: Backend,
+    /// The underlay address and its connected subnet (host-gw peers must be inside it).
+    pub underlay: Ipv4Net,
+    pub pod_cidr: Ipv4Net,
+}
+
+/// Which device a peer route leaves by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteDevice {
+    Vxlan,
+    Underlay,
+}
+
+/// A route to a remote node's Pod CIDR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerRoute {
+    pub dst: Ipv4Net,
+    pub via: Ipv4Addr,
+    pub device: RouteDevice,
+    /// The gateway is not in any connected subnet (a VTEP address): `onlink`.
+    pub onlink: bool,
+}
+
+/// Everything the node needs for its peers, keyed the way the kernel keys it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeNetwork {
+    /// By destination.
+    pub routes: BTreeMap<Ipv4Net, PeerRoute>,
+    /// VTEP address → VTEP MAC (permanent ARP entries on the VXLAN device).
+    pub neighbours: BTreeMap<Ipv4Addr, Mac>,
+    /// VTEP MAC → the peer's underlay address (permanent FDB entries on the VXLAN device).
+    pub fdb: BTreeMap<Mac, Ipv4Addr>,
+}
+
+/// A peer left out of the plan, and why (shown to the operator).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub node: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.node, self.reason)
+    }
+}
+
+/// A node's VTEP address: the network address of its Pod CIDR (never given to a pod),
+/// as Flannel does. It only names the peer in routes and ARP entries.
+pub fn vtep_ip(pod_cidr: Ipv4Net) -> Ipv4Addr {
+    pod_cidr.network()
+}
+
+/// The desired network for `local` given every node the API lists (itself included).
+pub fn plan(local: &Local, nodes: &[Peer]) -> (NodeNetwork, Vec<Skipped>) {
+    let mut net = NodeNetwork::default();
+    let mut skipped = Vec::new();
+    let mut skip = |node: &str, reason: String| skipped.push(Skipped { node: node.into(), reason });
+    for peer in nodes.iter().filter(|p| p.name != local.name) {
+        let Some(cidr) = peer.pod_cidr else {
+            skip(&peer.name, "no spec.podCIDR yet".into());
+            continue;
+        };
+        let Some(ip) = peer.underlay_ip else {
+            skip(&peer.name, format!("no {} annotation yet (is its agent running?)", annotations::UNDERLAY_IP));
+            continue;
+        };
+        if cidr.contains(&local.pod_cidr.network()) || local.pod_cidr.contains(&cidr.network()) {
+            skip(&peer.name, format!("its Pod CIDR {cidr} overlaps this node's {}", local.pod_cidr));
+            continue;
+        }
+        if let Some(other) = net.routes.get(&cidr) {
+            skip(&peer.name, format!("its Pod CIDR {cidr} is already routed via {}", other.via));
+            continue;
+        }
+        match peer.backend {
+            Some(b) if b != local.backend => {
+                skip(
+                    &peer.name,
+                    format!("it runs backend {b}, this node {}: use one backend per cluster", local.backend),
+                );
+                continue;
+            }
+            None => {
+                skip(&peer.name, format!("no {} annotation yet (is its agent running?)", annotations::BACKEND));
+                continue;
+            }
+            Some(_) => {}
+        }
+        match local.backend {
+            Backend::HostGw => {
+                if !local.underlay.contains(&ip) {
+                    skip(
+                        &peer.name,
+                        format!(
+                            "host-gw needs every node on one L2 segment, but {ip} is outside this node's {}; use the vxlan backend",
+                            local.underlay.trunc()
+                        ),
+                    );
+                    continue;
+                }
+                net.routes.insert(cidr, PeerRoute { dst: cidr, via: ip, device: RouteDevice::Underlay, onlink: false });
+            }
+            Backend::Vxlan => {
+                let Some(mac) = peer.vtep_mac else {
+                    skip(&peer.name, format!("no {} annotation yet (is its agent running?)", annotations::VTEP_MAC));
+                    continue;
+                };
+                if let Some(owner) = net.fdb.get(&mac) {
+                    skip(&peer.name, format!("its VTEP MAC {} is also {owner}'s", format_mac(&mac)));
+                    continue;
+                }
+                let vtep = vtep_ip(cidr);
+                net.routes.insert(cidr, PeerRoute { dst: cidr, via: vtep, device: RouteDevice::Vxlan, onlink: true });
+                net.neighbours.insert(vtep, mac);
+                net.fdb.insert(mac, ip);
+            }
+        }
+    }
+    (net, skipped)
+}
+
+/// The change that turns `actual` into `desired`: entries to add or replace, keys to
+/// remove. Entries already right are not touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes<K, V> {
+    pub upsert: Vec<(K, V)>,
+    pub remove: Vec<K>,
+}
+
+impl<K, V> Changes<K, V> {
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.remove.is_empty()
+    }
+}
+
+pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(desired: &BTreeMap<K, V>, actual: &BTreeMap<K, V>) -> Changes<K, V> {
+    Changes {
+        upsert: desired.iter().filter(|(k, v)| actual.get(k) != Some(v)).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        remove: actual.keys().filter(|k| !desired.contains_key(k)).cloned().collect(),
+    }
+}
+
+/// Parses a MAC written as `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn peer(name: &str, ip: &str, cidr: &str, backend: Backend, mac: u8) -> Peer {
+        Peer {
+            name: name.into(),
+            underlay_ip: Some(ip.parse().unwrap()),
+            pod_cidr: Some(net(cidr)),
+            backend: Some(backend),
+            vtep_mac: Some([0x0e, 0, 0, 0, 0, mac]),
+        }
+    }
+
+    fn local(backend: Backend) -> Local {
+        Local { name: "node-1".into(), backend, underlay: net("192.168.1.11/24"), pod_cidr: net("10.244.1.0/24") }
+    }
+
+    #[test]
+    fn vxlan_routes_onlink_via_vtep_with_arp_and_fdb() {
+        let nodes = vec![
+            peer("node-1", "192.168.1.11", "10.244.1.0/24", Backend::Vxlan, 1),
+            peer("node-2", "192.168.1.12", "10.244.2.0/24", Backend::Vxlan, 2),
+            peer("node-3", "10.9.0.13", "10.244.3.0/24", Backend::Vxlan, 3),
+        ];
+        let (plan, skipped) = plan(&local(Backend::Vxlan), &nodes);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(plan.routes.len(), 2, "no route to itself");
+        let r = plan.routes[&net("10.244.2.0/24")];
+        assert_eq!((r.via, r.device, r.onlink), ("10.244.2.0".parse().unwrap(), RouteDevice::Vxlan, true));
+        assert_eq!(plan.neighbours[&"10.244.3.0".parse().unwrap()], [0x0e, 0, 0, 0, 0, 3]);
+        assert_eq!(plan.fdb[&[0x0e, 0, 0, 0, 0, 3]], "10.9.0.13".parse::<Ipv4Addr>().unwrap(), "VXLAN crosses L3");
+    }
+
+    #[test]
+    fn host_gw_routes_via_the_node_and_refuses_other_segments() {
+        let nodes = vec![
+            peer("node-2", "192.168.1.12", "10.244.2.0/24", Backend::HostGw, 2),
+            peer("node-3", "10.9.0.13", "10.244.3.0/24", Backend::HostGw, 3),
+        ];
+        let (plan, skipped) = plan(&local(Backend::HostGw), &nodes);
+        let r = plan.routes[&net("10.244.2.0/24")];
+        assert_eq!((r.via, r.device, r.onlink), ("192.168.1.12".parse().unwrap(), RouteDevice::Underlay, false));
+        assert!(plan.neighbours.is_empty() && plan.fdb.is_empty());
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].node, "node-3");
+        assert!(skipped[0].reason.contains("one L2 segment"), "{}", skipped[0].reason);
+        assert!(skipped[0].reason.contains("192.168.1.0/24"), "{}", skipped[0].reason);
+    }
+
+    #[test]
+    fn incomplete_or_conflicting_peers_are_skipped_with_a_reason() {
+        let mut no_cidr = peer("a", "192.168.1.20", "10.244.9.0/24", Backend::Vxlan, 9);
+        no_cidr.pod_cidr = None;
+        let mut no_mac = peer("b", "192.168.1.21", "10.244.10.0/24", Backend::Vxlan, 10);
+        no_mac.vtep_mac = None;
+        let other_backend = peer("c", "192.168.1.22", "10.244.11.0/24", Backend::HostGw, 11);
+        let overlap = peer("d", "192.168.1.23", "10.244.1.0/25", Backend::Vxlan, 12);
+        let dup_cidr = peer("e", "192.168.1.24", "10.244.2.0/24", Backend::Vxlan, 13);
+        let first = peer("f", "192.168.1.25", "10.244.2.0/24", Backend::Vxlan, 14);
+        let (plan, skipped) = plan(&local(Backend::Vxlan), &[first, no_cidr, no_mac, other_backend, overlap, dup_cidr]);
+        assert_eq!(plan.routes.len(), 1);
+        let reasons: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(reasons.len(), 5, "{reasons:?}");
+        assert!(reasons[0].starts_with("a: no spec.podCIDR"));
+        assert!(reasons[1].contains("vtep-mac"));
+        assert!(reasons[2].contains("backend host-gw"));
+        assert!(reasons[3].contains("overlaps"));
+        assert!(reasons[4].contains("already routed"));
+    }
+
+    #[test]
+    fn diff_touches_only_what_differs() {
+        let desired: BTreeMap<u8, &str> = [(1, "a"), (2, "b"), (3, "c")].into();
+        let actual: BTreeMap<u8, &str> = [(1, "a"), (2, "x"), (4, "d")].into();
+        let c = diff(&desired, &actual);
+        assert_eq!(c.upsert, vec![(2, "b"), (3, "c")]);
+        assert_eq!(c.remove, vec![4]);
+        assert!(diff(&desired, &desired).is_empty());
+    }
+
+    #[test]
+    fn macs_and_backends_parse() {
+        assert_eq!(parse_mac("0e:00:0a:ff:10:01"), Some([0x0e, 0, 0x0a, 0xff, 0x10, 1]));
+        assert_eq!(parse_mac("0e:00:0a:ff:10"), None);
+        assert_eq!(parse_mac("0e:00:0a:ff:10:01:02"), None);
+        assert_eq!(parse_mac("0e:00:0a:ff:10:zz"), None);
+        assert_eq!("host-gw".parse::<Backend>(), Ok(Backend::HostGw));
+        assert!("gre".parse::<Backend>().unwrap_err().contains("vxlan or host-gw"));
+        assert_eq!(VxlanSettings::default().device(), "flatnet.1");
+    }
+}
