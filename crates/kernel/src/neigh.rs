@@ -32,6 +32,11 @@ fn mac_of(m: &NeighbourMessage) -> Option<Mac> {
 fn ip_of(m: &NeighbourMessage) -> Option<Ipv4Addr> {
     m.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        // In AF_BRIDGE (FDB) messages the address family of the destination is not
+        // the header's, so it arrives undecoded: four bytes are an IPv4 address.
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+            <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+        }
         _ => None,
     })
 }

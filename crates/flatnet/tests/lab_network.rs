@@ -1,0 +1,453 @@
+//! The pod network end to end in a real lab (control plane, underlay, nodes, kubelets,
+//! agents), inside a sandbox: same-node traffic stays on the bridge, cross-node traffic
+//! crosses the underlay as VXLAN (or plain routed packets with host-gw) with the
+//! client's pod IP preserved, traffic leaving the cluster is masqueraded, the agent
+//! repairs whatever is deleted by hand, forgets removed nodes, and restarts without
+//! failing a request. `lab down` leaves nothing.
+
+mod common;
+
+use common::{eventually, sandboxed};
+use flatnet_kernel::{Netlink, link, neigh, netns, route};
+use k8s_openapi::api::core::v1::Pod;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn flatnet() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_flatnet"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+const PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+spec:
+  nodeName: node-1
+  containers:
+  - name: busybox
+    image: busybox:1.36
+    command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: neighbor
+spec:
+  nodeName: node-1
+  containers:
+  - name: web
+    image: nginx:1.25
+    ports:
+    - containerPort: 80
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: server
+spec:
+  nodeName: node-2
+  containers:
+  - name: web
+    image: nginx:1.25
+    ports:
+    - containerPort: 80
+"#;
+
+struct Lab {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(flatnet()).args(["lab", "down", "--state-dir"]).arg(self.state()).output();
+    }
+}
+
+impl Lab {
+    fn up(nodes: usize, backend: &str) -> Self {
+        let lab = Lab { dir: tempfile::tempdir().unwrap(), port: free_port() };
+        run(Command::new(flatnet())
+            .args(["lab", "up", "--nodes", &nodes.to_string(), "--backend", backend])
+            .args(["--listen", &format!("127.0.0.1:{}", lab.port), "--state-dir"])
+            .arg(lab.state()));
+        lab
+    }
+
+    fn state(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn ns(&self, name: &str) -> PathBuf {
+        self.state().join("netns").join(name)
+    }
+
+    fn apply(&self, yaml: &str) {
+        let file = self.state().join("manifest.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        run(Command::new(flatnet()).args(["lab", "apply", "-f"]).arg(&file).arg("--state-dir").arg(self.state()));
+    }
+
+    fn exec(&self, pod: &str, cmd: &[&str]) -> Output {
+        Command::new(flatnet())
+            .args(["lab", "exec", pod, "--state-dir"])
+            .arg(self.state())
+            .arg("--")
+            .args(cmd)
+            .output()
+            .unwrap()
+    }
+
+    fn client(&self, rt: &tokio::runtime::Runtime) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(self.state().join("kubeconfig")).unwrap();
+        rt.block_on(async {
+            kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap())
+                .unwrap()
+        })
+    }
+
+    /// Waits until the named pods (namespace default) are Ready; returns their IPs.
+    fn ready_ips(&self, names: &[&str]) -> Vec<String> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let api: kube::Api<Pod> = kube::Api::namespaced(self.client(&rt), "default");
+        let mut ips = Vec::new();
+        eventually(&format!("pods {names:?} Ready"), Duration::from_secs(30), || {
+            let pods = rt.block_on(api.list(&Default::default())).map(|l| l.items).unwrap_or_default();
+            ips = names
+                .iter()
+                .filter_map(|n| {
+                    let p = pods.iter().find(|p| p.metadata.name.as_deref() == Some(*n))?;
+                    let st = p.status.as_ref()?;
+                    let ready = st.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
+                    ready.then(|| st.pod_ip.clone()).flatten()
+                })
+                .collect();
+            ips.len() == names.len()
+        });
+        ips
+    }
+
+    fn pod_netns(&self, name: &str) -> PathBuf {
+        for node in std::fs::read_dir(self.state().join("nodes")).unwrap() {
+            let pods = node.unwrap().path().join("pods");
+            for p in std::fs::read_dir(pods).into_iter().flatten() {
+                let text = std::fs::read_to_string(p.unwrap().path().join("sandbox.json")).unwrap_or_default();
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                if v["name"] == name {
+                    return PathBuf::from(v["netns"].as_str().unwrap());
+                }
+            }
+        }
+        panic!("no sandbox for pod {name}");
+    }
+
+    fn agent_pid(&self, node: &str) -> i32 {
+        std::fs::read_to_string(self.state().join("nodes").join(node).join("agent.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn status(&self) -> String {
+        let out = run(Command::new(flatnet()).args(["lab", "status", "--state-dir"]).arg(self.state()));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Takes the lab down and checks that nothing of it is left.
+    fn down_and_check_clean(self) {
+        let pins: Vec<PathBuf> =
+            std::fs::read_dir(self.state().join("netns")).unwrap().map(|e| e.unwrap().path()).collect();
+        let inodes: Vec<u64> = pins.iter().filter_map(|p| netns::NetNs::open(p).ok()?.id().ok()).collect();
+        run(Command::new(flatnet()).args(["lab", "down", "--state-dir"]).arg(self.state()));
+        assert!(!self.state().exists(), "lab down left its state directory");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(&*self.state().to_string_lossy()), "lab down left a mount");
+        let left: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| {
+                let pid = e.ok()?.file_name().into_string().ok()?;
+                let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+                let ino: u64 = link.to_str()?.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()?;
+                inodes.contains(&ino).then_some(pid)
+            })
+            .collect();
+        assert!(left.is_empty(), "processes still in lab namespaces after lab down: {left:?}");
+    }
+}
+
+/// An HTTP GET from inside a pod's namespace; returns the body.
+fn http_get(from: &Path, ip: &str) -> std::io::Result<String> {
+    let addr: SocketAddr = format!("{ip}:80").parse().unwrap();
+    netns::run_in(from, || -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        if !out.starts_with("HTTP/1.1 200") {
+            return Err(std::io::Error::other(format!("unexpected answer {out:?}")));
+        }
+        Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+    })
+    .unwrap()
+}
+
+fn seen_client_ip(body: &str) -> String {
+    let c = body.split_whitespace().find_map(|w| w.strip_prefix("client=")).unwrap_or("");
+    c.rsplit_once(':').map_or(c, |(ip, _)| ip).to_string()
+}
+
+/// tcpdump on the underlay bridge, started and ready to see packets.
+struct Capture(Child);
+
+impl Capture {
+    fn start(underlay: &Path, filter: &str) -> Self {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", underlay.display()))
+            .args(["tcpdump", "-i", "lab0", "-nn", "-l", "-T", "vxlan", filter])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump (scripts/setup installs it)");
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while err.read_line(&mut line).unwrap() > 0 && !line.contains("listening on") {
+            line.clear();
+        }
+        assert!(line.contains("listening on"), "tcpdump did not start: {line}");
+        Capture(child)
+    }
+
+    fn stop(mut self) -> String {
+        // A moment for the last packets to reach tcpdump's line-buffered output.
+        std::thread::sleep(Duration::from_millis(200));
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGINT);
+        let mut out = String::new();
+        self.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        let _ = self.0.wait();
+        out
+    }
+}
+
+fn routes(node_ns: &Path) -> Vec<String> {
+    netns::run_in(node_ns, || {
+        let mut nl = Netlink::open().unwrap();
+        route::list_owned(&mut nl).unwrap().iter().map(|r| r.dst.to_string()).collect()
+    })
+    .unwrap()
+}
+
+fn vxlan_entries(node_ns: &Path) -> (usize, usize) {
+    netns::run_in(node_ns, || {
+        let mut nl = Netlink::open().unwrap();
+        let Some(dev) = link::get(&mut nl, "flatnet.1").unwrap() else { return (0, 0) };
+        (neigh::list_permanent(&mut nl, dev.index).unwrap().len(), neigh::list_fdb(&mut nl, dev.index).unwrap().len())
+    })
+    .unwrap()
+}
+
+fn ip_in(node_ns: &Path, args: &[&str]) {
+    run(Command::new("nsenter").arg(format!("--net={}", node_ns.display())).arg("ip").args(args));
+}
+
+#[test]
+fn vxlan_cluster_end_to_end() {
+    sandboxed("vxlan_cluster_end_to_end", |_| {
+        let lab = Lab::up(3, "vxlan");
+        lab.apply(PODS);
+        let ips = lab.ready_ips(&["client", "neighbor", "server"]);
+        let (client_ip, neighbor_ip, server_ip) = (&ips[0], &ips[1], &ips[2]);
+        let client_ns = lab.pod_netns("client");
+        let underlay = lab.ns("underlay");
+
+        // Same node: over the bridge; the underlay carries none of it.
+        let cap = Capture::start(&underlay, "udp port 8472 or net 10.244.0.0/16");
+        let body = http_get(&client_ns, neighbor_ip).unwrap();
+        let seen = cap.stop();
+        assert_eq!(seen_client_ip(&body), *client_ip, "{body}");
+        assert!(seen.trim().is_empty(), "same-node traffic crossed the underlay:\n{seen}");
+
+        // Cross node, as every tutorial does it: wget from the client pod.
+        let cap = Capture::start(&underlay, "udp port 8472");
+        let out = lab.exec("client", &["wget", "-qO-", "-T", "3", &format!("http://{server_ip}")]);
+        let seen = cap.stop();
+        let body = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "wget: {body}{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(seen_client_ip(&body), *client_ip, "the server must see the client's pod IP: {body}");
+        assert!(body.contains("node=node-2"), "{body}");
+        let outer = seen.lines().find(|l| l.contains("192.168.1.11.") && l.contains("> 192.168.1.12.8472"));
+        assert!(outer.is_some(), "no VXLAN packet from node-1 to node-2 on the underlay:\n{seen}");
+        assert!(
+            seen.contains(&format!("{client_ip}.")) && seen.contains(&format!("> {server_ip}.80")),
+            "the VXLAN packets do not carry the pod-to-pod packet:\n{seen}"
+        );
+
+        // Leaving the cluster: masqueraded to the node's address. The outside host is an
+        // address of the underlay namespace, on a documentation range.
+        ip_in(&underlay, &["addr", "add", "203.0.113.10/32", "dev", "lo"]);
+        let outside = netns::run_in(&underlay, || std::net::TcpListener::bind("203.0.113.10:8080").unwrap()).unwrap();
+        let to = netns::run_in(&client_ns, || {
+            TcpStream::connect_timeout(&"203.0.113.10:8080".parse().unwrap(), Duration::from_secs(3))
+        })
+        .unwrap()
+        .expect("a pod reaches a host outside the cluster");
+        let (_, from) = outside.accept().unwrap();
+        drop(to);
+        assert_eq!(from.ip().to_string(), "192.168.1.11", "traffic leaving the cluster is masqueraded to the node");
+
+        // Repair: a route, an FDB entry, then the whole VXLAN device deleted by hand.
+        let node1 = lab.ns("node-1");
+        let before = lab.agent_pid("node-1");
+        ip_in(&node1, &["route", "del", "10.244.1.0/24"]);
+        eventually("the route to be restored", Duration::from_secs(3), || routes(&node1).len() == 2);
+        let fdb = netns::run_in(&node1, || {
+            let mut nl = Netlink::open().unwrap();
+            let dev = link::get(&mut nl, "flatnet.1").unwrap().unwrap();
+            neigh::list_fdb(&mut nl, dev.index).unwrap()[0]
+        })
+        .unwrap();
+        let mac = fdb.0.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        run(Command::new("nsenter").arg(format!("--net={}", node1.display())).args([
+            "bridge",
+            "fdb",
+            "del",
+            &mac,
+            "dev",
+            "flatnet.1",
+            "dst",
+            &fdb.1.to_string(),
+        ]));
+        eventually("the FDB entry to be restored", Duration::from_secs(3), || vxlan_entries(&node1).1 == 2);
+        ip_in(&node1, &["link", "del", "flatnet.1"]);
+        eventually("flatnet.1, its routes and entries to be back", Duration::from_secs(3), || {
+            routes(&node1).len() == 2 && vxlan_entries(&node1) == (2, 2)
+        });
+        assert!(http_get(&client_ns, server_ip).is_ok(), "cross-node traffic after the repair");
+        assert_eq!(lab.agent_pid("node-1"), before, "the agent repaired without restarting");
+
+        // Agent restarts under a stream of requests: not one fails.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let stream = {
+            let (stop, ok, failed, ns, ip) =
+                (stop.clone(), ok.clone(), failed.clone(), client_ns.clone(), server_ip.clone());
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match http_get(&ns, &ip) {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            errors.push(e.to_string());
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+                errors
+            })
+        };
+        for round in 0..2 {
+            for node in ["node-1", "node-2"] {
+                let pid = lab.agent_pid(node);
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+                eventually(&format!("{node}'s agent to be restarted (round {round})"), Duration::from_secs(5), || {
+                    std::fs::read_to_string(lab.state().join("nodes").join(node).join("agent.pid")).is_ok_and(|p| {
+                        p.trim().parse::<i32>().is_ok_and(|p| p != pid && Path::new(&format!("/proc/{p}")).exists())
+                    })
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1500)); // a resync pass of each new agent
+        }
+        stop.store(true, Ordering::Relaxed);
+        let errors = stream.join().unwrap();
+        assert!(ok.load(Ordering::Relaxed) > 50, "too few requests made: {}", ok.load(Ordering::Relaxed));
+        assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed while agents restarted: {errors:?}");
+
+        // Node removal: the others forget it.
+        let node2 = lab.ns("node-2");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(lab.client(&rt));
+        rt.block_on(nodes.delete("node-3", &Default::default())).unwrap();
+        eventually("node-3's route, neighbour and FDB entry to disappear", Duration::from_secs(3), || {
+            routes(&node1) == ["10.244.1.0/24"]
+                && routes(&node2).len() == 1
+                && vxlan_entries(&node1) == (1, 1)
+                && vxlan_entries(&node2) == (1, 1)
+        });
+        assert!(lab.status().contains("node-1"));
+        lab.down_and_check_clean();
+    });
+}
+
+#[test]
+fn host_gw_cluster_routes_pod_ips_unencapsulated() {
+    sandboxed("host_gw_cluster_routes_pod_ips_unencapsulated", |_| {
+        let lab = Lab::up(2, "host-gw");
+        lab.apply(PODS);
+        let ips = lab.ready_ips(&["client", "server"]);
+        let (client_ip, server_ip) = (&ips[0], &ips[1]);
+        let client_ns = lab.pod_netns("client");
+        let cap = Capture::start(&lab.ns("underlay"), "udp port 8472 or net 10.244.0.0/16");
+        let body = http_get(&client_ns, server_ip).unwrap();
+        let seen = cap.stop();
+        assert_eq!(seen_client_ip(&body), *client_ip, "{body}");
+        assert!(!seen.contains(".8472"), "host-gw must not encapsulate:\n{seen}");
+        assert!(
+            seen.lines().any(|l| l.contains(&format!("{client_ip}.")) && l.contains(&format!("> {server_ip}.80"))),
+            "the underlay must carry the plain pod-to-pod packets:\n{seen}"
+        );
+        // A node off the L2 segment is refused with a reason the operator sees.
+        lab.apply(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: far-away\n  annotations:\n    flatnet.dev/backend: host-gw\n    flatnet.dev/underlay-ip: 198.51.100.7\n",
+        );
+        eventually("lab status to name the node off the segment", Duration::from_secs(5), || {
+            let s = lab.status();
+            s.contains("far-away") && s.contains("one L2 segment")
+        });
+        let node1 = lab.ns("node-1");
+        assert_eq!(routes(&node1), [ipnet_str(server_ip)], "no route to the far node");
+        lab.down_and_check_clean();
+    });
+}
+
+fn ipnet_str(pod_ip: &str) -> String {
+    let mut parts: Vec<&str> = pod_ip.split('.').take(3).collect();
+    parts.push("0/24");
+    parts.join(".")
+}
+
+#[test]
+fn lab_down_removes_a_lab_whose_processes_were_killed() {
+    sandboxed("lab_down_removes_a_lab_whose_processes_were_killed", |_| {
+        let lab = Lab::up(1, "vxlan");
+        let kubelet: i32 =
+            std::fs::read_to_string(lab.state().join("nodes/node-1/kubelet.pid")).unwrap().trim().parse().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(kubelet), nix::sys::signal::Signal::SIGKILL).unwrap();
+        assert!(lab.status().contains("NOT RUNNING"), "status shows the dead kubelet");
+        let start = Instant::now();
+        lab.down_and_check_clean();
+        assert!(start.elapsed() < Duration::from_secs(10));
+    });
+}
