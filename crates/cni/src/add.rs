@@ -95,7 +95,7 @@ impl PodWiring<'_> {
         let pair = VethPair {
             host_name: &host_name,
             host_mac,
-            master: bridge.index,
+            master: Some(bridge.index),
             peer_name: self.ifname,
             peer_mac: mac,
             peer_netns: self.netns.file().as_fd(),

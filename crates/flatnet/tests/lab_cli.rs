@@ -100,14 +100,6 @@ fn have_kubectl() -> bool {
 
 const MANIFEST: &str = r#"
 apiVersion: v1
-kind: Node
-metadata:
-  name: node-1
-status:
-  conditions: [{type: Ready, status: "True"}]
-  addresses: [{type: InternalIP, address: 192.168.1.11}]
----
-apiVersion: v1
 kind: Pod
 metadata:
   name: web
@@ -146,12 +138,7 @@ fn kubectl_works_against_the_lab() {
 fn kubectl_session() {
     let lab = Lab::up();
     let applied = lab.ok(&["apply", "-f", "-"], Some(MANIFEST));
-    for line in [
-        "node/node-1 created",
-        "pod/web created",
-        "service/web created",
-        "networkpolicy.networking.k8s.io/deny-all created",
-    ] {
+    for line in ["pod/web created", "service/web created", "networkpolicy.networking.k8s.io/deny-all created"] {
         assert!(applied.contains(line), "{applied}");
     }
     let again = lab.ok(&["apply", "-f", "-"], Some(MANIFEST));
@@ -162,36 +149,27 @@ fn kubectl_session() {
     // clear 415 that says what to do instead, not a silent failure.
     let proto = lab.kubectl(&["create", "namespace", "team-b"], None);
     assert!(String::from_utf8_lossy(&proto.stderr).contains("send application/json"));
-    // The kubelet's part, until the lab has one: the pod's IP in its status.
-    lab.ok(
-        &[
-            "patch",
-            "pod",
-            "web",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"phase":"Running","podIP":"10.244.0.7","conditions":[{"type":"Ready","status":"True"}]}}"#,
-        ],
-        None,
-    );
+    // The lab kubelet runs it and reports its IP and readiness.
+    lab.ok(&["wait", "--for=condition=Ready", "pod/web", "--timeout=30s"], None);
+    let ip = lab.ok(&["get", "pod", "web", "-o", "jsonpath={.status.podIP}"], None);
+    assert!(ip.starts_with("10.244."), "{ip}");
     let wide = lab.ok(&["get", "pods", "-o", "wide"], None);
     let row = wide.lines().find(|l| l.starts_with("web ")).unwrap_or_else(|| panic!("{wide}"));
-    assert!(row.contains("10.244.0.7") && row.contains("node-1") && row.contains("Running"), "{wide}");
+    assert!(row.contains(&ip) && row.contains("node-") && row.contains("Running") && row.contains("1/1"), "{wide}");
     let all = lab.ok(&["get", "nodes,pods,svc,endpointslices,netpol", "-A"], None);
-    for want in ["node/node-1", "pod/web", "service/kubernetes", "service/web", "deny-all", "10.244.0.7"] {
+    for want in ["node/node-1", "node/node-3", "pod/web", "service/kubernetes", "service/web", "deny-all", ip.as_str()]
+    {
         assert!(all.contains(want), "missing {want} in:\n{all}");
     }
     lab.ok(&["label", "pod", "web", "tier=front"], None);
     let yaml = lab.ok(&["get", "pod", "web", "-o", "yaml"], None);
     assert!(yaml.contains("tier: front") && yaml.contains("resourceVersion:"), "{yaml}");
     let described = lab.ok(&["describe", "service", "web"], None);
-    assert!(described.contains("10.244.0.7:80"), "{described}");
+    assert!(described.contains(&format!("{ip}:80")), "{described}");
     let nodes = lab.ok(&["get", "nodes", "-o", "wide"], None);
     assert!(nodes.contains("10.244.0.0/24") || nodes.contains("10.244."), "{nodes}");
-    // Graceful deletion: the pod is Terminating until the grace period ends (the lab's
-    // kubelet ends it sooner; here the pod GC does at the deadline).
-    let deleted = lab.ok(&["delete", "pod", "web", "--grace-period=1"], None);
+    // Graceful deletion: Terminating until the kubelet has stopped it; kubectl waits.
+    let deleted = lab.ok(&["delete", "pod", "web", "--grace-period=5"], None);
     assert!(deleted.contains("pod \"web\" deleted"), "{deleted}");
     let bad = lab.kubectl(
         &["apply", "-f", "-"],

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{eventually, sandboxed};
+use common::{converges, eventually, sandboxed};
 use flatnet_kernel::{Netlink, link, neigh, netns, route};
 use k8s_openapi::api::core::v1::Pod;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -160,6 +160,15 @@ impl Lab {
             }
         }
         panic!("no sandbox for pod {name}");
+    }
+
+    fn pod_dir(&self, name: &str) -> PathBuf {
+        let uid = self.pod_netns(name).file_name().unwrap().to_string_lossy().trim_start_matches("pod-").to_string();
+        std::fs::read_dir(self.state().join("nodes"))
+            .unwrap()
+            .map(|n| n.unwrap().path().join("pods").join(&uid))
+            .find(|p| p.exists())
+            .unwrap()
     }
 
     fn agent_pid(&self, node: &str) -> i32 {
@@ -345,7 +354,9 @@ fn vxlan_cluster_end_to_end() {
         eventually("flatnet.1, its routes and entries to be back", Duration::from_secs(3), || {
             routes(&node1).len() == 2 && vxlan_entries(&node1) == (2, 2)
         });
-        assert!(http_get(&client_ns, server_ip).is_ok(), "cross-node traffic after the repair");
+        converges("cross-node traffic after the repair", Duration::from_secs(3), || {
+            http_get(&client_ns, server_ip).map(|_| ()).map_err(|e| e.to_string())
+        });
         assert_eq!(lab.agent_pid("node-1"), before, "the agent repaired without restarting");
 
         // Agent restarts under a stream of requests: not one fails.
@@ -390,15 +401,70 @@ fn vxlan_cluster_end_to_end() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(lab.client(&rt));
         rt.block_on(nodes.delete("node-3", &Default::default())).unwrap();
-        eventually("node-3's route, neighbour and FDB entry to disappear", Duration::from_secs(3), || {
-            routes(&node1) == ["10.244.1.0/24"]
-                && routes(&node2).len() == 1
-                && vxlan_entries(&node1) == (1, 1)
-                && vxlan_entries(&node2) == (1, 1)
+        converges("node-3's route, neighbour and FDB entry to disappear", Duration::from_secs(5), || {
+            let seen = (routes(&node1), routes(&node2), vxlan_entries(&node1), vxlan_entries(&node2));
+            let ok = seen.0 == ["10.244.1.0/24"] && seen.1.len() == 1 && seen.2 == (1, 1) && seen.3 == (1, 1);
+            if ok { Ok(()) } else { Err(format!("{seen:?}")) }
         });
         assert!(lab.status().contains("node-1"));
+
+        // Containers of one pod share its namespace: the sidecar reaches the server on localhost.
+        lab.apply(SIDECAR);
+        lab.ready_ips(&["pair"]);
+        let log = lab.pod_dir("pair").join("sidecar.log");
+        eventually("the sidecar to reach its neighbour container on localhost", Duration::from_secs(10), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("pair"))
+        });
+
+        // Deleting a pod stops it and runs CNI DEL: no namespace, no veth, no reservation.
+        let neighbor_ns = lab.pod_netns("neighbor");
+        let reservations = || {
+            std::fs::read_dir(lab.state().join("nodes/node-1/cni/flatnet/ips"))
+                .unwrap()
+                .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+                .count()
+        };
+        let (veths, reserved) = (host_veths(&node1), reservations());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let pods: kube::Api<Pod> = kube::Api::namespaced(lab.client(&rt), "default");
+        rt.block_on(pods.delete("neighbor", &Default::default())).unwrap();
+        eventually("the deleted pod to be gone from the API", Duration::from_secs(10), || {
+            rt.block_on(pods.get_opt("neighbor")).unwrap().is_none()
+        });
+        assert!(!neighbor_ns.exists(), "the pod's network namespace is removed");
+        eventually("its host veth to be deleted", Duration::from_secs(3), || host_veths(&node1) == veths - 1);
+        assert_eq!(reservations(), reserved - 1, "its address is released");
         lab.down_and_check_clean();
     });
+}
+
+const SIDECAR: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: pair
+spec:
+  nodeName: node-2
+  containers:
+  - name: web
+    image: nginx:1.25
+    ports:
+    - containerPort: 8080
+  - name: sidecar
+    image: busybox:1.36
+    command: ["sh", "-c", "until wget -qO- http://127.0.0.1:8080/hostname; do sleep 0.2; done; sleep 3600"]
+"#;
+
+fn host_veths(node_ns: &Path) -> usize {
+    netns::run_in(node_ns, || {
+        let mut nl = Netlink::open().unwrap();
+        link::list(&mut nl)
+            .unwrap()
+            .iter()
+            .filter(|l| l.alias.as_deref().is_some_and(|a| a.starts_with("flatnet:")))
+            .count()
+    })
+    .unwrap()
 }
 
 #[test]
@@ -446,8 +512,26 @@ fn lab_down_removes_a_lab_whose_processes_were_killed() {
             std::fs::read_to_string(lab.state().join("nodes/node-1/kubelet.pid")).unwrap().trim().parse().unwrap();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(kubelet), nix::sys::signal::Signal::SIGKILL).unwrap();
         assert!(lab.status().contains("NOT RUNNING"), "status shows the dead kubelet");
+        // An agent that cannot find its underlay says so, retries, and lab status shows it.
+        let agent = lab.agent_pid("node-1");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent), nix::sys::signal::Signal::SIGKILL).unwrap();
+        let mut broken = Command::new("nsenter")
+            .arg(format!("--net={}", lab.ns("node-1").display()))
+            .arg(flatnet())
+            .args(["agent", "--node-name", "node-1", "--iface", "missing0", "--kubeconfig"])
+            .arg(lab.state().join("nodes/node-1/kubeconfig"))
+            .arg("--subnet-file")
+            .arg(lab.state().join("nodes/node-1/subnet.env"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        eventually("lab status to show the agent's error", Duration::from_secs(10), || {
+            lab.status().contains("DOWN: underlay interface missing0 not found on this node")
+        });
+        assert!(broken.try_wait().unwrap().is_none(), "the agent keeps retrying");
         let start = Instant::now();
         lab.down_and_check_clean();
+        let _ = broken.wait();
         assert!(start.elapsed() < Duration::from_secs(10));
     });
 }

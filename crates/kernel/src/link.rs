@@ -152,14 +152,15 @@ pub fn create_bridge(nl: &mut Netlink, name: &str, mac: [u8; 6], mtu: Option<u32
 pub struct VethPair<'a> {
     pub host_name: &'a str,
     pub host_mac: [u8; 6],
-    pub master: u32,
+    /// The bridge the host end joins, if any.
+    pub master: Option<u32>,
     pub peer_name: &'a str,
     pub peer_mac: [u8; 6],
     pub peer_netns: BorrowedFd<'a>,
     pub mtu: u32,
 }
 
-/// Creates the pair in one request: the host end up and enslaved to `master`, the peer
+/// Creates the pair in one request: the host end up (and on `master`, if given), the peer
 /// already in its namespace, both with their MACs and MTU.
 pub fn create_veth(nl: &mut Netlink, pair: &VethPair<'_>) -> Result<()> {
     let mut peer = by_name(pair.peer_name);
@@ -175,7 +176,9 @@ pub fn create_veth(nl: &mut Netlink, pair: &VethPair<'_>) -> Result<()> {
     m.header.change_mask = LinkFlags::Up;
     m.attributes.push(LinkAttribute::Address(pair.host_mac.to_vec()));
     m.attributes.push(LinkAttribute::Mtu(pair.mtu));
-    m.attributes.push(LinkAttribute::Controller(pair.master));
+    if let Some(master) = pair.master {
+        m.attributes.push(LinkAttribute::Controller(master));
+    }
     single_queue(&mut m);
     m.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Veth),

@@ -47,7 +47,7 @@ pub fn create(underlay_ns: &Path, node_ns: &Path, name: &str, ip: Ipv4Addr) -> R
             &link::VethPair {
                 host_name: name,
                 host_mac: derived_mac(&format!("underlay/{name}")),
-                master: bridge.index,
+                master: Some(bridge.index),
                 peer_name: "eth0",
                 peer_mac: derived_mac(&format!("{name}/eth0")),
                 peer_netns: node.file().as_fd(),

@@ -3,7 +3,10 @@
 
 mod cni;
 mod lab_api;
+mod lab_harness;
+mod lab_up;
 mod stats;
+mod throughput;
 
 use clap::Subcommand;
 
@@ -13,11 +16,17 @@ pub enum BenchCmd {
     Cni(cni::CniBenchArgs),
     /// The lab API server: create pods and Services, watch them all arrive; objects/s and RSS.
     LabApi(lab_api::LabApiBenchArgs),
+    /// A fresh lab: seconds from `lab up` until N pods are Ready and reachable.
+    LabUp(lab_up::LabUpBenchArgs),
+    /// iperf3 single-stream throughput: same node, VXLAN, host-gw, against a bare veth pair.
+    Throughput(throughput::ThroughputBenchArgs),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Cni(args) => cni::run(args),
         BenchCmd::LabApi(args) => lab_api::run(args),
+        BenchCmd::LabUp(args) => lab_up::run(args),
+        BenchCmd::Throughput(args) => throughput::run(args),
     }
 }

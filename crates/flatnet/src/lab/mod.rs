@@ -3,10 +3,10 @@
 //! namespace with a bridge, and nodes plugged into it, each running the lab kubelet and
 //! the flatnet agent.
 
-mod apply;
+pub(crate) mod apply;
 mod demo;
-mod exec;
-mod status;
+pub(crate) mod exec;
+pub(crate) mod status;
 mod up;
 
 use anyhow::{Context, bail};

@@ -31,6 +31,21 @@ pub fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) 
     }
 }
 
+/// Like [`eventually`], for a check that says what it saw: the last answer is in the
+/// failure message.
+pub fn converges(what: &str, within: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(last) => {
+                assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}; last: {last}")
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 pub fn flatnet_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_flatnet"))
 }

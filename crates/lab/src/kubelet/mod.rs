@@ -331,13 +331,17 @@ fn tend(cfg: &KubeletConfig, pod: &Pod, r: &mut Running) {
     if relaunched {
         record(r);
     }
+    let running = r.containers.iter().all(|c| c.process.is_some());
+    if r.ready && running && !relaunched {
+        return; // Once its servers answered, a pod stays Ready while its processes run.
+    }
     let ip: Ipv4Addr = r.sandbox.ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
-    r.ready = r.containers.iter().all(|c| {
-        c.process.is_some()
-            && c.tcp_ports.iter().all(|p| {
+    r.ready = running
+        && r.containers.iter().all(|c| {
+            c.tcp_ports.iter().all(|p| {
                 std::net::TcpStream::connect_timeout(&SocketAddr::from((ip, *p)), Duration::from_millis(100)).is_ok()
             })
-    });
+        });
 }
 
 fn pod_status(cfg: &KubeletConfig, r: &Running) -> Value {

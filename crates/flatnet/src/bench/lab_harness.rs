@@ -1,0 +1,89 @@
+//! A throwaway lab for benchmarks: `flatnet lab up` as a child process with its own
+//! state directory and API port (inside the caller's sandbox), pods created through the
+//! API, and `lab down` when dropped.
+
+use anyhow::{Context, bail};
+use flatnet_lab::layout::Layout;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub struct BenchLab {
+    _dir: tempfile::TempDir,
+    pub layout: Layout,
+    pub rt: tokio::runtime::Runtime,
+    pub client: kube::Client,
+}
+
+impl Drop for BenchLab {
+    fn drop(&mut self) {
+        let me = std::env::current_exe().expect("own path");
+        let _ = Command::new(me).args(["lab", "down", "--state-dir"]).arg(&self.layout.state).output();
+    }
+}
+
+impl BenchLab {
+    pub fn up(nodes: usize, backend: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let me = std::env::current_exe()?;
+        let out = Command::new(me)
+            .args(["lab", "up", "--nodes", &nodes.to_string(), "--backend", backend])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
+            .arg(dir.path())
+            .output()?;
+        let layout = Layout::new(dir.path());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        if !out.status.success() {
+            bail!("lab up failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        let client = rt.block_on(crate::lab::client(&layout))?;
+        Ok(Self { _dir: dir, layout, rt, client })
+    }
+
+    /// Creates pod `name` (on `node`, or wherever the scheduler puts it); `serves` gives
+    /// it the built-in server on port 80, else it idles.
+    pub fn pod(&self, name: &str, node: Option<&str>, serves: bool) -> anyhow::Result<()> {
+        let container = if serves {
+            json!({"name": "web", "image": "nginx:1.25", "ports": [{"containerPort": 80}]})
+        } else {
+            json!({"name": "idle", "image": "busybox:1.36", "command": ["sleep", "infinity"]})
+        };
+        let mut spec = json!({"containers": [container]});
+        if let Some(n) = node {
+            spec["nodeName"] = json!(n);
+        }
+        let obj = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"}, "spec": spec});
+        self.rt.block_on(crate::lab::apply::apply_one(&self.client, obj))?;
+        Ok(())
+    }
+
+    /// Waits until `count` pods are Ready; returns (name, IP).
+    pub fn wait_ready(&self, count: usize, within: Duration) -> anyhow::Result<Vec<(String, String)>> {
+        let api: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), "default");
+        let deadline = Instant::now() + within;
+        loop {
+            let pods = self.rt.block_on(api.list(&Default::default()))?.items;
+            let ready: Vec<(String, String)> = pods
+                .iter()
+                .filter(|p| crate::lab::status::pod_ready(p))
+                .filter_map(|p| Some((p.metadata.name.clone()?, p.status.as_ref()?.pod_ip.clone()?)))
+                .collect();
+            if ready.len() >= count {
+                return Ok(ready);
+            }
+            if Instant::now() > deadline {
+                bail!("{} of {count} pods Ready after {within:?}", ready.len());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pod_netns(&self, name: &str) -> anyhow::Result<PathBuf> {
+        Ok(crate::lab::exec::find_sandbox(&self.layout, "default", name)
+            .with_context(|| format!("pod {name}'s sandbox"))?
+            .netns)
+    }
+}
