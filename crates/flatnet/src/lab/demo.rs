@@ -94,9 +94,9 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
         format!("{saw} (pod to pod is never NATed; masquerade is only for traffic leaving 10.244.0.0/16)"),
     ));
 
-    println!("\n  {:<38} {:<6} PATH", "CHECK", "RESULT");
+    println!("\n  {:<38} {:<7}PATH", "CHECK", "RESULT");
     for (check, ok, path) in &rows {
-        println!("  {check:<38} {:<6} {path}", if *ok { "PASS" } else { "FAIL" });
+        println!("  {check:<38} {:<7}{path}", if *ok { "PASS" } else { "FAIL" });
     }
     if let Err(e) = &same {
         println!("  client → neighbor failed: {e}");
