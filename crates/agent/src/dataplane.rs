@@ -77,20 +77,40 @@ pub fn find_underlay(
     Ok(Underlay { index, name: l.name, addr: ip, mtu: l.mtu })
 }
 
+/// The smallest pod MTU flatnet configures (IPv4's minimum reassembly size).
+const MIN_POD_MTU: u32 = 576;
+
 /// The MTU pods get on this node.
-pub fn pod_mtu(backend: Backend, underlay: &Underlay) -> u32 {
-    match backend {
-        Backend::Vxlan => underlay.mtu - VXLAN_OVERHEAD,
+pub fn pod_mtu(backend: Backend, underlay: &Underlay) -> Result<u32, DataplaneError> {
+    let mtu = match backend {
+        Backend::Vxlan => underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
         Backend::HostGw => underlay.mtu,
+    };
+    if mtu < MIN_POD_MTU {
+        return Err(DataplaneError::NeedsPerson(format!(
+            "the underlay {} has MTU {}, too small for pods with {backend} (at least {} needed)",
+            underlay.name,
+            underlay.mtu,
+            MIN_POD_MTU + if backend == Backend::Vxlan { VXLAN_OVERHEAD } else { 0 }
+        )));
     }
+    Ok(mtu)
 }
 
 /// What a reconcile did, for the log and the status.
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub changes: Vec<String>,
+    /// Peers (or routes) left out, and why: the plan's reasons, routes in the way, and
+    /// kernel refusals for one peer (which do not stop the others).
     pub skipped: Vec<Skipped>,
     pub peers: usize,
+}
+
+impl Outcome {
+    fn refused(&mut self, what: String, e: KernelError) {
+        self.skipped.push(Skipped { node: what, reason: e.to_string() });
+    }
 }
 
 /// One pass: make the kernel match the plan for `local` and `nodes`.
@@ -109,14 +129,10 @@ pub fn reconcile(
     out.peers = plan.routes.len();
     let vxlan_index = match cfg.backend {
         Backend::Vxlan => Some(ensure_vxlan(nl, cfg, underlay, pod_cidr, &mut out.changes)?),
-        Backend::HostGw => {
-            if link::delete(nl, &cfg.vxlan.device())? {
-                out.changes.push(format!("deleted {} (backend is host-gw)", cfg.vxlan.device()));
-            }
-            None
-        }
+        Backend::HostGw => None,
     };
-    apply_peers(nl, &plan, underlay.index, vxlan_index, &mut out.changes)?;
+    remove_stale_devices(nl, cfg, &mut out.changes)?;
+    apply_peers(nl, &plan, underlay.index, vxlan_index, &mut out)?;
     ensure_masquerade(cfg.cluster_cidr, &mut out.changes)?;
     Ok(out)
 }
@@ -139,7 +155,7 @@ fn ensure_vxlan(
         learning: false,
     };
     let mac = cfg.vtep_mac();
-    let mtu = pod_mtu(Backend::Vxlan, underlay);
+    let mtu = pod_mtu(Backend::Vxlan, underlay)?;
     let existing = link::get(nl, &name)?;
     let dev = match existing {
         Some(l) if l.vxlan.as_ref() == Some(&want) && l.mac == mac => l,
@@ -183,14 +199,29 @@ fn ensure_vxlan(
     Ok(dev.index)
 }
 
+/// VXLAN devices of flatnet's that the configuration no longer names (another VNI, or
+/// the host-gw backend).
+fn remove_stale_devices(nl: &mut Netlink, cfg: &AgentConfig, changes: &mut Vec<String>) -> Result<(), DataplaneError> {
+    let keep = (cfg.backend == Backend::Vxlan).then(|| cfg.vxlan.device());
+    for l in link::list(nl)? {
+        if l.name.starts_with("flatnet.") && l.vxlan.is_some() && Some(&l.name) != keep.as_ref() {
+            link::delete(nl, &l.name)?;
+            changes.push(format!("deleted {}: no longer configured", l.name));
+        }
+    }
+    Ok(())
+}
+
 /// FDB and neighbour entries first and routes last when adding, the reverse when
-/// removing: a route never points at a VTEP the device cannot reach.
+/// removing: a route never points at a VTEP the device cannot reach. A route whose
+/// destination already has a route flatnet did not make is left out, and a refusal for
+/// one entry does not stop the others.
 fn apply_peers(
     nl: &mut Netlink,
     plan: &NodeNetwork,
     underlay: u32,
     vxlan: Option<u32>,
-    changes: &mut Vec<String>,
+    out: &mut Outcome,
 ) -> Result<(), DataplaneError> {
     let mac = flatnet_model::names::format_mac;
     let (fdb, neighbours) = match vxlan {
@@ -202,52 +233,74 @@ fn apply_peers(
         }
         None => (None, None),
     };
-    let desired_routes: BTreeMap<Ipv4Net, OwnedRoute> = plan
-        .routes
-        .values()
-        .filter_map(|r| {
-            let oif = match r.device {
-                RouteDevice::Vxlan => vxlan?,
-                RouteDevice::Underlay => underlay,
-            };
-            Some((r.dst, OwnedRoute { dst: r.dst, via: r.via, oif, onlink: r.onlink }))
-        })
-        .collect();
+    let foreign: std::collections::BTreeSet<Ipv4Net> = route::foreign_destinations(nl)?.into_iter().collect();
+    let mut desired_routes: BTreeMap<Ipv4Net, OwnedRoute> = BTreeMap::new();
+    for r in plan.routes.values() {
+        let oif = match r.device {
+            RouteDevice::Vxlan => match vxlan {
+                Some(i) => i,
+                None => continue,
+            },
+            RouteDevice::Underlay => underlay,
+        };
+        if foreign.contains(&r.dst) {
+            out.skipped.push(Skipped {
+                node: r.dst.to_string(),
+                reason: "a route to it exists that flatnet did not make; flatnet leaves it alone (remove it to let flatnet route there)".into(),
+            });
+            continue;
+        }
+        desired_routes.insert(r.dst, OwnedRoute { dst: r.dst, via: r.via, oif, onlink: r.onlink });
+    }
     let actual_routes = route::list_owned(nl)?.into_iter().map(|r| (r.dst, r)).collect();
     let routes = node_network::diff(&desired_routes, &actual_routes);
 
     if let Some((dev, c)) = &fdb {
         for (m, ip) in &c.upsert {
-            neigh::replace_fdb(nl, *dev, *m, *ip)?;
-            changes.push(format!("FDB {} → {ip}", mac(m)));
+            match neigh::replace_fdb(nl, *dev, *m, *ip) {
+                Ok(()) => out.changes.push(format!("FDB {} → {ip}", mac(m))),
+                Err(e) => out.refused(format!("FDB {}", mac(m)), e),
+            }
         }
     }
     if let Some((dev, c)) = &neighbours {
         for (ip, m) in &c.upsert {
-            neigh::replace(nl, *dev, *ip, *m)?;
-            changes.push(format!("neighbour {ip} → {}", mac(m)));
+            match neigh::replace(nl, *dev, *ip, *m) {
+                Ok(()) => out.changes.push(format!("neighbour {ip} → {}", mac(m))),
+                Err(e) => out.refused(format!("neighbour {ip}"), e),
+            }
         }
     }
     for (_, r) in &routes.upsert {
-        route::replace_owned(nl, r)?;
-        changes.push(format!("route {} via {}{}", r.dst, r.via, if r.onlink { " onlink" } else { "" }));
+        match route::replace_owned(nl, r) {
+            Ok(()) => {
+                out.changes.push(format!("route {} via {}{}", r.dst, r.via, if r.onlink { " onlink" } else { "" }))
+            }
+            Err(e) => out.refused(format!("route {}", r.dst), e),
+        }
     }
     for dst in &routes.remove {
-        route::delete_owned(nl, *dst)?;
-        changes.push(format!("removed route {dst}"));
+        match route::delete_owned(nl, *dst) {
+            Ok(_) => out.changes.push(format!("removed route {dst}")),
+            Err(e) => out.refused(format!("route {dst}"), e),
+        }
     }
     if let Some((dev, c)) = &neighbours {
         for ip in &c.remove {
-            neigh::delete(nl, *dev, *ip)?;
-            changes.push(format!("removed neighbour {ip}"));
+            match neigh::delete(nl, *dev, *ip) {
+                Ok(_) => out.changes.push(format!("removed neighbour {ip}")),
+                Err(e) => out.refused(format!("neighbour {ip}"), e),
+            }
         }
     }
     if let Some((dev, c)) = &fdb {
         let actual: BTreeMap<_, _> = neigh::list_fdb(nl, *dev)?.into_iter().collect();
         for m in &c.remove {
             if let Some(ip) = actual.get(m) {
-                neigh::delete_fdb(nl, *dev, *m, *ip)?;
-                changes.push(format!("removed FDB {}", mac(m)));
+                match neigh::delete_fdb(nl, *dev, *m, *ip) {
+                    Ok(_) => out.changes.push(format!("removed FDB {}", mac(m))),
+                    Err(e) => out.refused(format!("FDB {}", mac(m)), e),
+                }
             }
         }
     }

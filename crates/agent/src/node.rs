@@ -65,15 +65,19 @@ pub fn network_condition(node: &Node) -> Option<(String, String, String)> {
 }
 
 /// A strategic merge patch for the NetworkUnavailable condition (merged by type, so
-/// the kubelet's conditions stay as they are).
-pub fn condition_patch(unavailable: bool, reason: &str, message: &str) -> Value {
+/// the kubelet's conditions stay as they are). `transition` when the status flips: only
+/// then does lastTransitionTime move.
+pub fn condition_patch(unavailable: bool, reason: &str, message: &str, transition: bool) -> Value {
     let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string();
-    json!({"status": {"conditions": [{
+    let mut c = json!({
         "type": "NetworkUnavailable",
         "status": if unavailable { "True" } else { "False" },
         "reason": reason,
         "message": message,
-        "lastTransitionTime": now,
         "lastHeartbeatTime": now,
-    }]}})
+    });
+    if transition {
+        c["lastTransitionTime"] = json!(now);
+    }
+    json!({"status": {"conditions": [c]}})
 }

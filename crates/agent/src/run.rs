@@ -122,7 +122,7 @@ async fn pass(cfg: &AgentConfig, api: &Api<Node>, all: &[Arc<Node>]) -> Result<(
             cfg.node_name
         ))
     })?;
-    let mtu = dataplane::pod_mtu(cfg.backend, &underlay);
+    let mtu = dataplane::pod_mtu(cfg.backend, &underlay).map_err(|e| AgentError::Pass(e.to_string()))?;
     write_subnet_file(cfg, pod_cidr, mtu)?;
     let peers: Vec<_> = all.iter().map(|n| node::peer(n)).collect();
     let cfg2 = cfg.clone();
@@ -175,7 +175,8 @@ async fn report(api: &Api<Node>, me: &Node, unavailable: bool, reason: &str, mes
         return;
     }
     let name = me.metadata.name.clone().unwrap_or_default();
-    let patch = node::condition_patch(unavailable, reason, message);
+    let transition = node::network_condition(me).is_none_or(|(status, _, _)| status != want.0);
+    let patch = node::condition_patch(unavailable, reason, message, transition);
     if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
         warn!("could not report the network condition on node {name}: {e}");
     }

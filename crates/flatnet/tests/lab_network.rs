@@ -171,12 +171,45 @@ impl Lab {
             .unwrap()
     }
 
+    /// A node's pod CIDR, from the API (nodes register concurrently, so any order).
+    fn pod_cidr(&self, node: &str) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(self.client(&rt));
+        rt.block_on(api.get(node)).unwrap().spec.unwrap().pod_cidr.unwrap()
+    }
+
     fn agent_pid(&self, node: &str) -> i32 {
         std::fs::read_to_string(self.state().join("nodes").join(node).join("agent.pid"))
             .unwrap()
             .trim()
             .parse()
             .unwrap()
+    }
+
+    /// The nodes' kernel state and agent logs, for a failure message.
+    fn dump(&self, nodes: &[&str]) -> String {
+        let mut out = String::new();
+        for n in nodes {
+            for args in [
+                &["ip", "-d", "link", "show", "flatnet.1"][..],
+                &["ip", "route"],
+                &["ip", "neigh"],
+                &["bridge", "fdb", "show", "dev", "flatnet.1"],
+            ] {
+                let o =
+                    Command::new("nsenter").arg(format!("--net={}", self.ns(n).display())).args(args).output().unwrap();
+                out.push_str(&format!(
+                    "--- {n}: {}\n{}{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ));
+            }
+            let log = std::fs::read_to_string(self.state().join("nodes").join(n).join("agent.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            out.push_str(&format!("--- {n} agent.log (last lines, newest first)\n{}\n", tail.join("\n")));
+        }
+        out
     }
 
     fn status(&self) -> String {
@@ -330,7 +363,8 @@ fn vxlan_cluster_end_to_end() {
         // Repair: a route, an FDB entry, then the whole VXLAN device deleted by hand.
         let node1 = lab.ns("node-1");
         let before = lab.agent_pid("node-1");
-        ip_in(&node1, &["route", "del", "10.244.1.0/24"]);
+        let node2_cidr = lab.pod_cidr("node-2");
+        ip_in(&node1, &["route", "del", &node2_cidr, "proto", "70"]);
         eventually("the route to be restored", Duration::from_secs(3), || routes(&node1).len() == 2);
         let fdb = netns::run_in(&node1, || {
             let mut nl = Netlink::open().unwrap();
@@ -355,7 +389,7 @@ fn vxlan_cluster_end_to_end() {
             routes(&node1).len() == 2 && vxlan_entries(&node1) == (2, 2)
         });
         converges("cross-node traffic after the repair", Duration::from_secs(3), || {
-            http_get(&client_ns, server_ip).map(|_| ()).map_err(|e| e.to_string())
+            http_get(&client_ns, server_ip).map(|_| ()).map_err(|e| format!("{e}\n{}", lab.dump(&["node-1", "node-2"])))
         });
         assert_eq!(lab.agent_pid("node-1"), before, "the agent repaired without restarting");
 
@@ -403,7 +437,7 @@ fn vxlan_cluster_end_to_end() {
         rt.block_on(nodes.delete("node-3", &Default::default())).unwrap();
         converges("node-3's route, neighbour and FDB entry to disappear", Duration::from_secs(5), || {
             let seen = (routes(&node1), routes(&node2), vxlan_entries(&node1), vxlan_entries(&node2));
-            let ok = seen.0 == ["10.244.1.0/24"] && seen.1.len() == 1 && seen.2 == (1, 1) && seen.3 == (1, 1);
+            let ok = seen.0 == [node2_cidr.clone()] && seen.1.len() == 1 && seen.2 == (1, 1) && seen.3 == (1, 1);
             if ok { Ok(()) } else { Err(format!("{seen:?}")) }
         });
         assert!(lab.status().contains("node-1"));
@@ -511,7 +545,9 @@ fn lab_down_removes_a_lab_whose_processes_were_killed() {
         let kubelet: i32 =
             std::fs::read_to_string(lab.state().join("nodes/node-1/kubelet.pid")).unwrap().trim().parse().unwrap();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(kubelet), nix::sys::signal::Signal::SIGKILL).unwrap();
-        assert!(lab.status().contains("NOT RUNNING"), "status shows the dead kubelet");
+        eventually("lab status to show the dead kubelet", Duration::from_secs(5), || {
+            lab.status().contains("NOT RUNNING")
+        });
         // An agent that cannot find its underlay says so, retries, and lab status shows it.
         let agent = lab.agent_pid("node-1");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent), nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -534,4 +570,58 @@ fn lab_down_removes_a_lab_whose_processes_were_killed() {
         let _ = broken.wait();
         assert!(start.elapsed() < Duration::from_secs(10));
     });
+}
+
+#[test]
+fn a_restarted_kubelet_adopts_its_pods() {
+    sandboxed("a_restarted_kubelet_adopts_its_pods", |_| {
+        let lab = Lab::up(1, "vxlan");
+        let web = |n: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {n}}}\nspec:\n  nodeName: node-1\n  containers: [{{name: web, image: nginx:1.25, ports: [{{containerPort: 80}}]}}]\n"
+            )
+        };
+        lab.apply(&format!("{}---\n{}", web("web-a"), web("web-b")));
+        let ips = lab.ready_ips(&["web-a", "web-b"]);
+        let pid_of = |pod: &str| -> i32 {
+            let text = std::fs::read_to_string(lab.pod_dir(pod).join("pids.json")).unwrap();
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["web"].as_i64().unwrap() as i32
+        };
+        let (a, b) = (pid_of("web-a"), pid_of("web-b"));
+        let kubelet: i32 =
+            std::fs::read_to_string(lab.state().join("nodes/node-1/kubelet.pid")).unwrap().trim().parse().unwrap();
+        let kill = |pid: i32| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap()
+        };
+        kill(kubelet);
+        kill(b); // a container that dies while no kubelet watches
+        // `lab up` again starts what is missing: the kubelet.
+        run(Command::new(flatnet())
+            .args(["lab", "up", "--nodes", "1", "--listen", &format!("127.0.0.1:{}", lab.port), "--state-dir"])
+            .arg(lab.state()));
+        let node1 = lab.ns("node-1");
+        converges("web-b's container to be started again, web-a's adopted", Duration::from_secs(10), || {
+            let (now_a, now_b) = (pid_of("web-a"), pid_of("web-b"));
+            match (now_a == a, now_b != b && Path::new(&format!("/proc/{now_b}")).exists()) {
+                (true, true) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+        for ip in &ips {
+            converges("the pods to answer", Duration::from_secs(5), || {
+                netns::run_in(&node1, || http_get_here(ip)).unwrap().map(|_| ()).map_err(|e| e.to_string())
+            });
+        }
+        assert_eq!(lab.ready_ips(&["web-a", "web-b"]), ips, "same addresses after the restart");
+        lab.down_and_check_clean();
+    });
+}
+
+fn http_get_here(ip: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&format!("{ip}:80").parse().unwrap(), Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
 }

@@ -135,25 +135,48 @@ pub fn delete_owned(nl: &mut Netlink, dst: Ipv4Net) -> Result<bool> {
     }
 }
 
-/// The IPv4 routes of the main table that carry flatnet's protocol number.
-pub fn list_owned(nl: &mut Netlink) -> Result<Vec<OwnedRoute>> {
+/// Every IPv4 route of the main table, as the kernel gives them.
+fn main_table(nl: &mut Netlink) -> Result<Vec<RouteMessage>> {
     let mut req = RouteMessage::default();
     req.header.address_family = AddressFamily::Inet;
-    let msgs = nl.dump("list routes", Rt::GetRoute(req))?;
-    Ok(msgs
-        .iter()
+    Ok(nl
+        .dump("list routes", Rt::GetRoute(req))?
+        .into_iter()
         .filter_map(|m| match m {
-            Rt::NewRoute(r)
-                if r.header.table == RouteHeader::RT_TABLE_MAIN
-                    && r.header.protocol == RouteProtocol::Other(FLATNET_PROTOCOL) =>
-            {
-                let e = entry(r);
-                let (IpNet::V4(dst), Some(IpAddr::V4(via)), Some(oif)) = (e.dst, e.gateway, e.oif) else {
-                    return None;
-                };
-                Some(OwnedRoute { dst, via, oif, onlink: r.header.flags.contains(RouteFlags::Onlink) })
-            }
+            Rt::NewRoute(r) if r.header.table == RouteHeader::RT_TABLE_MAIN => Some(r),
             _ => None,
+        })
+        .collect())
+}
+
+fn is_owned(r: &RouteMessage) -> bool {
+    r.header.protocol == RouteProtocol::Other(FLATNET_PROTOCOL)
+}
+
+/// The IPv4 routes of the main table that carry flatnet's protocol number.
+pub fn list_owned(nl: &mut Netlink) -> Result<Vec<OwnedRoute>> {
+    Ok(main_table(nl)?
+        .iter()
+        .filter(|r| is_owned(r))
+        .filter_map(|r| {
+            let e = entry(r);
+            let (IpNet::V4(dst), Some(IpAddr::V4(via)), Some(oif)) = (e.dst, e.gateway, e.oif) else {
+                return None;
+            };
+            Some(OwnedRoute { dst, via, oif, onlink: r.header.flags.contains(RouteFlags::Onlink) })
+        })
+        .collect())
+}
+
+/// Destinations of main-table IPv4 routes that flatnet did not make (any protocol but
+/// its own): the agent never replaces one of these.
+pub fn foreign_destinations(nl: &mut Netlink) -> Result<Vec<Ipv4Net>> {
+    Ok(main_table(nl)?
+        .iter()
+        .filter(|r| !is_owned(r))
+        .filter_map(|r| match entry(r).dst {
+            IpNet::V4(d) => Some(d),
+            IpNet::V6(_) => None,
         })
         .collect())
 }

@@ -10,8 +10,10 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The layout under `state`, made absolute (processes find each other by it).
     pub fn new(state: impl Into<PathBuf>) -> Self {
-        Self { state: state.into() }
+        let state = state.into();
+        Self { state: std::path::absolute(&state).unwrap_or(state) }
     }
     pub fn netns_dir(&self) -> PathBuf {
         self.state.join("netns")
@@ -65,9 +67,25 @@ impl Layout {
     }
 }
 
-/// The pid in `file` when that process is alive and its command line contains `marker`.
-pub fn running_pid(file: &Path, marker: &str) -> Option<i32> {
+/// The pid in `file` when that process is alive and its command line holds every one
+/// of `args` (so a pid reused by an unrelated process after a reboot is not taken for
+/// a lab process).
+pub fn running_pid(file: &Path, args: &[&str]) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    String::from_utf8_lossy(&cmdline).contains(marker).then_some(pid)
+    let argv: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    args.iter().all(|want| argv.iter().any(|a| a == want)).then_some(pid)
+}
+
+impl Layout {
+    /// The control plane's pid, when it runs.
+    pub fn apiserver(&self) -> Option<i32> {
+        running_pid(&self.apiserver_pid(), &["serve", &self.state.to_string_lossy()])
+    }
+    pub fn kubelet(&self, node: &str) -> Option<i32> {
+        running_pid(&self.kubelet_pid(node), &["kubelet", node, &self.state.to_string_lossy()])
+    }
+    pub fn agent(&self, node: &str) -> Option<i32> {
+        running_pid(&self.agent_pid(node), &["agent", &self.node_kubeconfig(node).to_string_lossy()])
+    }
 }

@@ -153,6 +153,14 @@ pub fn plan(local: &Local, nodes: &[Peer]) -> (NodeNetwork, Vec<Skipped>) {
             skip(&peer.name, format!("no {} annotation yet (is its agent running?)", annotations::UNDERLAY_IP));
             continue;
         };
+        let seg = local.underlay.trunc();
+        if ip == local.underlay.addr() || (seg.contains(&ip) && (ip == seg.network() || ip == seg.broadcast())) {
+            skip(
+                &peer.name,
+                format!("its underlay address {ip} is this node's own, or {seg}'s network or broadcast address"),
+            );
+            continue;
+        }
         if cidr.contains(&local.pod_cidr.network()) || local.pod_cidr.contains(&cidr.network()) {
             skip(&peer.name, format!("its Pod CIDR {cidr} overlaps this node's {}", local.pod_cidr));
             continue;
@@ -306,11 +314,18 @@ mod tests {
         let other_backend = peer("c", "192.168.1.22", "10.244.11.0/24", Backend::HostGw, 11);
         let overlap = peer("d", "192.168.1.23", "10.244.1.0/25", Backend::Vxlan, 12);
         let dup_cidr = peer("e", "192.168.1.24", "10.244.2.0/24", Backend::Vxlan, 13);
+        let broadcast = peer("g", "192.168.1.255", "10.244.12.0/24", Backend::Vxlan, 15);
+        let me_again = peer("h", "192.168.1.11", "10.244.13.0/24", Backend::Vxlan, 16);
         let first = peer("f", "192.168.1.25", "10.244.2.0/24", Backend::Vxlan, 14);
-        let (plan, skipped) = plan(&local(Backend::Vxlan), &[first, no_cidr, no_mac, other_backend, overlap, dup_cidr]);
+        let (plan, skipped) = plan(
+            &local(Backend::Vxlan),
+            &[first, no_cidr, no_mac, other_backend, overlap, dup_cidr, broadcast, me_again],
+        );
         assert_eq!(plan.routes.len(), 1);
         let reasons: Vec<String> = skipped.iter().map(ToString::to_string).collect();
-        assert_eq!(reasons.len(), 5, "{reasons:?}");
+        assert_eq!(reasons.len(), 7, "{reasons:?}");
+        assert!(reasons[5].starts_with("g: its underlay address 192.168.1.255"), "{}", reasons[5]);
+        assert!(reasons[6].starts_with("h: its underlay address 192.168.1.11 is this node's own"), "{}", reasons[6]);
         assert!(reasons[0].starts_with("a: no spec.podCIDR"));
         assert!(reasons[1].contains("vtep-mac"));
         assert!(reasons[2].contains("backend host-gw"));

@@ -36,11 +36,23 @@ impl BenchLab {
             .output()?;
         let layout = Layout::new(dir.path());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        if !out.status.success() {
-            bail!("lab up failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let client = match out.status.success() {
+            true => rt.block_on(crate::lab::client(&layout)),
+            false => Err(anyhow::anyhow!(
+                "lab up failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )),
+        };
+        match client {
+            Ok(client) => Ok(Self { _dir: dir, layout, rt, client }),
+            Err(e) => {
+                // Whatever it made goes before the directory does.
+                let me = std::env::current_exe()?;
+                let _ = Command::new(me).args(["lab", "down", "--state-dir"]).arg(dir.path()).output();
+                Err(e)
+            }
         }
-        let client = rt.block_on(crate::lab::client(&layout))?;
-        Ok(Self { _dir: dir, layout, rt, client })
     }
 
     /// Creates pod `name` (on `node`, or wherever the scheduler puts it); `serves` gives

@@ -5,7 +5,6 @@
 use super::UpArgs;
 use anyhow::{Context, bail};
 use flatnet_kernel::{Netlink, link, netns, route};
-use flatnet_lab::layout::running_pid;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 use std::io::{Read, Write};
@@ -27,7 +26,7 @@ fn pod(name: &str, node: &str, serves: bool) -> serde_json::Value {
 
 pub fn run(args: &UpArgs) -> anyhow::Result<()> {
     let layout = args.state.layout();
-    if running_pid(&layout.apiserver_pid(), "lab").is_none() || super::up::settings(&layout).is_none() {
+    if layout.apiserver().is_none() || super::up::settings(&layout).is_none() {
         super::up::up(args)?;
         println!();
     }

@@ -129,7 +129,9 @@ pub enum LabCmd {
 
 pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
     match cmd {
-        LabCmd::Up(args) => up::up(&args).map(|_| ()),
+        LabCmd::Up(args) => up::up(&args).map(|_| ()).context(
+            "lab up did not finish; `flatnet lab down` removes what it made, and the logs are in the state directory",
+        ),
         LabCmd::Down(s) => up::down(&s.layout()),
         LabCmd::Demo(args) => demo::run(&args),
         LabCmd::Status(s) => status::run(&s.layout()),

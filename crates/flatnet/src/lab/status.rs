@@ -1,7 +1,7 @@
 //! `flatnet lab status`: what the lab runs and whether each node's network is up, with
 //! the agent's own words when it is not.
 
-use flatnet_lab::layout::{Layout, running_pid};
+use flatnet_lab::layout::Layout;
 use k8s_openapi::api::core::v1::{Node, Pod};
 
 /// (up with every peer routed, message): the agent's NetworkUnavailable condition.
@@ -12,8 +12,18 @@ pub fn network_condition(node: &Node) -> (bool, String) {
     }
 }
 
-fn process(file: &std::path::Path, marker: &str) -> String {
-    match running_pid(file, marker) {
+/// How `lab status` labels a node's network.
+fn network_label(node: &Node) -> String {
+    match flatnet_agent::node::network_condition(node) {
+        Some((s, r, m)) if s == "False" && r == flatnet_agent::run::REASON_UP => m,
+        Some((s, _, m)) if s == "False" => format!("PARTIAL: {m}"),
+        Some((_, _, m)) => format!("DOWN: {m}"),
+        None => "DOWN: the agent has not reported yet".into(),
+    }
+}
+
+fn process(pid: Option<i32>) -> String {
+    match pid {
         Some(pid) => format!("running (pid {pid})"),
         None => "NOT RUNNING".into(),
     }
@@ -24,13 +34,9 @@ pub fn run(layout: &Layout) -> anyhow::Result<()> {
         anyhow::bail!("the lab is not up (nothing in {}): run `flatnet lab up`", layout.state.display());
     };
     println!("lab {} ({} node(s), backend {})", layout.state.display(), settings.nodes, settings.backend);
-    println!("  control plane  https://{}  {}", settings.listen, process(&layout.apiserver_pid(), "lab"));
+    println!("  control plane  https://{}  {}", settings.listen, process(layout.apiserver()));
     for node in layout.nodes() {
-        println!(
-            "  {node:<8} kubelet {}  agent {}",
-            process(&layout.kubelet_pid(&node), "kubelet"),
-            process(&layout.agent_pid(&node), "agent")
-        );
+        println!("  {node:<8} kubelet {}  agent {}", process(layout.kubelet(&node)), process(layout.agent(&node)));
     }
     let (nodes, pods) = super::runtime()?.block_on(async {
         let client = super::client(layout).await?;
@@ -44,16 +50,14 @@ pub fn run(layout: &Layout) -> anyhow::Result<()> {
         let on_node: Vec<&Pod> =
             pods.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&name)).collect();
         let ready = on_node.iter().filter(|p| pod_ready(p)).count();
-        let (up, message) = network_condition(n);
         println!(
-            "  {:<8} {:<14} {:<15} {:<6} {:<9} {}{}",
+            "  {:<8} {:<14} {:<15} {:<6} {:<9} {}",
             name,
             flatnet_agent::node::internal_ip(n).map(|i| i.to_string()).unwrap_or_default(),
             n.spec.as_ref().and_then(|s| s.pod_cidr.clone()).unwrap_or_else(|| "-".into()),
             if node_ready(n) { "yes" } else { "no" },
             format!("{ready}/{}", on_node.len()),
-            if up { "" } else { "DOWN: " },
-            message
+            network_label(n)
         );
     }
     Ok(())

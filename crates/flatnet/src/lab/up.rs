@@ -4,7 +4,7 @@
 use super::UpArgs;
 use anyhow::{Context, bail};
 use flatnet_lab::apiserver::admission::ClusterConfig;
-use flatnet_lab::layout::{Layout, running_pid};
+use flatnet_lab::layout::Layout;
 use flatnet_lab::{nodes, underlay};
 use flatnet_model::node_network::Backend;
 use k8s_openapi::api::core::v1::Node;
@@ -103,7 +103,7 @@ pub fn up(args: &UpArgs) -> anyhow::Result<Vec<NodeSummary>> {
     }
     let layout = args.state.layout();
     if let Some(s) = settings(&layout)
-        && running_pid(&layout.apiserver_pid(), "lab").is_some()
+        && layout.apiserver().is_some()
         && (s.backend != args.backend.to_string() || s.nodes != args.nodes)
     {
         bail!(
@@ -177,7 +177,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn start_control_plane(layout: &Layout, listen: SocketAddr) -> anyhow::Result<()> {
-    if running_pid(&layout.apiserver_pid(), "lab").is_some() {
+    if layout.apiserver().is_some() {
         return Ok(());
     }
     let log = std::fs::File::create(layout.state.join("apiserver.log"))?;
@@ -201,7 +201,7 @@ fn start_control_plane(layout: &Layout, listen: SocketAddr) -> anyhow::Result<()
 }
 
 fn start_kubelet(layout: &Layout, node: &str, ip: Ipv4Addr, backend: Backend) -> anyhow::Result<()> {
-    if running_pid(&layout.kubelet_pid(node), "kubelet").is_some() {
+    if layout.kubelet(node).is_some() {
         return Ok(());
     }
     let log = std::fs::OpenOptions::new().create(true).append(true).open(layout.node_dir(node).join("kubelet.log"))?;
@@ -327,19 +327,35 @@ pub fn kubelet(layout: &Layout, node: &str, ip: Ipv4Addr, backend: Backend) -> a
 
 /// Stops every lab process and removes every namespace, mount and file.
 pub fn down(layout: &Layout) -> anyhow::Result<()> {
-    let mut pins: Vec<std::path::PathBuf> = std::fs::read_dir(layout.netns_dir())
-        .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
-        .unwrap_or_default();
-    pins.sort();
-    let inodes: HashSet<u64> =
-        pins.iter().filter_map(|p| flatnet_kernel::netns::NetNs::open(p).ok()?.id().ok()).collect();
+    let pins = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(layout.netns_dir())
+            .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
     // Everything running inside a lab namespace: kubelets, agents, containers, the
-    // plugin's teardown helpers. SIGKILL at once, so no supervisor restarts anything.
-    let victims = processes_in(&inodes);
-    for pid in &victims {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+    // plugin's teardown helpers. SIGKILL, so no supervisor restarts anything; again
+    // until none is left, since one may have been forking as the first scan ran.
+    let mut stopped = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let inodes: HashSet<u64> =
+            pins().iter().filter_map(|p| flatnet_kernel::netns::NetNs::open(p).ok()?.id().ok()).collect();
+        let victims = processes_in(&inodes);
+        if victims.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("processes {victims:?} in the lab's namespaces survive SIGKILL; run `flatnet lab down` again");
+        }
+        for pid in victims {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            stopped.insert(pid);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    if let Some(pid) = running_pid(&layout.apiserver_pid(), "lab") {
+    if let Some(pid) = layout.apiserver() {
         let pid = nix::unistd::Pid::from_raw(pid);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -347,11 +363,9 @@ pub fn down(layout: &Layout) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        stopped.insert(pid.as_raw());
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while victims.iter().any(|p| Path::new(&format!("/proc/{p}")).exists()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let pins = pins();
     for p in &pins {
         flatnet_kernel::netns::remove_named(p).with_context(|| format!("remove {}", p.display()))?;
     }
@@ -363,7 +377,7 @@ pub fn down(layout: &Layout) -> anyhow::Result<()> {
         _ => {
             println!(
                 "the lab is down: {} process(es) stopped, {} namespace(s) and {} removed",
-                victims.len(),
+                stopped.len(),
                 pins.len(),
                 layout.state.display()
             );

@@ -141,13 +141,17 @@ pub fn cni_dirs() -> Vec<PathBuf> {
 #[derive(Debug)]
 pub struct Process {
     pub pid: i32,
+    /// The container it runs, when known.
+    pub name: Option<String>,
     child: Option<Child>,
 }
 
 impl Process {
-    /// Adopts a process left by a previous kubelet, when it is still alive.
-    pub fn adopt(pid: i32) -> Option<Self> {
-        Path::new(&format!("/proc/{pid}")).exists().then_some(Self { pid, child: None })
+    /// Adopts a process an earlier kubelet started, when it is still alive and still in
+    /// the pod's network namespace (a pid reused by anything else is not ours).
+    pub fn adopt(name: &str, pid: i32, netns: &Path) -> Option<Self> {
+        let want = netns::NetNs::open(netns).ok()?.id().ok()?;
+        in_namespace(pid, want).then(|| Self { pid, name: Some(name.to_string()), child: None })
     }
 
     /// Its exit code once it has exited (-1 when killed by a signal or not ours to reap).
@@ -162,9 +166,18 @@ impl Process {
     }
 }
 
+/// Whether process `pid` lives in the network namespace with inode `ns`.
+fn in_namespace(pid: i32, ns: u64) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .and_then(|l| l.to_str()?.strip_prefix("net:[")?.strip_suffix(']')?.parse::<u64>().ok())
+        == Some(ns)
+}
+
 /// Starts `argv` inside the sandbox through `flatnet lab enter`, logging to `log`.
 pub fn start(
     s: &Sandbox,
+    name: &str,
     argv: &[std::ffi::OsString],
     env: &[(String, String)],
     workdir: Option<&str>,
@@ -199,10 +212,11 @@ pub fn start(
         .stderr(err);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let child = cmd.spawn().map_err(|e| format!("start the container: {e}"))?;
-    Ok(Process { pid: i32::try_from(child.id()).unwrap_or(i32::MAX), child: Some(child) })
+    Ok(Process { pid: i32::try_from(child.id()).unwrap_or(i32::MAX), name: Some(name.to_string()), child: Some(child) })
 }
 
-/// Stops processes: SIGTERM to each process group, then SIGKILL after `grace`.
+/// Stops processes: SIGTERM to each process group, then SIGKILL to every group after
+/// `grace`, even when its leader has exited (its children may not have).
 pub fn stop(procs: &mut [Process], grace: Duration) {
     use nix::sys::signal::{Signal, killpg};
     use nix::unistd::Pid;
@@ -214,9 +228,7 @@ pub fn stop(procs: &mut [Process], grace: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
     for p in procs.iter_mut() {
-        if p.exited().is_none() {
-            let _ = killpg(Pid::from_raw(p.pid), Signal::SIGKILL);
-        }
+        let _ = killpg(Pid::from_raw(p.pid), Signal::SIGKILL);
         if let Some(c) = &mut p.child {
             let _ = c.wait();
         }
@@ -226,7 +238,11 @@ pub fn stop(procs: &mut [Process], grace: Duration) {
 /// Adds the sandbox's process ids to its record, for a restarted kubelet to adopt.
 pub fn record_pids(s: &Sandbox, pids: &[(String, i32)]) {
     let v: Value = pids.iter().map(|(n, p)| (n.clone(), json!(p))).collect::<Map<_, _>>().into();
-    let _ = std::fs::write(s.dir.join("pids.json"), v.to_string());
+    // Written aside and renamed, so a reader never sees half a file.
+    let tmp = s.dir.join("pids.json.tmp");
+    if std::fs::write(&tmp, v.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, s.dir.join("pids.json"));
+    }
 }
 
 pub fn recorded_pids(s: &Sandbox) -> Vec<(String, i32)> {

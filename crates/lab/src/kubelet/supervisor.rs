@@ -19,9 +19,9 @@ impl Supervisor {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         std::thread::spawn(move || {
-            let marker = cmd.get(1).cloned().unwrap_or_default();
             while !stopping.load(Ordering::Relaxed) {
-                if running_pid(&pid_file, &marker).is_some() {
+                let args: Vec<&str> = cmd.iter().skip(1).map(String::as_str).collect();
+                if running_pid(&pid_file, &args).is_some() {
                     std::thread::sleep(Duration::from_millis(200));
                     continue;
                 }

@@ -1,0 +1,406 @@
+//! The pods of one node, from API state to running sandboxes and back: start what is
+//! bound here, keep containers running as their restart policy says, report status,
+//! stop and tear down what is deleted or finished. A teardown that fails is retried
+//! every pass, and a graceful delete is completed only once it succeeded. Sandboxes left
+//! by an earlier kubelet are resumed (their live processes adopted, verified by their
+//! network namespace) or torn down.
+
+use super::sandbox::{self, Process, Sandbox};
+use super::{KubeletConfig, now, workload};
+use k8s_openapi::api::core::v1::{Container as ContainerSpec, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+struct Running {
+    sandbox: Sandbox,
+    containers: Vec<Container>,
+    restart: String,
+    ready: bool,
+    started_at: String,
+    last_status: Option<Value>,
+    /// A finished pod's sandbox is torn down (its IP released); its status stays.
+    released: bool,
+}
+
+struct Container {
+    name: String,
+    image: String,
+    process: Option<Process>,
+    restarts: u32,
+    exit_code: Option<i32>,
+    started_at: String,
+    /// TCP ports to probe for readiness (the built-in server's).
+    tcp_ports: Vec<u16>,
+    /// When a crashed container may be started again (doubling back-off, 10 s at most).
+    retry_at: Option<Instant>,
+}
+
+#[derive(Default)]
+pub struct PodManager {
+    running: HashMap<String, Running>,
+    /// Sandboxes found on disk at start, not yet matched with a pod.
+    adopted: HashMap<String, Sandbox>,
+    /// Sandboxes whose teardown failed: retried every pass.
+    leftovers: HashMap<String, Sandbox>,
+    /// Pods whose start failed: attempts so far and when to try again.
+    backoff: HashMap<String, (u32, Instant)>,
+}
+
+fn backoff_delay(attempts: u32) -> Duration {
+    Duration::from_millis(500u64.saturating_mul(1 << attempts.min(5))).min(Duration::from_secs(10))
+}
+
+impl PodManager {
+    pub fn adopt(cfg: &KubeletConfig) -> Self {
+        let adopted = sandbox::adopt(&cfg.layout, &cfg.node).into_iter().map(|s| (s.uid.clone(), s)).collect();
+        Self { adopted, ..Self::default() }
+    }
+
+    pub fn adopted(&self) -> usize {
+        self.adopted.len()
+    }
+
+    pub async fn sync(&mut self, cfg: &KubeletConfig, client: &kube::Client, pods: &[Arc<Pod>]) {
+        let by_uid: HashMap<&str, &Arc<Pod>> =
+            pods.iter().filter_map(|p| Some((p.metadata.uid.as_deref()?, p))).collect();
+        let gone = |uid: &str| by_uid.get(uid).is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+        // Deleted or being deleted: stop, tear down, then let the API forget the pod.
+        for uid in self.running.keys().filter(|u| gone(u)).cloned().collect::<Vec<_>>() {
+            let r = self.running.remove(&uid).expect("listed");
+            let grace = grace_period(by_uid.get(uid.as_str()).map(|p| p.as_ref()));
+            let (released, sandbox) = (r.released, r.sandbox.clone());
+            stop_containers(r.containers, grace).await;
+            if !released {
+                self.leftovers.insert(uid, sandbox);
+            }
+        }
+        for uid in self.adopted.keys().filter(|u| gone(u)).cloned().collect::<Vec<_>>() {
+            let s = self.adopted.remove(&uid).expect("listed");
+            stop_processes(adopt_processes(&s), Duration::ZERO).await;
+            self.leftovers.insert(uid, s);
+        }
+        for (uid, s) in std::mem::take(&mut self.leftovers) {
+            match destroy(cfg, s.clone()).await {
+                Ok(()) => info!("stopped pod {}/{}", s.namespace, s.name),
+                Err(e) => {
+                    warn!("tear down pod {}/{}: {e}; retrying", s.namespace, s.name);
+                    self.leftovers.insert(uid, s);
+                }
+            }
+        }
+        for pod in pods {
+            let Some(uid) = pod.metadata.uid.clone() else { continue };
+            if pod.metadata.deletion_timestamp.is_some() {
+                if !self.leftovers.contains_key(&uid) {
+                    finalize(client, pod).await;
+                }
+                continue;
+            }
+            if !self.running.contains_key(&uid) && !self.begin(cfg, client, pod, &uid).await {
+                continue;
+            }
+            let r = self.running.get_mut(&uid).expect("present");
+            tend(cfg, pod, r);
+            let status = pod_status(cfg, r);
+            if r.last_status.as_ref() != Some(&status) {
+                let api: Api<Pod> = Api::namespaced(client.clone(), &r.sandbox.namespace);
+                let patch = Patch::Merge(json!({"status": status}));
+                match api.patch_status(&r.sandbox.name, &PatchParams::default(), &patch).await {
+                    Ok(_) => r.last_status = Some(status.clone()),
+                    Err(e) => warn!("report pod {}/{}: {e}", r.sandbox.namespace, r.sandbox.name),
+                }
+            }
+            if !r.released && matches!(status["phase"].as_str(), Some("Succeeded" | "Failed")) {
+                // Finished for good: give the address back, as a kubelet stops the sandbox.
+                r.released = true;
+                self.leftovers.insert(uid, r.sandbox.clone());
+            }
+        }
+    }
+
+    /// Starts (or resumes) the pod; false when it is not running after this pass.
+    async fn begin(&mut self, cfg: &KubeletConfig, client: &kube::Client, pod: &Pod, uid: &str) -> bool {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        let resumed = self.adopted.remove(uid);
+        if resumed.is_none() && matches!(phase, Some("Succeeded" | "Failed")) {
+            return false;
+        }
+        if self.backoff.get(uid).is_some_and(|(_, at)| Instant::now() < *at) {
+            return false;
+        }
+        let (cfg2, pod2) = (cfg.clone(), pod.clone());
+        let started = tokio::task::spawn_blocking(move || match resumed {
+            Some(s) => Ok(resume(&cfg2, &pod2, s)),
+            None => start(&cfg2, &pod2),
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let name = format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or(""),
+            pod.metadata.name.as_deref().unwrap_or("")
+        );
+        match started {
+            Ok(r) => {
+                info!("running pod {name} at {}", r.sandbox.ip);
+                self.backoff.remove(uid);
+                self.running.insert(uid.to_string(), r);
+                true
+            }
+            Err(e) => {
+                let attempts = self.backoff.get(uid).map_or(0, |b| b.0) + 1;
+                let delay = backoff_delay(attempts);
+                warn!("pod {name}: {e}; retrying in {delay:?}");
+                self.backoff.insert(uid.to_string(), (attempts, Instant::now() + delay));
+                report_failure(client, pod, &e).await;
+                false
+            }
+        }
+    }
+}
+
+fn grace_period(pod: Option<&Pod>) -> Duration {
+    let secs = pod
+        .and_then(|p| p.metadata.deletion_grace_period_seconds.or(p.spec.as_ref()?.termination_grace_period_seconds))
+        .unwrap_or(30);
+    // The lab's workloads stop at once on SIGTERM; a few seconds bound a stubborn one.
+    Duration::from_secs(u64::try_from(secs).unwrap_or(0).min(5))
+}
+
+fn new_container(c: &ContainerSpec) -> Container {
+    let tcp_ports = match workload::workload(c) {
+        workload::Workload::Netexec(ports) => {
+            ports.iter().filter_map(|p| p.strip_suffix("/TCP")?.parse().ok()).collect()
+        }
+        _ => Vec::new(),
+    };
+    Container {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        process: None,
+        restarts: 0,
+        exit_code: None,
+        started_at: now(),
+        tcp_ports,
+        retry_at: None,
+    }
+}
+
+fn new_running(pod: &Pod, sandbox: Sandbox) -> Running {
+    let spec = pod.spec.clone().unwrap_or_default();
+    Running {
+        sandbox,
+        containers: spec.containers.iter().map(new_container).collect(),
+        restart: spec.restart_policy.unwrap_or_else(|| "Always".into()),
+        ready: false,
+        started_at: pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map_or_else(now, |t| t.0.to_string()),
+        last_status: None,
+        released: false,
+    }
+}
+
+fn start(cfg: &KubeletConfig, pod: &Pod) -> Result<Running, String> {
+    let sb =
+        sandbox::create(&cfg.layout, &cfg.node, pod, &sandbox::cni_dirs(), (&cfg.cluster_dns, &cfg.cluster_domain))?;
+    let mut r = new_running(pod, sb);
+    let specs = pod.spec.clone().unwrap_or_default().containers;
+    for (c, spec) in r.containers.iter_mut().zip(&specs) {
+        if let Err(e) = launch(cfg, pod, &r.sandbox, spec, c) {
+            let procs: Vec<Process> = r.containers.iter_mut().filter_map(|c| c.process.take()).collect();
+            let mut procs = procs;
+            sandbox::stop(&mut procs, Duration::ZERO);
+            let _ = sandbox::destroy(&cfg.layout, &cfg.node, &r.sandbox);
+            return Err(format!("container {}: {e}", spec.name));
+        }
+    }
+    record(&r);
+    Ok(r)
+}
+
+/// A sandbox an earlier kubelet made: its live processes are adopted, the others
+/// started again; restart counts carry over from the pod's status.
+fn resume(cfg: &KubeletConfig, pod: &Pod, s: Sandbox) -> Running {
+    let mut live: HashMap<String, Process> =
+        adopt_processes(&s).into_iter().filter_map(|p| Some((p.name.clone()?, p))).collect();
+    let mut r = new_running(pod, s);
+    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default();
+    let specs = pod.spec.clone().unwrap_or_default().containers;
+    for (c, spec) in r.containers.iter_mut().zip(&specs) {
+        c.restarts = statuses.iter().find(|st| st.name == c.name).map_or(0, |st| st.restart_count.max(0) as u32);
+        match live.remove(&c.name) {
+            Some(p) => c.process = Some(p),
+            None => {
+                if let Err(e) = launch(cfg, pod, &r.sandbox, spec, c) {
+                    warn!("restart container {} of {}: {e}", c.name, r.sandbox.name);
+                }
+            }
+        }
+    }
+    let mut strays: Vec<Process> = live.into_values().collect();
+    sandbox::stop(&mut strays, Duration::ZERO);
+    record(&r);
+    r
+}
+
+/// The recorded processes of a sandbox that are still alive inside its namespace (so a
+/// reused pid is never mistaken for one of ours).
+fn adopt_processes(s: &Sandbox) -> Vec<Process> {
+    sandbox::recorded_pids(s).into_iter().filter_map(|(name, pid)| Process::adopt(&name, pid, &s.netns)).collect()
+}
+
+async fn stop_containers(containers: Vec<Container>, grace: Duration) {
+    stop_processes(containers.into_iter().filter_map(|c| c.process).collect(), grace).await;
+}
+
+async fn stop_processes(mut procs: Vec<Process>, grace: Duration) {
+    if procs.is_empty() {
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || sandbox::stop(&mut procs, grace)).await;
+}
+
+async fn destroy(cfg: &KubeletConfig, s: Sandbox) -> Result<(), String> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || sandbox::destroy(&cfg.layout, &cfg.node, &s))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+fn launch(cfg: &KubeletConfig, pod: &Pod, sb: &Sandbox, spec: &ContainerSpec, c: &mut Container) -> Result<(), String> {
+    let w = workload::workload(spec);
+    let flatnet = std::env::current_exe().map_err(|e| e.to_string())?;
+    let argv = workload::argv(&w, &flatnet, pod, &cfg.node);
+    let env = workload::env(spec, pod, &sb.ip, &cfg.node_ip.to_string());
+    let log = sb.dir.join(format!("{}.log", spec.name));
+    c.process = Some(sandbox::start(sb, &spec.name, &argv, &env, spec.working_dir.as_deref(), &log)?);
+    c.started_at = now();
+    c.exit_code = None;
+    Ok(())
+}
+
+fn record(r: &Running) {
+    let pids: Vec<(String, i32)> =
+        r.containers.iter().filter_map(|c| Some((c.name.clone(), c.process.as_ref()?.pid))).collect();
+    sandbox::record_pids(&r.sandbox, &pids);
+}
+
+/// Restarts exited containers as the pod's restartPolicy says (with back-off), and
+/// probes readiness until the pod's servers answer.
+fn tend(cfg: &KubeletConfig, pod: &Pod, r: &mut Running) {
+    if r.released {
+        return;
+    }
+    let specs = pod.spec.clone().unwrap_or_default().containers;
+    let mut changed = false;
+    for c in &mut r.containers {
+        if let Some(code) = c.process.as_mut().and_then(Process::exited) {
+            c.process = None;
+            c.exit_code = Some(code);
+            changed = true;
+            let again = match r.restart.as_str() {
+                "Never" => false,
+                "OnFailure" => code != 0,
+                _ => true,
+            };
+            c.retry_at = again.then(|| Instant::now() + backoff_delay(c.restarts));
+        }
+        if c.process.is_none()
+            && c.retry_at.is_some_and(|at| Instant::now() >= at)
+            && let Some(spec) = specs.iter().find(|s| s.name == c.name)
+        {
+            c.restarts += 1;
+            match launch(cfg, pod, &r.sandbox, spec, c) {
+                Ok(()) => c.retry_at = None,
+                Err(e) => {
+                    warn!("restart container {} of {}: {e}", c.name, r.sandbox.name);
+                    c.retry_at = Some(Instant::now() + backoff_delay(c.restarts));
+                }
+            }
+            changed = true;
+        }
+    }
+    if changed {
+        record(r);
+    }
+    let running = r.containers.iter().all(|c| c.process.is_some());
+    if r.ready && running && !changed {
+        return; // Once its servers answered, a pod stays Ready while its processes run.
+    }
+    let ip: Ipv4Addr = r.sandbox.ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
+    r.ready = running
+        && r.containers.iter().all(|c| {
+            c.tcp_ports.iter().all(|p| {
+                std::net::TcpStream::connect_timeout(&SocketAddr::from((ip, *p)), Duration::from_millis(100)).is_ok()
+            })
+        });
+}
+
+fn pod_status(cfg: &KubeletConfig, r: &Running) -> Value {
+    let cond = |t: &str, ok: bool| json!({"type": t, "status": if ok { "True" } else { "False" }});
+    let waiting = |c: &Container| c.process.is_none() && c.retry_at.is_some();
+    let phase = if r.containers.iter().any(|c| c.process.is_some() || waiting(c)) {
+        "Running"
+    } else if r.containers.iter().all(|c| c.exit_code == Some(0)) {
+        "Succeeded"
+    } else {
+        "Failed"
+    };
+    let containers: Vec<Value> = r
+        .containers
+        .iter()
+        .map(|c| {
+            let state = match (&c.process, c.exit_code) {
+                (Some(_), _) => json!({"running": {"startedAt": c.started_at}}),
+                (None, _) if waiting(c) => json!({"waiting": {"reason": "CrashLoopBackOff",
+                    "message": format!("exited with {}; restarting", c.exit_code.unwrap_or(-1))}}),
+                (None, code) => json!({"terminated": {"exitCode": code.unwrap_or(-1),
+                    "reason": if code == Some(0) { "Completed" } else { "Error" }}}),
+            };
+            json!({
+                "name": c.name, "image": c.image, "imageID": "",
+                "containerID": format!("flatnet://{}/{}", r.sandbox.uid, c.name),
+                "ready": r.ready && c.process.is_some(), "started": c.process.is_some(),
+                "restartCount": c.restarts, "state": state,
+            })
+        })
+        .collect();
+    json!({
+        "phase": phase,
+        "hostIP": cfg.node_ip.to_string(), "hostIPs": [{"ip": cfg.node_ip.to_string()}],
+        "podIP": r.sandbox.ip, "podIPs": [{"ip": r.sandbox.ip}],
+        "startTime": r.started_at,
+        "conditions": [cond("PodReadyToStartContainers", !r.released), cond("Initialized", true),
+                       cond("Ready", r.ready), cond("ContainersReady", r.ready), cond("PodScheduled", true)],
+        "containerStatuses": containers,
+    })
+}
+
+async fn report_failure(client: &kube::Client, pod: &Pod, why: &str) {
+    let (Some(ns), Some(name)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) else { return };
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let status = json!({"status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "True"},
+        {"type": "PodReadyToStartContainers", "status": "False", "reason": "SandboxFailed", "message": why}]}});
+    let _ = api.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await;
+}
+
+/// Completes a graceful delete once the pod's processes and sandbox are gone.
+async fn finalize(client: &kube::Client, pod: &Pod) {
+    let (Some(ns), Some(name)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) else { return };
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+        ..DeleteParams::default()
+    };
+    if let Err(e) = api.delete(name, &dp).await
+        && !matches!(&e, kube::Error::Api(a) if a.code == 404 || a.code == 409)
+    {
+        warn!("finish deleting pod {ns}/{name}: {e}");
+    }
+}
