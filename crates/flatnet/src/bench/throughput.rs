@@ -1,7 +1,9 @@
 //! Single-stream TCP throughput with iperf3, in one run: pod → pod on one node, across
 //! nodes over VXLAN, across nodes with host-gw, and a bare veth pair between two
-//! namespaces as the baseline. Rounds interleave the four paths so the machine's drift
-//! hits them alike; medians and ratios to the baseline are reported.
+//! namespaces as the baseline. A fifth path is the lab's host-gw topology built by hand
+//! without flatnet (the same veths, bridges and routes): what the topology itself costs.
+//! Rounds interleave the paths so the machine's drift hits them alike; medians and
+//! ratios to the baseline are reported.
 
 use super::lab_harness::BenchLab;
 use anyhow::{Context, bail};
@@ -22,7 +24,7 @@ pub struct ThroughputBenchArgs {
     rounds: usize,
 }
 
-struct Path4 {
+struct Measured {
     label: &'static str,
     client: PathBuf,
     server_ip: String,
@@ -41,6 +43,7 @@ pub fn run(args: ThroughputBenchArgs) -> anyhow::Result<()> {
 
 fn measure(sb: &Sandbox, args: &ThroughputBenchArgs) -> anyhow::Result<()> {
     let (a, b) = veth_pair(sb)?;
+    let (hand_client, hand_server) = hand_built(sb)?;
     let vxlan = BenchLab::up(2, "vxlan")?;
     let hostgw = BenchLab::up(2, "host-gw")?;
     for lab in [&vxlan, &hostgw] {
@@ -53,28 +56,35 @@ fn measure(sb: &Sandbox, args: &ThroughputBenchArgs) -> anyhow::Result<()> {
     let vp = vxlan.wait_ready(3, Duration::from_secs(30))?;
     let hp = hostgw.wait_ready(2, Duration::from_secs(30))?;
     let mut servers: Vec<Server> = Vec::new();
-    for ns in [b.clone(), vxlan.pod_netns("same")?, vxlan.pod_netns("cross")?, hostgw.pod_netns("cross")?] {
+    for ns in [b.clone(), vxlan.pod_netns("same")?, vxlan.pod_netns("cross")?, hostgw.pod_netns("cross")?, hand_server]
+    {
         servers.push(Server::start(&ns)?);
     }
     let paths = [
-        Path4 { label: "bare veth pair (baseline)", client: a, server_ip: "10.99.0.2".into(), target: None },
-        Path4 {
+        Measured { label: "bare veth pair (baseline)", client: a, server_ip: "10.99.0.2".into(), target: None },
+        Measured {
             label: "pod → pod, same node",
             client: vxlan.pod_netns("client")?,
             server_ip: ip(&vp, "same"),
             target: None,
         },
-        Path4 {
+        Measured {
             label: "pod → pod, cross node, VXLAN",
             client: vxlan.pod_netns("client")?,
             server_ip: ip(&vp, "cross"),
             target: Some(0.85),
         },
-        Path4 {
+        Measured {
             label: "pod → pod, cross node, host-gw",
             client: hostgw.pod_netns("client")?,
             server_ip: ip(&hp, "cross"),
             target: Some(0.95),
+        },
+        Measured {
+            label: "host-gw topology by hand, no flatnet",
+            client: hand_client,
+            server_ip: "10.97.2.2".into(),
+            target: None,
         },
     ];
     println!("iperf3, one TCP stream, {} s per run, {} rounds interleaved", args.seconds, args.rounds);
@@ -96,15 +106,99 @@ fn measure(sb: &Sandbox, args: &ThroughputBenchArgs) -> anyhow::Result<()> {
         v[v.len() / 2]
     };
     let base = median(&samples[0]);
-    println!("\n  {:<34} {:>12} {:>8}  TARGET", "PATH", "MEDIAN Gb/s", "RATIO");
+    println!("\n  {:<38} {:>12} {:>8}  TARGET", "PATH", "MEDIAN Gb/s", "RATIO");
     for (p, s) in paths.iter().zip(&samples) {
         let m = median(s);
         let target =
             p.target.map(|t| format!("≥ {t:.2} {}", if m / base >= t { "met" } else { "MISSED" })).unwrap_or_default();
-        println!("  {:<34} {:>12.2} {:>8.3}  {target}", p.label, m, m / base);
+        println!("  {:<38} {:>12.2} {:>8.3}  {target}", p.label, m, m / base);
     }
     drop(servers);
     Ok(())
+}
+
+/// The lab's host-gw path without flatnet: pod A —veth— bridge in node 1 (routing)
+/// —veth— underlay bridge —veth— node 2 (routing) bridge —veth— pod B, with static
+/// routes. Returns the two pods' namespaces (B is 10.97.2.2).
+fn hand_built(sb: &Sandbox) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let ns = |n: &str| sb.create_netns(&format!("hand-{n}"));
+    let (pa, n1, u, n2, pb) = (ns("pa")?, ns("n1")?, ns("u")?, ns("n2")?, ns("pb")?);
+    let up = |path: &Path| {
+        netns::run_in(path, || -> anyhow::Result<()> {
+            link::set_up(&mut Netlink::open()?, 1)?;
+            Ok(())
+        })?
+    };
+    for p in [&pa, &n1, &u, &n2, &pb] {
+        up(p)?;
+    }
+    let bridge = |path: &Path, name: &str, addr: Option<&str>| {
+        netns::run_in(path, || -> anyhow::Result<u32> {
+            let mut nl = Netlink::open()?;
+            link::create_bridge(
+                &mut nl,
+                name,
+                flatnet_model::names::derived_mac(&format!("{}{name}", path.display())),
+                Some(1500),
+            )?;
+            let br = link::get(&mut nl, name)?.context("bridge")?;
+            if let Some(a) = addr {
+                addr::add_v4(&mut nl, br.index, a.parse()?)?;
+            }
+            Ok(br.index)
+        })?
+    };
+    // A veth from a bridge in `host` to `eth0` in `peer`, with `addr` on eth0.
+    let wire = |host: &Path, master: u32, host_name: &str, peer: &Path, addr: &str| -> anyhow::Result<()> {
+        let peer_ns = netns::NetNs::open(peer)?;
+        netns::run_in(host, || -> anyhow::Result<()> {
+            let mut nl = Netlink::open()?;
+            let mac = |s: &str| flatnet_model::names::derived_mac(&format!("{}{s}", host.display()));
+            link::create_veth(
+                &mut nl,
+                &link::VethPair {
+                    host_name,
+                    host_mac: mac(host_name),
+                    master: Some(master),
+                    peer_name: "eth0",
+                    peer_mac: mac(&format!("{host_name}-peer")),
+                    peer_netns: peer_ns.file().as_fd(),
+                    mtu: 1500,
+                },
+            )?;
+            Ok(())
+        })??;
+        netns::run_in(peer, || -> anyhow::Result<()> {
+            let mut nl = Netlink::open()?;
+            let eth0 = link::get(&mut nl, "eth0")?.context("eth0")?;
+            addr::add_v4(&mut nl, eth0.index, addr.parse()?)?;
+            link::set_up(&mut nl, eth0.index)?;
+            Ok(())
+        })?
+    };
+    let route = |path: &Path, dst: &str, via: &str| {
+        netns::run_in(path, || -> anyhow::Result<()> {
+            let mut nl = Netlink::open()?;
+            let eth0 = link::get(&mut nl, "eth0")?.context("eth0")?;
+            flatnet_kernel::route::add_v4(&mut nl, dst.parse()?, Some(via.parse()?), eth0.index, None)?;
+            Ok(())
+        })?
+    };
+    let cni1 = bridge(&n1, "cni0", Some("10.97.1.1/24"))?;
+    let cni2 = bridge(&n2, "cni0", Some("10.97.2.1/24"))?;
+    let lab0 = bridge(&u, "lab0", None)?;
+    wire(&n1, cni1, "vpod", &pa, "10.97.1.2/24")?;
+    wire(&n2, cni2, "vpod", &pb, "10.97.2.2/24")?;
+    wire(&u, lab0, "n1", &n1, "192.168.1.11/24")?;
+    wire(&u, lab0, "n2", &n2, "192.168.1.12/24")?;
+    route(&pa, "0.0.0.0/0", "10.97.1.1")?;
+    route(&pb, "0.0.0.0/0", "10.97.2.1")?;
+    route(&n1, "10.97.2.0/24", "192.168.1.12")?;
+    route(&n2, "10.97.1.0/24", "192.168.1.11")?;
+    for n in [&n1, &n2] {
+        netns::run_in(n, || flatnet_kernel::sysctl::ensure("net.ipv4.ip_forward", "1"))??;
+    }
+    Ok((pa, pb))
 }
 
 /// Two namespaces joined by a veth pair, 10.99.0.1 and .2, MTU 1500.
