@@ -8,13 +8,16 @@ use flatnet_lab::layout::Layout;
 use flatnet_lab::netexec;
 use std::ffi::OsString;
 
-/// The sandbox of pod `namespace/name` on any node of the lab.
+/// The sandbox of pod `namespace/name` on any node of the lab; the newest, while a pod
+/// of that name is being replaced.
 pub fn find_sandbox(layout: &Layout, namespace: &str, name: &str) -> Option<Sandbox> {
+    let made = |s: &Sandbox| std::fs::metadata(s.dir.join("sandbox.json")).and_then(|m| m.modified()).ok();
     layout
         .nodes()
         .iter()
         .flat_map(|node| flatnet_lab::kubelet::sandbox::adopt(layout, node))
-        .find(|s| s.namespace == namespace && s.name == name)
+        .filter(|s| s.namespace == namespace && s.name == name)
+        .max_by_key(made)
 }
 
 pub fn exec(layout: &Layout, namespace: &str, pod: &str, command: &[OsString]) -> anyhow::Result<()> {

@@ -375,6 +375,13 @@ pub fn down(layout: &Layout) -> anyhow::Result<()> {
             Err(e).context(format!("remove {}", layout.state.display()))
         }
         _ => {
+            // The default state directory's parent (/var/lib/flatnet) goes too when
+            // the lab was all it held.
+            if layout.state == Path::new(super::DEFAULT_STATE_DIR)
+                && let Some(parent) = layout.state.parent()
+            {
+                let _ = std::fs::remove_dir(parent);
+            }
             println!(
                 "the lab is down: {} process(es) stopped, {} namespace(s) and {} removed",
                 stopped.len(),
