@@ -166,7 +166,7 @@ pub fn up(args: &UpArgs) -> anyhow::Result<Vec<NodeSummary>> {
     println!("\ntry:");
     println!("  export KUBECONFIG={}", layout.kubeconfig().display());
     println!("  kubectl get nodes -o wide");
-    println!("  kubectl apply -f pod.yaml      # or without kubectl: flatnet lab apply -f pod.yaml");
+    println!("  kubectl run web --image=nginx:1.25 --port=80   # or: flatnet lab apply -f pod.yaml");
     println!("  flatnet lab exec <pod> -- ip route");
     println!("  flatnet lab demo     # pods on two nodes, every path checked");
     Ok(summary)
