@@ -226,10 +226,11 @@ fn apply_peers(
     let mac = flatnet_model::names::format_mac;
     let (fdb, neighbours) = match vxlan {
         Some(dev) => {
-            let fdb = node_network::diff(&plan.fdb, &neigh::list_fdb(nl, dev)?.into_iter().collect());
+            let actual_fdb: BTreeMap<_, _> = neigh::list_fdb(nl, dev)?.into_iter().collect();
+            let fdb = node_network::diff(&plan.fdb, &actual_fdb);
             let neighbours =
                 node_network::diff(&plan.neighbours, &neigh::list_permanent(nl, dev)?.into_iter().collect());
-            (Some((dev, fdb)), Some((dev, neighbours)))
+            (Some((dev, fdb, actual_fdb)), Some((dev, neighbours)))
         }
         None => (None, None),
     };
@@ -255,7 +256,7 @@ fn apply_peers(
     let actual_routes = route::list_owned(nl)?.into_iter().map(|r| (r.dst, r)).collect();
     let routes = node_network::diff(&desired_routes, &actual_routes);
 
-    if let Some((dev, c)) = &fdb {
+    if let Some((dev, c, _)) = &fdb {
         for (m, ip) in &c.upsert {
             match neigh::replace_fdb(nl, *dev, *m, *ip) {
                 Ok(()) => out.changes.push(format!("FDB {} → {ip}", mac(m))),
@@ -293,8 +294,8 @@ fn apply_peers(
             }
         }
     }
-    if let Some((dev, c)) = &fdb {
-        let actual: BTreeMap<_, _> = neigh::list_fdb(nl, *dev)?.into_iter().collect();
+    // An FDB entry is deleted by MAC and the remote it points at, as the kernel has it.
+    if let Some((dev, c, actual)) = &fdb {
         for m in &c.remove {
             if let Some(ip) = actual.get(m) {
                 match neigh::delete_fdb(nl, *dev, *m, *ip) {

@@ -49,14 +49,17 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
     let mut last_error: Option<String> = None;
     loop {
         let all: Vec<Arc<Node>> = reader.state();
-        let result = pass(&cfg, &nodes, &all).await;
-        // Up with every peer routed, or up with some peers still missing what they need.
         let me = all.iter().find(|n| n.metadata.name.as_deref() == Some(&cfg.node_name));
+        let result = match me {
+            Some(me) => pass(&cfg, &nodes, me, &all).await,
+            None => Err(AgentError::Pass(format!("node {} is not registered with the API yet", cfg.node_name))),
+        };
         match &result {
             Ok((summary, complete)) => {
                 if last_error.take().is_some() {
                     info!("recovered: {summary}");
                 }
+                // Up with every peer routed, or up with some peers still missing what they need.
                 let reason = if *complete { REASON_UP } else { REASON_PEERS_PENDING };
                 if let Some(me) = me {
                     report(&nodes, me, false, reason, summary).await;
@@ -102,11 +105,7 @@ pub const REASON_UP: &str = "FlatnetIsUp";
 pub const REASON_PEERS_PENDING: &str = "FlatnetPeersPending";
 
 /// One reconcile pass; returns a one-line summary and whether every peer is routed.
-async fn pass(cfg: &AgentConfig, api: &Api<Node>, all: &[Arc<Node>]) -> Result<(String, bool), AgentError> {
-    let me = all
-        .iter()
-        .find(|n| n.metadata.name.as_deref() == Some(&cfg.node_name))
-        .ok_or_else(|| AgentError::Pass(format!("node {} is not registered with the API yet", cfg.node_name)))?;
+async fn pass(cfg: &AgentConfig, api: &Api<Node>, me: &Node, all: &[Arc<Node>]) -> Result<(String, bool), AgentError> {
     let (internal_ip, iface) = (node::internal_ip(me), cfg.underlay_iface.clone());
     let underlay = blocking(move |nl| dataplane::find_underlay(nl, iface.as_deref(), internal_ip)).await?;
     let want = node::desired_annotations(cfg, underlay.addr.addr());

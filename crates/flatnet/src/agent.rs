@@ -49,13 +49,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).max_blocking_threads(2).enable_all().build()?;
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let stop = async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        };
+        let stop = crate::shutdown::requested()?;
         flatnet_agent::run(cfg, stop).await.map_err(anyhow::Error::from)
     })
 }

@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod demo;
 mod lab;
+mod shutdown;
 
 fn main() {
     // The CNI path stays lean: no argument parsing, no logging set-up.

@@ -221,20 +221,13 @@ impl Lab {
     fn down_and_check_clean(self) {
         let pins: Vec<PathBuf> =
             std::fs::read_dir(self.state().join("netns")).unwrap().map(|e| e.unwrap().path()).collect();
-        let inodes: Vec<u64> = pins.iter().filter_map(|p| netns::NetNs::open(p).ok()?.id().ok()).collect();
+        let inodes: std::collections::HashSet<u64> =
+            pins.iter().filter_map(|p| netns::NetNs::open(p).ok()?.id().ok()).collect();
         run(Command::new(flatnet()).args(["lab", "down", "--state-dir"]).arg(self.state()));
         assert!(!self.state().exists(), "lab down left its state directory");
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(&*self.state().to_string_lossy()), "lab down left a mount");
-        let left: Vec<String> = std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| {
-                let pid = e.ok()?.file_name().into_string().ok()?;
-                let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
-                let ino: u64 = link.to_str()?.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()?;
-                inodes.contains(&ino).then_some(pid)
-            })
-            .collect();
+        let left = netns::processes_in(&inodes);
         assert!(left.is_empty(), "processes still in lab namespaces after lab down: {left:?}");
     }
 }
@@ -490,15 +483,7 @@ spec:
 "#;
 
 fn host_veths(node_ns: &Path) -> usize {
-    netns::run_in(node_ns, || {
-        let mut nl = Netlink::open().unwrap();
-        link::list(&mut nl)
-            .unwrap()
-            .iter()
-            .filter(|l| l.alias.as_deref().is_some_and(|a| a.starts_with("flatnet:")))
-            .count()
-    })
-    .unwrap()
+    common::in_netns(node_ns, common::pod_veths).len()
 }
 
 #[test]

@@ -153,3 +153,18 @@ pub fn is_mount_point(path: &Path) -> bool {
     let want = canon.to_string_lossy().replace(' ', "\\040");
     info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
+
+/// The network namespace (its nsfs inode, as [`NetNs::id`]) of process `pid`, while it lives.
+pub fn of_process(pid: i32) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    link.to_str()?.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Every process but the caller whose network namespace is one of `ids`.
+pub fn processes_in(ids: &std::collections::HashSet<u64>) -> Vec<i32> {
+    let me = i32::try_from(std::process::id()).unwrap_or(0);
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me && of_process(*pid).is_some_and(|ns| ids.contains(&ns)))
+        .collect()
+}

@@ -2,13 +2,12 @@
 //! state directory and API port (inside the caller's sandbox), pods created through the
 //! API, and `lab down` when dropped.
 
-use anyhow::{Context, bail};
+use crate::lab::scenario::ReadyPod;
+use anyhow::Context;
 use flatnet_lab::layout::Layout;
-use k8s_openapi::api::core::v1::Pod;
-use serde_json::json;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct BenchLab {
     _dir: tempfile::TempDir,
@@ -55,42 +54,17 @@ impl BenchLab {
         }
     }
 
-    /// Creates pod `name` (on `node`, or wherever the scheduler puts it); `serves` gives
-    /// it the built-in server on port 80, else it idles.
+    /// Creates pod `name` in `default` (on `node`, or wherever the scheduler puts it);
+    /// `serves` gives it the built-in server on port 80, else it idles.
     pub fn pod(&self, name: &str, node: Option<&str>, serves: bool) -> anyhow::Result<()> {
-        let container = if serves {
-            json!({"name": "web", "image": "nginx:1.25", "ports": [{"containerPort": 80}]})
-        } else {
-            json!({"name": "idle", "image": "busybox:1.36", "command": ["sleep", "infinity"]})
-        };
-        let mut spec = json!({"containers": [container]});
-        if let Some(n) = node {
-            spec["nodeName"] = json!(n);
-        }
-        let obj = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"}, "spec": spec});
+        let obj = crate::lab::scenario::pod(name, "default", node, serves);
         self.rt.block_on(crate::lab::apply::apply_one(&self.client, obj))?;
         Ok(())
     }
 
-    /// Waits until `count` pods are Ready; returns (name, IP).
-    pub fn wait_ready(&self, count: usize, within: Duration) -> anyhow::Result<Vec<(String, String)>> {
-        let api: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), "default");
-        let deadline = Instant::now() + within;
-        loop {
-            let pods = self.rt.block_on(api.list(&Default::default()))?.items;
-            let ready: Vec<(String, String)> = pods
-                .iter()
-                .filter(|p| crate::lab::status::pod_ready(p))
-                .filter_map(|p| Some((p.metadata.name.clone()?, p.status.as_ref()?.pod_ip.clone()?)))
-                .collect();
-            if ready.len() >= count {
-                return Ok(ready);
-            }
-            if Instant::now() > deadline {
-                bail!("{} of {count} pods Ready after {within:?}", ready.len());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// Waits until `count` pods are Ready.
+    pub fn wait_ready(&self, count: usize, within: Duration) -> anyhow::Result<Vec<ReadyPod>> {
+        self.rt.block_on(crate::lab::scenario::wait_ready(&self.client, "default", count, within))
     }
 
     pub fn pod_netns(&self, name: &str) -> anyhow::Result<PathBuf> {

@@ -5,8 +5,6 @@
 use super::lab_harness::BenchLab;
 use anyhow::bail;
 use flatnet_kernel::sandbox;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -72,7 +70,7 @@ fn one(args: &LabUpBenchArgs) -> anyhow::Result<Run> {
     let pods = lab.wait_ready(args.pods, Duration::from_secs(120))?;
     let ready = start.elapsed();
     let node1 = lab.layout.node_ns("node-1");
-    let mut pending: Vec<String> = pods.into_iter().map(|(_, ip)| ip).collect();
+    let mut pending: Vec<String> = pods.into_iter().map(|p| p.ip).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !pending.is_empty() {
         pending =
@@ -85,11 +83,5 @@ fn one(args: &LabUpBenchArgs) -> anyhow::Result<Run> {
 }
 
 fn answers(ip: &str) -> bool {
-    let Ok(addr) = format!("{ip}:80").parse::<SocketAddr>() else { return false };
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    let mut out = String::new();
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").is_ok()
-        && s.read_to_string(&mut out).is_ok()
-        && out.starts_with("HTTP/1.1 200")
+    crate::lab::scenario::http_get(ip, Duration::from_millis(200)).is_ok_and(|out| out.starts_with("HTTP/1.1 200"))
 }

@@ -51,8 +51,9 @@ fn measure(sb: &Sandbox, args: &ThroughputBenchArgs) -> anyhow::Result<()> {
         lab.pod("cross", Some("node-2"), false)?;
     }
     vxlan.pod("same", Some("node-1"), false)?;
-    let ip =
-        |pods: &[(String, String)], n: &str| pods.iter().find(|p| p.0 == n).map(|p| p.1.clone()).unwrap_or_default();
+    let ip = |pods: &[crate::lab::scenario::ReadyPod], n: &str| {
+        pods.iter().find(|p| p.name == n).map(|p| p.ip.clone()).unwrap_or_default()
+    };
     let vp = vxlan.wait_ready(3, Duration::from_secs(30))?;
     let hp = hostgw.wait_ready(2, Duration::from_secs(30))?;
     let mut servers: Vec<Server> = Vec::new();
@@ -117,121 +118,99 @@ fn measure(sb: &Sandbox, args: &ThroughputBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `f` with a netlink socket inside the namespace at `path`.
+fn in_ns<T: Send>(path: &Path, f: impl FnOnce(&mut Netlink) -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    netns::run_in(path, || f(&mut Netlink::open()?))?
+}
+
+/// A veth from `host` (its end `host_name` up, on bridge `master` if given) to `eth0`
+/// in `peer`, up with `addr`.
+fn wire(host: &Path, master: Option<u32>, host_name: &str, peer: &Path, addr: &str) -> anyhow::Result<()> {
+    let peer_ns = netns::NetNs::open(peer)?;
+    let mac = |s: &str| flatnet_model::names::derived_mac(&format!("{}{s}", host.display()));
+    in_ns(host, |nl| {
+        let pair = link::VethPair {
+            host_name,
+            host_mac: mac(host_name),
+            master,
+            peer_name: "eth0",
+            peer_mac: mac(&format!("{host_name}-peer")),
+            peer_netns: peer_ns.file().as_fd(),
+            mtu: 1500,
+        };
+        Ok(link::create_veth(nl, &pair)?)
+    })?;
+    add_address(peer, "eth0", addr)?;
+    in_ns(peer, |nl| {
+        let eth0 = link::get(nl, "eth0")?.context("eth0")?;
+        Ok(link::set_up(nl, eth0.index)?)
+    })
+}
+
+fn add_address(path: &Path, dev: &str, addr: &str) -> anyhow::Result<()> {
+    in_ns(path, |nl| {
+        let l = link::get(nl, dev)?.with_context(|| dev.to_string())?;
+        addr::add_v4(nl, l.index, addr.parse()?)?;
+        Ok(())
+    })
+}
+
+/// Namespaces named `names` in the sandbox, loopback up.
+fn namespaces<const N: usize>(sb: &Sandbox, names: [&str; N]) -> anyhow::Result<[PathBuf; N]> {
+    let mut out = Vec::with_capacity(N);
+    for n in names {
+        let path = sb.create_netns(n)?;
+        in_ns(&path, |nl| Ok(link::set_up(nl, 1)?))?;
+        out.push(path);
+    }
+    Ok(out.try_into().expect("one per name"))
+}
+
 /// The lab's host-gw path without flatnet: pod A —veth— bridge in node 1 (routing)
 /// —veth— underlay bridge —veth— node 2 (routing) bridge —veth— pod B, with static
 /// routes. Returns the two pods' namespaces (B is 10.97.2.2).
 fn hand_built(sb: &Sandbox) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let ns = |n: &str| sb.create_netns(&format!("hand-{n}"));
-    let (pa, n1, u, n2, pb) = (ns("pa")?, ns("n1")?, ns("u")?, ns("n2")?, ns("pb")?);
-    let up = |path: &Path| {
-        netns::run_in(path, || -> anyhow::Result<()> {
-            link::set_up(&mut Netlink::open()?, 1)?;
-            Ok(())
-        })?
-    };
-    for p in [&pa, &n1, &u, &n2, &pb] {
-        up(p)?;
-    }
+    let [pa, n1, u, n2, pb] = namespaces(sb, ["hand-pa", "hand-n1", "hand-u", "hand-n2", "hand-pb"])?;
     let bridge = |path: &Path, name: &str, addr: Option<&str>| {
-        netns::run_in(path, || -> anyhow::Result<u32> {
-            let mut nl = Netlink::open()?;
-            link::create_bridge(
-                &mut nl,
-                name,
-                flatnet_model::names::derived_mac(&format!("{}{name}", path.display())),
-                Some(1500),
-            )?;
-            let br = link::get(&mut nl, name)?.context("bridge")?;
-            if let Some(a) = addr {
-                addr::add_v4(&mut nl, br.index, a.parse()?)?;
-            }
-            Ok(br.index)
-        })?
-    };
-    // A veth from a bridge in `host` to `eth0` in `peer`, with `addr` on eth0.
-    let wire = |host: &Path, master: u32, host_name: &str, peer: &Path, addr: &str| -> anyhow::Result<()> {
-        let peer_ns = netns::NetNs::open(peer)?;
-        netns::run_in(host, || -> anyhow::Result<()> {
-            let mut nl = Netlink::open()?;
-            let mac = |s: &str| flatnet_model::names::derived_mac(&format!("{}{s}", host.display()));
-            link::create_veth(
-                &mut nl,
-                &link::VethPair {
-                    host_name,
-                    host_mac: mac(host_name),
-                    master: Some(master),
-                    peer_name: "eth0",
-                    peer_mac: mac(&format!("{host_name}-peer")),
-                    peer_netns: peer_ns.file().as_fd(),
-                    mtu: 1500,
-                },
-            )?;
+        in_ns(path, |nl| {
+            let mac = flatnet_model::names::derived_mac(&format!("{}{name}", path.display()));
+            link::create_bridge(nl, name, mac, Some(1500))?;
             Ok(())
-        })??;
-        netns::run_in(peer, || -> anyhow::Result<()> {
-            let mut nl = Netlink::open()?;
-            let eth0 = link::get(&mut nl, "eth0")?.context("eth0")?;
-            addr::add_v4(&mut nl, eth0.index, addr.parse()?)?;
-            link::set_up(&mut nl, eth0.index)?;
-            Ok(())
-        })?
+        })?;
+        if let Some(a) = addr {
+            add_address(path, name, a)?;
+        }
+        in_ns(path, |nl| Ok(link::get(nl, name)?.context("bridge")?.index))
     };
     let route = |path: &Path, dst: &str, via: &str| {
-        netns::run_in(path, || -> anyhow::Result<()> {
-            let mut nl = Netlink::open()?;
-            let eth0 = link::get(&mut nl, "eth0")?.context("eth0")?;
-            flatnet_kernel::route::add_v4(&mut nl, dst.parse()?, Some(via.parse()?), eth0.index, None)?;
+        in_ns(path, |nl| {
+            let eth0 = link::get(nl, "eth0")?.context("eth0")?;
+            flatnet_kernel::route::add_v4(nl, dst.parse()?, Some(via.parse()?), eth0.index, None)?;
             Ok(())
-        })?
+        })
     };
     let cni1 = bridge(&n1, "cni0", Some("10.97.1.1/24"))?;
     let cni2 = bridge(&n2, "cni0", Some("10.97.2.1/24"))?;
     let lab0 = bridge(&u, "lab0", None)?;
-    wire(&n1, cni1, "vpod", &pa, "10.97.1.2/24")?;
-    wire(&n2, cni2, "vpod", &pb, "10.97.2.2/24")?;
-    wire(&u, lab0, "n1", &n1, "192.168.1.11/24")?;
-    wire(&u, lab0, "n2", &n2, "192.168.1.12/24")?;
+    wire(&n1, Some(cni1), "vpod", &pa, "10.97.1.2/24")?;
+    wire(&n2, Some(cni2), "vpod", &pb, "10.97.2.2/24")?;
+    wire(&u, Some(lab0), "n1", &n1, "192.168.1.11/24")?;
+    wire(&u, Some(lab0), "n2", &n2, "192.168.1.12/24")?;
     route(&pa, "0.0.0.0/0", "10.97.1.1")?;
     route(&pb, "0.0.0.0/0", "10.97.2.1")?;
     route(&n1, "10.97.2.0/24", "192.168.1.12")?;
     route(&n2, "10.97.1.0/24", "192.168.1.11")?;
     for n in [&n1, &n2] {
-        netns::run_in(n, || flatnet_kernel::sysctl::ensure("net.ipv4.ip_forward", "1"))??;
+        in_ns(n, |_| Ok(flatnet_kernel::sysctl::ensure("net.ipv4.ip_forward", "1")?))?;
     }
     Ok((pa, pb))
 }
 
-/// Two namespaces joined by a veth pair, 10.99.0.1 and .2, MTU 1500.
+/// Two namespaces joined by a bare veth pair, 10.99.0.1 and .2, MTU 1500.
 fn veth_pair(sb: &Sandbox) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let (a, b) = (sb.create_netns("bench-a")?, sb.create_netns("bench-b")?);
-    let peer = netns::NetNs::open(&b)?;
-    netns::run_in(&a, || -> anyhow::Result<()> {
-        let mut nl = Netlink::open()?;
-        link::set_up(&mut nl, 1)?;
-        link::create_veth(
-            &mut nl,
-            &link::VethPair {
-                host_name: "veth-a",
-                host_mac: [0x02, 0, 0, 0, 0, 2],
-                master: None,
-                peer_name: "eth0",
-                peer_mac: [0x02, 0, 0, 0, 0, 3],
-                peer_netns: peer.file().as_fd(),
-                mtu: 1500,
-            },
-        )?;
-        let veth = link::get(&mut nl, "veth-a")?.context("veth-a")?;
-        addr::add_v4(&mut nl, veth.index, "10.99.0.1/24".parse()?)?;
-        Ok(())
-    })??;
-    netns::run_in(&b, || -> anyhow::Result<()> {
-        let mut nl = Netlink::open()?;
-        link::set_up(&mut nl, 1)?;
-        let eth0 = link::get(&mut nl, "eth0")?.context("eth0")?;
-        addr::add_v4(&mut nl, eth0.index, "10.99.0.2/24".parse()?)?;
-        link::set_up(&mut nl, eth0.index)?;
-        Ok(())
-    })??;
+    let [a, b] = namespaces(sb, ["bench-a", "bench-b"])?;
+    wire(&a, None, "veth-a", &b, "10.99.0.2/24")?;
+    add_address(&a, "veth-a", "10.99.0.1/24")?;
     Ok((a, b))
 }
 

@@ -2,27 +2,14 @@
 //! neighbour on node-1, a server on node-2; requests between them, each check explained
 //! by the kernel state it crossed.
 
-use super::UpArgs;
+use super::{UpArgs, scenario};
 use anyhow::{Context, bail};
 use flatnet_kernel::{Netlink, link, netns, route};
-use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::Ipv4Addr;
+use std::time::Duration;
 
 pub const NAMESPACE: &str = "flatnet-demo";
-
-fn pod(name: &str, node: &str, serves: bool) -> serde_json::Value {
-    let container = if serves {
-        json!({"name": "web", "image": "nginx:1.25", "ports": [{"containerPort": 80}]})
-    } else {
-        json!({"name": "shell", "image": "busybox:1.36", "command": ["sleep", "3600"]})
-    };
-    json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": name}},
-           "spec": {"nodeName": node, "containers": [container]}})
-}
 
 pub fn run(args: &UpArgs) -> anyhow::Result<()> {
     let layout = args.state.layout();
@@ -37,22 +24,22 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
     println!("deploying in namespace {NAMESPACE}: client and neighbor on node-1, server on node-2");
     let objects = vec![
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
-        pod("client", "node-1", false),
-        pod("neighbor", "node-1", true),
-        pod("server", "node-2", true),
+        scenario::pod("client", NAMESPACE, Some("node-1"), false),
+        scenario::pod("neighbor", NAMESPACE, Some("node-1"), true),
+        scenario::pod("server", NAMESPACE, Some("node-2"), true),
     ];
     let pods = super::runtime()?.block_on(async {
         let client = super::client(&layout).await?;
         for o in objects {
             println!("  {}", super::apply::apply_one(&client, o).await?);
         }
-        wait_ready(&client, 3, Duration::from_secs(60)).await
+        scenario::wait_ready(&client, NAMESPACE, 3, Duration::from_secs(60)).await
     })?;
     println!("\n  {:<10} {:<8} {:<12} READY", "POD", "NODE", "IP");
-    for (name, node, ip) in &pods {
-        println!("  {name:<10} {node:<8} {ip:<12} yes");
+    for p in &pods {
+        println!("  {:<10} {:<8} {:<12} yes", p.name, p.node, p.ip);
     }
-    let ip = |n: &str| pods.iter().find(|p| p.0 == n).map(|p| p.2.clone()).unwrap_or_default();
+    let ip = |n: &str| pods.iter().find(|p| p.name == n).map(|p| p.ip.clone()).unwrap_or_default();
     let (client_ip, neighbor_ip, server_ip) = (ip("client"), ip("neighbor"), ip("server"));
     let client_ns = super::exec::find_sandbox(&layout, NAMESPACE, "client").context("the client's sandbox")?.netns;
     let node1 = layout.node_ns("node-1");
@@ -113,51 +100,9 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until `count` pods of the demo namespace are Ready; returns (name, node, IP).
-async fn wait_ready(
-    client: &kube::Client,
-    count: usize,
-    within: Duration,
-) -> anyhow::Result<Vec<(String, String, String)>> {
-    let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), NAMESPACE);
-    let deadline = Instant::now() + within;
-    loop {
-        let pods = api.list(&Default::default()).await?.items;
-        let ready: Vec<_> = pods
-            .iter()
-            .filter(|p| super::status::pod_ready(p))
-            .map(|p| {
-                (
-                    p.metadata.name.clone().unwrap_or_default(),
-                    p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
-                    p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
-                )
-            })
-            .collect();
-        if ready.len() >= count {
-            let mut ready = ready;
-            ready.sort();
-            return Ok(ready);
-        }
-        if Instant::now() > deadline {
-            bail!("only {} of {count} demo pods became Ready within {within:?}", ready.len());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// An HTTP GET from inside the pod whose namespace is pinned at `ns`.
 pub fn http_get(ns: &std::path::Path, ip: &str) -> anyhow::Result<String> {
-    let addr: SocketAddr = format!("{ip}:80").parse().with_context(|| format!("bad pod IP {ip:?}"))?;
-    netns::run_in(ns, || -> std::io::Result<String> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        s.write_all(format!("GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })?
-    .with_context(|| format!("GET http://{addr}/"))
+    netns::run_in(ns, || scenario::http_get(ip, Duration::from_secs(3)))?.with_context(|| format!("GET http://{ip}/"))
 }
 
 /// The client address the built-in server reported.

@@ -6,6 +6,7 @@
 pub(crate) mod apply;
 mod demo;
 pub(crate) mod exec;
+pub(crate) mod scenario;
 pub(crate) mod status;
 mod up;
 

@@ -4,21 +4,31 @@
 use flatnet_lab::layout::Layout;
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-/// (up with every peer routed, message): the agent's NetworkUnavailable condition.
-pub fn network_condition(node: &Node) -> (bool, String) {
+/// A node's network as its agent reports it (the NetworkUnavailable condition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// Up, every peer routed.
+    Up,
+    /// Up, some peers not routed (the message says which and why).
+    Partial,
+    Down,
+}
+
+pub fn network_condition(node: &Node) -> (Network, String) {
     match flatnet_agent::node::network_condition(node) {
-        Some((status, reason, message)) => (status == "False" && reason == flatnet_agent::run::REASON_UP, message),
-        None => (false, "the agent has not reported yet".into()),
+        Some((s, r, m)) if s == "False" && r == flatnet_agent::run::REASON_UP => (Network::Up, m),
+        Some((s, _, m)) if s == "False" => (Network::Partial, m),
+        Some((_, _, m)) => (Network::Down, m),
+        None => (Network::Down, "the agent has not reported yet".into()),
     }
 }
 
 /// How `lab status` labels a node's network.
 fn network_label(node: &Node) -> String {
-    match flatnet_agent::node::network_condition(node) {
-        Some((s, r, m)) if s == "False" && r == flatnet_agent::run::REASON_UP => m,
-        Some((s, _, m)) if s == "False" => format!("PARTIAL: {m}"),
-        Some((_, _, m)) => format!("DOWN: {m}"),
-        None => "DOWN: the agent has not reported yet".into(),
+    match network_condition(node) {
+        (Network::Up, m) => m,
+        (Network::Partial, m) => format!("PARTIAL: {m}"),
+        (Network::Down, m) => format!("DOWN: {m}"),
     }
 }
 

@@ -72,11 +72,7 @@ pub fn serve(layout: &Layout, listen: SocketAddr, underlay: Option<&Path>) -> an
                 .await
             }));
         }
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+        crate::shutdown::requested()?.await;
         stopping.send_replace(true);
         cp.shutdown().await;
         for s in servers {
@@ -250,7 +246,7 @@ async fn wait_nodes_ready(layout: &Layout, count: usize, within: Duration) -> an
             .filter(|n| n.metadata.name.as_ref().is_some_and(|x| wanted.contains(x)))
             .map(|n| {
                 let net = super::status::network_condition(n);
-                if !net.0 {
+                if net.0 != super::status::Network::Up {
                     problems.push(format!("{}: {}", n.metadata.name.as_deref().unwrap_or(""), net.1));
                 }
                 NodeSummary {
@@ -314,13 +310,7 @@ pub fn kubelet(layout: &Layout, node: &str, ip: Ipv4Addr, backend: Backend) -> a
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).max_blocking_threads(8).enable_all().build()?;
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let stop = async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        };
+        let stop = crate::shutdown::requested()?;
         flatnet_lab::kubelet::run(cfg, stop).await.map_err(anyhow::Error::from)
     })
 }
@@ -342,7 +332,7 @@ pub fn down(layout: &Layout) -> anyhow::Result<()> {
     loop {
         let inodes: HashSet<u64> =
             pins().iter().filter_map(|p| flatnet_kernel::netns::NetNs::open(p).ok()?.id().ok()).collect();
-        let victims = processes_in(&inodes);
+        let victims = flatnet_kernel::netns::processes_in(&inodes);
         if victims.is_empty() {
             break;
         }
@@ -391,17 +381,4 @@ pub fn down(layout: &Layout) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Pids of processes whose network namespace is one of `inodes`.
-fn processes_in(inodes: &HashSet<u64>) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| {
-        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
-        let ino: u64 = link.to_str()?.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()?;
-        (pid != me && inodes.contains(&ino)).then_some(pid)
-    })
-    .collect()
 }

@@ -151,7 +151,7 @@ impl Process {
     /// the pod's network namespace (a pid reused by anything else is not ours).
     pub fn adopt(name: &str, pid: i32, netns: &Path) -> Option<Self> {
         let want = netns::NetNs::open(netns).ok()?.id().ok()?;
-        in_namespace(pid, want).then(|| Self { pid, name: Some(name.to_string()), child: None })
+        (netns::of_process(pid) == Some(want)).then(|| Self { pid, name: Some(name.to_string()), child: None })
     }
 
     /// Its exit code once it has exited (-1 when killed by a signal or not ours to reap).
@@ -164,14 +164,6 @@ impl Process {
             None => (!Path::new(&format!("/proc/{}", self.pid)).exists()).then_some(-1),
         }
     }
-}
-
-/// Whether process `pid` lives in the network namespace with inode `ns`.
-fn in_namespace(pid: i32, ns: u64) -> bool {
-    std::fs::read_link(format!("/proc/{pid}/ns/net"))
-        .ok()
-        .and_then(|l| l.to_str()?.strip_prefix("net:[")?.strip_suffix(']')?.parse::<u64>().ok())
-        == Some(ns)
 }
 
 /// Starts `argv` inside the sandbox through `flatnet lab enter`, logging to `log`.
