@@ -610,3 +610,65 @@ fn http_get_here(ip: &str) -> std::io::Result<String> {
     s.read_to_string(&mut out)?;
     Ok(out)
 }
+
+/// A failed `flatnet …` run: its stderr.
+fn refused(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{cmd:?} should have failed: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    sandboxed("bad_input_is_refused_and_changes_nothing", |_| {
+        let fresh = tempfile::tempdir().unwrap();
+        let state = fresh.path().join("lab");
+        let err = refused(Command::new(flatnet()).args(["lab", "up", "--nodes", "0", "--state-dir"]).arg(&state));
+        assert!(err.contains("--nodes must be between 1 and 200"), "{err}");
+        let err = refused(Command::new(flatnet()).args(["lab", "up", "--backend", "gre", "--state-dir"]).arg(&state));
+        assert!(err.contains("unknown backend \"gre\": use vxlan or host-gw"), "{err}");
+        let err = refused(Command::new(flatnet()).args(["lab", "status", "--state-dir"]).arg(&state));
+        assert!(err.contains("the lab is not up"), "{err}");
+        assert!(!state.exists(), "a refused command made the state directory");
+
+        let lab = Lab::up(1, "vxlan");
+        let err = refused(
+            Command::new(flatnet())
+                .args(["lab", "up", "--nodes", "2", "--listen", &format!("127.0.0.1:{}", lab.port), "--state-dir"])
+                .arg(lab.state()),
+        );
+        assert!(err.contains("already up with 1 node(s)") && err.contains("lab down"), "{err}");
+        assert!(!lab.ns("node-2").exists(), "the refused lab up added a node");
+
+        let file = lab.state().join("bad.yaml");
+        let apply = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            refused(Command::new(flatnet()).args(["lab", "apply", "-f"]).arg(&file).arg("--state-dir").arg(lab.state()))
+        };
+        let good =
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: good}\nspec: {containers: [{name: c, image: busybox}]}\n";
+        let err = apply(&format!("{good}---\nkind: Pod\nmetadata: [unclosed\n"));
+        assert!(err.contains("not valid YAML"), "{err}");
+        let err = apply(&format!("{good}---\napiVersion: v1\nkind: Frobnicator\nmetadata: {{name: x}}\n"));
+        assert!(err.contains("object 2 of the file") && err.contains("does not serve Frobnicator"), "{err}");
+        let err = apply(&format!("{good}---\napiVersion: v1\nkind: Pod\nmetadata: {{labels: {{a: b}}}}\n"));
+        assert!(err.contains("the Pod has no metadata.name"), "{err}");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let pods: kube::Api<Pod> = kube::Api::all(lab.client(&rt));
+        let listed = rt.block_on(pods.list(&Default::default())).unwrap();
+        assert!(
+            listed.items.is_empty(),
+            "a refused apply created {:?}",
+            listed.items.iter().map(|p| &p.metadata.name).collect::<Vec<_>>()
+        );
+
+        let err = refused(
+            Command::new(flatnet())
+                .args(["lab", "exec", "nosuch", "--state-dir"])
+                .arg(lab.state())
+                .args(["--", "true"]),
+        );
+        assert!(err.contains("no running pod default/nosuch"), "{err}");
+        lab.down_and_check_clean();
+    });
+}

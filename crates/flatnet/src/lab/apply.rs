@@ -31,15 +31,28 @@ pub fn run(layout: &Layout, file: &Path) -> anyhow::Result<()> {
     let objects = parse(&text)?;
     super::runtime()?.block_on(async {
         let client = super::client(layout).await?;
-        for obj in objects {
-            println!("{}", apply_one(&client, obj).await?);
+        // Every object is checked (kind served, decodable, named) before any is written,
+        // so a file with a bad object changes nothing.
+        let mut prepared = Vec::new();
+        for (i, obj) in objects.into_iter().enumerate() {
+            prepared.push(prepare(&client, obj).await.with_context(|| format!("object {} of the file", i + 1))?);
+        }
+        for p in prepared {
+            println!("{}", p.apply().await?);
         }
         anyhow::Ok(())
     })
 }
 
-/// Creates or replaces one object; returns `kind/name created|configured`.
-pub async fn apply_one(client: &kube::Client, obj: Value) -> anyhow::Result<String> {
+/// An object checked against the API's discovery, ready to write.
+pub struct Prepared {
+    api: Api<DynamicObject>,
+    obj: DynamicObject,
+    name: String,
+    what: String,
+}
+
+pub async fn prepare(client: &kube::Client, obj: Value) -> anyhow::Result<Prepared> {
     let api_version = obj.get("apiVersion").and_then(Value::as_str).context("apiVersion is missing")?;
     let kind = obj.get("kind").and_then(Value::as_str).context("kind is missing")?.to_string();
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
@@ -48,7 +61,7 @@ pub async fn apply_one(client: &kube::Client, obj: Value) -> anyhow::Result<Stri
         .await
         .with_context(|| format!("the lab API does not serve {kind} ({api_version})"))?;
     let mut obj: DynamicObject = serde_json::from_value(obj).with_context(|| format!("decode the {kind}"))?;
-    let name = obj.metadata.name.clone().context("metadata.name is missing")?;
+    let name = obj.metadata.name.clone().with_context(|| format!("the {kind} has no metadata.name"))?;
     let api: Api<DynamicObject> = match caps.scope {
         Scope::Namespaced => {
             let ns = obj.metadata.namespace.get_or_insert_with(|| "default".into()).clone();
@@ -57,16 +70,32 @@ pub async fn apply_one(client: &kube::Client, obj: Value) -> anyhow::Result<Stri
         Scope::Cluster => Api::all_with(client.clone(), &resource),
     };
     let what = format!("{}/{name}", kind.to_lowercase());
-    match api.create(&PostParams::default(), &obj).await {
-        Ok(_) => Ok(format!("{what} created")),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            let current = api.get(&name).await?;
-            obj.metadata.resource_version = current.metadata.resource_version;
-            api.replace(&name, &PostParams::default(), &obj).await.with_context(|| format!("update {what}"))?;
-            Ok(format!("{what} configured"))
+    Ok(Prepared { api, obj, name, what })
+}
+
+impl Prepared {
+    /// Creates the object, or replaces it when it exists; returns `kind/name created|configured`.
+    pub async fn apply(mut self) -> anyhow::Result<String> {
+        let what = self.what;
+        match self.api.create(&PostParams::default(), &self.obj).await {
+            Ok(_) => Ok(format!("{what} created")),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let current = self.api.get(&self.name).await?;
+                self.obj.metadata.resource_version = current.metadata.resource_version;
+                self.api
+                    .replace(&self.name, &PostParams::default(), &self.obj)
+                    .await
+                    .with_context(|| format!("update {what}"))?;
+                Ok(format!("{what} configured"))
+            }
+            Err(e) => Err(anyhow::Error::from(e).context(format!("create {what}"))),
         }
-        Err(e) => Err(anyhow::Error::from(e).context(format!("create {what}"))),
     }
+}
+
+/// Checks and writes one object.
+pub async fn apply_one(client: &kube::Client, obj: Value) -> anyhow::Result<String> {
+    prepare(client, obj).await?.apply().await
 }
 
 #[cfg(test)]
