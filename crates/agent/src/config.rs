@@ -17,6 +17,8 @@ pub struct AgentConfig {
     pub underlay_iface: Option<String>,
     /// The cluster's pod CIDR: pod traffic leaving it is masqueraded.
     pub cluster_cidr: Ipv4Net,
+    /// The Service CIDR: traffic to an address in it that no Service port has is refused.
+    pub service_cidr: Ipv4Net,
     pub subnet_file: PathBuf,
     /// How often the kernel is compared with the plan even when the API is quiet.
     pub resync: Duration,
@@ -31,6 +33,7 @@ impl AgentConfig {
             vxlan: VxlanSettings::default(),
             underlay_iface: None,
             cluster_cidr: "10.244.0.0/16".parse().expect("literal"),
+            service_cidr: "10.96.0.0/12".parse().expect("literal"),
             subnet_file: flatnet_model::subnet_file::DEFAULT_PATH.into(),
             resync: Duration::from_secs(1),
         }

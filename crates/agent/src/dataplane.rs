@@ -6,7 +6,6 @@
 use crate::config::AgentConfig;
 use flatnet_kernel::route::OwnedRoute;
 use flatnet_kernel::{KernelError, Netlink, addr, link, neigh, nft, route, sysctl};
-use flatnet_model::masquerade;
 use flatnet_model::node_network::{self, Backend, Local, NodeNetwork, Peer, RouteDevice, Skipped, VXLAN_OVERHEAD};
 use ipnet::{IpNet, Ipv4Net};
 use std::collections::BTreeMap;
@@ -123,6 +122,11 @@ pub fn reconcile(
 ) -> Result<Outcome, DataplaneError> {
     let mut out = Outcome::default();
     sysctl::ensure("net.ipv4.ip_forward", "1")?;
+    // Bridged pod-to-pod replies must pass conntrack to undo a Service's DNAT (the
+    // client and the endpoint on one bridge); the setting exists once br_netfilter is loaded.
+    if std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+        sysctl::ensure("net.bridge.bridge-nf-call-iptables", "1")?;
+    }
     let local = Local { name: cfg.node_name.clone(), backend: cfg.backend, underlay: underlay.addr, pod_cidr };
     let (plan, skipped) = node_network::plan(&local, nodes);
     out.skipped = skipped;
@@ -133,7 +137,12 @@ pub fn reconcile(
     };
     remove_stale_devices(nl, cfg, &mut out.changes)?;
     apply_peers(nl, &plan, underlay.index, vxlan_index, &mut out)?;
-    ensure_masquerade(cfg.cluster_cidr, &mut out.changes)?;
+    if crate::proxy::ensure_base(cfg)? {
+        out.changes.push(format!(
+            "wrote the base of table ip flatnet (Service dispatch, masquerade for pod traffic leaving {})",
+            cfg.cluster_cidr
+        ));
+    }
     Ok(out)
 }
 
@@ -304,15 +313,6 @@ fn apply_peers(
                 }
             }
         }
-    }
-    Ok(())
-}
-
-fn ensure_masquerade(cluster: Ipv4Net, changes: &mut Vec<String>) -> Result<(), DataplaneError> {
-    let want = masquerade::rule_comments(cluster);
-    if nft::chain_rule_comments(masquerade::FAMILY, masquerade::TABLE, masquerade::CHAIN)?.as_ref() != Some(&want) {
-        nft::apply(&masquerade::transaction(cluster))?;
-        changes.push(format!("masquerade for pod traffic leaving {cluster}"));
     }
     Ok(())
 }

@@ -1,11 +1,13 @@
 //! The flatnet node agent: one per node. It list/watches Nodes, publishes what peers
 //! need on its own Node, writes the subnet file the CNI plugin reads, and keeps the
 //! kernel's routes, VXLAN peers and masquerade equal to the plan, level-triggered: on
-//! every change and every second, whatever state it starts from.
+//! every change and every second, whatever state it starts from. It is also the node's
+//! Service proxy: Services and EndpointSlices become nftables DNAT (see `proxy`).
 
 pub mod config;
 pub mod dataplane;
 pub mod node;
+pub mod proxy;
 pub mod run;
 
 pub use config::AgentConfig;

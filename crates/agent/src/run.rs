@@ -25,7 +25,11 @@ pub enum AgentError {
 /// Runs until `shutdown` resolves.
 pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
     let client = client(&cfg).await?;
-    let nodes: Api<Node> = Api::all(client);
+    let nodes: Api<Node> = Api::all(client.clone());
+    let (proxy_stop, proxy_stopped) = tokio::sync::oneshot::channel::<()>();
+    let proxy = tokio::spawn(crate::proxy::run(cfg.clone(), client, async move {
+        let _ = proxy_stopped.await;
+    }));
     let (reader, writer) = reflector::store();
     let changed = Arc::new(tokio::sync::Notify::new());
     let notify = changed.clone();
@@ -44,7 +48,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
     info!(node = %cfg.node_name, backend = %cfg.backend, "flatnet agent starting");
     tokio::select! {
         r = reader.wait_until_ready() => r.map_err(|e| AgentError::Client(e.to_string()))?,
-        () = &mut shutdown => { watch.abort(); return Ok(()); }
+        () = &mut shutdown => { watch.abort(); let _ = proxy_stop.send(()); let _ = proxy.await; return Ok(()); }
     }
     let mut last_error: Option<String> = None;
     loop {
@@ -83,6 +87,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
         }
     }
     watch.abort();
+    let _ = proxy_stop.send(());
+    let _ = proxy.await;
     info!("flatnet agent stopped; the node's network is left as it is");
     Ok(())
 }

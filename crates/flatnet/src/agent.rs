@@ -28,6 +28,10 @@ pub struct AgentArgs {
     /// The cluster's pod CIDR; pod traffic leaving it is masqueraded.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: ipnet::Ipv4Net,
+    /// The Service CIDR (ClusterIPs); traffic to an address in it that no Service port
+    /// has is refused.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: ipnet::Ipv4Net,
     /// Where to write the node's subnet for the CNI plugin.
     #[arg(long, default_value = flatnet_model::subnet_file::DEFAULT_PATH)]
     subnet_file: PathBuf,
@@ -45,6 +49,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     cfg.vxlan = VxlanSettings { vni: args.vni, port: args.vxlan_port };
     cfg.underlay_iface = args.iface;
     cfg.cluster_cidr = args.cluster_cidr;
+    cfg.service_cidr = args.service_cidr;
     cfg.subnet_file = args.subnet_file;
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).max_blocking_threads(2).enable_all().build()?;

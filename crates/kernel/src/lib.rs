@@ -4,6 +4,7 @@
 //! Everything above this crate plans; this crate applies and reads back.
 
 pub mod addr;
+pub mod conntrack;
 pub mod detach;
 pub mod enter;
 pub mod error;

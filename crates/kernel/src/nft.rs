@@ -76,3 +76,85 @@ pub fn delete_table(family: NfFamily, table: &str) -> Result<(), NftError> {
         Err(NftError::Refused { stderr: stderr.trim().to_string() })
     }
 }
+
+/// Applies `objects` (nft JSON commands) as one atomic transaction, streaming them to
+/// `nft -j -f -` so a large transaction is never held in memory as one document.
+pub fn apply_objects<'a>(objects: impl IntoIterator<Item = &'a serde_json::Value>) -> Result<(), NftError> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-j", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| NftError::Unavailable(e.to_string()))?;
+    let written = (|| -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::with_capacity(256 * 1024, child.stdin.take().expect("piped stdin"));
+        w.write_all(b"{\"nftables\":[")?;
+        for (i, o) in objects.into_iter().enumerate() {
+            if i > 0 {
+                w.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut w, o)?;
+        }
+        w.write_all(b"]}")?;
+        w.flush()
+    })();
+    let out = child.wait_with_output().map_err(|e| NftError::Unavailable(e.to_string()))?;
+    if !out.status.success() {
+        return Err(NftError::Refused { stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    written.map_err(|e| NftError::Unavailable(format!("writing to nft: {e}")))
+}
+
+fn list_raw(args: &[&str]) -> Result<Option<serde_json::Value>, NftError> {
+    let raw = match helper::get_current_ruleset_raw(helper::DEFAULT_NFT, args) {
+        Ok(r) => r,
+        Err(NftablesError::NftFailed { stderr, .. }) if stderr.contains("No such file") => return Ok(None),
+        Err(e) => return Err(classify(e)),
+    };
+    serde_json::from_str(&raw).map(Some).map_err(|e| NftError::Unavailable(format!("nft printed invalid JSON: {e}")))
+}
+
+/// The names of the chains and of the sets and maps of table `family table` (empty when
+/// the table does not exist). Lists no rules and no elements, so it stays cheap.
+pub fn table_names(family: NfFamily, table: &str) -> Result<(Vec<String>, Vec<String>), NftError> {
+    let fam = family_word(family);
+    let mut chains = Vec::new();
+    let mut sets = Vec::new();
+    for (what, kinds, out) in [("chains", &["chain"][..], &mut chains), ("sets", &["set", "map"][..], &mut sets)] {
+        // Terse: without the elements of the sets.
+        let Some(listed) = list_raw(&["-t", "list", what, fam])? else { continue };
+        for o in listed["nftables"].as_array().into_iter().flatten() {
+            for kind in kinds {
+                if let Some(c) = o.get(*kind)
+                    && c["table"] == table
+                    && let Some(n) = c["name"].as_str()
+                {
+                    out.push(n.to_string());
+                }
+            }
+        }
+    }
+    Ok((chains, sets))
+}
+
+/// The elements of set or map `name` in table `family table` as nft lists them (a map
+/// element is `[key, value]`); None when the table or the set does not exist.
+pub fn set_elements(
+    family: NfFamily,
+    table: &str,
+    kind: &str,
+    name: &str,
+) -> Result<Option<Vec<serde_json::Value>>, NftError> {
+    let Some(listed) = list_raw(&["list", kind, family_word(family), table, name])? else { return Ok(None) };
+    Ok(Some(
+        listed["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.get(kind))
+            .flat_map(|s| s["elem"].as_array().cloned().unwrap_or_default())
+            .collect(),
+    ))
+}

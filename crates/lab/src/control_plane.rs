@@ -94,4 +94,16 @@ async fn bootstrap(store: &Store, cluster: &ClusterConfig, api_port: u16) {
                "spec": {"ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": api_port}]}}),
     )
     .await;
+    // Its endpoint is the control plane on the underlay, as a real API server publishes itself.
+    ensure(
+        store,
+        cluster,
+        "EndpointSlice",
+        "default",
+        json!({"metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+               "addressType": "IPv4",
+               "endpoints": [{"addresses": [crate::underlay::control_plane_ip().to_string()], "conditions": {"ready": true}}],
+               "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]}),
+    )
+    .await;
 }

@@ -11,7 +11,7 @@ pub const HOST_VETH_PREFIX: &str = "veth";
 pub const ALIAS_PREFIX: &str = "flatnet:";
 
 /// Stable 64-bit FNV-1a; stable across releases because names on disk depend on it.
-fn fnv1a(parts: &[&str]) -> u64 {
+pub fn fnv1a(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {

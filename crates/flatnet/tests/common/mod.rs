@@ -3,6 +3,8 @@
 //! printed reason when it cannot have them.
 #![allow(dead_code, reason = "each test file uses a different part of the harness")]
 
+pub mod lab;
+
 use flatnet_cni::exec::{self, Attachment, ExecError};
 use flatnet_kernel::sandbox::{self, Sandbox};
 use flatnet_kernel::{Netlink, link};

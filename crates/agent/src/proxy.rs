@@ -1,0 +1,378 @@
+//! The Service proxy (kube-proxy's job): watches Services and EndpointSlices, keeps a
+//! compact copy of what it needs, and programs `ip flatnet` through the pure planner in
+//! `flatnet_model::proxy`. A full sync (read the table, diff, one transaction) runs at
+//! start, after any error, and every few minutes; otherwise each batch of watch events
+//! re-plans only the Services it touched and applies the difference in one transaction.
+
+use crate::config::AgentConfig;
+use flatnet_kernel::{conntrack, nft};
+use flatnet_model::proxy::{self, Actual, Context, Proxier, ServiceKey, Slice};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use nftables::types::NfFamily;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// A full sync also runs this often, to repair whatever changed the table behind us.
+const FULL_SYNC_EVERY: Duration = Duration::from_secs(300);
+
+/// What the proxy needs of a Service; None for one it does not carry.
+pub fn service_of(s: &Service) -> Option<(ServiceKey, proxy::Service)> {
+    let key = (s.metadata.namespace.clone()?, s.metadata.name.clone()?);
+    let spec = s.spec.as_ref()?;
+    let ips = |v: Option<&Vec<String>>| -> Vec<Ipv4Addr> {
+        v.into_iter().flatten().filter_map(|ip| ip.parse().ok()).collect()
+    };
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(proxy::ServicePort {
+                name: p.name.clone().unwrap_or_default(),
+                protocol: proxy::Proto::parse(p.protocol.as_deref().unwrap_or("TCP"))?,
+                port: u16::try_from(p.port).ok()?,
+                node_port: p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n != 0),
+            })
+        })
+        .collect();
+    let lb: Vec<String> = s
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone())
+        .collect();
+    let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or(10800)
+    });
+    let svc = proxy::Service {
+        namespace: key.0.clone(),
+        name: key.1.clone(),
+        cluster_ip: spec.cluster_ip.as_deref().and_then(|ip| ip.parse().ok()),
+        external_ips: ips(spec.external_ips.as_ref()),
+        load_balancer_ips: ips(Some(&lb)),
+        ports,
+        affinity_timeout: affinity,
+        internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+    };
+    Some((key, svc))
+}
+
+/// An EndpointSlice as (Service, slice name, slice); None for one of another address type.
+pub fn slice_of(s: &EndpointSlice) -> Option<(ServiceKey, String, Slice)> {
+    let ns = s.metadata.namespace.clone()?;
+    let name = s.metadata.name.clone()?;
+    let svc = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone();
+    if s.address_type != "IPv4" {
+        return None;
+    }
+    let ports = s
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p.name.clone().unwrap_or_default(),
+                proxy::Proto::parse(p.protocol.as_deref().unwrap_or("TCP"))?,
+                u16::try_from(p.port?).ok()?,
+            ))
+        })
+        .collect();
+    let endpoints = s
+        .endpoints
+        .iter()
+        .flatten()
+        .flat_map(|e| {
+            let c = e.conditions.clone().unwrap_or_default();
+            // Unknown readiness counts as ready, as the API documents.
+            let ready = c.ready.unwrap_or(true);
+            let serving = c.serving.unwrap_or(ready);
+            let terminating = c.terminating.unwrap_or(false);
+            e.addresses.iter().filter_map(move |a| {
+                Some(proxy::Endpoint { ip: a.parse().ok()?, node: e.node_name.clone(), ready, serving, terminating })
+            })
+        })
+        .collect();
+    Some(((ns, svc), name, Slice { ports, endpoints }))
+}
+
+enum Event {
+    Service(Box<watcher::Event<Service>>),
+    Slice(Box<watcher::Event<EndpointSlice>>),
+}
+
+/// The proxy's view of the cluster.
+#[derive(Default)]
+struct World {
+    services: HashMap<ServiceKey, proxy::Service>,
+    slices: HashMap<ServiceKey, BTreeMap<String, Slice>>,
+    /// Objects of a re-list in progress (None when none is).
+    relist_services: Option<HashMap<ServiceKey, proxy::Service>>,
+    relist_slices: Option<HashMap<ServiceKey, BTreeMap<String, Slice>>>,
+    services_listed: bool,
+    slices_listed: bool,
+}
+
+impl World {
+    /// Applies one event; returns the Services it touched, or None when it ended a
+    /// re-list (everything may have changed).
+    fn apply(&mut self, ev: Event) -> Option<BTreeSet<ServiceKey>> {
+        let mut touched = BTreeSet::new();
+        match ev {
+            Event::Service(e) => match *e {
+                watcher::Event::Init => self.relist_services = Some(HashMap::new()),
+                watcher::Event::InitApply(s) => {
+                    if let (Some(m), Some((k, v))) = (self.relist_services.as_mut(), service_of(&s)) {
+                        m.insert(k, v);
+                    }
+                }
+                watcher::Event::InitDone => {
+                    self.services = self.relist_services.take().unwrap_or_default();
+                    self.services_listed = true;
+                    return None;
+                }
+                watcher::Event::Apply(s) => {
+                    let key = (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone()?);
+                    match service_of(&s) {
+                        Some((k, v)) => self.services.insert(k, v),
+                        None => self.services.remove(&key),
+                    };
+                    touched.insert(key);
+                }
+                watcher::Event::Delete(s) => {
+                    let key = (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone()?);
+                    self.services.remove(&key);
+                    touched.insert(key);
+                }
+            },
+            Event::Slice(e) => match *e {
+                watcher::Event::Init => self.relist_slices = Some(HashMap::new()),
+                watcher::Event::InitApply(s) => {
+                    if let (Some(m), Some((k, n, v))) = (self.relist_slices.as_mut(), slice_of(&s)) {
+                        m.entry(k).or_default().insert(n, v);
+                    }
+                }
+                watcher::Event::InitDone => {
+                    self.slices = self.relist_slices.take().unwrap_or_default();
+                    self.slices_listed = true;
+                    return None;
+                }
+                watcher::Event::Apply(s) | watcher::Event::Delete(s) if slice_of(&s).is_none() => {
+                    // A slice that lost its label or address type: drop it wherever it was.
+                    let name = s.metadata.name.clone()?;
+                    for (k, m) in &mut self.slices {
+                        if m.remove(&name).is_some() {
+                            touched.insert(k.clone());
+                        }
+                    }
+                }
+                watcher::Event::Apply(s) => {
+                    let (k, n, v) = slice_of(&s)?;
+                    self.slices.entry(k.clone()).or_default().insert(n, v);
+                    touched.insert(k);
+                }
+                watcher::Event::Delete(s) => {
+                    let (k, n, _) = slice_of(&s)?;
+                    if let Some(m) = self.slices.get_mut(&k) {
+                        m.remove(&n);
+                        if m.is_empty() {
+                            self.slices.remove(&k);
+                        }
+                    }
+                    touched.insert(k);
+                }
+            },
+        }
+        Some(touched)
+    }
+
+    fn plan(&self, ctx: &Context, key: &ServiceKey) -> Option<proxy::Fragment> {
+        let svc = self.services.get(key)?;
+        let slices: Vec<Slice> = self.slices.get(key).map(|m| m.values().cloned().collect()).unwrap_or_default();
+        Some(proxy::plan_service(ctx, svc, &slices))
+    }
+}
+
+/// Makes the base of the table (hooks, maps, sets, masquerade) as planned, when the
+/// marker on it says it differs. Cheap when nothing changed: one listing of one chain.
+pub fn ensure_base(cfg: &AgentConfig) -> Result<bool, nft::NftError> {
+    let marker = proxy::base_marker(cfg.cluster_cidr, cfg.service_cidr);
+    let comments = nft::chain_rule_comments(NfFamily::IP, proxy::TABLE, "services")?;
+    if comments.as_ref().and_then(|c| c.first()) == Some(&marker) {
+        return Ok(false);
+    }
+    nft::apply_objects(&proxy::base_transaction(cfg.cluster_cidr, cfg.service_cidr))?;
+    Ok(true)
+}
+
+fn read_actual() -> Result<Actual, nft::NftError> {
+    let (chains, sets) = nft::table_names(NfFamily::IP, proxy::TABLE)?;
+    let mut elements: HashMap<&str, Vec<serde_json::Value>> = HashMap::new();
+    for (name, kind) in [
+        ("service-ips", "map"),
+        ("service-nodeports", "map"),
+        ("no-endpoint-services", "set"),
+        ("no-endpoint-nodeports", "set"),
+        ("hairpin", "set"),
+    ] {
+        elements.insert(name, nft::set_elements(NfFamily::IP, proxy::TABLE, kind, name)?.unwrap_or_default());
+    }
+    Ok(Actual::from_listing(chains, sets, &|n| elements.get(n).cloned().unwrap_or_default()))
+}
+
+/// Flushes the conntrack entries of UDP flows DNATed to endpoints that were removed.
+fn flush_udp(endpoints: &BTreeSet<(Ipv4Addr, u16)>) {
+    for (ip, port) in endpoints {
+        match conntrack::delete_dnat_to(17, *ip, *port) {
+            Ok(0) => {}
+            Ok(n) => info!(
+                "flushed {n} UDP conntrack entr{} to removed endpoint {ip}:{port}",
+                if n == 1 { "y" } else { "ies" }
+            ),
+            Err(e) => warn!("could not flush UDP conntrack entries to {ip}:{port}: {e}"),
+        }
+    }
+}
+
+struct Synced {
+    what: String,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("proxy sync task panicked")
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(cfg: AgentConfig, client: kube::Client, shutdown: impl std::future::Future<Output = ()>) {
+    let ctx = Context { node: cfg.node_name.clone(), cluster_cidr: cfg.cluster_cidr, service_cidr: cfg.service_cidr };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Event)>();
+    let services = watcher(Api::<Service>::all(client.clone()), watcher::Config::default()).default_backoff();
+    let slices = watcher(Api::<EndpointSlice>::all(client), watcher::Config::default()).default_backoff();
+    let (t1, t2) = (tx.clone(), tx);
+    let w1 = tokio::spawn(services.for_each(move |e| {
+        match e {
+            Ok(e) => drop(t1.send((Instant::now(), Event::Service(Box::new(e))))),
+            Err(e) => warn!("watching Services: {e}"),
+        }
+        futures::future::ready(())
+    }));
+    let w2 = tokio::spawn(slices.for_each(move |e| {
+        match e {
+            Ok(e) => drop(t2.send((Instant::now(), Event::Slice(Box::new(e))))),
+            Err(e) => warn!("watching EndpointSlices: {e}"),
+        }
+        futures::future::ready(())
+    }));
+    tokio::pin!(shutdown);
+    let mut world = World::default();
+    let mut proxier = Proxier::new();
+    let mut need_full = true;
+    let mut dirty: BTreeSet<ServiceKey> = BTreeSet::new();
+    let mut first_event: Option<Instant> = None;
+    let mut last_full = Instant::now();
+    loop {
+        let retry = tokio::time::sleep(if need_full { Duration::from_secs(1) } else { FULL_SYNC_EVERY });
+        tokio::select! {
+            m = rx.recv() => {
+                let Some((at, ev)) = m else { break };
+                first_event.get_or_insert(at);
+                match world.apply(ev) { Some(t) => dirty.extend(t), None => need_full = true }
+                // Take every event already queued: one transaction for the batch.
+                while let Ok((_, ev)) = rx.try_recv() {
+                    match world.apply(ev) { Some(t) => dirty.extend(t), None => need_full = true }
+                }
+            }
+            () = retry => { if last_full.elapsed() >= FULL_SYNC_EVERY { need_full = true; } }
+            () = &mut shutdown => break,
+        }
+        if !(world.services_listed && world.slices_listed) || (!need_full && dirty.is_empty()) {
+            continue;
+        }
+        let started = first_event.take().unwrap_or_else(Instant::now);
+        let result = if need_full {
+            let plans: Vec<_> = world.services.keys().filter_map(|k| Some((k.clone(), world.plan(&ctx, k)?))).collect();
+            let cfg2 = cfg.clone();
+            let mut p = std::mem::take(&mut proxier);
+            let (p, r) = blocking(move || {
+                let r = (|| -> Result<Synced, nft::NftError> {
+                    ensure_base(&cfg2)?;
+                    let actual = read_actual()?;
+                    let t = p.full_sync(&actual, plans);
+                    if !t.is_empty() {
+                        nft::apply_objects(&t.objects)?;
+                    }
+                    flush_udp(&t.removed_udp_endpoints);
+                    let (s, e) = p.counts();
+                    Ok(Synced {
+                        what: format!(
+                            "full sync: {s} Service(s), {e} endpoint(s); {} chain(s) added, {} removed, {} element(s) changed",
+                            t.chains_added, t.chains_removed, t.elements_changed
+                        ),
+                    })
+                })();
+                (p, r)
+            })
+            .await;
+            proxier = p;
+            if r.is_ok() {
+                last_full = Instant::now();
+                dirty.clear();
+            }
+            r
+        } else {
+            let changes: Vec<_> = std::mem::take(&mut dirty)
+                .into_iter()
+                .map(|k| {
+                    let f = world.plan(&ctx, &k);
+                    (k, f)
+                })
+                .collect();
+            let n = changes.len();
+            let t = proxier.update(changes);
+            blocking(move || -> Result<Synced, nft::NftError> {
+                if !t.is_empty() {
+                    nft::apply_objects(&t.objects)?;
+                }
+                flush_udp(&t.removed_udp_endpoints);
+                Ok(Synced {
+                    what: format!(
+                        "{n} Service(s) updated: {} chain(s) added, {} removed, {} element(s) changed",
+                        t.chains_added, t.chains_removed, t.elements_changed
+                    ),
+                })
+            })
+            .await
+        };
+        match result {
+            Ok(s) => {
+                need_full = false;
+                info!(
+                    "{} in {:.1} ms (from the watch event to the kernel)",
+                    s.what,
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+            }
+            Err(e) => {
+                warn!("programming Services failed, a full sync follows: {e}");
+                need_full = true;
+            }
+        }
+    }
+    w1.abort();
+    w2.abort();
+}

@@ -1,0 +1,204 @@
+//! Services end to end in a real 3-node lab: ClusterIP load-balanced over pods on every
+//! node with the client's pod IP kept, NodePort on each node's address, external and
+//! load-balancer IPs from a host on the underlay, externalTrafficPolicy Local keeping
+//! the client's address, ClientIP affinity, hairpin, and a Service whose pods are all
+//! gone refusing connections at once.
+
+mod common;
+
+use common::lab::{Lab, http_get_at, seen_client_ip, seen_pod};
+use common::{converges, sandboxed};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, labels: {app: web, member: one}}
+spec: {nodeName: node-1, containers: [{name: web, image: nginx, ports: [{name: http, containerPort: 8080}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-2, labels: {app: web}}
+spec: {nodeName: node-2, containers: [{name: web, image: nginx, ports: [{name: http, containerPort: 8080}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-3, labels: {app: web}}
+spec: {nodeName: node-3, containers: [{name: web, image: nginx, ports: [{name: http, containerPort: 8080}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: doomed-1, labels: {app: doomed}}
+spec: {nodeName: node-2, terminationGracePeriodSeconds: 0, containers: [{name: web, image: nginx, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: doomed-2, labels: {app: doomed}}
+spec: {nodeName: node-3, terminationGracePeriodSeconds: 0, containers: [{name: web, image: nginx, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec: {nodeName: node-1, containers: [{name: c, image: busybox, command: [sleep, "3600"]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {selector: {app: web}, ports: [{name: http, port: 80, targetPort: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-np}
+spec: {type: NodePort, selector: {app: web}, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-local}
+spec: {type: NodePort, externalTrafficPolicy: Local, selector: {app: web}, ports: [{port: 80, targetPort: 8080, nodePort: 30081}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-lb}
+spec: {type: LoadBalancer, externalIPs: [203.0.113.51], selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec: {sessionAffinity: ClientIP, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: self}
+spec: {selector: {member: one}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: doomed}
+spec: {selector: {app: doomed}, ports: [{port: 80}]}
+"#;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    format!("{ip}:{port}").parse().unwrap()
+}
+
+/// GETs `to` from `from` `n` times; the answering pods, counted, and the client addresses seen.
+fn spread(from: &Path, to: SocketAddr, n: usize) -> (BTreeMap<String, usize>, Vec<String>) {
+    let mut pods = BTreeMap::new();
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let body = http_get_at(from, to).unwrap_or_else(|e| panic!("request {i} to {to}: {e}"));
+        *pods.entry(seen_pod(&body)).or_default() += 1;
+        clients.push(seen_client_ip(&body));
+    }
+    (pods, clients)
+}
+
+#[test]
+fn services_end_to_end() {
+    sandboxed("services_end_to_end", |_| {
+        let lab = Lab::up(3, "vxlan");
+        lab.apply(MANIFEST);
+        let ips = lab.ready_ips(&["client", "web-1", "web-2", "web-3", "doomed-1", "doomed-2"]);
+        let client_ip = ips[0].clone();
+        let rt = rt();
+        let client = lab.client(&rt);
+        let services: Api<Service> = Api::namespaced(client.clone(), "default");
+        let cluster_ip = |name: &str| {
+            rt.block_on(services.get(name)).unwrap().spec.unwrap().cluster_ip.unwrap_or_else(|| panic!("{name}"))
+        };
+        let client_ns = lab.pod_netns("client");
+        let underlay = lab.ns("underlay");
+
+        // ClusterIP with a named targetPort: 60 requests reach all three pods (one per
+        // node), and each saw the client's pod IP.
+        let web = cluster_ip("web");
+        converges("the web Service answers", Duration::from_secs(20), || {
+            http_get_at(&client_ns, addr(&web, 80)).map(|_| ()).map_err(|e| e.to_string())
+        });
+        let (pods, clients) = spread(&client_ns, addr(&web, 80), 60);
+        assert_eq!(pods.keys().cloned().collect::<Vec<_>>(), ["web-1", "web-2", "web-3"], "{pods:?}");
+        assert!(clients.iter().all(|c| *c == client_ip), "backends saw {clients:?}, not {client_ip}");
+
+        // NodePort, on every node's address, from the host on the underlay.
+        for node_ip in ["192.168.1.11", "192.168.1.12", "192.168.1.13"] {
+            converges(&format!("NodePort 30080 on {node_ip}"), Duration::from_secs(10), || {
+                http_get_at(&underlay, addr(node_ip, 30080)).map(|_| ()).map_err(|e| e.to_string())
+            });
+        }
+        // ...and from a pod, to another node's address.
+        http_get_at(&client_ns, addr("192.168.1.13", 30080)).unwrap();
+
+        // externalTrafficPolicy Local: node-2's own pod answers, and sees the outside client.
+        let (pods, clients) = spread(&underlay, addr("192.168.1.12", 30081), 10);
+        assert_eq!(pods.keys().cloned().collect::<Vec<_>>(), ["web-2"], "{pods:?}");
+        assert!(clients.iter().all(|c| c == "192.168.1.1"), "source not kept: {clients:?}");
+
+        // A load-balancer IP (as a cloud controller would publish it) and an external IP,
+        // routed to node-1 by the underlay host.
+        let lb = "203.0.113.50";
+        rt.block_on(services.patch_status(
+            "web-lb",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": lb}]}}})),
+        ))
+        .unwrap();
+        for ip in [lb, "203.0.113.51"] {
+            let out = Command::new("nsenter")
+                .arg(format!("--net={}", underlay.display()))
+                .args(["ip", "route", "replace", &format!("{ip}/32"), "via", "192.168.1.11"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            converges(&format!("{ip}:80 from the underlay"), Duration::from_secs(10), || {
+                http_get_at(&underlay, addr(ip, 80)).map(|_| ()).map_err(|e| e.to_string())
+            });
+        }
+        let (pods, _) = spread(&underlay, addr(lb, 80), 30);
+        assert!(pods.len() >= 2, "the load-balancer IP is spread over the endpoints: {pods:?}");
+
+        // ClientIP affinity: 20 requests from one client, one backend.
+        let (pods, _) = spread(&client_ns, addr(&cluster_ip("sticky"), 80), 20);
+        assert_eq!(pods.len(), 1, "affinity broken: {pods:?}");
+
+        // Hairpin: web-1 reaches itself through a Service that has only it.
+        let body = http_get_at(&lab.pod_netns("web-1"), addr(&cluster_ip("self"), 80)).unwrap();
+        assert_eq!(seen_pod(&body), "web-1", "{body}");
+
+        // Every pod of a Service deleted: new connections are refused, at once.
+        let doomed = cluster_ip("doomed");
+        http_get_at(&client_ns, addr(&doomed, 80)).unwrap();
+        let pods: Api<Pod> = Api::namespaced(client, "default");
+        for p in ["doomed-1", "doomed-2"] {
+            rt.block_on(pods.delete(p, &DeleteParams::default())).unwrap();
+        }
+        converges("connections to a Service without pods are refused", Duration::from_secs(20), || {
+            let t = Instant::now();
+            match http_get_at(&client_ns, addr(&doomed, 80)) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    let took = t.elapsed();
+                    if took < Duration::from_secs(1) { Ok(()) } else { Err(format!("refused only after {took:?}")) }
+                }
+                other => Err(format!("{other:?}")),
+            }
+        });
+        // Also from the node itself, and to a ClusterIP no Service has.
+        let node1 = lab.ns("node-1");
+        for (target, what) in [(addr(&doomed, 80), "from the node"), (addr("10.96.200.200", 80), "unallocated")] {
+            let t = Instant::now();
+            let e = http_get_at(&node1, target).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{what}: {e}");
+            assert!(t.elapsed() < Duration::from_secs(1), "{what}: took {:?}", t.elapsed());
+        }
+        lab.down_and_check_clean();
+    });
+}

@@ -1,0 +1,411 @@
+//! Diffing what the kernel has against the plan, as one nftables transaction: a full
+//! sync against the table as read from the kernel, or an update of a few Services
+//! against what the proxier last applied. Nothing unchanged is rewritten; new chains are
+//! added before the map elements that point at them, and old ones removed after.
+
+use super::ServiceKey;
+use super::plan::{Fragment, Proto, Summary};
+use super::render::{self, BASE_CHAINS, FAMILY, TABLE};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+/// What the kernel's table holds, as read at a full sync.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actual {
+    pub chains: BTreeSet<String>,
+    pub sets: BTreeSet<String>,
+    pub service_ips: BTreeMap<(Ipv4Addr, Proto, u16), String>,
+    pub node_ports: BTreeMap<(Proto, u16), String>,
+    pub no_endpoints: BTreeSet<(Ipv4Addr, Proto, u16)>,
+    pub no_endpoint_node_ports: BTreeSet<(Proto, u16)>,
+    pub hairpin: BTreeSet<Ipv4Addr>,
+}
+
+impl Actual {
+    /// Reads the table as `nft -j` lists it: chain and set names, and the elements of
+    /// the base's maps and sets (each `[key, value]` for a map). Elements it cannot read
+    /// are left out, so the next sync writes them again.
+    pub fn from_listing(chains: Vec<String>, sets: Vec<String>, elements: &dyn Fn(&str) -> Vec<Value>) -> Self {
+        let parts = |v: &Value| v["concat"].as_array().cloned().unwrap_or_default();
+        let ip = |v: &Value| v.as_str().and_then(|s| s.parse::<Ipv4Addr>().ok());
+        let proto = |v: &Value| v.as_str().and_then(Proto::parse);
+        let port = |v: &Value| v.as_u64().and_then(|p| u16::try_from(p).ok());
+        let svc_key = |v: &Value| {
+            let p = parts(v);
+            Some((ip(p.first()?)?, proto(p.get(1)?)?, port(p.get(2)?)?))
+        };
+        let np_key = |v: &Value| {
+            let p = parts(v);
+            Some((proto(p.first()?)?, port(p.get(1)?)?))
+        };
+        let target = |v: &Value| v["goto"]["target"].as_str().map(str::to_string);
+        let pairs = |name: &str| -> Vec<(Value, Value)> {
+            elements(name).into_iter().filter_map(|e| Some((e.get(0)?.clone(), e.get(1)?.clone()))).collect()
+        };
+        Self {
+            chains: chains.into_iter().collect(),
+            sets: sets.into_iter().collect(),
+            service_ips: pairs("service-ips").iter().filter_map(|(k, v)| Some((svc_key(k)?, target(v)?))).collect(),
+            node_ports: pairs("service-nodeports").iter().filter_map(|(k, v)| Some((np_key(k)?, target(v)?))).collect(),
+            no_endpoints: elements("no-endpoint-services").iter().filter_map(svc_key).collect(),
+            no_endpoint_node_ports: elements("no-endpoint-nodeports").iter().filter_map(np_key).collect(),
+            hairpin: elements("hairpin").iter().filter_map(|e| ip(parts(e).first()?)).collect(),
+        }
+    }
+}
+
+/// One transaction, and what it means.
+#[derive(Debug, Default)]
+pub struct Transaction {
+    pub objects: Vec<Value>,
+    /// UDP endpoints that no longer receive traffic of some Service: their conntrack
+    /// entries must go, or clients keep sending to them.
+    pub removed_udp_endpoints: BTreeSet<(Ipv4Addr, u16)>,
+    pub chains_added: usize,
+    pub chains_removed: usize,
+    pub elements_changed: usize,
+}
+
+impl Transaction {
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+}
+
+/// What the proxier has applied, per Service.
+#[derive(Debug, Default)]
+pub struct Proxier {
+    applied: HashMap<ServiceKey, Summary>,
+    /// How many Services DNAT to each endpoint IP (its hairpin element lives while > 0).
+    hairpin: HashMap<Ipv4Addr, u32>,
+}
+
+fn elem_key(key: &(Ipv4Addr, Proto, u16)) -> Value {
+    json!({"concat": [key.0.to_string(), key.1.word(), key.2]})
+}
+fn np_key(key: &(Proto, u16)) -> Value {
+    json!({"concat": [key.0.word(), key.1]})
+}
+fn hairpin_key(ip: &Ipv4Addr) -> Value {
+    json!({"concat": [ip.to_string(), ip.to_string()]})
+}
+
+fn element(op: &str, set: &str, elems: Vec<Value>) -> Option<Value> {
+    (!elems.is_empty())
+        .then(|| json!({ op: {"element": {"family": FAMILY, "table": TABLE, "name": set, "elem": elems}}}))
+}
+
+/// Element changes of one map: (deletes, adds), a changed value being both.
+fn map_diff<K: Ord>(
+    old: &BTreeMap<K, String>,
+    new: &BTreeMap<K, String>,
+    key: impl Fn(&K) -> Value,
+) -> (Vec<Value>, Vec<Value>) {
+    let del = old.iter().filter(|(k, v)| new.get(*k) != Some(v)).map(|(k, _)| key(k)).collect();
+    let add = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(v))
+        .map(|(k, v)| json!([key(k), {"goto": {"target": v}}]))
+        .collect();
+    (del, add)
+}
+
+fn set_diff<K: Ord>(old: &BTreeSet<K>, new: &BTreeSet<K>, key: impl Fn(&K) -> Value) -> (Vec<Value>, Vec<Value>) {
+    (old.difference(new).map(&key).collect(), new.difference(old).map(&key).collect())
+}
+
+/// Builds the transaction taking `old` to `new`. `rules` has the rules of every chain
+/// `new` names (chains already in `old` are left as they are). `hairpin` is (removed, added).
+fn diff(
+    old: &Actual,
+    new: &Actual,
+    rules: &dyn Fn(&str) -> Option<Vec<render::Rule>>,
+    new_affinity: &BTreeMap<String, u32>,
+) -> Transaction {
+    let mut t = Transaction::default();
+    // 1. New affinity sets, then new chains with their rules.
+    for s in new.sets.difference(&old.sets) {
+        let timeout = new_affinity.get(s).copied().unwrap_or(10800);
+        t.objects.push(json!({"add": {"set": {"family": FAMILY, "table": TABLE, "name": s, "type": "ipv4_addr",
+            "flags": ["timeout"], "timeout": timeout}}}));
+    }
+    // Every new chain exists before any rule jumps to one of them.
+    for c in new.chains.difference(&old.chains) {
+        t.objects.push(render::add(render::chain_object(c)));
+        t.chains_added += 1;
+    }
+    for c in new.chains.difference(&old.chains) {
+        for r in rules(c).unwrap_or_default() {
+            t.objects.push(render::add(render::rule_object(c, &r)));
+        }
+    }
+    // 2. Elements: deletes (including changed values), then adds.
+    let (d1, a1) = map_diff(&old.service_ips, &new.service_ips, elem_key);
+    let (d2, a2) = map_diff(&old.node_ports, &new.node_ports, np_key);
+    let (d3, a3) = set_diff(&old.no_endpoints, &new.no_endpoints, elem_key);
+    let (d4, a4) = set_diff(&old.no_endpoint_node_ports, &new.no_endpoint_node_ports, np_key);
+    let (d5, a5) = set_diff(&old.hairpin, &new.hairpin, hairpin_key);
+    t.elements_changed = [&d1, &a1, &d2, &a2, &d3, &a3, &d4, &a4, &d5, &a5].iter().map(|v| v.len()).sum();
+    let names = ["service-ips", "service-nodeports", "no-endpoint-services", "no-endpoint-nodeports", "hairpin"];
+    let (dels, adds) = ([d1, d2, d3, d4, d5], [a1, a2, a3, a4, a5]);
+    for (name, d) in names.iter().zip(dels) {
+        t.objects.extend(element("delete", name, d));
+    }
+    for (name, a) in names.iter().zip(adds) {
+        t.objects.extend(element("add", name, a));
+    }
+    // 3. Chains nothing points at any more, then the sets only they used.
+    let base: BTreeSet<&str> = BASE_CHAINS.iter().map(|(n, _)| *n).collect();
+    for c in old.chains.difference(&new.chains).filter(|c| !base.contains(c.as_str())) {
+        t.objects.push(json!({"flush": render::chain_object(c)}));
+        t.objects.push(json!({"delete": render::chain_object(c)}));
+        t.chains_removed += 1;
+    }
+    let base_sets: BTreeSet<&str> = render::BASE_SETS.iter().map(|(n, _, _)| *n).collect();
+    for s in old.sets.difference(&new.sets).filter(|s| !base_sets.contains(s.as_str())) {
+        t.objects.push(json!({"delete": {"set": {"family": FAMILY, "table": TABLE, "name": s}}}));
+    }
+    t
+}
+
+/// The kernel-shaped view of some Services' summaries (hairpin left empty).
+fn merge<'a>(summaries: impl Iterator<Item = &'a Summary>) -> (Actual, BTreeMap<String, u32>) {
+    let mut a = Actual::default();
+    let mut affinity = BTreeMap::new();
+    for s in summaries {
+        a.chains.extend(s.chains.iter().cloned());
+        a.sets.extend(s.affinity_sets.keys().cloned());
+        affinity.extend(s.affinity_sets.iter().map(|(k, v)| (k.clone(), *v)));
+        a.service_ips.extend(s.service_ips.iter().map(|(k, v)| (*k, v.clone())));
+        a.node_ports.extend(s.node_ports.iter().map(|(k, v)| (*k, v.clone())));
+        a.no_endpoints.extend(s.no_endpoints.iter().copied());
+        a.no_endpoint_node_ports.extend(s.no_endpoint_node_ports.iter().copied());
+    }
+    (a, affinity)
+}
+
+fn udp_endpoints(s: &Summary) -> impl Iterator<Item = (Ipv4Addr, u16)> + '_ {
+    s.endpoints.iter().filter(|(p, _, _)| *p == Proto::Udp).map(|(_, ip, port)| (*ip, *port))
+}
+
+impl Proxier {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many Services and endpoints are programmed.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.applied.len(), self.applied.values().map(|s| s.endpoints.len()).sum())
+    }
+
+    /// The transaction that takes the kernel's table, as read, to the plan for every
+    /// Service; the proxier then holds that plan as applied. Chains and sets of the
+    /// table that no Service wants (and that are not the base's) are removed.
+    pub fn full_sync(&mut self, actual: &Actual, plans: Vec<(ServiceKey, Fragment)>) -> Transaction {
+        let (mut desired, affinity) = merge(plans.iter().map(|(_, f)| &f.summary));
+        let mut hairpin: HashMap<Ipv4Addr, u32> = HashMap::new();
+        for (_, f) in &plans {
+            for ip in f.summary.endpoints.iter().map(|(_, ip, _)| *ip).collect::<BTreeSet<_>>() {
+                *hairpin.entry(ip).or_default() += 1;
+            }
+        }
+        desired.hairpin = hairpin.keys().copied().collect();
+        // Base chains and sets are the base transaction's; keep them out of the diff.
+        let mut old = actual.clone();
+        old.chains.retain(|c| !BASE_CHAINS.iter().any(|(n, _)| n == c));
+        old.sets.retain(|s| !render::BASE_SETS.iter().any(|(n, _, _)| n == s));
+        let rules: HashMap<&str, &Vec<render::Rule>> =
+            plans.iter().flat_map(|(_, f)| f.rules.iter().map(|(k, v)| (k.as_str(), v))).collect();
+        let mut t = diff(&old, &desired, &|c| rules.get(c).map(|r| (*r).clone()), &affinity);
+        let before: BTreeSet<(Ipv4Addr, u16)> = self.applied.values().flat_map(udp_endpoints).collect();
+        let after: BTreeSet<(Ipv4Addr, u16)> = plans.iter().flat_map(|(_, f)| udp_endpoints(&f.summary)).collect();
+        t.removed_udp_endpoints = before.difference(&after).copied().collect();
+        self.applied = plans.into_iter().map(|(k, f)| (k, f.summary)).collect();
+        self.hairpin = hairpin;
+        t
+    }
+
+    /// The transaction for the Services in `changes` (None: deleted), against what was
+    /// last applied for them.
+    pub fn update(&mut self, changes: Vec<(ServiceKey, Option<Fragment>)>) -> Transaction {
+        let empty = Summary::default();
+        let (mut old, _) = merge(changes.iter().map(|(k, _)| self.applied.get(k).unwrap_or(&empty)));
+        let (mut new, affinity) = merge(changes.iter().map(|(_, f)| f.as_ref().map_or(&empty, |f| &f.summary)));
+        // Hairpin elements by reference count across every Service.
+        let ips = |s: &Summary| s.endpoints.iter().map(|(_, ip, _)| *ip).collect::<BTreeSet<_>>();
+        let mut removed_udp = BTreeSet::new();
+        for (k, f) in &changes {
+            let before = self.applied.get(k).unwrap_or(&empty);
+            let after = f.as_ref().map_or(&empty, |f| &f.summary);
+            let after_udp: BTreeSet<_> = udp_endpoints(after).collect();
+            removed_udp.extend(udp_endpoints(before).filter(|e| !after_udp.contains(e)));
+            let (b, a) = (ips(before), ips(after));
+            for ip in b.difference(&a) {
+                let n = self.hairpin.entry(*ip).or_default();
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.hairpin.remove(ip);
+                    old.hairpin.insert(*ip);
+                }
+            }
+            for ip in a.difference(&b) {
+                let n = self.hairpin.entry(*ip).or_default();
+                *n += 1;
+                if *n == 1 {
+                    new.hairpin.insert(*ip);
+                }
+            }
+        }
+        let rules: HashMap<&str, &Vec<render::Rule>> = changes
+            .iter()
+            .flat_map(|(_, f)| f.iter().flat_map(|f| f.rules.iter().map(|(k, v)| (k.as_str(), v))))
+            .collect();
+        let mut t = diff(&old, &new, &|c| rules.get(c).map(|r| (*r).clone()), &affinity);
+        t.removed_udp_endpoints = removed_udp;
+        for (k, f) in changes {
+            match f {
+                Some(f) => self.applied.insert(k, f.summary),
+                None => self.applied.remove(&k),
+            };
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::plan::{Context, Endpoint, Service, ServicePort, Slice, plan_service};
+    use super::*;
+
+    fn ctx() -> Context {
+        Context {
+            node: "node-1".into(),
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            service_cidr: "10.96.0.0/12".parse().unwrap(),
+        }
+    }
+
+    fn svc(name: &str, ip: &str, proto: Proto) -> Service {
+        Service {
+            namespace: "default".into(),
+            name: name.into(),
+            cluster_ip: Some(ip.parse().unwrap()),
+            ports: vec![ServicePort { name: String::new(), protocol: proto, port: 53, node_port: None }],
+            ..Default::default()
+        }
+    }
+
+    fn slice(ips: &[&str], proto: Proto) -> Slice {
+        Slice {
+            ports: vec![(String::new(), proto, 5353)],
+            endpoints: ips
+                .iter()
+                .map(|ip| Endpoint {
+                    ip: ip.parse().unwrap(),
+                    node: Some("node-2".into()),
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                })
+                .collect(),
+        }
+    }
+
+    fn key(n: &str) -> ServiceKey {
+        ("default".into(), n.into())
+    }
+
+    fn ops(t: &Transaction) -> Vec<String> {
+        t.objects
+            .iter()
+            .map(|o| {
+                let (op, body) = o.as_object().unwrap().iter().next().unwrap();
+                let (kind, b) = body.as_object().unwrap().iter().next().unwrap();
+                format!("{op} {kind} {}", b["name"].as_str().or(b["chain"].as_str()).unwrap_or(""))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_endpoint_change_touches_only_its_service() {
+        let mut p = Proxier::new();
+        let a = plan_service(&ctx(), &svc("a", "10.96.0.5", Proto::Tcp), &[slice(&["10.244.2.2"], Proto::Tcp)]);
+        let b = plan_service(&ctx(), &svc("b", "10.96.0.6", Proto::Tcp), &[slice(&["10.244.2.3"], Proto::Tcp)]);
+        let t = p.full_sync(&Actual::default(), vec![(key("a"), a.clone()), (key("b"), b)]);
+        assert_eq!(t.chains_added, 2);
+        let a2 = plan_service(
+            &ctx(),
+            &svc("a", "10.96.0.5", Proto::Tcp),
+            &[slice(&["10.244.2.2", "10.244.2.9"], Proto::Tcp)],
+        );
+        let t = p.update(vec![(key("a"), Some(a2))]);
+        let o = ops(&t);
+        // New chain, the map element re-pointed (delete + add), the new hairpin element, old chain gone.
+        assert_eq!(t.chains_added, 1);
+        assert_eq!(t.chains_removed, 1);
+        assert!(o.iter().all(|s| !s.contains("svc-default/b/")), "{o:?}");
+        let add_chain = o.iter().position(|s| s.starts_with("add chain")).unwrap();
+        let add_elem = o.iter().position(|s| s == "add element service-ips").unwrap();
+        let del_chain = o.iter().position(|s| s.starts_with("delete chain")).unwrap();
+        assert!(add_chain < add_elem && add_elem < del_chain, "{o:?}");
+        // Nothing to do when nothing changed.
+        let t = p.update(vec![(key("a"), Some(a))]);
+        assert_eq!(t.chains_added, 1);
+        let a_same = plan_service(&ctx(), &svc("a", "10.96.0.5", Proto::Tcp), &[slice(&["10.244.2.2"], Proto::Tcp)]);
+        assert!(p.update(vec![(key("a"), Some(a_same))]).is_empty());
+    }
+
+    #[test]
+    fn full_sync_against_the_same_state_changes_nothing() {
+        let a = plan_service(&ctx(), &svc("a", "10.96.0.5", Proto::Tcp), &[slice(&["10.244.2.2"], Proto::Tcp)]);
+        let mut p = Proxier::new();
+        p.full_sync(&Actual::default(), vec![(key("a"), a.clone())]);
+        // What the kernel would list after that transaction, plus a stale chain.
+        let mut actual = Actual {
+            chains: a.summary.chains.clone(),
+            service_ips: a.summary.service_ips.clone(),
+            hairpin: ["10.244.2.2".parse().unwrap()].into(),
+            ..Default::default()
+        };
+        actual.chains.extend(BASE_CHAINS.iter().map(|(n, _)| n.to_string()));
+        let mut p2 = Proxier::new();
+        assert!(p2.full_sync(&actual, vec![(key("a"), a.clone())]).is_empty(), "a restart rewrites nothing");
+        actual.chains.insert("svc-default/gone/tcp/80-00000000".into());
+        actual.chains.insert("postrouting".into());
+        let t = p2.full_sync(&actual, vec![(key("a"), a)]);
+        assert_eq!(t.chains_removed, 2, "stale chains of the table go: {:?}", ops(&t));
+    }
+
+    #[test]
+    fn reads_what_nft_lists() {
+        let listing = |name: &str| -> Vec<Value> {
+            match name {
+                "service-ips" => vec![json!([{"concat": ["10.96.0.10", "udp", 53]}, {"goto": {"target": "svc-x"}}])],
+                "service-nodeports" => vec![json!([{"concat": ["tcp", 30080]}, {"goto": {"target": "ext-x"}}])],
+                "no-endpoint-services" => vec![json!({"concat": ["10.96.0.40", "tcp", 80]})],
+                "hairpin" => vec![json!({"concat": ["10.244.1.5", "10.244.1.5"]}), json!("garbage")],
+                _ => vec![],
+            }
+        };
+        let a = Actual::from_listing(vec!["svc-x".into()], vec!["hairpin".into()], &listing);
+        assert_eq!(a.service_ips[&("10.96.0.10".parse().unwrap(), Proto::Udp, 53)], "svc-x");
+        assert_eq!(a.node_ports[&(Proto::Tcp, 30080)], "ext-x");
+        assert_eq!(a.no_endpoints.len(), 1);
+        assert_eq!(a.hairpin.len(), 1);
+    }
+
+    #[test]
+    fn removed_udp_endpoints_are_reported_and_hairpin_is_reference_counted() {
+        let mut p = Proxier::new();
+        let a = plan_service(&ctx(), &svc("a", "10.96.0.5", Proto::Udp), &[slice(&["10.244.2.2"], Proto::Udp)]);
+        let b = plan_service(&ctx(), &svc("b", "10.96.0.6", Proto::Udp), &[slice(&["10.244.2.2"], Proto::Udp)]);
+        p.full_sync(&Actual::default(), vec![(key("a"), a), (key("b"), b)]);
+        let t = p.update(vec![(key("a"), None)]);
+        assert_eq!(t.removed_udp_endpoints, [("10.244.2.2".parse().unwrap(), 5353)].into());
+        assert!(!ops(&t).iter().any(|o| o.contains("hairpin")), "b still uses 10.244.2.2");
+        let t = p.update(vec![(key("b"), None)]);
+        assert!(ops(&t).contains(&"delete element hairpin".to_string()));
+        assert_eq!(p.counts(), (0, 0));
+    }
+}
