@@ -5,6 +5,7 @@ mod cni;
 mod lab_api;
 mod lab_harness;
 mod lab_up;
+mod services;
 mod stats;
 mod throughput;
 
@@ -18,6 +19,9 @@ pub enum BenchCmd {
     LabApi(lab_api::LabApiBenchArgs),
     /// A fresh lab: seconds from `lab up` until N pods are Ready and reachable.
     LabUp(lab_up::LabUpBenchArgs),
+    /// The Service proxy at 10,000 Services: connection rate against 10 Services, endpoint
+    /// change latency, full sync time and agent RSS.
+    Services(services::ServicesBenchArgs),
     /// iperf3 single-stream throughput: same node, VXLAN, host-gw, against a bare veth pair.
     Throughput(throughput::ThroughputBenchArgs),
 }
@@ -27,6 +31,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Cni(args) => cni::run(args),
         BenchCmd::LabApi(args) => lab_api::run(args),
         BenchCmd::LabUp(args) => lab_up::run(args),
+        BenchCmd::Services(args) => services::run(args),
         BenchCmd::Throughput(args) => throughput::run(args),
     }
 }
