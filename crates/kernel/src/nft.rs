@@ -79,7 +79,8 @@ pub fn delete_table(family: NfFamily, table: &str) -> Result<(), NftError> {
 
 /// Applies `objects` (nft JSON commands) as one atomic transaction, streaming them to
 /// `nft -j -f -` so a large transaction is never held in memory as one document.
-pub fn apply_objects<'a>(objects: impl IntoIterator<Item = &'a serde_json::Value>) -> Result<(), NftError> {
+/// Each item is one or more rendered commands, comma-separated.
+pub fn apply_objects<S: AsRef<str>>(objects: impl IntoIterator<Item = S>) -> Result<(), NftError> {
     use std::io::Write;
     let mut child = std::process::Command::new("nft")
         .args(["-j", "-f", "-"])
@@ -95,7 +96,7 @@ pub fn apply_objects<'a>(objects: impl IntoIterator<Item = &'a serde_json::Value
             if i > 0 {
                 w.write_all(b",")?;
             }
-            serde_json::to_writer(&mut w, o)?;
+            w.write_all(o.as_ref().as_bytes())?;
         }
         w.write_all(b"]}")?;
         w.flush()

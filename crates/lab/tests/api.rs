@@ -96,6 +96,47 @@ async fn crud_selectors_and_patches() {
 }
 
 /// Every bad request gets the Status a real API server would send, and changes nothing.
+/// Lists in pages, as kube's watcher asks for them: every object once, in order, all
+/// pages at the first page's resourceVersion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_paginated_with_limit_and_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = TestLab::start(dir.path(), 0).await;
+    let pods: Api<Pod> = Api::namespaced(lab.client.clone(), "default");
+    for i in 0..7 {
+        pods.create(&PostParams::default(), &pod(&format!("p{i}"), json!({"app": "web"}))).await.unwrap();
+    }
+    let mut names = Vec::new();
+    let mut token: Option<String> = None;
+    let mut versions = Vec::new();
+    let mut pages = 0;
+    loop {
+        let mut lp = ListParams::default().limit(3);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let page = pods.list(&lp).await.unwrap();
+        pages += 1;
+        if pages == 1 {
+            // A change between pages does not move the list's version.
+            pods.create(&PostParams::default(), &pod("zz", json!({}))).await.unwrap();
+        }
+        assert!(page.items.len() <= 3);
+        versions.push(page.metadata.resource_version.clone().unwrap());
+        names.extend(page.items.into_iter().map(|p| p.metadata.name.unwrap()));
+        token = page.metadata.continue_.filter(|c| !c.is_empty());
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(names, ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "zz"]);
+    assert!(versions.windows(2).all(|w| w[0] == w[1]), "{versions:?}");
+    let (status, _) = lab.raw("GET", "/api/v1/namespaces/default/pods?limit=2&continue=nonsense", "", b"").await;
+    assert_eq!(status, 400);
+    lab.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_4xx_status_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -119,22 +119,56 @@ fn include_object(req: &Request) -> IncludeObject {
     }
 }
 
+/// A list, paginated as the real API server does it when the client sends `limit`
+/// (kube's watcher asks for 500 at a time): `continue` carries the resourceVersion of the
+/// first page and the last (namespace, name) sent; every page reports that version, so a
+/// watch from it replays whatever changed while the pages were read.
 fn list(api: &ApiServer, t: &Target, req: &Request) -> Reply {
     let filter = Filter::from(req)?;
     let store_name = t.resource.store_name();
+    let limit = match req.q("limit") {
+        Some(l) => Some(l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("limit {l:?} is not a number")))?),
+        None => None,
+    }
+    .filter(|l| *l > 0);
+    let after = match req.q("continue").filter(|c| !c.is_empty()) {
+        Some(c) => {
+            let bad = || ApiError::bad_request(format!("continue token {c:?} is not one this server gave"));
+            let (rv, rest) = c.split_once(':').ok_or_else(bad)?;
+            let (ns, name) = rest.split_once('/').ok_or_else(bad)?;
+            Some((rv.parse::<u64>().map_err(|_| bad())?, ns.to_string(), name.to_string()))
+        }
+        None => None,
+    };
     api.store.read(|objects| {
-        let items: Vec<&Value> = objects
+        let ns_name = |v: &Value| {
+            (
+                v["metadata"]["namespace"].as_str().unwrap_or("").to_string(),
+                v["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            )
+        };
+        let mut items: Vec<&Value> = objects
             .list(&store_name, t.namespace.as_deref())
             .map(|v| v.as_ref())
+            .filter(|v| after.as_ref().is_none_or(|(_, ns, name)| ns_name(v) > (ns.clone(), name.clone())))
             .filter(|v| filter.matches(v))
             .collect();
         if wants_table(req) {
             return Ok((StatusCode::OK, table::render(t.resource, &items, objects.rv, include_object(req))));
         }
+        let rv = after.as_ref().map_or(objects.rv, |(rv, _, _)| *rv);
+        let mut meta = json!({"resourceVersion": rv.to_string()});
+        if let Some(limit) = limit
+            && items.len() > limit
+        {
+            items.truncate(limit);
+            let (ns, name) = ns_name(items[limit - 1]);
+            meta["continue"] = json!(format!("{rv}:{ns}/{name}"));
+        }
         Ok((
             StatusCode::OK,
             json!({"kind": t.resource.list_kind(), "apiVersion": t.resource.api_version(),
-                   "metadata": {"resourceVersion": objects.rv.to_string()}, "items": items}),
+                   "metadata": meta, "items": items}),
         ))
     })
 }

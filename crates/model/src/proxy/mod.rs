@@ -103,7 +103,9 @@ mod tests {
             .iter()
             .map(|(s, sl)| ((s.namespace.clone(), s.name.clone()), plan_service(&ctx, s, sl)))
             .collect();
-        objects.extend(Proxier::new().full_sync(&Actual::default(), plans).objects);
+        let rendered = Proxier::new().full_sync(&Actual::default(), plans).objects.join(",");
+        let rendered: Vec<Value> = serde_json::from_str(&format!("[{rendered}]")).unwrap();
+        objects.extend(rendered);
         // Every object is valid nft JSON as the `nftables` crate's schema has it, except
         // the declarations of verdict maps: the crate has no `verdict` data type.
         for o in &objects {

@@ -110,18 +110,21 @@ pub struct Summary {
     pub endpoints: BTreeSet<(Proto, Ipv4Addr, u16)>,
 }
 
-/// The plan for one Service: its summary and the rules of each of its chains.
+/// The plan for one Service: its summary and, per chain, the `add rule` commands that
+/// fill it, already rendered as nft JSON (compact: 10,000 Services are 100,000 rules).
 #[derive(Debug, Clone, Default)]
 pub struct Fragment {
     pub summary: Summary,
-    pub rules: BTreeMap<String, Vec<Rule>>,
+    pub rules: BTreeMap<String, String>,
 }
 
 impl Fragment {
     fn chain(&mut self, prefix: &str, id: &str, rules: Vec<Rule>) -> String {
         let name = format!("{prefix}-{id}-{}", render::rules_hash(&rules));
         self.summary.chains.insert(name.clone());
-        self.rules.insert(name.clone(), rules);
+        let rendered: Vec<String> =
+            rules.iter().map(|r| render::add(render::rule_object(&name, r)).to_string()).collect();
+        self.rules.insert(name.clone(), rendered.join(","));
         name
     }
 }
@@ -330,9 +333,9 @@ mod tests {
             &[slice(vec![ep("10.244.1.5", "node-1", true), ep("10.244.2.5", "node-2", true)])],
         );
         let ext = f.summary.node_ports[&(Proto::Tcp, 30080)].clone();
-        let text = serde_json::to_string(&f.rules[&ext]).unwrap();
+        let text = &f.rules[&ext];
         assert!(text.contains("10.244.1.5") && !text.contains("10.244.2.5"), "{text}");
-        let last = serde_json::to_string(f.rules[&ext].last().unwrap()).unwrap();
+        let last = text.rsplit("{\"add\"").next().unwrap();
         assert!(last.contains("dnat") && !last.contains("16384"), "the local path keeps the client's address: {last}");
     }
 

@@ -58,7 +58,8 @@ impl Actual {
 /// One transaction, and what it means.
 #[derive(Debug, Default)]
 pub struct Transaction {
-    pub objects: Vec<Value>,
+    /// nft JSON commands, rendered; an entry may hold several, comma-separated.
+    pub objects: Vec<String>,
     /// UDP endpoints that no longer receive traffic of some Service: their conntrack
     /// entries must go, or clients keep sending to them.
     pub removed_udp_endpoints: BTreeSet<(Ipv4Addr, u16)>,
@@ -91,9 +92,9 @@ fn hairpin_key(ip: &Ipv4Addr) -> Value {
     json!({"concat": [ip.to_string(), ip.to_string()]})
 }
 
-fn element(op: &str, set: &str, elems: Vec<Value>) -> Option<Value> {
+fn element(op: &str, set: &str, elems: Vec<Value>) -> Option<String> {
     (!elems.is_empty())
-        .then(|| json!({ op: {"element": {"family": FAMILY, "table": TABLE, "name": set, "elem": elems}}}))
+        .then(|| json!({ op: {"element": {"family": FAMILY, "table": TABLE, "name": set, "elem": elems}}}).to_string())
 }
 
 /// Element changes of one map: (deletes, adds), a changed value being both.
@@ -120,24 +121,27 @@ fn set_diff<K: Ord>(old: &BTreeSet<K>, new: &BTreeSet<K>, key: impl Fn(&K) -> Va
 fn diff(
     old: &Actual,
     new: &Actual,
-    rules: &dyn Fn(&str) -> Option<Vec<render::Rule>>,
+    rules: &mut HashMap<String, String>,
     new_affinity: &BTreeMap<String, u32>,
 ) -> Transaction {
     let mut t = Transaction::default();
     // 1. New affinity sets, then new chains with their rules.
     for s in new.sets.difference(&old.sets) {
         let timeout = new_affinity.get(s).copied().unwrap_or(10800);
-        t.objects.push(json!({"add": {"set": {"family": FAMILY, "table": TABLE, "name": s, "type": "ipv4_addr",
-            "flags": ["timeout"], "timeout": timeout}}}));
+        t.objects.push(
+            json!({"add": {"set": {"family": FAMILY, "table": TABLE, "name": s, "type": "ipv4_addr",
+            "flags": ["timeout"], "timeout": timeout}}})
+            .to_string(),
+        );
     }
     // Every new chain exists before any rule jumps to one of them.
     for c in new.chains.difference(&old.chains) {
-        t.objects.push(render::add(render::chain_object(c)));
+        t.objects.push(render::add(render::chain_object(c)).to_string());
         t.chains_added += 1;
     }
     for c in new.chains.difference(&old.chains) {
-        for r in rules(c).unwrap_or_default() {
-            t.objects.push(render::add(render::rule_object(c, &r)));
+        if let Some(r) = rules.remove(c.as_str()).filter(|r| !r.is_empty()) {
+            t.objects.push(r);
         }
     }
     // 2. Elements: deletes (including changed values), then adds.
@@ -158,13 +162,13 @@ fn diff(
     // 3. Chains nothing points at any more, then the sets only they used.
     let base: BTreeSet<&str> = BASE_CHAINS.iter().map(|(n, _)| *n).collect();
     for c in old.chains.difference(&new.chains).filter(|c| !base.contains(c.as_str())) {
-        t.objects.push(json!({"flush": render::chain_object(c)}));
-        t.objects.push(json!({"delete": render::chain_object(c)}));
+        t.objects.push(json!({"flush": render::chain_object(c)}).to_string());
+        t.objects.push(json!({"delete": render::chain_object(c)}).to_string());
         t.chains_removed += 1;
     }
     let base_sets: BTreeSet<&str> = render::BASE_SETS.iter().map(|(n, _, _)| *n).collect();
     for s in old.sets.difference(&new.sets).filter(|s| !base_sets.contains(s.as_str())) {
-        t.objects.push(json!({"delete": {"set": {"family": FAMILY, "table": TABLE, "name": s}}}));
+        t.objects.push(json!({"delete": {"set": {"family": FAMILY, "table": TABLE, "name": s}}}).to_string());
     }
     t
 }
@@ -215,13 +219,17 @@ impl Proxier {
         let mut old = actual.clone();
         old.chains.retain(|c| !BASE_CHAINS.iter().any(|(n, _)| n == c));
         old.sets.retain(|s| !render::BASE_SETS.iter().any(|(n, _, _)| n == s));
-        let rules: HashMap<&str, &Vec<render::Rule>> =
-            plans.iter().flat_map(|(_, f)| f.rules.iter().map(|(k, v)| (k.as_str(), v))).collect();
-        let mut t = diff(&old, &desired, &|c| rules.get(c).map(|r| (*r).clone()), &affinity);
         let before: BTreeSet<(Ipv4Addr, u16)> = self.applied.values().flat_map(udp_endpoints).collect();
         let after: BTreeSet<(Ipv4Addr, u16)> = plans.iter().flat_map(|(_, f)| udp_endpoints(&f.summary)).collect();
+        // Only the rules of chains the kernel lacks are kept; the rest are dropped here.
+        let mut rules: HashMap<String, String> = HashMap::new();
+        self.applied = HashMap::with_capacity(plans.len());
+        for (k, f) in plans {
+            rules.extend(f.rules.into_iter().filter(|(c, _)| !old.chains.contains(c)));
+            self.applied.insert(k, f.summary);
+        }
+        let mut t = diff(&old, &desired, &mut rules, &affinity);
         t.removed_udp_endpoints = before.difference(&after).copied().collect();
-        self.applied = plans.into_iter().map(|(k, f)| (k, f.summary)).collect();
         self.hairpin = hairpin;
         t
     }
@@ -257,18 +265,18 @@ impl Proxier {
                 }
             }
         }
-        let rules: HashMap<&str, &Vec<render::Rule>> = changes
-            .iter()
-            .flat_map(|(_, f)| f.iter().flat_map(|f| f.rules.iter().map(|(k, v)| (k.as_str(), v))))
-            .collect();
-        let mut t = diff(&old, &new, &|c| rules.get(c).map(|r| (*r).clone()), &affinity);
-        t.removed_udp_endpoints = removed_udp;
+        let mut rules: HashMap<String, String> = HashMap::new();
         for (k, f) in changes {
             match f {
-                Some(f) => self.applied.insert(k, f.summary),
+                Some(f) => {
+                    rules.extend(f.rules);
+                    self.applied.insert(k, f.summary)
+                }
                 None => self.applied.remove(&k),
             };
         }
+        let mut t = diff(&old, &new, &mut rules, &affinity);
+        t.removed_udp_endpoints = removed_udp;
         t
     }
 }
@@ -317,8 +325,8 @@ mod tests {
     }
 
     fn ops(t: &Transaction) -> Vec<String> {
-        t.objects
-            .iter()
+        let all: Vec<Value> = serde_json::from_str(&format!("[{}]", t.objects.join(","))).unwrap();
+        all.iter()
             .map(|o| {
                 let (op, body) = o.as_object().unwrap().iter().next().unwrap();
                 let (kind, b) = body.as_object().unwrap().iter().next().unwrap();
