@@ -351,43 +351,38 @@ pub async fn run(cfg: AgentConfig, client: kube::Client, shutdown: impl std::fut
         let started = first_event.take().unwrap_or_else(Instant::now);
         let result = if need_full {
             let listed = started.elapsed();
-            let t0 = Instant::now();
-            let plans: Vec<_> = world.services.keys().filter_map(|k| Some((k.clone(), world.plan(&ctx, k)?))).collect();
-            let planned = t0.elapsed();
-            let cfg2 = cfg.clone();
-            let mut p = std::mem::take(&mut proxier);
-            let (p, r) = blocking(move || {
-                let r = (|| -> Result<Synced, nft::NftError> {
-                    let t1 = Instant::now();
-                    ensure_base(&cfg2)?;
-                    let actual = read_actual()?;
-                    let read = t1.elapsed();
-                    let t = p.full_sync(&actual, plans);
-                    let t2 = Instant::now();
-                    if !t.is_empty() {
-                        nft::apply_objects(&t.objects)?;
-                    }
-                    let applied = t2.elapsed();
-                    flush_udp(&t.removed_udp_endpoints);
-                    let (s, e) = p.counts();
-                    Ok(Synced {
-                        what: format!(
-                            "full sync: {s} Service(s), {e} endpoint(s); {} chain(s) added, {} removed, {} element(s) changed \
-                             (watch lists {:.0} ms, plan {:.0} ms, kernel read {:.0} ms, nft {:.0} ms)",
-                            t.chains_added,
-                            t.chains_removed,
-                            t.elements_changed,
-                            listed.as_secs_f64() * 1e3,
-                            planned.as_secs_f64() * 1e3,
-                            read.as_secs_f64() * 1e3,
-                            applied.as_secs_f64() * 1e3
-                        ),
-                    })
-                })();
-                (p, r)
-            })
-            .await;
-            proxier = p;
+            // Planning reads `world` while the kernel work runs: both on this thread, out
+            // of the runtime's way; the plans are consumed one Service at a time.
+            let r = tokio::task::block_in_place(|| -> Result<Synced, nft::NftError> {
+                let t1 = Instant::now();
+                ensure_base(&cfg)?;
+                let actual = read_actual()?;
+                let read = t1.elapsed();
+                let t0 = Instant::now();
+                let plans = world.services.keys().filter_map(|k| Some((k.clone(), world.plan(&ctx, k)?)));
+                let t = proxier.full_sync(&actual, plans);
+                let planned = t0.elapsed();
+                let t2 = Instant::now();
+                if !t.is_empty() {
+                    nft::apply_objects(&t.objects)?;
+                }
+                let applied = t2.elapsed();
+                flush_udp(&t.removed_udp_endpoints);
+                let (s, e) = proxier.counts();
+                Ok(Synced {
+                    what: format!(
+                        "full sync: {s} Service(s), {e} endpoint(s); {} chain(s) added, {} removed, {} element(s) changed \
+                         (watch lists {:.0} ms, kernel read {:.0} ms, plan {:.0} ms, nft {:.0} ms)",
+                        t.chains_added,
+                        t.chains_removed,
+                        t.elements_changed,
+                        listed.as_secs_f64() * 1e3,
+                        read.as_secs_f64() * 1e3,
+                        planned.as_secs_f64() * 1e3,
+                        applied.as_secs_f64() * 1e3
+                    ),
+                })
+            });
             if r.is_ok() {
                 last_full = Instant::now();
                 dirty.clear();

@@ -202,3 +202,111 @@ fn services_end_to_end() {
         lab.down_and_check_clean();
     });
 }
+
+const UDP_MANIFEST: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: dns-1, labels: {app: dns}}
+spec: {nodeName: node-2, terminationGracePeriodSeconds: 0, containers: [{name: d, image: nginx, ports: [{containerPort: 5353, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec: {nodeName: node-1, containers: [{name: c, image: busybox, command: [sleep, "3600"]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dns}
+spec: {selector: {app: dns}, ports: [{name: dns, port: 53, protocol: UDP, targetPort: 5353}]}
+"#;
+
+const DNS_2: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: dns-2, labels: {app: dns}}
+spec: {nodeName: node-2, containers: [{name: d, image: nginx, ports: [{containerPort: 5353, protocol: UDP}]}]}
+"#;
+
+/// One datagram from `from`'s fixed source port 40000 to `to`; the answering pod.
+fn udp_ask(from: &Path, to: SocketAddr) -> Result<String, String> {
+    flatnet_kernel::netns::run_in(from, || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:40000").map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_millis(500))).map_err(|e| e.to_string())?;
+        s.send_to(b"who", to).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 512];
+        let (n, _) = s.recv_from(&mut buf).map_err(|e| e.to_string())?;
+        Ok(seen_pod(&String::from_utf8_lossy(&buf[..n])))
+    })
+    .unwrap()
+}
+
+/// The rules of table ip flatnet in node-1, with their handles.
+fn ruleset(lab: &Lab) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", lab.ns("node-1").display()))
+        .args(["nft", "-a", "list", "table", "ip", "flatnet"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn udp_flows_follow_endpoint_changes_and_a_restart_rewrites_nothing() {
+    sandboxed("udp_flows_follow_endpoint_changes_and_a_restart_rewrites_nothing", |_| {
+        let lab = Lab::up(2, "vxlan");
+        lab.apply(UDP_MANIFEST);
+        lab.ready_ips(&["client", "dns-1"]);
+        let rt = rt();
+        let client = lab.client(&rt);
+        let services: Api<Service> = Api::namespaced(client.clone(), "default");
+        let ip = rt.block_on(services.get("dns")).unwrap().spec.unwrap().cluster_ip.unwrap();
+        let client_ns = lab.pod_netns("client");
+        converges("UDP through the Service", Duration::from_secs(20), || {
+            udp_ask(&client_ns, addr(&ip, 53)).and_then(|p| if p == "dns-1" { Ok(()) } else { Err(p) })
+        });
+
+        // The endpoint is replaced; the same client flow (same source port) must reach the
+        // new one: the agent flushed the conntrack entry to the old.
+        lab.apply(DNS_2);
+        lab.ready_ips(&["dns-2"]);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        rt.block_on(pods.delete("dns-1", &DeleteParams::default())).unwrap();
+        converges("the same UDP flow reaches the new endpoint", Duration::from_secs(20), || {
+            udp_ask(&client_ns, addr(&ip, 53)).and_then(|p| if p == "dns-2" { Ok(()) } else { Err(p) })
+        });
+        let log = std::fs::read_to_string(lab.state().join("nodes/node-1/agent.log")).unwrap();
+        assert!(log.contains("UDP conntrack entr"), "no conntrack flush logged:\n{log}");
+
+        // kubectl shows what the agents program.
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(lab.state().join("kubeconfig"))
+            .args(["get", "svc,endpointslices", "-A"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("service/dns") && text.contains("5353"), "{text}");
+        assert!(text.contains("192.168.1.1"), "default/kubernetes points at the control plane:\n{text}");
+
+        // An agent restart rewrites nothing: every rule keeps its handle.
+        let before = ruleset(&lab);
+        assert!(before.contains("dnat to"), "{before}");
+        let old = lab.agent_pid("node-1");
+        let log_path = lab.state().join("nodes/node-1/agent.log");
+        let mark = std::fs::read_to_string(&log_path).unwrap().len();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), nix::sys::signal::Signal::SIGKILL).unwrap();
+        converges("the restarted agent's full sync", Duration::from_secs(30), || {
+            let log = std::fs::read_to_string(&log_path).unwrap();
+            let new = &log[mark.min(log.len())..];
+            match new.lines().find(|l| l.contains("full sync:")) {
+                Some(l) if l.contains("0 chain(s) added, 0 removed, 0 element(s) changed") => Ok(()),
+                Some(l) => Err(format!("the restart changed the table: {l}")),
+                None => Err("not yet".into()),
+            }
+        });
+        assert_ne!(lab.agent_pid("node-1"), old);
+        assert_eq!(ruleset(&lab), before, "the restart rewrote rules");
+        udp_ask(&client_ns, addr(&ip, 53)).unwrap();
+        lab.down_and_check_clean();
+    });
+}

@@ -99,7 +99,7 @@ mod tests {
             service_cidr: "10.96.0.0/12".parse().unwrap(),
         };
         let mut objects = base_transaction(ctx.cluster_cidr, ctx.service_cidr);
-        let plans = services()
+        let plans: Vec<_> = services()
             .iter()
             .map(|(s, sl)| ((s.namespace.clone(), s.name.clone()), plan_service(&ctx, s, sl)))
             .collect();
@@ -119,7 +119,14 @@ mod tests {
             std::fs::write(path, &got).unwrap();
         }
         let want = std::fs::read_to_string(path).expect("golden file (UPDATE_GOLDEN=1 writes it)");
-        assert_eq!(got.trim(), want.trim(), "rendered ruleset changed; UPDATE_GOLDEN=1 to accept");
+        if let Some((i, (g, w))) = got.lines().zip(want.lines()).enumerate().find(|(_, (g, w))| g != w) {
+            panic!("rendered ruleset changed at line {}: got {g:?}, golden {w:?}; UPDATE_GOLDEN=1 to accept", i + 1);
+        }
+        assert_eq!(
+            got.lines().count(),
+            want.lines().count(),
+            "rendered ruleset changed length; UPDATE_GOLDEN=1 to accept"
+        );
         let text: Value = serde_json::from_str(&got).unwrap();
         let s = text.to_string();
         for needle in [

@@ -108,6 +108,9 @@ pub struct Summary {
     pub affinity_sets: BTreeMap<String, u32>,
     /// Every endpoint the Service DNATs to: (protocol, IP, port).
     pub endpoints: BTreeSet<(Proto, Ipv4Addr, u16)>,
+    /// The endpoints on this node: a pod here may reach itself through the Service
+    /// (hairpin), which must be masqueraded. Pods elsewhere never loop back through here.
+    pub hairpin: BTreeSet<Ipv4Addr>,
 }
 
 /// The plan for one Service: its summary and, per chain, the `add rule` commands that
@@ -119,12 +122,13 @@ pub struct Fragment {
 }
 
 impl Fragment {
+    /// Adds a chain holding `rules`, named after its content; returns the name. Each
+    /// rule is serialized once: the hash is taken over that text.
     fn chain(&mut self, prefix: &str, id: &str, rules: Vec<Rule>) -> String {
-        let name = format!("{prefix}-{id}-{}", render::rules_hash(&rules));
+        let bodies: Vec<String> = rules.iter().map(|r| serde_json::to_string(r).expect("rules serialize")).collect();
+        let name = format!("{prefix}-{id}-{}", render::text_hash(&bodies));
         self.summary.chains.insert(name.clone());
-        let rendered: Vec<String> =
-            rules.iter().map(|r| render::add(render::rule_object(&name, r)).to_string()).collect();
-        self.rules.insert(name.clone(), rendered.join(","));
+        self.rules.insert(name.clone(), render::add_rules(&name, &bodies));
         name
     }
 }
@@ -168,6 +172,7 @@ pub fn plan_service(ctx: &Context, svc: &Service, slices: &[Slice]) -> Fragment 
         let cluster_eps = usable(all.iter().copied());
         let local_eps = usable(all.iter().copied().filter(local));
         f.summary.endpoints.extend(cluster_eps.iter().chain(&local_eps).map(|(ip, port)| (sp.protocol, *ip, *port)));
+        f.summary.hairpin.extend(local_eps.iter().map(|(ip, _)| *ip));
         let has_external = !svc.external_ips.is_empty() || !svc.load_balancer_ips.is_empty() || sp.node_port.is_some();
         let comment = format!("{}/{}:{}", svc.namespace, svc.name, if sp.name.is_empty() { "" } else { &sp.name });
         let comment = comment.trim_end_matches(':').to_string();

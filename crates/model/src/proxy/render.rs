@@ -44,10 +44,27 @@ fn rule(expr: Vec<Value>, comment: impl Into<String>) -> Rule {
     Rule { expr, comment: Some(comment.into()) }
 }
 
-/// 8 hex digits of a hash of the rules: the suffix of a chain's name.
-pub(super) fn rules_hash(rules: &[Rule]) -> String {
-    let text = serde_json::to_string(rules).expect("rules serialize");
-    format!("{:08x}", crate::names::fnv1a(&[&text]) as u32)
+/// 8 hex digits of a hash of the serialized rules: the suffix of a chain's name.
+pub(super) fn text_hash(bodies: &[String]) -> String {
+    let parts: Vec<&str> = bodies.iter().map(String::as_str).collect();
+    format!("{:08x}", crate::names::fnv1a(&parts) as u32)
+}
+
+/// `add rule` commands for `chain` from serialized rules (`{"expr":…,"comment":…}`),
+/// comma-separated.
+pub(super) fn add_rules(chain: &str, bodies: &[String]) -> String {
+    let name = serde_json::to_string(chain).expect("a string serializes");
+    let mut out = String::with_capacity(bodies.iter().map(|b| b.len() + name.len() + 64).sum());
+    for (i, b) in bodies.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        // b is `{"expr":…}`: its fields follow ours, and its closing brace closes the rule.
+        out.push_str(&format!(r#"{{"add":{{"rule":{{"family":"{FAMILY}","table":"{TABLE}","chain":{name},"#));
+        out.push_str(&b[1..]);
+        out.push_str("}}");
+    }
+    out
 }
 
 fn ip(field: &str) -> Value {

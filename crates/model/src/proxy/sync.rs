@@ -206,28 +206,32 @@ impl Proxier {
     /// The transaction that takes the kernel's table, as read, to the plan for every
     /// Service; the proxier then holds that plan as applied. Chains and sets of the
     /// table that no Service wants (and that are not the base's) are removed.
-    pub fn full_sync(&mut self, actual: &Actual, plans: Vec<(ServiceKey, Fragment)>) -> Transaction {
-        let (mut desired, affinity) = merge(plans.iter().map(|(_, f)| &f.summary));
-        let mut hairpin: HashMap<Ipv4Addr, u32> = HashMap::new();
-        for (_, f) in &plans {
-            for ip in f.summary.endpoints.iter().map(|(_, ip, _)| *ip).collect::<BTreeSet<_>>() {
-                *hairpin.entry(ip).or_default() += 1;
-            }
-        }
-        desired.hairpin = hairpin.keys().copied().collect();
+    /// `plans` is consumed one Service at a time, and only the rules of chains the
+    /// kernel lacks are kept, so a restart over a table that is already right holds no
+    /// rules at all.
+    pub fn full_sync(
+        &mut self,
+        actual: &Actual,
+        plans: impl IntoIterator<Item = (ServiceKey, Fragment)>,
+    ) -> Transaction {
         // Base chains and sets are the base transaction's; keep them out of the diff.
         let mut old = actual.clone();
         old.chains.retain(|c| !BASE_CHAINS.iter().any(|(n, _)| n == c));
         old.sets.retain(|s| !render::BASE_SETS.iter().any(|(n, _, _)| n == s));
         let before: BTreeSet<(Ipv4Addr, u16)> = self.applied.values().flat_map(udp_endpoints).collect();
-        let after: BTreeSet<(Ipv4Addr, u16)> = plans.iter().flat_map(|(_, f)| udp_endpoints(&f.summary)).collect();
-        // Only the rules of chains the kernel lacks are kept; the rest are dropped here.
         let mut rules: HashMap<String, String> = HashMap::new();
-        self.applied = HashMap::with_capacity(plans.len());
+        self.applied = HashMap::new();
         for (k, f) in plans {
             rules.extend(f.rules.into_iter().filter(|(c, _)| !old.chains.contains(c)));
             self.applied.insert(k, f.summary);
         }
+        let (mut desired, affinity) = merge(self.applied.values());
+        let mut hairpin: HashMap<Ipv4Addr, u32> = HashMap::new();
+        for ip in self.applied.values().flat_map(|s| &s.hairpin) {
+            *hairpin.entry(*ip).or_default() += 1;
+        }
+        desired.hairpin = hairpin.keys().copied().collect();
+        let after: BTreeSet<(Ipv4Addr, u16)> = self.applied.values().flat_map(udp_endpoints).collect();
         let mut t = diff(&old, &desired, &mut rules, &affinity);
         t.removed_udp_endpoints = before.difference(&after).copied().collect();
         self.hairpin = hairpin;
@@ -241,7 +245,7 @@ impl Proxier {
         let (mut old, _) = merge(changes.iter().map(|(k, _)| self.applied.get(k).unwrap_or(&empty)));
         let (mut new, affinity) = merge(changes.iter().map(|(_, f)| f.as_ref().map_or(&empty, |f| &f.summary)));
         // Hairpin elements by reference count across every Service.
-        let ips = |s: &Summary| s.endpoints.iter().map(|(_, ip, _)| *ip).collect::<BTreeSet<_>>();
+        let ips = |s: &Summary| s.hairpin.clone();
         let mut removed_udp = BTreeSet::new();
         for (k, f) in &changes {
             let before = self.applied.get(k).unwrap_or(&empty);
@@ -311,7 +315,7 @@ mod tests {
                 .iter()
                 .map(|ip| Endpoint {
                     ip: ip.parse().unwrap(),
-                    node: Some("node-2".into()),
+                    node: Some("node-1".into()),
                     ready: true,
                     serving: true,
                     terminating: false,
