@@ -1,6 +1,6 @@
 //! `flatnet lab demo`: the classic pod network scenario on a running lab. A client and a
-//! neighbour on node-1, a server on node-2; requests between them, each check explained
-//! by the kernel state it crossed.
+//! neighbour on node-1, a server on node-2 behind a Service; requests between them, each
+//! check explained by the kernel state it crossed.
 
 use super::{UpArgs, scenario};
 use anyhow::{Context, bail};
@@ -27,13 +27,18 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
         scenario::pod("client", NAMESPACE, Some("node-1"), false),
         scenario::pod("neighbor", NAMESPACE, Some("node-1"), true),
         scenario::pod("server", NAMESPACE, Some("node-2"), true),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "server", "namespace": NAMESPACE},
+               "spec": {"selector": {"app": "server"}, "ports": [{"port": 80}]}}),
     ];
-    let pods = super::runtime()?.block_on(async {
+    let (pods, service_ip) = super::runtime()?.block_on(async {
         let client = super::client(&layout).await?;
         for o in objects {
             println!("  {}", super::apply::apply_one(&client, o).await?);
         }
-        scenario::wait_ready(&client, NAMESPACE, 3, Duration::from_secs(60)).await
+        let pods = scenario::wait_ready(&client, NAMESPACE, 3, Duration::from_secs(60)).await?;
+        let svc = kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(client, NAMESPACE).get("server").await?;
+        let ip = svc.spec.and_then(|s| s.cluster_ip).context("the server Service has no ClusterIP")?;
+        anyhow::Ok((pods, ip))
     })?;
     println!("\n  {:<10} {:<8} {:<12} READY", "POD", "NODE", "IP");
     for p in &pods {
@@ -80,6 +85,26 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
         format!("{saw} (pod to pod is never NATed; masquerade is only for traffic leaving 10.244.0.0/16)"),
     ));
 
+    // Through the Service: DNAT on node-1 to the server, the client's IP kept.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let via_service = loop {
+        let r = http_get(&client_ns, &service_ip);
+        if r.is_ok() || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let saw = via_service.as_deref().ok().and_then(seen_client).unwrap_or_default();
+    let answered = via_service.as_deref().ok().and_then(seen_pod).unwrap_or_default();
+    rows.push((
+        format!("client → Service server ({service_ip})"),
+        answered == "server" && saw == client_ip,
+        format!(
+            "node-1 DNATs {service_ip}:80 to {server_ip}:80 ({}), then as above; the server saw {saw}",
+            service_chain(&node1, &service_ip)
+        ),
+    ));
+
     println!("\n  {:<38} {:<7}PATH", "CHECK", "RESULT");
     for (check, ok, path) in &rows {
         println!("  {check:<38} {:<7}{path}", if *ok { "PASS" } else { "FAIL" });
@@ -92,7 +117,9 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
     }
     println!("\ntry it yourself:");
     println!("  flatnet lab exec client -n {NAMESPACE} -- wget -qO- http://{server_ip}");
+    println!("  flatnet lab exec client -n {NAMESPACE} -- wget -qO- http://{service_ip}");
     println!("  flatnet lab exec client -n {NAMESPACE} -- ip route");
+    println!("  nsenter --net={} nft list table ip flatnet", node1.display());
     println!("  KUBECONFIG={} kubectl get pods -n {NAMESPACE} -o wide", layout.kubeconfig().display());
     if rows.iter().any(|r| !r.1) {
         bail!("some checks failed (logs under {}/nodes/)", layout.state.display());
@@ -109,6 +136,25 @@ pub fn http_get(ns: &std::path::Path, ip: &str) -> anyhow::Result<String> {
 pub fn seen_client(body: &str) -> Option<String> {
     let client = body.split_whitespace().find_map(|w| w.strip_prefix("client="))?;
     Some(client.rsplit_once(':').map_or(client, |(ip, _)| ip).to_string())
+}
+
+/// The pod name the built-in server reported.
+fn seen_pod(body: &str) -> Option<String> {
+    body.split_whitespace().find_map(|w| w.strip_prefix("pod=")).map(str::to_string)
+}
+
+/// The chain `service-ips` sends `ip`:80/TCP to on `node_ns`.
+fn service_chain(node_ns: &std::path::Path, ip: &str) -> String {
+    let elements = netns::run_in(node_ns, || {
+        flatnet_kernel::nft::set_elements(nftables::types::NfFamily::IP, "flatnet", "map", "service-ips")
+    });
+    let found = elements.ok().and_then(Result::ok).flatten().into_iter().flatten().find_map(|e| {
+        let key = e.get(0)?.get("concat")?;
+        (key.get(0)?.as_str()? == ip && key.get(2)?.as_u64()? == 80)
+            .then(|| e.get(1)?.get("goto")?.get("target")?.as_str().map(str::to_string))
+            .flatten()
+    });
+    found.map_or_else(|| "no map element".into(), |c| format!("table ip flatnet, chain {c}"))
 }
 
 fn vxlan_tx(node_ns: &std::path::Path) -> Option<u64> {

@@ -208,7 +208,7 @@ pub fn plan_service(ctx: &Context, svc: &Service, slices: &[Slice]) -> Fragment 
         };
         // ClusterIP traffic: to every usable endpoint, or only the node's own with
         // internalTrafficPolicy: Local (dropped when there is none here).
-        let mut svc_rules = vec![render::masquerade_unless_from_pods(cluster_ip, ctx.cluster_cidr)];
+        let mut svc_rules = Vec::new();
         if svc.internal_local {
             if local_eps.is_empty() {
                 svc_rules.push(render::drop_rule(&format!("{comment} has no endpoint on this node")));

@@ -106,15 +106,6 @@ fn service_key() -> Value {
     json!({"concat": k})
 }
 
-/// ClusterIP traffic from outside the pod network (the node itself, routed clients) is
-/// masqueraded, so replies come back through this node and its conntrack entry.
-pub(super) fn masquerade_unless_from_pods(cluster_ip: Ipv4Addr, cluster: Ipv4Net) -> Rule {
-    rule(
-        vec![eq(ip("daddr"), json!(cluster_ip.to_string())), ne(ip("saddr"), prefix(cluster)), set_mark()],
-        "ClusterIP traffic from outside the pod network: masquerade",
-    )
-}
-
 /// externalTrafficPolicy: Cluster: masquerade, then any endpoint.
 pub(super) fn masquerade_then(svc_chain: &str) -> Vec<Rule> {
     vec![rule(vec![set_mark(), goto(svc_chain)], "external traffic: masquerade, then any endpoint")]
@@ -174,7 +165,7 @@ fn ip_saddr() -> Value {
 /// The comment of the first rule of `services`: every setting the base depends on, so
 /// the agent rewrites the base exactly when it differs.
 pub fn base_marker(cluster: Ipv4Net, services: Ipv4Net) -> String {
-    format!("flatnet proxy base v1: pods {cluster}, services {services}, masquerade mark {MASQUERADE_MARK:#x}")
+    format!("flatnet proxy base v2: pods {cluster}, services {services}, masquerade mark {MASQUERADE_MARK:#x}")
 }
 
 fn obj(kind: &str, mut body: Value) -> Value {
@@ -223,8 +214,15 @@ fn base_rules(cluster: Ipv4Net, services: Ipv4Net) -> Vec<(&'static str, Rule)> 
     vec![
         (
             "services",
-            rule(vec![json!({"vmap": {"key": service_key(), "data": "@service-ips"}})], base_marker(cluster, services)),
+            // ClusterIP traffic from outside the pod network (the node itself, routed
+            // clients) is masqueraded, so replies come back through this node and its
+            // conntrack entry. One rule here rather than one per Service.
+            rule(
+                vec![eq(ip("daddr"), prefix(services)), ne(ip("saddr"), prefix(cluster)), set_mark()],
+                base_marker(cluster, services),
+            ),
         ),
+        ("services", rule(vec![json!({"vmap": {"key": service_key(), "data": "@service-ips"}})], "Service IPs")),
         (
             "services",
             rule(
