@@ -310,3 +310,25 @@ fn udp_flows_follow_endpoint_changes_and_a_restart_rewrites_nothing() {
         lab.down_and_check_clean();
     });
 }
+
+/// The README's main job: `lab demo` brings a lab up and every check passes, the
+/// Service one included.
+#[test]
+fn the_demo_passes_every_check() {
+    sandboxed("the_demo_passes_every_check", |_| {
+        let dir = tempfile::tempdir().unwrap();
+        let port = common::lab::free_port();
+        let out = Command::new(common::lab::flatnet())
+            .args(["lab", "demo", "--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let _ = Command::new(common::lab::flatnet()).args(["lab", "down", "--state-dir"]).arg(dir.path()).output();
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        let checks: Vec<&str> = text.lines().filter(|l| l.contains(" PASS ") || l.contains(" FAIL ")).collect();
+        assert_eq!(checks.len(), 5, "{text}");
+        assert!(checks.iter().all(|l| l.contains(" PASS ")), "{text}");
+        assert!(text.contains("client → Service server"), "{text}");
+    });
+}
