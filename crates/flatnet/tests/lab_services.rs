@@ -181,18 +181,32 @@ fn services_end_to_end() {
         for p in ["doomed-1", "doomed-2"] {
             rt.block_on(pods.delete(p, &DeleteParams::default())).unwrap();
         }
-        converges("connections to a Service without pods are refused", Duration::from_secs(20), || {
-            let t = Instant::now();
-            match http_get_at(&client_ns, addr(&doomed, 80)) {
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    let took = t.elapsed();
-                    if took < Duration::from_secs(1) { Ok(()) } else { Err(format!("refused only after {took:?}")) }
-                }
-                other => Err(format!("{other:?}")),
-            }
-        });
-        // Also from the node itself, and to a ClusterIP no Service has.
+        // Once the pods are gone from the API, node-1 lists the Service as having no
+        // endpoint (a dying pod's own kernel also refuses connections, so the refusal alone
+        // would not tell whose it was).
         let node1 = lab.ns("node-1");
+        let unroutable = |ip: &str| {
+            let out = Command::new("nsenter")
+                .arg(format!("--net={}", node1.display()))
+                .args(["nft", "-j", "list", "set", "ip", "flatnet", "no-endpoint-services"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains(&format!("[\"{ip}\", \"tcp\", 80]"))
+        };
+        converges("node-1 lists the Service as having no endpoint", Duration::from_secs(20), || {
+            let left =
+                rt.block_on(pods.list(&Default::default())).unwrap().items.into_iter().filter_map(|p| p.metadata.name);
+            let left: Vec<String> = left.filter(|n| n.starts_with("doomed")).collect();
+            if !left.is_empty() {
+                return Err(format!("pods still in the API: {left:?}"));
+            }
+            if unroutable(&doomed) { Ok(()) } else { Err("not in @no-endpoint-services yet".into()) }
+        });
+        let t = Instant::now();
+        let e = http_get_at(&client_ns, addr(&doomed, 80)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "from a pod: {e}");
+        assert!(t.elapsed() < Duration::from_secs(1), "from a pod: took {:?}", t.elapsed());
+        // Also from the node itself, and to a ClusterIP no Service has.
         for (target, what) in [(addr(&doomed, 80), "from the node"), (addr("10.96.200.200", 80), "unallocated")] {
             let t = Instant::now();
             let e = http_get_at(&node1, target).unwrap_err();
