@@ -269,7 +269,9 @@ pub fn ensure_base_now_and_then(cfg: &AgentConfig) -> Result<bool, nft::NftError
     Ok(changed)
 }
 
-fn read_actual() -> Result<Actual, nft::NftError> {
+/// What table `ip flatnet` holds, as a full sync reads it (chain and set names, the
+/// base maps' elements).
+pub fn read_actual() -> Result<Actual, nft::NftError> {
     let (chains, sets) = nft::table_names(NfFamily::IP, proxy::TABLE)?;
     let mut elements: HashMap<&str, Vec<serde_json::Value>> = HashMap::new();
     for (name, kind) in [
@@ -296,10 +298,6 @@ fn flush_udp(endpoints: &BTreeSet<(Ipv4Addr, u16)>) {
             Err(e) => warn!("could not flush UDP conntrack entries to {ip}:{port}: {e}"),
         }
     }
-}
-
-struct Synced {
-    what: String,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -367,7 +365,7 @@ pub async fn run(cfg: AgentConfig, client: kube::Client, shutdown: impl std::fut
             let listed = started.elapsed();
             // Planning reads `world` while the kernel work runs: both on this thread, out
             // of the runtime's way; the plans are consumed one Service at a time.
-            let r = tokio::task::block_in_place(|| -> Result<Synced, nft::NftError> {
+            let r = tokio::task::block_in_place(|| -> Result<String, nft::NftError> {
                 let t1 = Instant::now();
                 ensure_base(&cfg)?;
                 let actual = read_actual()?;
@@ -383,19 +381,17 @@ pub async fn run(cfg: AgentConfig, client: kube::Client, shutdown: impl std::fut
                 let applied = t2.elapsed();
                 flush_udp(&t.removed_udp_endpoints);
                 let (s, e) = proxier.counts();
-                Ok(Synced {
-                    what: format!(
-                        "full sync: {s} Service(s), {e} endpoint(s); {} chain(s) added, {} removed, {} element(s) changed \
+                Ok(format!(
+                    "full sync: {s} Service(s), {e} endpoint(s); {} chain(s) added, {} removed, {} element(s) changed \
                          (watch lists {:.0} ms, kernel read {:.0} ms, plan {:.0} ms, nft {:.0} ms)",
-                        t.chains_added,
-                        t.chains_removed,
-                        t.elements_changed,
-                        listed.as_secs_f64() * 1e3,
-                        read.as_secs_f64() * 1e3,
-                        planned.as_secs_f64() * 1e3,
-                        applied.as_secs_f64() * 1e3
-                    ),
-                })
+                    t.chains_added,
+                    t.chains_removed,
+                    t.elements_changed,
+                    listed.as_secs_f64() * 1e3,
+                    read.as_secs_f64() * 1e3,
+                    planned.as_secs_f64() * 1e3,
+                    applied.as_secs_f64() * 1e3
+                ))
             });
             if r.is_ok() {
                 last_full = Instant::now();
@@ -413,35 +409,29 @@ pub async fn run(cfg: AgentConfig, client: kube::Client, shutdown: impl std::fut
             let n = changes.len();
             let t = proxier.update(changes);
             let planned = started.elapsed();
-            blocking(move || -> Result<Synced, nft::NftError> {
+            blocking(move || -> Result<String, nft::NftError> {
                 let t1 = Instant::now();
                 if !t.is_empty() {
                     nft::apply_objects(&t.objects)?;
                 }
                 let applied = t1.elapsed();
                 flush_udp(&t.removed_udp_endpoints);
-                Ok(Synced {
-                    what: format!(
-                        "{n} Service(s) updated: {} chain(s) added, {} removed, {} element(s) changed \
+                Ok(format!(
+                    "{n} Service(s) updated: {} chain(s) added, {} removed, {} element(s) changed \
                          (event to plan {:.1} ms, nft {:.1} ms)",
-                        t.chains_added,
-                        t.chains_removed,
-                        t.elements_changed,
-                        planned.as_secs_f64() * 1e3,
-                        applied.as_secs_f64() * 1e3
-                    ),
-                })
+                    t.chains_added,
+                    t.chains_removed,
+                    t.elements_changed,
+                    planned.as_secs_f64() * 1e3,
+                    applied.as_secs_f64() * 1e3
+                ))
             })
             .await
         };
         match result {
             Ok(s) => {
                 need_full = false;
-                info!(
-                    "{} in {:.1} ms (from the watch event to the kernel)",
-                    s.what,
-                    started.elapsed().as_secs_f64() * 1e3
-                );
+                info!("{} in {:.1} ms (from the watch event to the kernel)", s, started.elapsed().as_secs_f64() * 1e3);
             }
             Err(e) => {
                 warn!("programming Services failed, a full sync follows: {e}");

@@ -4,7 +4,7 @@
 
 use crate::error::{KernelError, Result};
 use netlink_packet_core::{NLA_F_NESTED, NLA_TYPE_MASK, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 use std::io;
 use std::net::Ipv4Addr;
 
@@ -86,12 +86,7 @@ struct Ctnetlink {
 impl Ctnetlink {
     /// Opens a socket in the calling thread's network namespace.
     fn open() -> Result<Self> {
-        let op = "open a ctnetlink socket";
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(|e| KernelError::refused(op, e))?;
-        socket.bind_auto().map_err(|e| KernelError::refused(op, e))?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(|e| KernelError::refused(op, e))?;
-        // Extended acks give the kernel's reason text; failing to enable them is harmless.
-        let _ = socket.set_ext_ack(true);
+        let socket = crate::netlink::socket(NETLINK_NETFILTER, "open a ctnetlink socket")?;
         Ok(Self { socket, seq: 0, buf: Vec::with_capacity(64 * 1024) })
     }
 

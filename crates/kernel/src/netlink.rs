@@ -14,6 +14,17 @@ use std::io;
 pub const CREATE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
 pub const CHANGE: u16 = NLM_F_REQUEST | NLM_F_ACK;
 
+/// A netlink socket of `protocol`, bound and connected to the kernel, in the calling
+/// thread's network namespace.
+pub(crate) fn socket(protocol: isize, op: &str) -> Result<Socket> {
+    let mut socket = Socket::new(protocol).map_err(|e| KernelError::refused(op, e))?;
+    socket.bind_auto().map_err(|e| KernelError::refused(op, e))?;
+    socket.connect(&SocketAddr::new(0, 0)).map_err(|e| KernelError::refused(op, e))?;
+    // Extended acks give the kernel's reason text; failing to enable them is harmless.
+    let _ = socket.set_ext_ack(true);
+    Ok(socket)
+}
+
 pub struct Netlink {
     socket: Socket,
     seq: u32,
@@ -23,13 +34,7 @@ pub struct Netlink {
 impl Netlink {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> Result<Self> {
-        let op = "open a netlink socket";
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| KernelError::refused(op, e))?;
-        socket.bind_auto().map_err(|e| KernelError::refused(op, e))?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(|e| KernelError::refused(op, e))?;
-        // Extended acks give the kernel's reason text; failing to enable them is harmless.
-        let _ = socket.set_ext_ack(true);
-        Ok(Self { socket, seq: 0, buf: Vec::with_capacity(64 * 1024) })
+        Ok(Self { socket: socket(NETLINK_ROUTE, "open a netlink socket")?, seq: 0, buf: Vec::with_capacity(64 * 1024) })
     }
 
     fn send(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<u32> {

@@ -2,7 +2,6 @@
 //! transaction (all of it or none), and reads list one table of flatnet's own.
 
 use nftables::helper::{self, NftablesError};
-use nftables::schema::Nftables;
 use nftables::types::NfFamily;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,11 +17,6 @@ fn classify(e: NftablesError) -> NftError {
         NftablesError::NftFailed { stderr, .. } => NftError::Refused { stderr: stderr.trim().to_string() },
         other => NftError::Unavailable(other.to_string()),
     }
-}
-
-/// Applies the transaction atomically.
-pub fn apply(ruleset: &Nftables<'_>) -> Result<(), NftError> {
-    helper::apply_ruleset(ruleset).map_err(classify)
 }
 
 fn family_word(family: NfFamily) -> &'static str {
@@ -41,17 +35,7 @@ fn family_word(family: NfFamily) -> &'static str {
 pub fn chain_rule_comments(family: NfFamily, table: &str, chain: &str) -> Result<Option<Vec<String>>, NftError> {
     // Read as plain JSON: the typed schema cannot decode every statement `nft` lists
     // (masquerade flags, for one), and only the comments matter here.
-    let raw = match helper::get_current_ruleset_raw(
-        helper::DEFAULT_NFT,
-        ["list", "chain", family_word(family), table, chain],
-    ) {
-        Ok(r) => r,
-        // nft says "No such file or directory" for a missing table or chain.
-        Err(NftablesError::NftFailed { stderr, .. }) if stderr.contains("No such file") => return Ok(None),
-        Err(e) => return Err(classify(e)),
-    };
-    let listed: serde_json::Value =
-        serde_json::from_str(&raw).map_err(|e| NftError::Unavailable(format!("nft printed invalid JSON: {e}")))?;
+    let Some(listed) = list_raw(&["list", "chain", family_word(family), table, chain])? else { return Ok(None) };
     Ok(Some(
         listed["nftables"]
             .as_array()
@@ -108,6 +92,7 @@ pub fn apply_objects<S: AsRef<str>>(objects: impl IntoIterator<Item = S>) -> Res
     written.map_err(|e| NftError::Unavailable(format!("writing to nft: {e}")))
 }
 
+/// `nft -j ARGS` as JSON; None when nft says the table, chain or set does not exist.
 fn list_raw(args: &[&str]) -> Result<Option<serde_json::Value>, NftError> {
     let raw = match helper::get_current_ruleset_raw(helper::DEFAULT_NFT, args) {
         Ok(r) => r,

@@ -143,18 +143,14 @@ fn seen_pod(body: &str) -> Option<String> {
     body.split_whitespace().find_map(|w| w.strip_prefix("pod=")).map(str::to_string)
 }
 
-/// The chain `service-ips` sends `ip`:80/TCP to on `node_ns`.
+/// The chain `service-ips` sends `ip`:80/TCP to on `node_ns`, read as the agent reads it.
 fn service_chain(node_ns: &std::path::Path, ip: &str) -> String {
-    let elements = netns::run_in(node_ns, || {
-        flatnet_kernel::nft::set_elements(nftables::types::NfFamily::IP, "flatnet", "map", "service-ips")
-    });
-    let found = elements.ok().and_then(Result::ok).flatten().into_iter().flatten().find_map(|e| {
-        let key = e.get(0)?.get("concat")?;
-        (key.get(0)?.as_str()? == ip && key.get(2)?.as_u64()? == 80)
-            .then(|| e.get(1)?.get("goto")?.get("target")?.as_str().map(str::to_string))
-            .flatten()
-    });
-    found.map_or_else(|| "no map element".into(), |c| format!("table ip flatnet, chain {c}"))
+    let actual = netns::run_in(node_ns, flatnet_agent::proxy::read_actual).ok().and_then(Result::ok);
+    let key = ip.parse().ok().map(|ip| (ip, flatnet_model::proxy::Proto::Tcp, 80));
+    match actual.zip(key).and_then(|(a, k)| a.service_ips.get(&k).cloned()) {
+        Some(c) => format!("table ip flatnet, chain {c}"),
+        None => "no map element".into(),
+    }
 }
 
 fn vxlan_tx(node_ns: &std::path::Path) -> Option<u64> {

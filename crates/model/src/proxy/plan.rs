@@ -174,8 +174,10 @@ pub fn plan_service(ctx: &Context, svc: &Service, slices: &[Slice]) -> Fragment 
         f.summary.endpoints.extend(cluster_eps.iter().chain(&local_eps).map(|(ip, port)| (sp.protocol, *ip, *port)));
         f.summary.hairpin.extend(local_eps.iter().map(|(ip, _)| *ip));
         let has_external = !svc.external_ips.is_empty() || !svc.load_balancer_ips.is_empty() || sp.node_port.is_some();
-        let comment = format!("{}/{}:{}", svc.namespace, svc.name, if sp.name.is_empty() { "" } else { &sp.name });
-        let comment = comment.trim_end_matches(':').to_string();
+        let comment = match sp.name.as_str() {
+            "" => format!("{}/{}", svc.namespace, svc.name),
+            port => format!("{}/{}:{port}", svc.namespace, svc.name),
+        };
 
         if cluster_eps.is_empty() {
             // No usable endpoint anywhere: reject at once, on every address of the Service.
