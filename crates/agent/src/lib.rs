@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod node;
 pub mod proxy;
 pub mod run;
+pub mod watch;
 
 pub use config::AgentConfig;
 pub use run::run;

@@ -5,13 +5,12 @@
 //! re-plans only the Services it touched and applies the difference in one transaction.
 
 use crate::config::AgentConfig;
+use crate::watch::{self, Change};
 use flatnet_kernel::{conntrack, nft};
 use flatnet_model::proxy::{self, Actual, Context, Proxier, ServiceKey, Slice};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt, watcher};
 use nftables::types::NfFamily;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -109,33 +108,6 @@ pub fn slice_of(s: &EndpointSlice) -> Option<(ServiceKey, String, Slice)> {
         })
         .collect();
     Some(((ns, svc), name, Slice { ports, endpoints }))
-}
-
-/// A watch event, already reduced to what the proxy keeps (so a burst of events queues
-/// compact values, not API objects).
-enum Change<K, V> {
-    Init,
-    InitApply(K, Option<V>),
-    InitDone,
-    Apply(K, Option<V>),
-    Delete(K),
-}
-
-impl<K, V> Change<K, V> {
-    fn of<T>(e: watcher::Event<T>, key: impl Fn(&T) -> Option<K>, value: impl Fn(&T) -> Option<V>) -> Option<Self> {
-        Some(match e {
-            watcher::Event::Init => Self::Init,
-            watcher::Event::InitApply(o) => Self::InitApply(key(&o)?, value(&o)),
-            watcher::Event::InitDone => Self::InitDone,
-            watcher::Event::Apply(o) => Self::Apply(key(&o)?, value(&o)),
-            watcher::Event::Delete(o) => Self::Delete(key(&o)?),
-        })
-    }
-}
-
-/// (namespace, name) of an object.
-fn key_of(m: &kube::api::ObjectMeta) -> Option<(String, String)> {
-    Some((m.namespace.clone()?, m.name.clone()?))
 }
 
 /// A slice's (namespace, name), and what it holds: its Service and endpoints.
@@ -308,33 +280,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 pub async fn run(cfg: AgentConfig, client: kube::Client, shutdown: impl std::future::Future<Output = ()>) {
     let ctx = Context { node: cfg.node_name.clone(), cluster_cidr: cfg.cluster_cidr, service_cidr: cfg.service_cidr };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Event)>();
-    let services = watcher(Api::<Service>::all(client.clone()), watcher::Config::default()).default_backoff();
-    let slices = watcher(Api::<EndpointSlice>::all(client), watcher::Config::default()).default_backoff();
-    let (t1, t2) = (tx.clone(), tx);
-    let w1 = tokio::spawn(services.for_each(move |e| {
-        match e {
-            Ok(e) => {
-                let c = Change::of(e, |s: &Service| key_of(&s.metadata), |s| service_of(s).map(|(_, v)| v));
-                if let Some(c) = c {
-                    drop(t1.send((Instant::now(), Event::Service(c))));
-                }
-            }
-            Err(e) => warn!("watching Services: {e}"),
-        }
-        futures::future::ready(())
-    }));
-    let w2 = tokio::spawn(slices.for_each(move |e| {
-        match e {
-            Ok(e) => {
-                let c = Change::of(e, |s: &EndpointSlice| key_of(&s.metadata), |s| slice_of(s).map(|(k, _, v)| (k, v)));
-                if let Some(c) = c {
-                    drop(t2.send((Instant::now(), Event::Slice(c))));
-                }
-            }
-            Err(e) => warn!("watching EndpointSlices: {e}"),
-        }
-        futures::future::ready(())
-    }));
+    let w1 = watch::spawn(Api::<Service>::all(client.clone()), |s| service_of(s).map(|(_, v)| v), Event::Service, tx.clone());
+    let w2 = watch::spawn(Api::<EndpointSlice>::all(client), |s| slice_of(s).map(|(k, _, v)| (k, v)), Event::Slice, tx);
     tokio::pin!(shutdown);
     let mut world = World::default();
     let mut proxier = Proxier::new();

@@ -94,15 +94,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
 }
 
 async fn client(cfg: &AgentConfig) -> Result<kube::Client, AgentError> {
-    let err = |e: &dyn std::fmt::Display| AgentError::Client(e.to_string());
-    let config = match &cfg.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| err(&e))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|e| err(&e))?
-        }
-        None => kube::Config::infer().await.map_err(|e| err(&e))?,
-    };
-    kube::Client::try_from(config).map_err(|e| err(&e))
+    crate::watch::client(cfg.kubeconfig.as_deref()).await.map_err(AgentError::Client)
 }
 
 /// The NetworkUnavailable=False reasons: every peer routed, or some left out (named in

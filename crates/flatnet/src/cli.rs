@@ -21,6 +21,9 @@ enum Cmd {
     /// The node agent: routes to every other node's pods (VXLAN or direct), masquerade,
     /// and the subnet file for the CNI plugin. Runs until SIGTERM.
     Agent(crate::agent::AgentArgs),
+    /// The cluster DNS server (the Kubernetes DNS spec for `cluster.local`, a caching
+    /// forwarder for every other name). Runs until SIGTERM.
+    Dns(crate::dns::DnsArgs),
     /// Benchmarks, compared side by side with a reference in one run.
     Bench {
         #[command(subcommand)]
@@ -43,6 +46,7 @@ pub fn main() -> i32 {
         Cmd::Bench { what } => crate::bench::run(what),
         Cmd::Demo => crate::demo::run(),
         Cmd::Agent(args) => crate::agent::run(args),
+        Cmd::Dns(args) => crate::dns::run(args),
         Cmd::Lab { what } => crate::lab::run(what),
         Cmd::CniConfig { name, subnet } => {
             let mut plugin = serde_json::json!({"type": "flatnet", "bridge": "cni0"});

@@ -5,6 +5,7 @@ mod agent;
 mod bench;
 mod cli;
 mod demo;
+mod dns;
 mod lab;
 mod shutdown;
 

@@ -4,6 +4,7 @@
 //! is tested with plain unit tests.
 
 pub mod cni;
+pub mod dns;
 pub mod ipam;
 pub mod names;
 pub mod node_network;

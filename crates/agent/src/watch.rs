@@ -1,0 +1,81 @@
+//! List/watch plumbing shared by the agent's reconcilers and the DNS server: each watch
+//! event is reduced at once to the compact value its consumer keeps, so a burst of
+//! events queues small values, not API objects.
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::de::DeserializeOwned;
+use std::path::Path;
+use std::time::Instant;
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::warn;
+
+/// A watch event, reduced: the object's key and what the consumer keeps of it (None
+/// when it keeps nothing of this object, which then counts as absent).
+pub enum Change<K, V> {
+    /// A re-list starts: the `InitApply`s that follow until `InitDone` are everything.
+    Init,
+    InitApply(K, Option<V>),
+    InitDone,
+    Apply(K, Option<V>),
+    Delete(K),
+}
+
+impl<K, V> Change<K, V> {
+    pub fn of<T>(e: watcher::Event<T>, key: impl Fn(&T) -> Option<K>, value: impl Fn(&T) -> Option<V>) -> Option<Self> {
+        Some(match e {
+            watcher::Event::Init => Self::Init,
+            watcher::Event::InitApply(o) => Self::InitApply(key(&o)?, value(&o)),
+            watcher::Event::InitDone => Self::InitDone,
+            watcher::Event::Apply(o) => Self::Apply(key(&o)?, value(&o)),
+            watcher::Event::Delete(o) => Self::Delete(key(&o)?),
+        })
+    }
+}
+
+/// (namespace, name) of an object.
+pub fn key_of(m: &kube::api::ObjectMeta) -> Option<(String, String)> {
+    Some((m.namespace.clone()?, m.name.clone()?))
+}
+
+/// Watches every `T` (re-listing with back-off after errors) and sends each event,
+/// reduced by `value` and wrapped by `wrap`, with the time it arrived.
+pub fn spawn<T, V, E>(
+    api: Api<T>,
+    value: impl Fn(&T) -> Option<V> + Send + 'static,
+    wrap: fn(Change<(String, String), V>) -> E,
+    tx: UnboundedSender<(Instant, E)>,
+) -> tokio::task::JoinHandle<()>
+where
+    T: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    T::DynamicType: Default,
+    V: Send + 'static,
+    E: Send + 'static,
+{
+    let kind = T::kind(&Default::default()).to_string();
+    let events = watcher(api, watcher::Config::default()).default_backoff();
+    tokio::spawn(events.for_each(move |e| {
+        match e {
+            Ok(e) => {
+                if let Some(c) = Change::of(e, |o: &T| key_of(o.meta()), &value) {
+                    drop(tx.send((Instant::now(), wrap(c))));
+                }
+            }
+            Err(e) => warn!("watching {kind}s: {e}"),
+        }
+        futures::future::ready(())
+    }))
+}
+
+/// A client from `kubeconfig`, else the in-cluster service account (or $KUBECONFIG).
+pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| e.to_string())?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|e| e.to_string())?
+        }
+        None => kube::Config::infer().await.map_err(|e| e.to_string())?,
+    };
+    kube::Client::try_from(config).map_err(|e| e.to_string())
+}

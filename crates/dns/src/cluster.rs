@@ -1,0 +1,243 @@
+//! What the DNS server keeps of the cluster: Services, EndpointSlices and Pods reduced
+//! to the few fields the records need, and the zone built from them.
+
+use flatnet_agent::watch::Change;
+use flatnet_model::dns::{self, Zone, ZoneConfig};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+pub type Key = (String, String);
+
+fn ports<'a>(it: impl Iterator<Item = (Option<&'a String>, Option<&'a String>, Option<i32>)>) -> Vec<dns::Port> {
+    it.filter_map(|(name, proto, port)| {
+        Some(dns::Port {
+            name: name.cloned().unwrap_or_default(),
+            protocol: proto.map_or("tcp".into(), |p| p.to_ascii_lowercase()),
+            port: u16::try_from(port?).ok()?,
+        })
+    })
+    .collect()
+}
+
+/// A Service's records: its ClusterIPs, or headless, or an external name.
+pub fn service_of(s: &Service) -> Option<dns::Service> {
+    let spec = s.spec.as_ref()?;
+    let kind = if spec.type_.as_deref() == Some("ExternalName") {
+        dns::ServiceKind::ExternalName(spec.external_name.clone()?)
+    } else if spec.cluster_ip.as_deref() == Some("None") {
+        dns::ServiceKind::Headless
+    } else {
+        let ips: Vec<IpAddr> = match &spec.cluster_ips {
+            Some(v) if !v.is_empty() => v.iter().filter_map(|i| i.parse().ok()).collect(),
+            _ => spec.cluster_ip.iter().filter_map(|i| i.parse().ok()).collect(),
+        };
+        if ips.is_empty() {
+            return None;
+        }
+        dns::ServiceKind::ClusterIp(ips)
+    };
+    Some(dns::Service {
+        namespace: s.metadata.namespace.clone()?,
+        name: s.metadata.name.clone()?,
+        kind,
+        ports: ports(spec.ports.iter().flatten().map(|p| (p.name.as_ref(), p.protocol.as_ref(), Some(p.port)))),
+    })
+}
+
+/// A slice's Service and what it holds.
+pub fn slice_of(s: &EndpointSlice) -> Option<(Key, dns::Slice)> {
+    let ns = s.metadata.namespace.clone()?;
+    let svc = s.metadata.labels.as_ref()?.get("kubernetes.io/service-name")?.clone();
+    let endpoints = s
+        .endpoints
+        .iter()
+        .flatten()
+        .flat_map(|e| {
+            // Unknown readiness counts as ready, as the API documents.
+            let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            e.addresses.iter().filter_map(move |a| {
+                Some(dns::Endpoint { ip: a.parse().ok()?, hostname: e.hostname.clone(), ready })
+            })
+        })
+        .collect();
+    let ports = ports(s.ports.iter().flatten().map(|p| (p.name.as_ref(), p.protocol.as_ref(), p.port)));
+    Some(((ns, svc), dns::Slice { ports, endpoints }))
+}
+
+/// A pod's addresses (none yet: nothing to serve).
+pub fn pod_of(p: &Pod) -> Option<dns::Pod> {
+    let status = p.status.as_ref()?;
+    let mut ips: Vec<IpAddr> = status.pod_ips.iter().flatten().filter_map(|i| i.ip.parse().ok()).collect();
+    if ips.is_empty() {
+        ips.extend(status.pod_ip.as_ref().and_then(|i| i.parse::<IpAddr>().ok()));
+    }
+    if ips.is_empty() || p.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        return None;
+    }
+    Some(dns::Pod { namespace: p.metadata.namespace.clone()?, ips })
+}
+
+/// Objects of one kind, as last listed and watched.
+pub struct Store<V> {
+    pub items: HashMap<Key, V>,
+    relist: Option<HashMap<Key, V>>,
+    pub listed: bool,
+}
+
+impl<V> Default for Store<V> {
+    fn default() -> Self {
+        Self { items: HashMap::new(), relist: None, listed: false }
+    }
+}
+
+impl<V> Store<V> {
+    pub fn apply(&mut self, c: Change<Key, V>) {
+        match c {
+            Change::Init => self.relist = Some(HashMap::new()),
+            Change::InitApply(k, v) => {
+                if let (Some(m), Some(v)) = (self.relist.as_mut(), v) {
+                    m.insert(k, v);
+                }
+            }
+            Change::InitDone => {
+                self.items = self.relist.take().unwrap_or_default();
+                self.listed = true;
+            }
+            Change::Apply(k, Some(v)) => {
+                self.items.insert(k, v);
+            }
+            Change::Apply(k, None) | Change::Delete(k) => {
+                self.items.remove(&k);
+            }
+        }
+    }
+}
+
+pub enum Event {
+    Service(Change<Key, dns::Service>),
+    Slice(Change<Key, (Key, dns::Slice)>),
+    Pod(Change<Key, dns::Pod>),
+}
+
+/// The server's view of the cluster.
+#[derive(Default)]
+pub struct World {
+    pub services: Store<dns::Service>,
+    pub slices: Store<(Key, dns::Slice)>,
+    pub pods: Store<dns::Pod>,
+}
+
+impl World {
+    pub fn apply(&mut self, e: Event) {
+        match e {
+            Event::Service(c) => self.services.apply(c),
+            Event::Slice(c) => self.slices.apply(c),
+            Event::Pod(c) => self.pods.apply(c),
+        }
+    }
+
+    /// Every kind has been listed once.
+    pub fn synced(&self) -> bool {
+        self.services.listed && self.slices.listed && self.pods.listed
+    }
+
+    pub fn zone(&self, cfg: &ZoneConfig, serial: u32) -> Zone {
+        let mut by_service: HashMap<&Key, Vec<&dns::Slice>> = HashMap::new();
+        for (owner, slice) in self.slices.items.values() {
+            by_service.entry(owner).or_default().push(slice);
+        }
+        let services = self.services.items.iter().map(|(k, s)| (s, by_service.remove(k).unwrap_or_default()));
+        Zone::build(cfg, serial, services, self.pods.items.values())
+    }
+
+    /// Fills the world from a `kind: List` of Services, EndpointSlices and Pods (what
+    /// `kubectl get svc,endpointslices,pods -A -o json` prints).
+    pub fn from_list(list: &serde_json::Value) -> Result<Self, String> {
+        let mut w = World::default();
+        let items = list["items"].as_array().ok_or("not a List: no \"items\" array")?;
+        for (i, item) in items.iter().enumerate() {
+            let bad = |e: serde_json::Error| format!("item {i}: {e}");
+            let kind = item["kind"].as_str().unwrap_or("");
+            match kind {
+                "Service" => {
+                    let s: Service = serde_json::from_value(item.clone()).map_err(bad)?;
+                    if let (Some(k), Some(v)) = (flatnet_agent::watch::key_of(&s.metadata), service_of(&s)) {
+                        w.services.items.insert(k, v);
+                    }
+                }
+                "EndpointSlice" => {
+                    let s: EndpointSlice = serde_json::from_value(item.clone()).map_err(bad)?;
+                    if let (Some(k), Some(v)) = (flatnet_agent::watch::key_of(&s.metadata), slice_of(&s)) {
+                        w.slices.items.insert(k, v);
+                    }
+                }
+                "Pod" => {
+                    let p: Pod = serde_json::from_value(item.clone()).map_err(bad)?;
+                    if let (Some(k), Some(v)) = (flatnet_agent::watch::key_of(&p.metadata), pod_of(&p)) {
+                        w.pods.items.insert(k, v);
+                    }
+                }
+                other => return Err(format!("item {i}: kind {other:?} is not a Service, EndpointSlice or Pod")),
+            }
+        }
+        w.services.listed = true;
+        w.slices.listed = true;
+        w.pods.listed = true;
+        Ok(w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_list_of_objects_becomes_a_zone() {
+        let list = json!({"kind": "List", "items": [
+            {"kind": "Service", "apiVersion": "v1", "metadata": {"name": "web", "namespace": "default"},
+             "spec": {"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"], "ports": [{"name": "http", "port": 80}]}},
+            {"kind": "Service", "apiVersion": "v1", "metadata": {"name": "db", "namespace": "default"},
+             "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}},
+            {"kind": "Service", "apiVersion": "v1", "metadata": {"name": "x", "namespace": "default"},
+             "spec": {"type": "ExternalName", "externalName": "example.com"}},
+            {"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
+             "metadata": {"name": "db-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "db"}},
+             "addressType": "IPv4", "ports": [{"port": 5432, "protocol": "TCP"}],
+             "endpoints": [{"addresses": ["10.244.1.5"], "hostname": "db-0", "conditions": {"ready": true}},
+                           {"addresses": ["10.244.1.6"], "conditions": {"ready": false}}]},
+            {"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "p", "namespace": "default"},
+             "status": {"podIP": "10.244.1.9", "podIPs": [{"ip": "10.244.1.9"}]}},
+            {"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "pending", "namespace": "default"}},
+        ]});
+        let w = World::from_list(&list).unwrap();
+        assert!(w.synced());
+        assert_eq!(w.services.items.len(), 3);
+        assert_eq!(w.pods.items.len(), 1, "a pod without an IP has no record");
+        let (_, slice) = &w.slices.items[&("default".to_string(), "db-1".to_string())];
+        assert_eq!(slice.endpoints.iter().filter(|e| e.ready).count(), 1);
+        assert_eq!(slice.ports[0].protocol, "tcp");
+        let (_, records) = w.zone(&ZoneConfig::default(), 1).size();
+        // web: A + SRV×2 (plain and _http._tcp) + PTR; db: A, A (db-0), PTR, SRV; x: CNAME;
+        // pod A; NS, SOA, TXT.
+        assert_eq!(records, 4 + 4 + 1 + 1 + 3);
+        let err = World::from_list(&json!({"items": [{"kind": "Node"}]})).err().unwrap();
+        assert!(err.contains("Node"), "{err}");
+    }
+
+    #[test]
+    fn a_relist_replaces_everything_and_deletes_remove() {
+        let mut s: Store<u32> = Store::default();
+        let k = |n: &str| ("ns".to_string(), n.to_string());
+        s.apply(Change::Apply(k("a"), Some(1)));
+        s.apply(Change::Init);
+        s.apply(Change::InitApply(k("b"), Some(2)));
+        assert!(s.items.contains_key(&k("a")), "served until the re-list is done");
+        s.apply(Change::InitDone);
+        assert!(s.listed && !s.items.contains_key(&k("a")) && s.items[&k("b")] == 2);
+        s.apply(Change::Apply(k("b"), None));
+        assert!(s.items.is_empty());
+    }
+}

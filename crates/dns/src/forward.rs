@@ -1,0 +1,194 @@
+//! Names that are not the cluster's go to the upstream resolvers (from a resolv.conf),
+//! through a cache that honours the answers' TTLs. Only this path parses packets with
+//! hickory-proto: it is the slow one.
+
+use hickory_proto::op::Message;
+use hickory_proto::rr::RecordType;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, warn};
+
+/// How long one upstream gets before the next is asked.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Entries kept at most; past it, expired ones go, then everything.
+const CACHE_ENTRIES: usize = 10_000;
+/// The longest any answer is kept, whatever its TTL.
+const MAX_CACHE_TTL: u32 = 3600;
+
+/// The `nameserver` lines of a resolv.conf, as port-53 addresses.
+pub fn upstreams_from_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next()? == "nameserver").then_some(())?;
+            let ip: IpAddr = w.next()?.split('%').next()?.parse().ok()?;
+            Some(SocketAddr::new(ip, 53))
+        })
+        .collect()
+}
+
+/// (lowercased name, type, class, whether the client spoke EDNS)
+type CacheKey = (String, u16, u16, bool);
+
+struct Cached {
+    stored: Instant,
+    ttl: u32,
+    reply: Message,
+}
+
+pub struct Forwarder {
+    upstreams: Vec<SocketAddr>,
+    cache: Mutex<HashMap<CacheKey, Cached>>,
+}
+
+fn key_of(m: &Message) -> Option<CacheKey> {
+    let q = m.queries.first()?;
+    Some((q.name().to_lowercase().to_ascii(), q.query_type().into(), q.query_class().into(), m.edns.is_some()))
+}
+
+/// How long `m` may be cached: its smallest TTL; for a negative answer, its SOA's.
+fn ttl_of(m: &Message) -> Option<u32> {
+    use hickory_proto::op::ResponseCode::{NXDomain, NoError};
+    if !matches!(m.metadata.response_code, NoError | NXDomain) || m.metadata.truncation {
+        return None;
+    }
+    let records = m.answers.iter().chain(m.authorities.iter());
+    let ttl = if m.answers.is_empty() {
+        records.filter(|r| r.record_type() == RecordType::SOA).map(|r| r.ttl).min()?
+    } else {
+        records.map(|r| r.ttl).min()?
+    };
+    Some(ttl.min(MAX_CACHE_TTL))
+}
+
+impl Forwarder {
+    pub fn new(upstreams: Vec<SocketAddr>) -> Self {
+        Self { upstreams, cache: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn upstreams(&self) -> &[SocketAddr] {
+        &self.upstreams
+    }
+
+    /// The reply to `query` (whole, not cut to a UDP size): from the cache, else from
+    /// the first upstream that answers. None when none did.
+    pub async fn resolve(&self, query: &[u8]) -> Option<Vec<u8>> {
+        let asked = Message::from_vec(query).ok()?;
+        let key = key_of(&asked)?;
+        if let Some(hit) = self.cached(&key, &asked) {
+            return Some(hit);
+        }
+        let id = next_id();
+        let mut ours = query.to_vec();
+        ours[..2].copy_from_slice(&id.to_be_bytes());
+        for up in &self.upstreams {
+            match ask(*up, &ours, id).await {
+                Ok(reply) => {
+                    let mut reply = reply;
+                    reply[..2].copy_from_slice(&query[..2]);
+                    if let Ok(m) = Message::from_vec(&reply)
+                        && let Some(ttl) = ttl_of(&m)
+                        && ttl > 0
+                    {
+                        self.store(key, ttl, m);
+                    }
+                    return Some(reply);
+                }
+                Err(e) => debug!("upstream {up}: {e}"),
+            }
+        }
+        warn!("no upstream answered for {} {} (asked {:?})", key.0, RecordType::from(key.1), self.upstreams);
+        None
+    }
+
+    fn cached(&self, key: &CacheKey, asked: &Message) -> Option<Vec<u8>> {
+        let cache = self.cache.lock().ok()?;
+        let c = cache.get(key)?;
+        let age = c.stored.elapsed().as_secs() as u32;
+        if age >= c.ttl {
+            return None;
+        }
+        let mut m = c.reply.clone();
+        m.metadata.id = asked.metadata.id;
+        m.metadata.recursion_desired = asked.metadata.recursion_desired;
+        m.queries.clone_from(&asked.queries);
+        for r in m.answers.iter_mut().chain(m.authorities.iter_mut()).chain(m.additionals.iter_mut()) {
+            r.ttl = r.ttl.saturating_sub(age);
+        }
+        m.to_vec().ok()
+    }
+
+    fn store(&self, key: CacheKey, ttl: u32, reply: Message) {
+        let Ok(mut cache) = self.cache.lock() else { return };
+        if cache.len() >= CACHE_ENTRIES {
+            cache.retain(|_, c| (c.stored.elapsed().as_secs() as u32) < c.ttl);
+            if cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(key, Cached { stored: Instant::now(), ttl, reply });
+    }
+}
+
+/// A query id no one can guess from the last (the source port is random too).
+fn next_id() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish() as u16
+}
+
+/// One query to one upstream: over UDP from a fresh port, over TCP when the answer is
+/// truncated.
+async fn ask(up: SocketAddr, query: &[u8], id: u16) -> std::io::Result<Vec<u8>> {
+    let bind: SocketAddr = if up.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let sock = tokio::net::UdpSocket::bind(bind).await?;
+    sock.connect(up).await?;
+    sock.send(query).await?;
+    let mut buf = vec![0u8; 65535];
+    let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
+    loop {
+        let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
+        let reply = &buf[..n];
+        // Someone else's packet (wrong id, not a response): keep waiting.
+        if n < 12 || reply[..2] != id.to_be_bytes() || reply[2] & 0x80 == 0 {
+            continue;
+        }
+        if reply[2] & 0x02 != 0 {
+            return tokio::time::timeout_at(deadline, ask_tcp(up, query))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer over TCP"))?;
+        }
+        return Ok(reply.to_vec());
+    }
+}
+
+async fn ask_tcp(up: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = tokio::net::TcpStream::connect(up).await?;
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(query);
+    s.write_all(&framed).await?;
+    let len = s.read_u16().await? as usize;
+    let mut reply = vec![0u8; len];
+    s.read_exact(&mut reply).await?;
+    Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nameservers_come_from_resolv_conf() {
+        let text = "# x\nsearch a.b\nnameserver 192.168.1.1\nnameserver fe80::1%eth0\nnameserver bogus\noptions ndots:5\n";
+        assert_eq!(
+            upstreams_from_resolv_conf(text),
+            vec!["192.168.1.1:53".parse::<SocketAddr>().unwrap(), "[fe80::1]:53".parse().unwrap()]
+        );
+    }
+}

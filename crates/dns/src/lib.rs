@@ -1,0 +1,130 @@
+//! `flatnet dns`: the cluster's DNS server (CoreDNS's job). It list/watches Services,
+//! EndpointSlices and Pods, rebuilds the zone after each batch of changes and swaps it in
+//! atomically; queries are answered from the current zone by the pure request path in
+//! `flatnet_model::dns`, and every other name goes to the upstream resolvers.
+
+pub mod cluster;
+pub mod forward;
+pub mod server;
+
+use arc_swap::ArcSwap;
+use cluster::{Event, World};
+use flatnet_agent::watch;
+use flatnet_model::dns::ZoneConfig;
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tracing::info;
+
+/// Where the records come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The API server (a kubeconfig, else in-cluster).
+    Api { kubeconfig: Option<PathBuf> },
+    /// A fixed `kind: List` of objects, for offline runs and benchmarks.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    pub listen: SocketAddr,
+    pub zone: ZoneConfig,
+    pub upstreams: Vec<SocketAddr>,
+    pub allow_forwarding: Vec<IpNet>,
+    pub udp_threads: usize,
+    pub source: Source,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Client(String),
+    #[error("read the objects in {path}: {why}")]
+    Objects { path: PathBuf, why: String },
+    #[error("listen on {addr}: {source} (is another DNS server there? port 53 needs root)")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+fn serial() -> u32 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_secs() as u32)
+}
+
+/// Runs until `shutdown` resolves. Nothing listens until the first zone is built, so a
+/// readiness probe on the port passes only once every name can be answered.
+pub async fn run(cfg: DnsConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), DnsError> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Event)>();
+    let mut world = match &cfg.source {
+        Source::File(path) => {
+            let bad = |why: String| DnsError::Objects { path: path.clone(), why };
+            let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+            let list = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+            World::from_list(&list).map_err(bad)?
+        }
+        Source::Api { kubeconfig } => {
+            let client = watch::client(kubeconfig.as_deref()).await.map_err(DnsError::Client)?;
+            watch::spawn(Api::<Service>::all(client.clone()), cluster::service_of, Event::Service, tx.clone());
+            watch::spawn(Api::<EndpointSlice>::all(client.clone()), cluster::slice_of, Event::Slice, tx.clone());
+            watch::spawn(Api::<Pod>::all(client), cluster::pod_of, Event::Pod, tx);
+            World::default()
+        }
+    };
+    while !world.synced() {
+        let Some((_, e)) = rx.recv().await else { break };
+        world.apply(e);
+    }
+    let started = Instant::now();
+    let zone = world.zone(&cfg.zone, serial());
+    let (names, records) = zone.size();
+    let shared = Arc::new(server::Shared {
+        zone: ArcSwap::from_pointee(zone),
+        forwarder: forward::Forwarder::new(cfg.upstreams.clone()),
+        allow_forwarding: cfg.allow_forwarding.clone(),
+    });
+    let listen = |e| DnsError::Listen { addr: cfg.listen, source: e };
+    let udp = std::net::UdpSocket::bind(cfg.listen).map_err(listen)?;
+    let tcp = tokio::net::TcpListener::bind(cfg.listen).await.map_err(listen)?;
+    let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
+    server::spawn_udp(&udp, cfg.udp_threads, shared.clone(), jobs_tx).map_err(listen)?;
+    let fwd = tokio::spawn(server::run_forwarding(udp.try_clone().map_err(listen)?, shared.clone(), jobs_rx));
+    let tcp = tokio::spawn(server::run_tcp(tcp, shared.clone()));
+    info!(
+        "flatnet dns serving {} on {} (UDP and TCP): {names} names, {records} records, built in {} ms; \
+         other names go to {:?} for clients in {:?}",
+        cfg.zone.domain,
+        cfg.listen,
+        started.elapsed().as_millis(),
+        shared.forwarder.upstreams(),
+        cfg.allow_forwarding
+    );
+    tokio::pin!(shutdown);
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => match m { Some((at, e)) => { world.apply(e); at } None => { shutdown.as_mut().await; break } },
+            () = &mut shutdown => break,
+        };
+        // The whole batch already queued, then one rebuild.
+        let mut n = 1;
+        while let Ok((_, e)) = rx.try_recv() {
+            world.apply(e);
+            n += 1;
+        }
+        let t = Instant::now();
+        let zone = tokio::task::block_in_place(|| world.zone(&cfg.zone, serial()));
+        let (names, records) = zone.size();
+        shared.zone.store(Arc::new(zone));
+        info!(
+            "zone rebuilt after {n} change(s): {names} names, {records} records (build {} ms, event to serving {} ms)",
+            t.elapsed().as_millis(),
+            first.elapsed().as_millis()
+        );
+    }
+    fwd.abort();
+    tcp.abort();
+    info!("flatnet dns stopped");
+    Ok(())
+}

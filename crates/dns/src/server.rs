@@ -1,0 +1,166 @@
+//! The sockets. UDP is served by plain threads blocked in `recv_from`, each answering
+//! from the current zone snapshot (an atomic pointer load: no lock); TCP and the
+//! forwarded queries run on tokio.
+
+use crate::forward::Forwarder;
+use arc_swap::ArcSwap;
+use flatnet_model::dns::{self, Outcome, Rcode, Transport, Zone};
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{debug, warn};
+
+/// A TCP client silent this long is hung up on.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+pub struct Shared {
+    pub zone: ArcSwap<Zone>,
+    pub forwarder: Forwarder,
+    /// Clients whose other names we look up upstream; everyone else gets REFUSED for
+    /// them, so the server is no open resolver.
+    pub allow_forwarding: Vec<IpNet>,
+}
+
+impl Shared {
+    fn may_forward(&self, client: IpAddr) -> bool {
+        let client = match client {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, IpAddr::V4),
+            v4 => v4,
+        };
+        self.allow_forwarding.iter().any(|n| n.contains(&client))
+    }
+}
+
+/// A UDP query to forward, and where its answer goes.
+pub struct ForwardJob {
+    pub query: Vec<u8>,
+    pub client: SocketAddr,
+}
+
+/// Starts `threads` UDP workers on `sock` (blocking mode; they share it).
+pub fn spawn_udp(sock: &UdpSocket, threads: usize, shared: Arc<Shared>, forward: UnboundedSender<ForwardJob>) -> std::io::Result<()> {
+    for i in 0..threads.max(1) {
+        let (sock, shared, forward) = (sock.try_clone()?, shared.clone(), forward.clone());
+        std::thread::Builder::new().name(format!("dns-udp-{i}")).spawn(move || udp_worker(&sock, &shared, &forward))?;
+    }
+    Ok(())
+}
+
+fn udp_worker(sock: &UdpSocket, shared: &Shared, forward: &UnboundedSender<ForwardJob>) {
+    let mut buf = [0u8; 4096];
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let (n, client) = match sock.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("dns: receive: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let query = &buf[..n];
+        let outcome = dns::respond(&shared.zone.load(), query, Transport::Udp, &mut out);
+        match outcome {
+            Outcome::Reply => {}
+            Outcome::Drop => continue,
+            Outcome::Forward if shared.may_forward(client.ip()) => {
+                let _ = forward.send(ForwardJob { query: query.to_vec(), client });
+                continue;
+            }
+            Outcome::Forward => {
+                if !dns::error_reply(query, Rcode::Refused, &mut out) {
+                    continue;
+                }
+            }
+        }
+        if let Err(e) = sock.send_to(&out, client) {
+            debug!("dns: reply to {client}: {e}");
+        }
+    }
+}
+
+/// Answers forwarded UDP queries as the upstreams reply, each on its own task. Replies
+/// go out through `sock` (blocking, but a UDP send does not wait for the peer).
+pub async fn run_forwarding(
+    sock: UdpSocket,
+    shared: Arc<Shared>,
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<ForwardJob>,
+) {
+    let sock = Arc::new(sock);
+    while let Some(job) = jobs.recv().await {
+        let (sock, shared) = (sock.clone(), shared.clone());
+        tokio::spawn(async move {
+            let reply = forwarded(&shared, &job.query).await;
+            let mut out = Vec::new();
+            dns::truncate_to(&reply, dns::udp_limit(&job.query), &mut out);
+            if let Err(e) = sock.send_to(&out, job.client) {
+                debug!("dns: reply to {}: {e}", job.client);
+            }
+        });
+    }
+}
+
+/// The upstream's reply, or SERVFAIL when none answered.
+async fn forwarded(shared: &Shared, query: &[u8]) -> Vec<u8> {
+    if let Some(r) = shared.forwarder.resolve(query).await {
+        return r;
+    }
+    let mut out = Vec::new();
+    dns::error_reply(query, Rcode::ServFail, &mut out);
+    out
+}
+
+/// Serves DNS over TCP (length-prefixed messages, several per connection).
+pub async fn run_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (conn, client) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("dns: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tcp_connection(conn, client, &shared).await {
+                debug!("dns: TCP client {client}: {e}");
+            }
+        });
+    }
+}
+
+async fn tcp_connection(mut conn: tokio::net::TcpStream, client: SocketAddr, shared: &Shared) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    loop {
+        let len = match tokio::time::timeout(TCP_IDLE, conn.read_u16()).await {
+            Ok(Ok(l)) => l as usize,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(()),
+        };
+        let mut query = vec![0u8; len];
+        tokio::time::timeout(TCP_IDLE, conn.read_exact(&mut query))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "message cut short"))??;
+        let outcome = dns::respond(&shared.zone.load(), &query, Transport::Tcp, &mut out);
+        let reply = match outcome {
+            Outcome::Reply => std::mem::take(&mut out),
+            Outcome::Drop => continue,
+            Outcome::Forward if shared.may_forward(client.ip()) => forwarded(shared, &query).await,
+            Outcome::Forward => {
+                if !dns::error_reply(&query, Rcode::Refused, &mut out) {
+                    continue;
+                }
+                std::mem::take(&mut out)
+            }
+        };
+        let mut framed = Vec::with_capacity(reply.len() + 2);
+        framed.extend_from_slice(&(reply.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&reply);
+        conn.write_all(&framed).await?;
+    }
+}
