@@ -280,7 +280,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 pub async fn run(cfg: AgentConfig, client: kube::Client, shutdown: impl std::future::Future<Output = ()>) {
     let ctx = Context { node: cfg.node_name.clone(), cluster_cidr: cfg.cluster_cidr, service_cidr: cfg.service_cidr };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Event)>();
-    let w1 = watch::spawn(Api::<Service>::all(client.clone()), |s| service_of(s).map(|(_, v)| v), Event::Service, tx.clone());
+    let w1 = watch::spawn(
+        Api::<Service>::all(client.clone()),
+        |s| service_of(s).map(|(_, v)| v),
+        Event::Service,
+        tx.clone(),
+    );
     let w2 = watch::spawn(Api::<EndpointSlice>::all(client), |s| slice_of(s).map(|(k, _, v)| (k, v)), Event::Slice, tx);
     tokio::pin!(shutdown);
     let mut world = World::default();

@@ -57,9 +57,9 @@ pub fn slice_of(s: &EndpointSlice) -> Option<(Key, dns::Slice)> {
         .flat_map(|e| {
             // Unknown readiness counts as ready, as the API documents.
             let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            e.addresses.iter().filter_map(move |a| {
-                Some(dns::Endpoint { ip: a.parse().ok()?, hostname: e.hostname.clone(), ready })
-            })
+            e.addresses
+                .iter()
+                .filter_map(move |a| Some(dns::Endpoint { ip: a.parse().ok()?, hostname: e.hostname.clone(), ready }))
         })
         .collect();
     let ports = ports(s.ports.iter().flatten().map(|p| (p.name.as_ref(), p.protocol.as_ref(), p.port)));

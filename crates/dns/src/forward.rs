@@ -185,7 +185,8 @@ mod tests {
 
     #[test]
     fn nameservers_come_from_resolv_conf() {
-        let text = "# x\nsearch a.b\nnameserver 192.168.1.1\nnameserver fe80::1%eth0\nnameserver bogus\noptions ndots:5\n";
+        let text =
+            "# x\nsearch a.b\nnameserver 192.168.1.1\nnameserver fe80::1%eth0\nnameserver bogus\noptions ndots:5\n";
         assert_eq!(
             upstreams_from_resolv_conf(text),
             vec!["192.168.1.1:53".parse::<SocketAddr>().unwrap(), "[fe80::1]:53".parse().unwrap()]

@@ -41,7 +41,12 @@ pub struct ForwardJob {
 }
 
 /// Starts `threads` UDP workers on `sock` (blocking mode; they share it).
-pub fn spawn_udp(sock: &UdpSocket, threads: usize, shared: Arc<Shared>, forward: UnboundedSender<ForwardJob>) -> std::io::Result<()> {
+pub fn spawn_udp(
+    sock: &UdpSocket,
+    threads: usize,
+    shared: Arc<Shared>,
+    forward: UnboundedSender<ForwardJob>,
+) -> std::io::Result<()> {
     for i in 0..threads.max(1) {
         let (sock, shared, forward) = (sock.try_clone()?, shared.clone(), forward.clone());
         std::thread::Builder::new().name(format!("dns-udp-{i}")).spawn(move || udp_worker(&sock, &shared, &forward))?;

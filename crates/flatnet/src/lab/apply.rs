@@ -74,6 +74,11 @@ pub async fn prepare(client: &kube::Client, obj: Value) -> anyhow::Result<Prepar
 }
 
 impl Prepared {
+    /// Whether an object of this kind and name is already there.
+    pub async fn exists(&self) -> anyhow::Result<bool> {
+        Ok(self.api.get_opt(&self.name).await.with_context(|| format!("read {}", self.what))?.is_some())
+    }
+
     /// Creates the object, or replaces it when it exists; returns `kind/name created|configured`.
     pub async fn apply(mut self) -> anyhow::Result<String> {
         let what = self.what;

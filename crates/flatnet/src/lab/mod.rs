@@ -4,6 +4,7 @@
 //! the flatnet agent.
 
 pub(crate) mod apply;
+mod cluster_dns;
 mod demo;
 pub(crate) mod exec;
 pub(crate) mod scenario;

@@ -47,6 +47,13 @@ pub fn serve(layout: &Layout, listen: SocketAddr, underlay: Option<&Path>) -> an
                 .with_context(|| format!("listen on {underlay_addr} in the underlay {}", path.display()))
         })
         .transpose()?;
+    let upstream_dns_addr = SocketAddr::new(underlay::control_plane_ip().into(), 53);
+    let upstream_dns = underlay
+        .map(|path| {
+            flatnet_lab::upstream_dns::bind_in(path, upstream_dns_addr)
+                .with_context(|| format!("listen on {upstream_dns_addr} (UDP) in the underlay {}", path.display()))
+        })
+        .transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         let mut listeners = vec![
@@ -62,6 +69,7 @@ pub fn serve(layout: &Layout, listen: SocketAddr, underlay: Option<&Path>) -> an
             flatnet_lab::control_plane::start(&layout.state, token, ClusterConfig::default(), listen.port()).await?;
         let (stopping, _) = tokio::sync::watch::channel(false);
         let mut servers = Vec::new();
+        let upstream_dns = upstream_dns.map(|s| tokio::spawn(flatnet_lab::upstream_dns::serve(s)));
         for l in listeners {
             eprintln!("flatnet lab control plane listening on https://{}", l.local_addr()?);
             let (api, pki, mut stopped) = (cp.api.clone(), pki.clone(), stopping.subscribe());
@@ -75,6 +83,9 @@ pub fn serve(layout: &Layout, listen: SocketAddr, underlay: Option<&Path>) -> an
         crate::shutdown::requested()?.await;
         stopping.send_replace(true);
         cp.shutdown().await;
+        if let Some(t) = upstream_dns {
+            t.abort();
+        }
         for s in servers {
             let _ = s.await;
         }
@@ -150,7 +161,15 @@ pub fn up(args: &UpArgs) -> anyhow::Result<Vec<NodeSummary>> {
     }
     let t = Instant::now();
     step("waiting for every node's network (podCIDR, routes to peers)");
-    let summary = super::runtime()?.block_on(wait_nodes_ready(&layout, args.nodes, Duration::from_secs(60)))?;
+    let rt = super::runtime()?;
+    let summary = rt.block_on(wait_nodes_ready(&layout, args.nodes, Duration::from_secs(60)))?;
+    done(t);
+    let t = Instant::now();
+    step(&format!("cluster DNS: kube-dns {} → 2 flatnet dns pods", super::cluster_dns::SERVICE_IP));
+    rt.block_on(async {
+        let client = super::client(&layout).await?;
+        super::cluster_dns::deploy(&client, &layout, args.nodes).await
+    })?;
     done(t);
     println!("\nthe lab is up in {:.1} s", started.elapsed().as_secs_f64());
     println!("  {:<8} {:<14} {:<15} NETWORK", "NODE", "IP", "POD CIDR");
@@ -158,12 +177,19 @@ pub fn up(args: &UpArgs) -> anyhow::Result<Vec<NodeSummary>> {
         println!("  {:<8} {:<14} {:<15} {}", n.name, n.ip, n.pod_cidr, n.network);
     }
     println!("  API server  {} (from nodes: {node_server})", args.listen);
+    println!(
+        "  DNS         {} (kube-dns; other names go to the lab's upstream {}, which knows {})",
+        super::cluster_dns::SERVICE_IP,
+        underlay::control_plane_ip(),
+        flatnet_lab::upstream_dns::ZONE
+    );
     println!("  kubeconfig  {}", layout.kubeconfig().display());
     println!("\ntry:");
     println!("  export KUBECONFIG={}", layout.kubeconfig().display());
     println!("  kubectl get nodes -o wide");
     println!("  kubectl run web --image=nginx:1.25 --port=80   # or: flatnet lab apply -f pod.yaml");
     println!("  flatnet lab exec <pod> -- ip route");
+    println!("  flatnet lab exec <pod> -- getent hosts kubernetes.default   # cluster DNS");
     println!("  flatnet lab demo     # pods on two nodes, every path checked");
     Ok(summary)
 }

@@ -34,7 +34,8 @@ struct Container {
     restarts: u32,
     exit_code: Option<i32>,
     started_at: String,
-    /// TCP ports to probe for readiness (the built-in server's).
+    /// TCP ports to probe for readiness (the built-in server's, and a readinessProbe's
+    /// tcpSocket).
     tcp_ports: Vec<u16>,
     /// When a crashed container may be started again (doubling back-off, 10 s at most).
     retry_at: Option<Instant>,
@@ -172,13 +173,26 @@ fn grace_period(pod: Option<&Pod>) -> Duration {
     Duration::from_secs(u64::try_from(secs).unwrap_or(0).min(5))
 }
 
+/// The port of a `readinessProbe.tcpSocket`, a number or the name of a container port.
+fn readiness_tcp_port(c: &ContainerSpec) -> Option<u16> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    match &c.readiness_probe.as_ref()?.tcp_socket.as_ref()?.port {
+        IntOrString::Int(n) => u16::try_from(*n).ok(),
+        IntOrString::String(name) => {
+            let p = c.ports.iter().flatten().find(|p| p.name.as_deref() == Some(name.as_str()))?;
+            u16::try_from(p.container_port).ok()
+        }
+    }
+}
+
 fn new_container(c: &ContainerSpec) -> Container {
-    let tcp_ports = match workload::workload(c) {
+    let mut tcp_ports: Vec<u16> = match workload::workload(c) {
         workload::Workload::Netexec(ports) => {
             ports.iter().filter_map(|p| p.strip_suffix("/TCP")?.parse().ok()).collect()
         }
         _ => Vec::new(),
     };
+    tcp_ports.extend(readiness_tcp_port(c));
     Container {
         name: c.name.clone(),
         image: c.image.clone().unwrap_or_default(),

@@ -181,7 +181,8 @@ mod tests {
         assert_eq!(&key[..3], b"\x01a\x00");
         assert_eq!(read_question_name(b"\xc0\x0c", 0, &mut key), Err(ReadError::Malformed));
         assert_eq!(read_question_name(b"\x05ab", 0, &mut key), Err(ReadError::Short));
-        let long: Vec<u8> = std::iter::repeat_n(b"\x3f".iter().chain([b'a'; 63].iter()).copied(), 4).flatten().collect();
+        let long: Vec<u8> =
+            std::iter::repeat_n(b"\x3f".iter().chain([b'a'; 63].iter()).copied(), 4).flatten().collect();
         assert_eq!(read_question_name(&long, 0, &mut key), Err(ReadError::Malformed));
     }
 }

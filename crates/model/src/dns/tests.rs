@@ -131,7 +131,10 @@ fn srv_records_name_the_port_and_carry_the_targets_addresses() {
     assert_eq!(data(&m), ["0 100 53 web.default.svc.cluster.local.", "0 100 80 web.default.svc.cluster.local."]);
     // Headless: one per endpoint, each naming the endpoint.
     let m = lookup(&z, "_sql._tcp.pg.db.svc.cluster.local.", RecordType::SRV);
-    assert_eq!(data(&m), ["0 100 5432 10-244-2-6.pg.db.svc.cluster.local.", "0 100 5432 pg-0.pg.db.svc.cluster.local."]);
+    assert_eq!(
+        data(&m),
+        ["0 100 5432 10-244-2-6.pg.db.svc.cluster.local.", "0 100 5432 pg-0.pg.db.svc.cluster.local."]
+    );
     assert_eq!(m.additionals.len(), 2);
     // An unnamed port has no `_port._proto` name; a wrong protocol is no name either.
     assert_eq!(
@@ -150,7 +153,10 @@ fn reverse_lookups_name_the_service_or_the_endpoint() {
     assert_eq!(reverse_name("10.244.1.5".parse::<IpAddr>().unwrap()), "5.1.244.10.in-addr.arpa");
     // An address that is no Service's goes upstream.
     let mut out = Vec::new();
-    assert_eq!(respond(&z, &query("1.1.168.192.in-addr.arpa.", RecordType::PTR), Transport::Udp, &mut out), Outcome::Forward);
+    assert_eq!(
+        respond(&z, &query("1.1.168.192.in-addr.arpa.", RecordType::PTR), Transport::Udp, &mut out),
+        Outcome::Forward
+    );
 }
 
 #[test]

@@ -1,0 +1,75 @@
+//! The lab's cluster DNS, deployed as a cluster's is: the `kube-dns` Service at
+//! 10.96.0.10 in kube-system, in front of two pods running `flatnet dns` (on the first
+//! and the last node), which forward other names to the lab's stand-in upstream.
+
+use anyhow::Context;
+use flatnet_lab::layout::Layout;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+pub const NAMESPACE: &str = "kube-system";
+pub const SERVICE_IP: &str = "10.96.0.10";
+const REPLICAS: usize = 2;
+
+fn upstream_resolv_conf(layout: &Layout) -> std::path::PathBuf {
+    layout.state.join("upstream-resolv.conf")
+}
+
+/// The Service and the pods.
+pub fn objects(layout: &Layout, nodes: usize) -> anyhow::Result<Vec<Value>> {
+    let me = std::env::current_exe()?.to_string_lossy().into_owned();
+    let mut v = vec![json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": NAMESPACE, "labels": {"k8s-app": "kube-dns"}},
+        "spec": {"clusterIP": SERVICE_IP, "selector": {"k8s-app": "kube-dns"}, "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP"},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}})];
+    for i in 1..=REPLICAS {
+        let node = flatnet_lab::nodes::name(if i == 1 { 1 } else { nodes });
+        let command = [
+            me.as_str(),
+            "dns",
+            "--kubeconfig",
+            &layout.node_kubeconfig(&node).to_string_lossy(),
+            "--upstream-resolv-conf",
+            &upstream_resolv_conf(layout).to_string_lossy(),
+            "--allow-forwarding",
+            "10.244.0.0/16,192.168.1.0/24,127.0.0.0/8",
+            "--udp-threads",
+            "1",
+        ]
+        .map(String::from);
+        v.push(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("flatnet-dns-{i}"), "namespace": NAMESPACE, "labels": {"k8s-app": "kube-dns"}},
+            "spec": {"nodeName": node, "dnsPolicy": "Default", "containers": [{
+                "name": "dns", "image": "flatnet", "command": command,
+                "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                          {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"}],
+                "readinessProbe": {"tcpSocket": {"port": "dns-tcp"}}}]}}));
+    }
+    Ok(v)
+}
+
+/// Creates what is missing and waits until both DNS pods are Ready.
+pub async fn deploy(client: &kube::Client, layout: &Layout, nodes: usize) -> anyhow::Result<()> {
+    let upstream = format!(
+        "# the lab's stand-in upstream (see `flatnet lab`)\nnameserver {}\n",
+        flatnet_lab::underlay::control_plane_ip()
+    );
+    std::fs::write(upstream_resolv_conf(layout), upstream).context("write the DNS pods' upstream resolv.conf")?;
+    for o in objects(layout, nodes)? {
+        let p = super::apply::prepare(client, o).await?;
+        if p.exists().await? {
+            continue;
+        }
+        p.apply().await?;
+    }
+    super::scenario::wait_ready(client, NAMESPACE, REPLICAS, Duration::from_secs(60)).await.with_context(|| {
+        format!(
+            "the cluster DNS pods did not become Ready; their logs are {}/nodes/*/pods/*/dns.log",
+            layout.state.display()
+        )
+    })?;
+    Ok(())
+}
