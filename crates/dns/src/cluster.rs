@@ -67,7 +67,7 @@ pub fn slice_of(s: &EndpointSlice) -> Option<(Key, dns::Slice)> {
 }
 
 /// A pod's addresses (none yet: nothing to serve).
-pub fn pod_of(p: &Pod) -> Option<dns::Pod> {
+pub fn pod_of(p: &Pod) -> Option<dns::PodIps> {
     let status = p.status.as_ref()?;
     let mut ips: Vec<IpAddr> = status.pod_ips.iter().flatten().filter_map(|i| i.ip.parse().ok()).collect();
     if ips.is_empty() {
@@ -76,7 +76,7 @@ pub fn pod_of(p: &Pod) -> Option<dns::Pod> {
     if ips.is_empty() || p.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
         return None;
     }
-    Some(dns::Pod { namespace: p.metadata.namespace.clone()?, ips })
+    Some(ips.into_boxed_slice())
 }
 
 /// Objects of one kind, as last listed and watched.
@@ -118,7 +118,7 @@ impl<V> Store<V> {
 pub enum Event {
     Service(Change<Key, dns::Service>),
     Slice(Change<Key, (Key, dns::Slice)>),
-    Pod(Change<Key, dns::Pod>),
+    Pod(Change<Key, dns::PodIps>),
 }
 
 /// The server's view of the cluster.
@@ -126,7 +126,8 @@ pub enum Event {
 pub struct World {
     pub services: Store<dns::Service>,
     pub slices: Store<(Key, dns::Slice)>,
-    pub pods: Store<dns::Pod>,
+    /// Each pod's addresses (its namespace is in the key).
+    pub pods: Store<dns::PodIps>,
 }
 
 impl World {
@@ -149,43 +150,100 @@ impl World {
             by_service.entry(owner).or_default().push(slice);
         }
         let services = self.services.items.iter().map(|(k, s)| (s, by_service.remove(k).unwrap_or_default()));
-        Zone::build(cfg, serial, services, self.pods.items.values())
+        Zone::build(cfg, serial, services, self.pods.items.iter().map(|((ns, _), ips)| (ns.as_str(), ips)))
+    }
+
+    /// Adds item `i` of a List (a Service, an EndpointSlice or a Pod).
+    fn add_item(&mut self, i: usize, item: serde_json::Value) -> Result<(), String> {
+        let bad = |e: serde_json::Error| format!("item {i}: {e}");
+        let kind = item["kind"].as_str().unwrap_or("").to_string();
+        match kind.as_str() {
+            "Service" => {
+                let s: Service = serde_json::from_value(item).map_err(bad)?;
+                if let (Some(k), Some(v)) = (flatnet_agent::watch::key_of(&s.metadata), service_of(&s)) {
+                    self.services.items.insert(k, v);
+                }
+            }
+            "EndpointSlice" => {
+                let s: EndpointSlice = serde_json::from_value(item).map_err(bad)?;
+                if let (Some(k), Some(v)) = (flatnet_agent::watch::key_of(&s.metadata), slice_of(&s)) {
+                    self.slices.items.insert(k, v);
+                }
+            }
+            "Pod" => {
+                let p: Pod = serde_json::from_value(item).map_err(bad)?;
+                if let (Some(k), Some(v)) = (flatnet_agent::watch::key_of(&p.metadata), pod_of(&p)) {
+                    self.pods.items.insert(k, v);
+                }
+            }
+            other => return Err(format!("item {i}: kind {other:?} is not a Service, EndpointSlice or Pod")),
+        }
+        Ok(())
     }
 
     /// Fills the world from a `kind: List` of Services, EndpointSlices and Pods (what
-    /// `kubectl get svc,endpointslices,pods -A -o json` prints).
-    pub fn from_list(list: &serde_json::Value) -> Result<Self, String> {
+    /// `kubectl get svc,endpointslices,pods -A -o json` prints), read one item at a time
+    /// so that the whole document is never held.
+    pub fn from_list(reader: impl std::io::Read) -> Result<Self, String> {
         let mut w = World::default();
-        let items = list["items"].as_array().ok_or("not a List: no \"items\" array")?;
-        for (i, item) in items.iter().enumerate() {
-            let bad = |e: serde_json::Error| format!("item {i}: {e}");
-            let kind = item["kind"].as_str().unwrap_or("");
-            match kind {
-                "Service" => {
-                    let s: Service = serde_json::from_value(item.clone()).map_err(bad)?;
-                    if let (Some(k), Some(v)) = (flatnet_agent::watch::key_of(&s.metadata), service_of(&s)) {
-                        w.services.items.insert(k, v);
-                    }
-                }
-                "EndpointSlice" => {
-                    let s: EndpointSlice = serde_json::from_value(item.clone()).map_err(bad)?;
-                    if let (Some(k), Some(v)) = (flatnet_agent::watch::key_of(&s.metadata), slice_of(&s)) {
-                        w.slices.items.insert(k, v);
-                    }
-                }
-                "Pod" => {
-                    let p: Pod = serde_json::from_value(item.clone()).map_err(bad)?;
-                    if let (Some(k), Some(v)) = (flatnet_agent::watch::key_of(&p.metadata), pod_of(&p)) {
-                        w.pods.items.insert(k, v);
-                    }
-                }
-                other => return Err(format!("item {i}: kind {other:?} is not a Service, EndpointSlice or Pod")),
-            }
+        let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::new(reader));
+        serde::Deserializer::deserialize_map(&mut de, ListVisitor(&mut w)).map_err(|e| e.to_string())?;
+        if !(w.services.listed) {
+            return Err("not a List: no \"items\" array".into());
         }
-        w.services.listed = true;
         w.slices.listed = true;
         w.pods.listed = true;
         Ok(w)
+    }
+}
+
+/// A List's top level: `items` goes item by item into the world, the rest is skipped.
+struct ListVisitor<'w>(&'w mut World);
+
+impl<'de> serde::de::Visitor<'de> for ListVisitor<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a List object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "items" {
+                map.next_value_seed(Items(&mut *self.0))?;
+                self.0.services.listed = true;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Items<'w>(&'w mut World);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Items<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Items<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of objects")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        while let Some(item) = seq.next_element::<serde_json::Value>()? {
+            self.0.add_item(i, item).map_err(serde::de::Error::custom)?;
+            i += 1;
+        }
+        Ok(())
     }
 }
 
@@ -212,7 +270,7 @@ mod tests {
              "status": {"podIP": "10.244.1.9", "podIPs": [{"ip": "10.244.1.9"}]}},
             {"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "pending", "namespace": "default"}},
         ]});
-        let w = World::from_list(&list).unwrap();
+        let w = World::from_list(list.to_string().as_bytes()).unwrap();
         assert!(w.synced());
         assert_eq!(w.services.items.len(), 3);
         assert_eq!(w.pods.items.len(), 1, "a pod without an IP has no record");
@@ -223,8 +281,11 @@ mod tests {
         // web: A + SRV×2 (plain and _http._tcp) + PTR; db: A, A (db-0), PTR, SRV; x: CNAME;
         // pod A; NS, SOA, TXT.
         assert_eq!(records, 4 + 4 + 1 + 1 + 3);
-        let err = World::from_list(&json!({"items": [{"kind": "Node"}]})).err().unwrap();
+        let err = World::from_list(json!({"items": [{"kind": "Node"}]}).to_string().as_bytes()).err().unwrap();
         assert!(err.contains("Node"), "{err}");
+        let err = World::from_list(&b"{\"kind\": \"List\"}"[..]).err().unwrap();
+        assert!(err.contains("no \"items\""), "{err}");
+        assert!(World::from_list(&b"[1, 2"[..]).is_err());
     }
 
     #[test]

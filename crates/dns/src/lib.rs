@@ -61,9 +61,8 @@ pub async fn run(cfg: DnsConfig, shutdown: impl std::future::Future<Output = ()>
     let mut world = match &cfg.source {
         Source::File(path) => {
             let bad = |why: String| DnsError::Objects { path: path.clone(), why };
-            let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-            let list = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-            World::from_list(&list).map_err(bad)?
+            let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+            World::from_list(file).map_err(bad)?
         }
         Source::Api { kubeconfig } => {
             let client = watch::client(kubeconfig.as_deref()).await.map_err(DnsError::Client)?;
@@ -87,6 +86,7 @@ pub async fn run(cfg: DnsConfig, shutdown: impl std::future::Future<Output = ()>
     });
     let listen = |e| DnsError::Listen { addr: cfg.listen, source: e };
     let udp = std::net::UdpSocket::bind(cfg.listen).map_err(listen)?;
+    server::grow_receive_buffer(&udp);
     let tcp = tokio::net::TcpListener::bind(cfg.listen).await.map_err(listen)?;
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
     server::spawn_udp(&udp, cfg.udp_threads, shared.clone(), jobs_tx).map_err(listen)?;

@@ -40,6 +40,21 @@ pub struct ForwardJob {
     pub client: SocketAddr,
 }
 
+/// The UDP receive buffer asked for: bursts of queries wait in it rather than being
+/// dropped while a worker is busy (as NSD and CoreDNS do, a few MiB).
+const UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Grows `sock`'s receive buffer, past `net.core.rmem_max` when we may (root); a
+/// smaller buffer only costs drops under bursts, so failure is logged, not fatal.
+pub fn grow_receive_buffer(sock: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(sock, sockopt::RcvBufForce, &UDP_RECEIVE_BUFFER).is_err()
+        && let Err(e) = setsockopt(sock, sockopt::RcvBuf, &UDP_RECEIVE_BUFFER)
+    {
+        warn!("dns: cannot grow the UDP receive buffer: {e}");
+    }
+}
+
 /// Starts `threads` UDP workers on `sock` (blocking mode; they share it).
 pub fn spawn_udp(
     sock: &UdpSocket,

@@ -2,6 +2,7 @@
 //! side in one run and report medians and ratios (the machines are shared and noisy).
 
 mod cni;
+mod dns;
 mod lab_api;
 mod lab_harness;
 mod lab_up;
@@ -15,6 +16,9 @@ use clap::Subcommand;
 pub enum BenchCmd {
     /// CNI ADD and DEL latency: flatnet against the reference bridge + host-local plugins.
     Cni(cni::CniBenchArgs),
+    /// Cluster DNS against NSD with the same records: queries/s per core, p50/p99
+    /// latency, memory per 1,000 objects.
+    Dns(dns::DnsBenchArgs),
     /// The lab API server: create pods and Services, watch them all arrive; objects/s and RSS.
     LabApi(lab_api::LabApiBenchArgs),
     /// A fresh lab: seconds from `lab up` until N pods are Ready and reachable.
@@ -29,6 +33,7 @@ pub enum BenchCmd {
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Cni(args) => cni::run(args),
+        BenchCmd::Dns(args) => dns::run(args),
         BenchCmd::LabApi(args) => lab_api::run(args),
         BenchCmd::LabUp(args) => lab_up::run(args),
         BenchCmd::Services(args) => services::run(args),

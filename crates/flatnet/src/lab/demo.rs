@@ -105,6 +105,20 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
         ),
     ));
 
+    // By name: the pod's resolver asks kube-dns (10.96.0.10), a Service itself.
+    let resolved = resolve_in_pod(&layout, "client", "server");
+    rows.push((
+        "client resolves the name server".into(),
+        resolved.as_deref().is_ok_and(|ip| ip == service_ip),
+        match &resolved {
+            Ok(ip) => format!(
+                "server.{NAMESPACE}.svc.cluster.local = {ip}: asked of kube-dns {}, DNATed to a flatnet dns pod",
+                super::cluster_dns::SERVICE_IP
+            ),
+            Err(e) => format!("failed: {e}"),
+        },
+    ));
+
     println!("\n  {:<38} {:<7}PATH", "CHECK", "RESULT");
     for (check, ok, path) in &rows {
         println!("  {check:<38} {:<7}{path}", if *ok { "PASS" } else { "FAIL" });
@@ -118,6 +132,8 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
     println!("\ntry it yourself:");
     println!("  flatnet lab exec client -n {NAMESPACE} -- wget -qO- http://{server_ip}");
     println!("  flatnet lab exec client -n {NAMESPACE} -- wget -qO- http://{service_ip}");
+    println!("  flatnet lab exec client -n {NAMESPACE} -- wget -qO- http://server");
+    println!("  flatnet lab exec client -n {NAMESPACE} -- dig server.{NAMESPACE}.svc.cluster.local");
     println!("  flatnet lab exec client -n {NAMESPACE} -- ip route");
     println!("  nsenter --net={} nft list table ip flatnet", node1.display());
     println!("  KUBECONFIG={} kubectl get pods -n {NAMESPACE} -o wide", layout.kubeconfig().display());
@@ -125,6 +141,27 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
         bail!("some checks failed (logs under {}/nodes/)", layout.state.display());
     }
     Ok(())
+}
+
+/// The address `getent hosts NAME` gives inside `pod` (its resolv.conf, its search path),
+/// retried for a few seconds while the DNS pods learn of the Service.
+fn resolve_in_pod(layout: &flatnet_lab::layout::Layout, pod: &str, name: &str) -> anyhow::Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args(["lab", "exec", pod, "-n", NAMESPACE, "--state-dir"])
+            .arg(&layout.state)
+            .args(["--", "getent", "hosts", name])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(ip) = text.split_whitespace().next() {
+            return Ok(ip.to_string());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("getent hosts {name} found nothing: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// An HTTP GET from inside the pod whose namespace is pinned at `ns`.

@@ -3,13 +3,14 @@
 //! request path that answers a query packet from it. No I/O: the server feeds packets in
 //! and sends what comes out (or forwards the query when the name is not the cluster's).
 
+pub mod fixture;
 mod name;
 mod respond;
 mod zone;
 
 pub use name::{NameError, decode, encode};
 pub use respond::{EDNS_SIZE, Outcome, Rcode, Transport, error_reply, respond, truncate_to, udp_limit};
-pub use zone::{Endpoint, Pod, Port, Service, ServiceKind, Slice, Zone, ZoneConfig, reverse_name};
+pub use zone::{Endpoint, PodIps, Port, Service, ServiceKind, Slice, Zone, ZoneConfig, reverse_name};
 
 /// Record types the zone serves.
 pub mod rtype {

@@ -5,7 +5,7 @@
 
 use super::name::{MAX_NAME, ReadError, in_zone, read_question_name, skip_name};
 use super::rtype;
-use super::zone::{Node, Zone};
+use super::zone::{RecordSet, Zone};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -147,27 +147,27 @@ pub fn respond(zone: &Zone, query: &[u8], transport: Transport, out: &mut Vec<u8
     if let Some(e) = &q.edns
         && e.version > 0
     {
-        Reply::new(&q, Rcode::BadVers, false).write(query, out, transport);
+        Reply::new(&q, Rcode::BadVers, false).write(None, query, out, transport);
         return Outcome::Reply;
     }
     match q.qtype {
         rtype::AXFR | rtype::IXFR | rtype::MAILA | rtype::MAILB => {
-            Reply::new(&q, Rcode::NotImp, false).write(query, out, transport);
+            Reply::new(&q, Rcode::NotImp, false).write(None, query, out, transport);
             return Outcome::Reply;
         }
         rtype::OPT => {
-            Reply::new(&q, Rcode::FormErr, false).write(query, out, transport);
+            Reply::new(&q, Rcode::FormErr, false).write(None, query, out, transport);
             return Outcome::Reply;
         }
         _ => {}
     }
     // IN, or ANY (class 255) as resolvers sometimes ask; nothing else is served.
     if q.qclass != 1 && q.qclass != 255 {
-        Reply::new(&q, Rcode::Refused, false).write(query, out, transport);
+        Reply::new(&q, Rcode::Refused, false).write(None, query, out, transport);
         return Outcome::Reply;
     }
     let name = &q.key[..q.key_len];
-    let node = zone.names.get(name);
+    let node = zone.find(name);
     let authoritative = in_zone(name, &zone.origin);
     if !authoritative && node.is_none() {
         return Outcome::Forward;
@@ -180,20 +180,21 @@ pub fn respond(zone: &Zone, query: &[u8], transport: Transport, out: &mut Vec<u8
         }
         Some(node) => answer(node, q.qtype, &mut reply, zone),
     }
-    reply.write(query, out, transport);
+    reply.write(Some(zone), query, out, transport);
     Outcome::Reply
 }
 
-fn answer<'z>(node: &'z Node, qtype: u16, reply: &mut Reply<'z>, zone: &'z Zone) {
-    if let Some(c) = node.set(rtype::CNAME)
+fn answer<'z>(sets: &'z [RecordSet], qtype: u16, reply: &mut Reply<'z>, zone: &'z Zone) {
+    let set = |t: u16| sets.iter().find(|s| s.rtype == t);
+    if let Some(c) = set(rtype::CNAME)
         && qtype != rtype::CNAME
     {
         reply.answers.push(c);
         return;
     }
     if qtype == rtype::ANY {
-        reply.answers.extend(node.sets.iter());
-    } else if let Some(s) = node.set(qtype) {
+        reply.answers.extend(sets.iter());
+    } else if let Some(s) = set(qtype) {
         reply.answers.push(s);
     }
     if reply.answers.is_empty() {
@@ -210,7 +211,7 @@ struct Reply<'z> {
     question_end: usize,
     edns: bool,
     client_size: u16,
-    answers: Vec<&'z super::zone::RecordSet>,
+    answers: Vec<&'z RecordSet>,
     soa: Option<&'z [u8]>,
 }
 
@@ -233,7 +234,7 @@ impl<'z> Reply<'z> {
         self.soa = Some(soa);
     }
 
-    fn write(&self, query: &[u8], out: &mut Vec<u8>, transport: Transport) {
+    fn write(&self, zone: Option<&Zone>, query: &[u8], out: &mut Vec<u8>, transport: Transport) {
         let an: u16 = self.answers.iter().map(|s| s.count).sum();
         let extra: u16 = self.answers.iter().map(|s| s.extra_count).sum();
         let ns = u16::from(self.soa.is_some());
@@ -245,14 +246,18 @@ impl<'z> Reply<'z> {
         }
         header(out, self.id, flags, [1, an, ns, extra + opt]);
         out.extend_from_slice(&query[HEADER..self.question_end]);
-        for s in &self.answers {
-            out.extend_from_slice(&s.answers);
+        if let Some(z) = zone {
+            for s in &self.answers {
+                out.extend_from_slice(z.answers(s));
+            }
         }
         if let Some(soa) = self.soa {
             out.extend_from_slice(soa);
         }
-        for s in &self.answers {
-            out.extend_from_slice(&s.extra);
+        if let Some(z) = zone {
+            for s in &self.answers {
+                out.extend_from_slice(z.extra(s));
+            }
         }
         if self.edns {
             push_opt(out, ext);
@@ -307,7 +312,7 @@ pub fn error_reply(query: &[u8], rcode: Rcode, out: &mut Vec<u8>) -> bool {
     out.clear();
     match parse(query) {
         Ok(q) => {
-            Reply::new(&q, rcode, false).write(query, out, Transport::Tcp);
+            Reply::new(&q, rcode, false).write(None, query, out, Transport::Tcp);
             true
         }
         Err(Refusal::Drop) => false,

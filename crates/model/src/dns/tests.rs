@@ -15,39 +15,7 @@ fn ep(ip: &str, hostname: Option<&str>, ready: bool) -> Endpoint {
 }
 
 fn cluster() -> Zone {
-    let svc = |ns: &str, name: &str, kind: ServiceKind, ports: Vec<Port>| Service {
-        namespace: ns.into(),
-        name: name.into(),
-        kind,
-        ports,
-    };
-    let services = [
-        (
-            svc(
-                "default",
-                "web",
-                ServiceKind::ClusterIp(vec!["10.96.0.20".parse().unwrap()]),
-                vec![port("http", "tcp", 80), port("", "udp", 53)],
-            ),
-            vec![],
-        ),
-        (
-            svc("db", "pg", ServiceKind::Headless, vec![port("sql", "tcp", 5432)]),
-            vec![Slice {
-                ports: vec![port("sql", "tcp", 5432)],
-                endpoints: vec![
-                    ep("10.244.1.5", Some("pg-0"), true),
-                    ep("10.244.2.6", None, true),
-                    ep("10.244.3.7", Some("pg-2"), false),
-                ],
-            }],
-        ),
-        (svc("db", "empty", ServiceKind::Headless, vec![]), vec![Slice::default()]),
-        (svc("default", "ext", ServiceKind::ExternalName("db.example.com".into()), vec![]), vec![]),
-    ];
-    let pods = [Pod { namespace: "default".into(), ips: vec!["10.244.1.9".parse().unwrap()] }];
-    let cfg = ZoneConfig { nameserver: Some("10.96.0.10".parse().unwrap()), ..ZoneConfig::default() };
-    Zone::build(&cfg, 1, services.iter().map(|(s, sl)| (s, sl.iter().collect())), pods.iter())
+    fixture::sample_zone()
 }
 
 fn query(name: &str, t: RecordType) -> Vec<u8> {
@@ -349,4 +317,21 @@ fn an_upstream_reply_too_big_for_the_client_is_cut_to_its_question() {
     assert!(m.metadata.truncation);
     assert!(m.answers.is_empty());
     assert_eq!(m.queries.len(), 1);
+}
+
+#[test]
+fn the_fuzz_corpus_replays_clean() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/respond");
+    let z = cluster();
+    let mut n = 0;
+    let mut out = Vec::new();
+    for f in std::fs::read_dir(&dir).expect("the corpus is in the repo") {
+        let packet = std::fs::read(f.unwrap().path()).unwrap();
+        fixture::exercise(&z, &packet);
+        if respond(&z, &packet, Transport::Udp, &mut out) == Outcome::Reply {
+            assert!(Message::from_vec(&out).is_ok(), "reply to {packet:02x?} does not parse");
+        }
+        n += 1;
+    }
+    assert!(n >= 20, "only {n} inputs in {}", dir.display());
 }

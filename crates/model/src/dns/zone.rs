@@ -4,7 +4,7 @@
 
 use super::name::{self, ancestors, encode};
 use super::{SPEC_VERSION, rtype};
-use std::collections::HashMap;
+use hashbrown::HashTable;
 use std::net::IpAddr;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,81 +61,121 @@ pub struct Slice {
     pub endpoints: Vec<Endpoint>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pod {
-    pub namespace: String,
-    pub ips: Vec<IpAddr>,
-}
+/// A pod's addresses, for its `a-b-c-d.<namespace>.pod.<zone>` records.
+pub type PodIps = Box<[IpAddr]>;
 
-/// Records of one type at one name, as wire bytes. Answer records are owned by the
-/// question's name (a compression pointer to offset 12), so any case the client used
-/// is echoed.
-#[derive(Debug, Clone, Default)]
+/// Records of one type at one name: ranges of the zone's byte arena. Answer records
+/// are owned by the question's name (a compression pointer to offset 12), so any case
+/// the client used is echoed.
+#[derive(Debug, Clone, Copy)]
 pub(super) struct RecordSet {
     pub rtype: u16,
     pub count: u16,
-    pub answers: Vec<u8>,
     /// Address records of the targets (SRV), for the additional section.
     pub extra_count: u16,
-    pub extra: Vec<u8>,
+    answers: (u32, u32),
+    extra: (u32, u32),
 }
 
-/// A name of the zone: its record sets (none for an empty non-terminal, a name that
-/// exists only because names below it do).
-#[derive(Debug, Clone, Default)]
-pub(super) struct Node {
-    pub sets: Vec<RecordSet>,
+/// A name of the zone: where its wire bytes and its record sets are (no sets for an
+/// empty non-terminal, a name that exists only because names below it do).
+#[derive(Debug, Clone, Copy)]
+struct NameEntry {
+    name: (u32, u32),
+    sets: (u32, u32),
 }
 
-impl Node {
-    pub fn set(&self, t: u16) -> Option<&RecordSet> {
-        self.sets.iter().find(|s| s.rtype == t)
-    }
-}
-
-/// Every record the server answers with authority, ready to copy into a reply.
+/// Every record the server answers with authority, ready to copy into a reply. One
+/// hash table of indices, and every name and record in a few flat arrays: no
+/// allocation per name, so 10,000 pods cost about a megabyte.
 #[derive(Debug, Clone, Default)]
 pub struct Zone {
     pub(super) origin: Vec<u8>,
-    pub(super) names: HashMap<Box<[u8]>, Node>,
+    table: HashTable<u32>,
+    entries: Vec<NameEntry>,
+    names: Vec<u8>,
+    sets: Vec<RecordSet>,
+    bytes: Vec<u8>,
     /// The SOA record (owner written out), for the authority section of negative answers.
     pub(super) soa: Vec<u8>,
-    /// How many records it holds.
-    pub(super) records: usize,
+    records: usize,
 }
 
 const POINTER_TO_QUESTION: [u8; 2] = [0xC0, 0x0C];
 const CLASS_IN: u16 = 1;
 
-/// One type's records at a name before rendering: the type, each record's data, and
-/// the additional records that go with them.
-type PendingSet = (u16, Vec<Vec<u8>>, Vec<Vec<u8>>);
+fn hash(name: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // Fixed seed: the names come from the API, not from clients.
+    let mut h = foldhash::fast::FixedState::with_seed(0x0f1a_7e7d).build_hasher();
+    h.write(name);
+    h.finish()
+}
+
+/// Name interning: each distinct name once in `names`, found through `table`.
+#[derive(Default)]
+struct Names {
+    table: HashTable<u32>,
+    spans: Vec<(u32, u32)>,
+    bytes: Vec<u8>,
+}
+
+impl Names {
+    fn get(&self, name: &[u8]) -> Option<u32> {
+        let (spans, bytes) = (&self.spans, &self.bytes);
+        self.table.find(hash(name), |&i| span(bytes, spans[i as usize]) == name).copied()
+    }
+
+    fn intern(&mut self, name: &[u8]) -> u32 {
+        if let Some(i) = self.get(name) {
+            return i;
+        }
+        let i = self.spans.len() as u32;
+        let start = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(name);
+        self.spans.push((start, self.bytes.len() as u32));
+        let spans = &self.spans;
+        let bytes = &self.bytes;
+        self.table.insert_unique(hash(name), i, |&j| hash(span(bytes, spans[j as usize])));
+        i
+    }
+}
+
+fn span(bytes: &[u8], (a, b): (u32, u32)) -> &[u8] {
+    &bytes[a as usize..b as usize]
+}
+
+/// One record before rendering: its owner, type, data and the additional records that
+/// go with it, as ranges of the builder's scratch bytes.
+struct Pending {
+    name: u32,
+    rtype: u16,
+    rdata: (u32, u32),
+    extra: (u32, u32),
+    extra_count: u16,
+}
 
 /// Records gathered by name and type before rendering.
 #[derive(Default)]
 struct Builder {
-    names: HashMap<Vec<u8>, Vec<PendingSet>>,
+    names: Names,
+    records: Vec<Pending>,
+    scratch: Vec<u8>,
 }
 
 impl Builder {
+    fn push(&mut self, bytes: &[u8]) -> (u32, u32) {
+        let start = self.scratch.len() as u32;
+        self.scratch.extend_from_slice(bytes);
+        (start, self.scratch.len() as u32)
+    }
+
     fn add(&mut self, owner: &[u8], t: u16, rdata: Vec<u8>, extra: Vec<Vec<u8>>) {
-        let sets = self.names.entry(owner.to_vec()).or_default();
-        let i = match sets.iter().position(|s| s.0 == t) {
-            Some(i) => i,
-            None => {
-                sets.push((t, Vec::new(), Vec::new()));
-                sets.len() - 1
-            }
-        };
-        let set = &mut sets[i];
-        if !set.1.contains(&rdata) {
-            set.1.push(rdata);
-        }
-        for e in extra {
-            if !set.2.contains(&e) {
-                set.2.push(e);
-            }
-        }
+        let name = self.names.intern(owner);
+        let rdata = self.push(&rdata);
+        let extra_count = extra.len() as u16;
+        let extra = self.push(&extra.concat());
+        self.records.push(Pending { name, rtype: t, rdata, extra, extra_count });
     }
 
     fn address(&mut self, owner: &[u8], ip: IpAddr) {
@@ -213,7 +253,7 @@ impl Zone {
         cfg: &ZoneConfig,
         serial: u32,
         services: impl IntoIterator<Item = (&'a Service, Vec<&'a Slice>)>,
-        pods: impl IntoIterator<Item = &'a Pod>,
+        pods: impl IntoIterator<Item = (&'a str, &'a PodIps)>,
     ) -> Self {
         let domain = cfg.domain.trim_end_matches('.').to_ascii_lowercase();
         let origin = encode(&domain).unwrap_or_else(|_| encode("cluster.local").expect("literal"));
@@ -234,9 +274,9 @@ impl Zone {
         for (svc, slices) in services {
             add_service(&mut b, cfg.ttl, &domain, svc, &slices);
         }
-        for pod in pods {
-            for ip in &pod.ips {
-                if let Some(n) = wire(&format!("{}.{}.pod.{domain}", dashed(*ip), pod.namespace)) {
+        for (namespace, ips) in pods {
+            for ip in ips {
+                if let Some(n) = wire(&format!("{}.{namespace}.pod.{domain}", dashed(*ip))) {
                     b.address(&n, *ip);
                 }
             }
@@ -254,46 +294,96 @@ impl Zone {
         Self::render(b, origin, soa, cfg.ttl)
     }
 
-    fn render(b: Builder, origin: Vec<u8>, soa: Vec<u8>, ttl: u32) -> Self {
-        let mut names: HashMap<Box<[u8]>, Node> = HashMap::with_capacity(b.names.len() * 2);
-        let mut records = 0;
-        for (owner, sets) in b.names {
-            let mut node = Node::default();
-            for (t, rdatas, extras) in sets {
-                let mut set = RecordSet { rtype: t, count: rdatas.len() as u16, ..Default::default() };
-                for rd in &rdatas {
-                    set.answers.extend_from_slice(&POINTER_TO_QUESTION);
-                    push_fixed(&mut set.answers, t, ttl, rd);
-                }
-                records += rdatas.len();
-                set.extra_count = extras.len() as u16;
-                for e in extras {
-                    set.extra.extend(e);
-                }
-                node.sets.push(set);
-            }
-            // Names between a record and the zone exist too, with no records.
+    fn render(mut b: Builder, origin: Vec<u8>, soa: Vec<u8>, ttl: u32) -> Self {
+        // Names between a record and the zone exist too, with no records; and `svc.<zone>`
+        // and `pod.<zone>` exist even in an empty cluster.
+        for i in 0..b.names.spans.len() {
+            let owner = span(&b.names.bytes, b.names.spans[i]).to_vec();
             if name::in_zone(&owner, &origin) {
                 for up in ancestors(&owner, &origin) {
-                    names.entry(up.into()).or_default();
+                    b.names.intern(up);
                 }
             }
-            let entry = names.entry(owner.into_boxed_slice()).or_default();
-            entry.sets.extend(node.sets);
         }
-        // `svc.<zone>` and `pod.<zone>` exist even in an empty cluster.
         for sub in ["svc", "pod"] {
             let mut n = vec![sub.len() as u8];
             n.extend_from_slice(sub.as_bytes());
             n.extend_from_slice(&origin);
-            names.entry(n.into()).or_default();
+            b.names.intern(&n);
         }
-        Self { origin, names, soa, records }
+        let scratch = std::mem::take(&mut b.scratch);
+        let bytes_of = |r: (u32, u32)| span(&scratch, r);
+        b.records.sort_by(|x, y| (x.name, x.rtype, bytes_of(x.rdata)).cmp(&(y.name, y.rtype, bytes_of(y.rdata))));
+        b.records.dedup_by(|x, y| (x.name, x.rtype, bytes_of(x.rdata)) == (y.name, y.rtype, bytes_of(y.rdata)));
+        let mut z = Zone {
+            origin,
+            table: HashTable::with_capacity(b.names.spans.len()),
+            entries: Vec::with_capacity(b.names.spans.len()),
+            names: b.names.bytes,
+            sets: Vec::new(),
+            bytes: Vec::new(),
+            soa,
+            records: b.records.len(),
+        };
+        let mut sets_of: Vec<(u32, u32)> = vec![(0, 0); b.names.spans.len()];
+        let mut recs = b.records.iter().peekable();
+        while let Some(first) = recs.next() {
+            let mut group = vec![first];
+            while let Some(r) = recs.next_if(|r| r.name == first.name && r.rtype == first.rtype) {
+                group.push(r);
+            }
+            let start = z.bytes.len() as u32;
+            for r in &group {
+                z.bytes.extend_from_slice(&POINTER_TO_QUESTION);
+                push_fixed(&mut z.bytes, r.rtype, ttl, bytes_of(r.rdata));
+            }
+            let answers = (start, z.bytes.len() as u32);
+            let mut extras: Vec<&[u8]> = Vec::new();
+            let mut extra_count = 0;
+            for r in &group {
+                let e = bytes_of(r.extra);
+                if !e.is_empty() && !extras.contains(&e) {
+                    extras.push(e);
+                    extra_count += r.extra_count;
+                }
+            }
+            let start = z.bytes.len() as u32;
+            extras.iter().for_each(|e| z.bytes.extend_from_slice(e));
+            let extra = (start, z.bytes.len() as u32);
+            let slot = &mut sets_of[first.name as usize];
+            if slot.1 == 0 {
+                slot.0 = z.sets.len() as u32;
+            }
+            slot.1 += 1;
+            z.sets.push(RecordSet { rtype: first.rtype, count: group.len() as u16, extra_count, answers, extra });
+        }
+        for (i, (&name, sets)) in b.names.spans.iter().zip(sets_of).enumerate() {
+            z.entries.push(NameEntry { name, sets });
+            let (entries, names) = (&z.entries, &z.names);
+            z.table
+                .insert_unique(hash(span(&z.names, name)), i as u32, |&j| hash(span(names, entries[j as usize].name)));
+        }
+        z
+    }
+
+    /// The record sets at `name` (lowercased wire form); None when the name does not exist.
+    pub(super) fn find(&self, name: &[u8]) -> Option<&[RecordSet]> {
+        let i = *self.table.find(hash(name), |&i| span(&self.names, self.entries[i as usize].name) == name)?;
+        let (start, len) = self.entries[i as usize].sets;
+        Some(&self.sets[start as usize..(start + len) as usize])
+    }
+
+    pub(super) fn answers(&self, s: &RecordSet) -> &[u8] {
+        span(&self.bytes, s.answers)
+    }
+
+    pub(super) fn extra(&self, s: &RecordSet) -> &[u8] {
+        span(&self.bytes, s.extra)
     }
 
     /// How many names and records the zone holds.
     pub fn size(&self) -> (usize, usize) {
-        (self.names.len(), self.records)
+        (self.entries.len(), self.records)
     }
 
     /// The zone's apex as wire bytes.
