@@ -456,7 +456,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         let err = apply(&format!("{good}---\napiVersion: v1\nkind: Pod\nmetadata: {{labels: {{a: b}}}}\n"));
         assert!(err.contains("the Pod has no metadata.name"), "{err}");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let pods: kube::Api<Pod> = kube::Api::all(lab.client(&rt));
+        let pods: kube::Api<Pod> = kube::Api::namespaced(lab.client(&rt), "default");
         let listed = rt.block_on(pods.list(&Default::default())).unwrap();
         assert!(
             listed.items.is_empty(),
