@@ -2,8 +2,8 @@
 //! through a cache that honours the answers' TTLs. Only this path parses packets with
 //! hickory-proto: it is the slow one.
 
-use hickory_proto::op::Message;
-use hickory_proto::rr::RecordType;
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RecordType};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
@@ -102,6 +102,22 @@ impl Forwarder {
         }
         warn!("no upstream answered for {} {} (asked {:?})", key.0, RecordType::from(key.1), self.upstreams);
         None
+    }
+
+    /// `reply` (ours: a CNAME to `target`, outside the cluster) with the upstream's
+    /// answer for `target` appended; `reply` as it is when there is none.
+    pub async fn chase(&self, reply: &[u8], target: &[u8], qtype: u16) -> Vec<u8> {
+        let appended = async {
+            let name = Name::from_ascii(flatnet_model::dns::decode(target)?).ok()?;
+            let mut q = Message::new(0, MessageType::Query, OpCode::Query);
+            q.metadata.recursion_desired = true;
+            q.add_query(Query::query(name, RecordType::from(qtype)));
+            let upstream = Message::from_vec(&self.resolve(&q.to_vec().ok()?).await?).ok()?;
+            let mut ours = Message::from_vec(reply).ok()?;
+            ours.answers.extend(upstream.answers);
+            ours.to_vec().ok()
+        };
+        appended.await.unwrap_or_else(|| reply.to_vec())
     }
 
     fn cached(&self, key: &CacheKey, asked: &Message) -> Option<Vec<u8>> {

@@ -38,6 +38,8 @@ impl Shared {
 pub struct ForwardJob {
     pub query: Vec<u8>,
     pub client: SocketAddr,
+    /// Our reply, a CNAME to the name and type to look up upstream and append.
+    pub chase: Option<(Vec<u8>, Vec<u8>, u16)>,
 }
 
 /// The UDP receive buffer asked for: bursts of queries wait in it rather than being
@@ -82,12 +84,21 @@ fn udp_worker(sock: &UdpSocket, shared: &Shared, forward: &UnboundedSender<Forwa
             }
         };
         let query = &buf[..n];
-        let outcome = dns::respond(&shared.zone.load(), query, Transport::Udp, &mut out);
+        let zone = shared.zone.load();
+        let outcome = dns::respond(&zone, query, Transport::Udp, &mut out);
         match outcome {
-            Outcome::Reply => {}
+            Outcome::Reply => {
+                if let Some((target, qtype)) = dns::cname_to_chase(&zone, &out)
+                    && shared.may_forward(client.ip())
+                {
+                    let chase = Some((out.clone(), target, qtype));
+                    let _ = forward.send(ForwardJob { query: query.to_vec(), client, chase });
+                    continue;
+                }
+            }
             Outcome::Drop => continue,
             Outcome::Forward if shared.may_forward(client.ip()) => {
-                let _ = forward.send(ForwardJob { query: query.to_vec(), client });
+                let _ = forward.send(ForwardJob { query: query.to_vec(), client, chase: None });
                 continue;
             }
             Outcome::Forward => {
@@ -113,7 +124,10 @@ pub async fn run_forwarding(
     while let Some(job) = jobs.recv().await {
         let (sock, shared) = (sock.clone(), shared.clone());
         tokio::spawn(async move {
-            let reply = forwarded(&shared, &job.query).await;
+            let reply = match &job.chase {
+                Some((ours, target, qtype)) => shared.forwarder.chase(ours, target, *qtype).await,
+                None => forwarded(&shared, &job.query).await,
+            };
             let mut out = Vec::new();
             dns::truncate_to(&reply, dns::udp_limit(&job.query), &mut out);
             if let Err(e) = sock.send_to(&out, job.client) {
@@ -166,9 +180,15 @@ async fn tcp_connection(mut conn: tokio::net::TcpStream, client: SocketAddr, sha
         tokio::time::timeout(TCP_IDLE, conn.read_exact(&mut query))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "message cut short"))??;
-        let outcome = dns::respond(&shared.zone.load(), &query, Transport::Tcp, &mut out);
+        let zone = shared.zone.load_full();
+        let outcome = dns::respond(&zone, &query, Transport::Tcp, &mut out);
         let reply = match outcome {
-            Outcome::Reply => std::mem::take(&mut out),
+            Outcome::Reply => match dns::cname_to_chase(&zone, &out) {
+                Some((target, qtype)) if shared.may_forward(client.ip()) => {
+                    shared.forwarder.chase(&out, &target, qtype).await
+                }
+                _ => std::mem::take(&mut out),
+            },
             Outcome::Drop => continue,
             Outcome::Forward if shared.may_forward(client.ip()) => forwarded(shared, &query).await,
             Outcome::Forward => {

@@ -172,6 +172,18 @@ fn pods_resolve_every_record_of_the_spec_through_the_kube_dns_service() {
         let pod_name = format!("{}.default.pod.cluster.local", client_ip.replace('.', "-"));
         expect(&lab, "a pod's A record", &[&pod_name], &[client_ip]);
         expect(&lab, "ExternalName", &["CNAME", "ext.default.svc.cluster.local"], &["www.example.com."]);
+        // Asked for an address, the server follows the CNAME upstream, so stub resolvers
+        // (glibc's does not follow a CNAME by itself) get the address too.
+        expect(
+            &lab,
+            "ExternalName, followed",
+            &["ext.default.svc.cluster.local"],
+            &["203.0.113.10", "www.example.com."],
+        );
+        converges("getent hosts ext", Duration::from_secs(10), || {
+            let text = String::from_utf8_lossy(&lab.exec("client", &["getent", "hosts", "ext"]).stdout).into_owned();
+            if text.starts_with("203.0.113.10 ") { Ok(()) } else { Err(format!("{text:?}")) }
+        });
         expect(&lab, "the spec version", &["TXT", "dns-version.cluster.local"], &["\"1.1.0\""]);
         expect(&lab, "over TCP", &["+tcp", "backend.default.svc.cluster.local"], &[&backend]);
         // Outside the cluster: forwarded to the lab's upstream (never off the machine).

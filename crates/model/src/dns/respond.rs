@@ -336,3 +336,28 @@ pub fn truncate_to(response: &[u8], limit: usize, out: &mut Vec<u8>) {
     header(out, u16_at(response, 0).unwrap_or(0), flags, [u16::from(end > HEADER), 0, 0, 0]);
     out.extend_from_slice(&response[HEADER..end]);
 }
+
+/// When `reply` (ours) answers an A or AAAA question with nothing but a CNAME to a name
+/// outside `zone` (an ExternalName Service), that name and the question's type: the
+/// server looks it up upstream and appends the answer, as resolvers expect of a
+/// recursive server. None otherwise.
+pub fn cname_to_chase(zone: &Zone, reply: &[u8]) -> Option<(Vec<u8>, u16)> {
+    if u16_at(reply, 6)? != 1 || u16_at(reply, 4)? != 1 {
+        return None;
+    }
+    let name_end = skip_name(reply, HEADER).ok()?;
+    let qtype = u16_at(reply, name_end)?;
+    if qtype != rtype::A && qtype != rtype::AAAA {
+        return None;
+    }
+    let answer = name_end + 4;
+    let owner_end = skip_name(reply, answer).ok()?;
+    if u16_at(reply, owner_end)? != rtype::CNAME {
+        return None;
+    }
+    let target = reply.get(owner_end + 10..)?;
+    let mut key = [0u8; MAX_NAME];
+    let (_, len) = read_question_name(target, 0, &mut key).ok()?;
+    let target = key[..len].to_vec();
+    (!in_zone(&target, &zone.origin)).then_some((target, qtype))
+}

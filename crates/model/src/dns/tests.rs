@@ -138,6 +138,13 @@ fn pods_external_names_and_the_spec_version() {
     assert_eq!(m.answers.len(), 1);
     assert_eq!(m.answers[0].record_type(), RecordType::CNAME);
     assert_eq!(m.answers[0].data.to_string(), "db.example.com.");
+    let mut out = Vec::new();
+    respond(&z, &query("ext.default.svc.cluster.local.", RecordType::A), Transport::Udp, &mut out);
+    assert_eq!(cname_to_chase(&z, &out), Some((encode("db.example.com").unwrap(), 1)));
+    respond(&z, &query("ext.default.svc.cluster.local.", RecordType::CNAME), Transport::Udp, &mut out);
+    assert_eq!(cname_to_chase(&z, &out), None, "a CNAME question wants the CNAME only");
+    respond(&z, &query("web.default.svc.cluster.local.", RecordType::A), Transport::Udp, &mut out);
+    assert_eq!(cname_to_chase(&z, &out), None);
     let m = lookup(&z, "dns-version.cluster.local.", RecordType::TXT);
     assert_eq!(data(&m), ["1.1.0"]);
     let m = lookup(&z, "cluster.local.", RecordType::SOA);
