@@ -151,10 +151,9 @@ impl Forwarder {
 
 /// A query id no one can guess from the last (the source port is random too).
 fn next_id() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish() as u16
+    use std::hash::BuildHasher;
+    // Each RandomState has fresh random keys: hashing nothing with it gives a random number.
+    std::collections::hash_map::RandomState::new().hash_one(()) as u16
 }
 
 /// One query to one upstream: over UDP from a fresh port, over TCP when the answer is

@@ -6,7 +6,7 @@
 mod common;
 
 use common::lab::{flatnet, free_port};
-use common::{converges, sandboxed};
+use common::{converges, dig_rcode, sandboxed};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ fn status(port: u16, args: &[&str]) -> String {
         .output()
         .expect("dig (bind9-dnsutils) is installed");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.split("status: ").nth(1).and_then(|s| s.split(',').next()).unwrap_or("no reply").to_string()
+    dig_rcode(&text)
 }
 
 fn start(dir: &std::path::Path, port: u16, allow: &str) -> Server {

@@ -7,7 +7,7 @@
 mod common;
 
 use common::lab::{Lab, run};
-use common::{converges, sandboxed};
+use common::{converges, dig_rcode, rt, sandboxed};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, PostParams};
 use std::process::Command;
@@ -64,10 +64,6 @@ metadata: {name: ext}
 spec: {type: ExternalName, externalName: www.example.com}
 "#;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
 /// `dig` from inside `pod` (its resolv.conf: the kube-dns Service); stdout, one line per record.
 fn dig(lab: &Lab, pod: &str, args: &[&str]) -> Vec<String> {
     let mut cmd = vec!["dig", "+short", "+time=2", "+tries=1"];
@@ -83,7 +79,7 @@ fn dig_status(lab: &Lab, pod: &str, args: &[&str]) -> (String, usize) {
     let mut cmd = vec!["dig", "+time=2", "+tries=1"];
     cmd.extend_from_slice(args);
     let text = String::from_utf8_lossy(&lab.exec(pod, &cmd).stdout).into_owned();
-    let status = text.split("status: ").nth(1).and_then(|s| s.split(',').next()).unwrap_or("no reply").to_string();
+    let status = dig_rcode(&text);
     let answers = text
         .split("ANSWER: ")
         .nth(1)

@@ -7,7 +7,7 @@
 mod common;
 
 use common::lab::{Lab, http_get_at, seen_client_ip, seen_pod};
-use common::{converges, sandboxed};
+use common::{converges, rt, sandboxed};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use std::collections::BTreeMap;
@@ -82,10 +82,6 @@ kind: Service
 metadata: {name: doomed}
 spec: {selector: {app: doomed}, ports: [{port: 80}]}
 "#;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
 
 fn addr(ip: &str, port: u16) -> SocketAddr {
     format!("{ip}:{port}").parse().unwrap()

@@ -13,7 +13,7 @@
 //!
 //! Rounds alternate between the servers; the report gives medians and the ratio.
 
-use super::stats::{ms, summarize};
+use super::stats::{memory_kib, ms, summarize};
 use anyhow::{Context, bail};
 use flatnet_kernel::sandbox;
 use serde_json::{Value, json};
@@ -272,13 +272,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     total
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// dnsperf's "Queries per second" and "Queries lost".
 fn dnsperf(port: u16, queries: &Path, seconds: u64, extra: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("taskset")
@@ -352,7 +345,7 @@ fn bench(args: &DnsBenchArgs) -> anyhow::Result<()> {
     // Memory: the loaded server against an empty one.
     let baseline = {
         let s = start_flatnet(dir.path(), &empty)?;
-        rss_kib(s.child.id())
+        memory_kib(s.child.id(), "VmRSS:")
     };
     let flatnet = start_flatnet(dir.path(), &objects)?;
     let nsd = start_nsd(dir.path())?;
@@ -390,7 +383,7 @@ fn bench(args: &DnsBenchArgs) -> anyhow::Result<()> {
             rounds[i].push(x);
         }
     }
-    let loaded = rss_kib(flatnet.child.id());
+    let loaded = memory_kib(flatnet.child.id(), "VmRSS:");
     let m = |i: usize, f: fn(&Round) -> f64| median(rounds[i].iter().map(f).collect());
     println!("\nmedians of {} rounds (server on CPU 1, dnsperf on CPU 0):", args.rounds);
     println!("  {:<30} {:>12} {:>12} {:>8}", "", "flatnet dns", "nsd", "ratio");

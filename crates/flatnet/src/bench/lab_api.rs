@@ -4,6 +4,7 @@
 //! resident memory. The server is a real `flatnet lab serve` process on 127.0.0.1 with
 //! its own temporary store.
 
+use super::stats::memory_kib;
 use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
@@ -20,13 +21,6 @@ pub struct LabApiBenchArgs {
     /// Create requests in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-}
-
-fn memory_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
 }
 
 pub fn run(args: LabApiBenchArgs) -> anyhow::Result<()> {

@@ -19,6 +19,14 @@ pub fn summarize(samples: &[Duration]) -> Option<Summary> {
     Some(Summary { p50: rank(50), p99: rank(99) })
 }
 
+/// A `/proc/PID/status` memory figure (`VmRSS:`, `VmHWM:`) in KiB; 0 when unreadable.
+pub fn memory_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }

@@ -48,6 +48,16 @@ pub fn converges(what: &str, within: Duration, mut check: impl FnMut() -> Result
     }
 }
 
+/// A runtime for the kube client calls of a test.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// The rcode of a full `dig` answer (`NOERROR`, `NXDOMAIN`, …), or `no reply`.
+pub fn dig_rcode(text: &str) -> String {
+    text.split("status: ").nth(1).and_then(|s| s.split(',').next()).unwrap_or("no reply").to_string()
+}
+
 pub fn flatnet_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_flatnet"))
 }

@@ -3,11 +3,11 @@
 
 use super::*;
 
-fn port(name: &str, protocol: &str, port: u16) -> Port {
+pub fn port(name: &str, protocol: &str, port: u16) -> Port {
     Port { name: name.into(), protocol: protocol.into(), port }
 }
 
-fn ep(ip: &str, hostname: Option<&str>, ready: bool) -> Endpoint {
+pub fn ep(ip: &str, hostname: Option<&str>, ready: bool) -> Endpoint {
     Endpoint { ip: ip.parse().expect("literal"), hostname: hostname.map(Into::into), ready }
 }
 

@@ -1,18 +1,11 @@
 //! The request path against a small cluster, every reply read back with hickory-proto
 //! (an independent implementation of the wire format).
 
+use super::fixture::{ep, port};
 use super::*;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RecordType};
 use std::net::IpAddr;
-
-fn port(name: &str, protocol: &str, port: u16) -> Port {
-    Port { name: name.into(), protocol: protocol.into(), port }
-}
-
-fn ep(ip: &str, hostname: Option<&str>, ready: bool) -> Endpoint {
-    Endpoint { ip: ip.parse().unwrap(), hostname: hostname.map(Into::into), ready }
-}
 
 fn cluster() -> Zone {
     fixture::sample_zone()

@@ -385,11 +385,6 @@ impl Zone {
     pub fn size(&self) -> (usize, usize) {
         (self.entries.len(), self.records)
     }
-
-    /// The zone's apex as wire bytes.
-    pub fn origin(&self) -> &[u8] {
-        &self.origin
-    }
 }
 
 fn add_service(b: &mut Builder, ttl: u32, domain: &str, svc: &Service, slices: &[&Slice]) {
