@@ -5,6 +5,9 @@ use ipnet::Ipv4Net;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The agent's metrics address: local only, as a node's own port.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9402";
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub node_name: String,
@@ -20,6 +23,10 @@ pub struct AgentConfig {
     /// The Service CIDR: traffic to an address in it that no Service port has is refused.
     pub service_cidr: Ipv4Net,
     pub subnet_file: PathBuf,
+    /// Where the CNI plugin registers new pods (None: no registrations).
+    pub policy_socket: Option<PathBuf>,
+    /// Where to serve Prometheus metrics and health (None: nowhere).
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// How often the kernel is compared with the plan even when the API is quiet.
     pub resync: Duration,
 }
@@ -35,6 +42,8 @@ impl AgentConfig {
             cluster_cidr: "10.244.0.0/16".parse().expect("literal"),
             service_cidr: "10.96.0.0/12".parse().expect("literal"),
             subnet_file: flatnet_model::subnet_file::DEFAULT_PATH.into(),
+            policy_socket: Some(flatnet_model::cni::config::DEFAULT_AGENT_SOCKET.into()),
+            metrics_addr: Some(DEFAULT_METRICS_ADDR.parse().expect("literal")),
             resync: Duration::from_secs(1),
         }
     }

@@ -2,11 +2,14 @@
 //! need on its own Node, writes the subnet file the CNI plugin reads, and keeps the
 //! kernel's routes, VXLAN peers and masquerade equal to the plan, level-triggered: on
 //! every change and every second, whatever state it starts from. It is also the node's
-//! Service proxy: Services and EndpointSlices become nftables DNAT (see `proxy`).
+//! Service proxy: Services and EndpointSlices become nftables DNAT (see `proxy`), and
+//! it enforces NetworkPolicy for its pods (see `policy`).
 
 pub mod config;
 pub mod dataplane;
+pub mod metrics;
 pub mod node;
+pub mod policy;
 pub mod proxy;
 pub mod run;
 pub mod watch;

@@ -27,9 +27,17 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
     let client = client(&cfg).await?;
     let nodes: Api<Node> = Api::all(client.clone());
     let (proxy_stop, proxy_stopped) = tokio::sync::oneshot::channel::<()>();
-    let proxy = tokio::spawn(crate::proxy::run(cfg.clone(), client, async move {
+    let proxy = tokio::spawn(crate::proxy::run(cfg.clone(), client.clone(), async move {
         let _ = proxy_stopped.await;
     }));
+    let (policy_stop, policy_stopped) = tokio::sync::oneshot::channel::<()>();
+    let stats = Arc::new(crate::metrics::PolicyStats::default());
+    let metrics = cfg.metrics_addr.map(|a| tokio::spawn(crate::metrics::serve(a, stats.clone())));
+    let stopped = async move {
+        let _ = policy_stopped.await;
+    };
+    let policy =
+        tokio::spawn(crate::policy::run(cfg.node_name.clone(), client, cfg.policy_socket.clone(), stats, stopped));
     let (reader, writer) = reflector::store();
     let changed = Arc::new(tokio::sync::Notify::new());
     let notify = changed.clone();
@@ -48,7 +56,13 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
     info!(node = %cfg.node_name, backend = %cfg.backend, "flatnet agent starting");
     tokio::select! {
         r = reader.wait_until_ready() => r.map_err(|e| AgentError::Client(e.to_string()))?,
-        () = &mut shutdown => { watch.abort(); let _ = proxy_stop.send(()); let _ = proxy.await; return Ok(()); }
+        () = &mut shutdown => {
+            watch.abort();
+            metrics.iter().for_each(tokio::task::JoinHandle::abort);
+            let _ = (proxy_stop.send(()), policy_stop.send(()));
+            let _ = tokio::join!(proxy, policy);
+            return Ok(());
+        }
     }
     let mut last_error: Option<String> = None;
     loop {
@@ -87,8 +101,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
         }
     }
     watch.abort();
-    let _ = proxy_stop.send(());
-    let _ = proxy.await;
+    metrics.iter().for_each(tokio::task::JoinHandle::abort);
+    let _ = (proxy_stop.send(()), policy_stop.send(()));
+    let _ = tokio::join!(proxy, policy);
     info!("flatnet agent stopped; the node's network is left as it is");
     Ok(())
 }

@@ -6,6 +6,7 @@ use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
@@ -34,9 +35,45 @@ impl<K, V> Change<K, V> {
     }
 }
 
-/// (namespace, name) of an object.
+/// (namespace, name) of an object; the namespace is empty for a cluster-scoped one.
 pub fn key_of(m: &kube::api::ObjectMeta) -> Option<(String, String)> {
-    Some((m.namespace.clone()?, m.name.clone()?))
+    Some((m.namespace.clone().unwrap_or_default(), m.name.clone()?))
+}
+
+/// Objects of one kind, as last listed and watched.
+pub struct Store<V> {
+    pub items: HashMap<(String, String), V>,
+    relist: Option<HashMap<(String, String), V>>,
+    pub listed: bool,
+}
+
+impl<V> Default for Store<V> {
+    fn default() -> Self {
+        Self { items: HashMap::new(), relist: None, listed: false }
+    }
+}
+
+impl<V> Store<V> {
+    pub fn apply(&mut self, c: Change<(String, String), V>) {
+        match c {
+            Change::Init => self.relist = Some(HashMap::new()),
+            Change::InitApply(k, v) => {
+                if let (Some(m), Some(v)) = (self.relist.as_mut(), v) {
+                    m.insert(k, v);
+                }
+            }
+            Change::InitDone => {
+                self.items = self.relist.take().unwrap_or_default();
+                self.listed = true;
+            }
+            Change::Apply(k, Some(v)) => {
+                self.items.insert(k, v);
+            }
+            Change::Apply(k, None) | Change::Delete(k) => {
+                self.items.remove(&k);
+            }
+        }
+    }
 }
 
 /// Watches every `T` (re-listing with back-off after errors) and sends each event,

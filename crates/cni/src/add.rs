@@ -33,7 +33,11 @@ pub fn add(conf: &NetConf, inv: &Invocation) -> Result<CniResult, CniError> {
     };
     let pod = PodWiring { conf, cid, ifname, netns_path, netns: &netns, node: &node, ip, mtu };
     let mut made_veth = false;
-    match pod.wire(&mut host, &mut made_veth) {
+    let wired = pod.wire(&mut host, &mut made_veth).and_then(|r| {
+        crate::register::register(conf, inv, ip)?;
+        Ok(r)
+    });
+    match wired {
         Ok(result) => Ok(result),
         Err(e) => {
             // Undo what this call made, and only that: an existing attachment's veth and

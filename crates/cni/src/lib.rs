@@ -8,6 +8,7 @@ pub mod del;
 pub mod exec;
 pub mod gc;
 pub mod plugin;
+pub mod register;
 pub mod status;
 pub mod store;
 pub mod subnet;

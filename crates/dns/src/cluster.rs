@@ -1,7 +1,7 @@
 //! What the DNS server keeps of the cluster: Services, EndpointSlices and Pods reduced
 //! to the few fields the records need, and the zone built from them.
 
-use flatnet_agent::watch::Change;
+use flatnet_agent::watch::{Change, Store};
 use flatnet_model::dns::{self, Zone, ZoneConfig};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -77,42 +77,6 @@ pub fn pod_of(p: &Pod) -> Option<dns::PodIps> {
         return None;
     }
     Some(ips.into_boxed_slice())
-}
-
-/// Objects of one kind, as last listed and watched.
-pub struct Store<V> {
-    pub items: HashMap<Key, V>,
-    relist: Option<HashMap<Key, V>>,
-    pub listed: bool,
-}
-
-impl<V> Default for Store<V> {
-    fn default() -> Self {
-        Self { items: HashMap::new(), relist: None, listed: false }
-    }
-}
-
-impl<V> Store<V> {
-    pub fn apply(&mut self, c: Change<Key, V>) {
-        match c {
-            Change::Init => self.relist = Some(HashMap::new()),
-            Change::InitApply(k, v) => {
-                if let (Some(m), Some(v)) = (self.relist.as_mut(), v) {
-                    m.insert(k, v);
-                }
-            }
-            Change::InitDone => {
-                self.items = self.relist.take().unwrap_or_default();
-                self.listed = true;
-            }
-            Change::Apply(k, Some(v)) => {
-                self.items.insert(k, v);
-            }
-            Change::Apply(k, None) | Change::Delete(k) => {
-                self.items.remove(&k);
-            }
-        }
-    }
 }
 
 pub enum Event {

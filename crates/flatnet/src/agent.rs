@@ -35,6 +35,14 @@ pub struct AgentArgs {
     /// Where to write the node's subnet for the CNI plugin.
     #[arg(long, default_value = flatnet_model::subnet_file::DEFAULT_PATH)]
     subnet_file: PathBuf,
+    /// Where the CNI plugin registers new pods, so that each starts with its
+    /// NetworkPolicy already in force ("none" to take no registrations).
+    #[arg(long, default_value = flatnet_model::cni::config::DEFAULT_AGENT_SOCKET)]
+    policy_socket: PathBuf,
+    /// Where to serve Prometheus metrics (`/metrics`) and health (`/healthz`); "none"
+    /// to serve nothing.
+    #[arg(long, default_value = flatnet_agent::config::DEFAULT_METRICS_ADDR)]
+    metrics_addr: String,
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -51,6 +59,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     cfg.cluster_cidr = args.cluster_cidr;
     cfg.service_cidr = args.service_cidr;
     cfg.subnet_file = args.subnet_file;
+    cfg.metrics_addr = match args.metrics_addr.as_str() {
+        "none" => None,
+        a => Some(a.parse().map_err(|_| anyhow::anyhow!("--metrics-addr {a:?} is not an address:port (or none)"))?),
+    };
+    cfg.policy_socket = (args.policy_socket != std::path::Path::new("none")).then_some(args.policy_socket);
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).max_blocking_threads(2).enable_all().build()?;
     rt.block_on(async {

@@ -337,7 +337,7 @@ fn the_demo_passes_every_check() {
         let _ = Command::new(common::lab::flatnet()).args(["lab", "down", "--state-dir"]).arg(dir.path()).output();
         assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
         let checks: Vec<&str> = text.lines().filter(|l| l.contains(" PASS ") || l.contains(" FAIL ")).collect();
-        assert_eq!(checks.len(), 6, "{text}");
+        assert_eq!(checks.len(), 7, "{text}");
         assert!(checks.iter().all(|l| l.contains(" PASS ")), "{text}");
         assert!(text.contains("client → Service server"), "{text}");
     });

@@ -102,6 +102,26 @@ fn list_raw(args: &[&str]) -> Result<Option<serde_json::Value>, NftError> {
     serde_json::from_str(&raw).map(Some).map_err(|e| NftError::Unavailable(format!("nft printed invalid JSON: {e}")))
 }
 
+/// The whole of table `family table` (chains with their rules, sets and maps with their
+/// elements, counters with their values) as `nft -j` lists it; None when it does not exist.
+pub fn list_table(family: NfFamily, table: &str) -> Result<Option<serde_json::Value>, NftError> {
+    list_raw(&["list", "table", family_word(family), table])
+}
+
+/// Every object of kind `what` (`sets`, `maps`, `counters`) of family `family`, with
+/// their elements or values, as `nft -j list` prints them; only those of `table` are kept.
+pub fn list_objects(family: NfFamily, what: &str, table: &str) -> Result<Vec<serde_json::Value>, NftError> {
+    let kind = what.trim_end_matches('s');
+    let Some(listed) = list_raw(&["list", what, family_word(family)])? else { return Ok(Vec::new()) };
+    Ok(listed["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| o.get(kind).is_some_and(|x| x["table"] == table))
+        .cloned()
+        .collect())
+}
+
 /// The names of the chains and of the sets and maps of table `family table` (empty when
 /// the table does not exist). Lists no rules and no elements, so it stays cheap.
 pub fn table_names(family: NfFamily, table: &str) -> Result<(Vec<String>, Vec<String>), NftError> {

@@ -42,6 +42,11 @@ impl Layout {
     pub fn kubelet_pid(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("kubelet.pid")
     }
+    /// Where the node's agent takes pod registrations from the CNI plugin.
+    pub fn agent_socket(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("agent.sock")
+    }
+
     pub fn agent_pid(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("agent.pid")
     }

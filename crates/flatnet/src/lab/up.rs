@@ -323,6 +323,8 @@ pub fn kubelet(layout: &Layout, node: &str, ip: Ipv4Addr, backend: Backend) -> a
         "eth0".into(),
         "--subnet-file".into(),
         layout.subnet_file(node).to_string_lossy().into_owned(),
+        "--policy-socket".into(),
+        layout.agent_socket(node).to_string_lossy().into_owned(),
     ];
     let cfg = flatnet_lab::kubelet::KubeletConfig {
         layout: layout.clone(),

@@ -117,6 +117,21 @@ impl Lab {
         panic!("no sandbox for pod {name}");
     }
 
+    /// The network namespace of pod `namespace/name`.
+    pub fn pod_netns_in(&self, namespace: &str, name: &str) -> PathBuf {
+        for node in std::fs::read_dir(self.state().join("nodes")).unwrap() {
+            let pods = node.unwrap().path().join("pods");
+            for p in std::fs::read_dir(pods).into_iter().flatten() {
+                let text = std::fs::read_to_string(p.unwrap().path().join("sandbox.json")).unwrap_or_default();
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                if v["name"] == name && v["namespace"] == namespace {
+                    return PathBuf::from(v["netns"].as_str().unwrap());
+                }
+            }
+        }
+        panic!("no sandbox for pod {namespace}/{name}");
+    }
+
     pub fn pod_dir(&self, name: &str) -> PathBuf {
         let uid = self.pod_netns(name).file_name().unwrap().to_string_lossy().trim_start_matches("pod-").to_string();
         std::fs::read_dir(self.state().join("nodes"))

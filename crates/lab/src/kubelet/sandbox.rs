@@ -41,6 +41,7 @@ pub fn conflist(layout: &Layout, node: &str) -> ConfList {
             "bridge": "cni0",
             "subnetFile": layout.subnet_file(node),
             "dataDir": layout.node_dir(node).join("cni"),
+            "agentSocket": layout.agent_socket(node),
         }],
     });
     ConfList::parse(&text.to_string()).expect("a literal conflist")

@@ -12,6 +12,8 @@ use std::net::Ipv4Addr;
 
 pub const DEFAULT_BRIDGE: &str = "cni0";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/flatnet";
+/// Where the node agent takes pod registrations (NetworkPolicy before the pod starts).
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/flatnet/agent.sock";
 
 /// One attachment named in `cni.dev/valid-attachments` (GC).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
@@ -39,6 +41,9 @@ pub struct NetConf {
     pub subnet: SubnetSource,
     pub gateway: Option<Ipv4Addr>,
     pub data_dir: String,
+    /// The agent's registration socket: ADD tells the agent a pod's address and waits
+    /// until the pod's NetworkPolicy is in force. No socket there: no agent, no wait.
+    pub agent_socket: String,
     pub mtu: Option<u32>,
     pub hairpin: bool,
     pub routes: Vec<Route>,
@@ -59,6 +64,7 @@ struct Raw {
     gateway: Option<String>,
     subnet_file: Option<String>,
     data_dir: Option<String>,
+    agent_socket: Option<String>,
     mtu: Option<u32>,
     hairpin_mode: Option<bool>,
     #[serde(default)]
@@ -191,6 +197,7 @@ impl NetConf {
             subnet,
             gateway,
             data_dir: raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.to_string()),
+            agent_socket: raw.agent_socket.unwrap_or_else(|| DEFAULT_AGENT_SOCKET.to_string()),
             mtu: raw.mtu,
             hairpin: raw.hairpin_mode.unwrap_or(true),
             routes: raw.routes,

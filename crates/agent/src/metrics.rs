@@ -1,0 +1,129 @@
+//! The agent's Prometheus metrics and health, on a local address (`--metrics-addr`):
+//! `GET /metrics` (text exposition format) and `GET /healthz`.
+//!
+//! Drops by NetworkPolicy are read from the kernel's per-policy counters at each scrape,
+//! so they count every packet the dataplane dropped, not what the agent saw.
+
+use crate::policy;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tracing::{info, warn};
+
+/// What the policy reconciler reports, updated after each sync.
+#[derive(Debug, Default)]
+pub struct PolicyStats {
+    pub syncs: AtomicU64,
+    pub errors: AtomicU64,
+    pub policies: AtomicU64,
+    pub isolated_ingress: AtomicU64,
+    pub isolated_egress: AtomicU64,
+    /// The last sync's duration from the watch event to the kernel, in microseconds.
+    pub last_sync_us: AtomicU64,
+}
+
+type Labels = Vec<(String, String)>;
+
+fn counter_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let f = Family::<Labels, Counter>::default();
+    reg.register(name, help, f.clone());
+    f
+}
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, v: u64) {
+    let g = Gauge::<i64>::default();
+    g.set(i64::try_from(v).unwrap_or(i64::MAX));
+    reg.register(name, help, g);
+}
+
+fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
+    let c = Counter::<u64>::default();
+    c.inc_by(v);
+    reg.register(name, help, c);
+}
+
+/// The exposition text: the kernel's drop counters read now, and the reconciler's stats.
+pub fn render(stats: &PolicyStats) -> Result<String, String> {
+    let mut reg = Registry::with_prefix("flatnet");
+    let packets = counter_family(
+        &mut reg,
+        "policy_dropped_packets",
+        "Packets dropped because a NetworkPolicy isolates the pod and none allows them (every isolating policy counts the drop)",
+    );
+    let bytes = counter_family(
+        &mut reg,
+        "policy_dropped_bytes",
+        "Bytes of the packets in flatnet_policy_dropped_packets_total",
+    );
+    for d in policy::drop_counters().map_err(|e| e.to_string())? {
+        let labels = vec![
+            ("direction".to_string(), d.direction.word().to_string()),
+            ("namespace".to_string(), d.namespace),
+            ("policy".to_string(), d.policy),
+        ];
+        packets.get_or_create(&labels).inc_by(d.packets);
+        bytes.get_or_create(&labels).inc_by(d.bytes);
+    }
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    counter(&mut reg, "policy_syncs", "NetworkPolicy syncs applied to the kernel", load(&stats.syncs));
+    counter(
+        &mut reg,
+        "policy_sync_errors",
+        "NetworkPolicy syncs that failed (a full sync follows)",
+        load(&stats.errors),
+    );
+    gauge(&mut reg, "policies", "NetworkPolicies in the cluster", load(&stats.policies));
+    let isolated = Family::<Labels, Gauge>::default();
+    reg.register("policy_isolated_pods", "This node's pods a NetworkPolicy isolates, by direction", isolated.clone());
+    for (dir, v) in [("ingress", &stats.isolated_ingress), ("egress", &stats.isolated_egress)] {
+        isolated
+            .get_or_create(&vec![("direction".to_string(), dir.to_string())])
+            .set(i64::try_from(load(v)).unwrap_or(0));
+    }
+    let last = prometheus_client::metrics::gauge::Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    last.set(load(&stats.last_sync_us) as f64 / 1e6);
+    reg.register("policy_last_sync_seconds", "The last NetworkPolicy sync, from the watch event to the kernel", last);
+    let mut out = String::new();
+    encode(&mut out, &reg).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Serves metrics and health on `addr` until the task is dropped.
+pub async fn serve(addr: SocketAddr, stats: Arc<PolicyStats>) {
+    let app = Router::new().route("/healthz", get(|| async { "ok\n" })).route(
+        "/metrics",
+        get(move || {
+            let stats = stats.clone();
+            async move {
+                match tokio::task::spawn_blocking(move || render(&stats)).await {
+                    Ok(Ok(text)) => {
+                        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+                    }
+                    Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("reading the kernel's counters: {e}\n"))
+                        .into_response(),
+                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+                }
+            }
+        }),
+    );
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("cannot serve metrics on {addr}: {e}");
+            return;
+        }
+    };
+    info!("metrics on http://{addr}/metrics");
+    if let Err(e) = axum::serve(listener, app).await {
+        warn!("metrics server stopped: {e}");
+    }
+}
