@@ -6,6 +6,7 @@ mod dns;
 mod lab_api;
 mod lab_harness;
 mod lab_up;
+mod policy;
 mod services;
 mod stats;
 mod throughput;
@@ -23,6 +24,9 @@ pub enum BenchCmd {
     LabApi(lab_api::LabApiBenchArgs),
     /// A fresh lab: seconds from `lab up` until N pods are Ready and reachable.
     LabUp(lab_up::LabUpBenchArgs),
+    /// NetworkPolicy: 1,000 policies over 1,000 pods; time to the kernel, agent RSS, and
+    /// the connection rate between two pods with no policy and with 1,000 in force.
+    Policy(policy::PolicyBenchArgs),
     /// The Service proxy at 10,000 Services: connection rate against 10 Services, endpoint
     /// change latency, full sync time and agent RSS.
     Services(services::ServicesBenchArgs),
@@ -36,6 +40,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Dns(args) => dns::run(args),
         BenchCmd::LabApi(args) => lab_api::run(args),
         BenchCmd::LabUp(args) => lab_up::run(args),
+        BenchCmd::Policy(args) => policy::run(args),
         BenchCmd::Services(args) => services::run(args),
         BenchCmd::Throughput(args) => throughput::run(args),
     }

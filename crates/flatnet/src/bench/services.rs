@@ -97,7 +97,7 @@ fn create_synthetic(lab: &BenchLab, from: usize, to: usize, endpoints: usize) ->
 
 /// New connections per second from `from` to `to`: connect, one HTTP request, the
 /// server's answer and close (the server closes first, so no client port lingers).
-fn connection_rate(from: &Path, to: SocketAddr, secs: u64) -> anyhow::Result<f64> {
+pub(super) fn connection_rate(from: &Path, to: SocketAddr, secs: u64) -> anyhow::Result<f64> {
     netns::run_in(from, || -> anyhow::Result<f64> {
         let start = Instant::now();
         let mut n = 0u64;
@@ -136,7 +136,7 @@ fn logged_ms(log: &Path, from: u64, needle: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+pub(super) fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -145,7 +145,7 @@ fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -
         if start.elapsed() > within {
             bail!("timed out waiting for {what}");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

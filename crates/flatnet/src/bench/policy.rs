@@ -1,0 +1,290 @@
+//! NetworkPolicy at scale, in one lab run (one node, in a sandbox):
+//! - new connections per second from one pod to another with no policy, then with
+//!   1,000 policies in force (the server isolated by one of them, which allows the
+//!   client): the ratio shows whether the cost per connection grows with the number of
+//!   policies;
+//! - 1,000 policies over 1,000 pods: the time from the last policy written to the API to
+//!   the agent's ruleset holding all of them, and the agent's RSS.
+//!
+//! The 1,000 pods are synthetic (created on node-1 with an address in their status, not
+//! run by the lab kubelet): the agent sees and programs them as its own pods. They sit in
+//! 10 namespaces with 20 apps each; each policy isolates one app of its namespace, allows
+//! ingress from another app and from a labelled namespace's pods on a numeric and a
+//! named port, and egress to a namespace and an ipBlock.
+
+use super::lab_harness::BenchLab;
+use super::services::{connection_rate, wait_for};
+use super::stats::ms;
+use anyhow::{Context, bail};
+use flatnet_kernel::{netns, sandbox};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct PolicyBenchArgs {
+    /// Policies at scale.
+    #[arg(long, default_value_t = 1000)]
+    policies: usize,
+    /// Synthetic pods on the node.
+    #[arg(long, default_value_t = 1000)]
+    pods: usize,
+    /// Seconds per connection-rate window (five windows per case).
+    #[arg(long, default_value_t = 2)]
+    seconds: u64,
+    /// Single pod relabels to time at scale.
+    #[arg(long, default_value_t = 10)]
+    changes: usize,
+}
+
+const NAMESPACES: usize = 10;
+const APPS: usize = 20;
+
+pub fn run(args: PolicyBenchArgs) -> anyhow::Result<()> {
+    if let Some(why) = sandbox::unavailable_reason() {
+        bail!("the NetworkPolicy benchmark {why}");
+    }
+    sandbox::run(|_| one(&args))?
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+/// One metric's value from the agent's /metrics, read inside the node's namespace.
+fn metric(node: &Path, name: &str) -> Option<f64> {
+    let text = netns::run_in(node, || -> std::io::Result<String> {
+        let mut s = TcpStream::connect("127.0.0.1:9402")?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .ok()?
+    .ok()?;
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The agent log's first line after byte `from` that reports a sync of `policies`
+/// policies (the agent logs each sync once it is in the kernel).
+fn synced_line(log: &Path, from: u64, policies: usize) -> Option<String> {
+    let text = std::fs::read(log).ok()?;
+    let text = String::from_utf8_lossy(&text[(from as usize).min(text.len())..]).into_owned();
+    let needle = format!(": {policies} policies, ");
+    text.lines().find(|l| l.contains("policy ") && l.contains(&needle)).map(str::to_string)
+}
+
+fn rss_mib(pid: i32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 =
+        status.lines().find_map(|l| l.strip_prefix(field))?.trim().trim_end_matches(" kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn synthetic_pod(i: usize) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("p-{i:04}"), "namespace": format!("bench-{}", i % NAMESPACES),
+                     "labels": {"app": format!("app-{}", (i / NAMESPACES) % APPS), "tier": if i.is_multiple_of(3) { "front" } else { "back" }},
+                     "annotations": {flatnet_lab::kubelet::SYNTHETIC_ANNOTATION: "true"}},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "nginx",
+                 "ports": [{"name": "http", "containerPort": 8000 + (i % 7) as i64}]}]}})
+}
+
+fn synthetic_ip(i: usize) -> String {
+    format!("10.250.{}.{}", i / 250, 1 + i % 250)
+}
+
+fn synthetic_policy(i: usize) -> serde_json::Value {
+    let ns = i % NAMESPACES;
+    let app = (i / NAMESPACES) % APPS;
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": format!("pol-{i:04}"), "namespace": format!("bench-{ns}")},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": format!("app-{app}")}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": {"app": format!("app-{}", (app + 1) % APPS)}}},
+                          {"namespaceSelector": {"matchLabels": {"team": format!("t{}", (ns + 3) % NAMESPACES)}},
+                           "podSelector": {"matchLabels": {"tier": "front"}}}],
+                 "ports": [{"port": 80}, {"port": "http"}]}],
+            "egress": [
+                {"to": [{"namespaceSelector": {"matchLabels": {"team": format!("t{}", (ns + i) % NAMESPACES)}}}],
+                 "ports": [{"port": 53, "protocol": "UDP"}, {"port": 8000, "endPort": 8010}]},
+                {"to": [{"ipBlock": {"cidr": "203.0.113.0/24", "except": [format!("203.0.113.{}/32", i % 256)]}}]}]}})
+}
+
+/// Creates `objects` through the API, 64 at a time; returns when the last is written.
+fn create_all(lab: &BenchLab, objects: Vec<serde_json::Value>) -> anyhow::Result<Instant> {
+    lab.rt.block_on(async {
+        let results: Vec<anyhow::Result<()>> = futures::stream::iter(objects)
+            .map(|o| async move { crate::lab::apply::apply_one(&lab.client, o).await.map(|_| ()) })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        results.into_iter().collect::<anyhow::Result<()>>()
+    })?;
+    Ok(Instant::now())
+}
+
+fn one(args: &PolicyBenchArgs) -> anyhow::Result<()> {
+    println!(
+        "NetworkPolicy: 1 node; {} policies over {} pods; connection rate over 5 × {} s per case",
+        args.policies, args.pods, args.seconds
+    );
+    let lab = BenchLab::up(1, "vxlan")?;
+    lab.pod("server", Some("node-1"), true)?;
+    lab.pod("client", Some("node-1"), false)?;
+    let ready = lab.wait_ready(2, Duration::from_secs(60))?;
+    let server_ip = ready.iter().find(|p| p.name == "server").context("the server pod")?.ip.clone();
+    let to: SocketAddr = format!("{server_ip}:80").parse()?;
+    let client = lab.pod_netns("client")?;
+    let node = lab.layout.state.join("netns/node-1");
+    wait_for("the server to answer", Duration::from_secs(30), || connection_rate(&client, to, 0).ok())?;
+
+    // The cluster: namespaces and synthetic pods with their addresses.
+    let t = Instant::now();
+    let namespaces = (0..NAMESPACES)
+        .map(|n| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("bench-{n}"), "labels": {"team": format!("t{n}")}}}))
+        .collect();
+    create_all(&lab, namespaces)?;
+    create_all(&lab, (0..args.pods).map(synthetic_pod).collect())?;
+    lab.rt.block_on(async {
+        let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..args.pods)
+            .map(|i| {
+                let api: Api<Pod> = Api::namespaced(lab.client.clone(), &format!("bench-{}", i % NAMESPACES));
+                async move {
+                    let status = json!({"status": {"phase": "Running", "podIP": synthetic_ip(i), "podIPs": [{"ip": synthetic_ip(i)}]}});
+                    api.patch_status(&format!("p-{i:04}"), &PatchParams::default(), &Patch::Merge(&status)).await?;
+                    Ok(())
+                }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        results.into_iter().collect::<anyhow::Result<()>>()
+    })?;
+    println!("  created {} namespaces and {} pods in {:.1} s", NAMESPACES, args.pods, t.elapsed().as_secs_f64());
+
+    // Connection rate with no policy (two windows now, three after the policies).
+    let mut bare = Vec::new();
+    for _ in 0..2 {
+        bare.push(connection_rate(&client, to, args.seconds)?);
+    }
+    let pid: i32 = std::fs::read_to_string(lab.layout.agent_pid("node-1"))?.trim().parse()?;
+    let rss_before = rss_mib(pid, "VmRSS:").unwrap_or(f64::NAN);
+
+    // The policies: the server's own (allowing the client), then the synthetic ones.
+    let server_policy = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "server", "namespace": "default"},
+        "spec": {"podSelector": {"matchLabels": {"app": "server"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}], "ports": [{"port": 80}]}]}});
+    let mut objects = vec![server_policy];
+    objects.extend((0..args.policies.saturating_sub(1)).map(synthetic_policy));
+    let want = objects.len();
+    let log = lab.layout.state.join("nodes/node-1/agent.log");
+    let mark = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let t0 = Instant::now();
+    let last = create_all(&lab, objects)?;
+    let written = last.duration_since(t0);
+    wait_for("the agent to program every policy", Duration::from_secs(600), || synced_line(&log, mark, want))?;
+    let applied = last.elapsed();
+    let line = synced_line(&log, mark, want).unwrap_or_default();
+    let isolated = metric(&node, "flatnet_policy_isolated_pods{direction=\"ingress\"}").unwrap_or(f64::NAN);
+    let rss = rss_mib(pid, "VmRSS:").unwrap_or(f64::NAN);
+    let peak = rss_mib(pid, "VmHWM:").unwrap_or(f64::NAN);
+    let listing =
+        netns::run_in(&node, || flatnet_kernel::nft::list_table(nftables::types::NfFamily::IP, "flatnet-policy"))??;
+    let (mut chains, mut rules, mut sets, mut elements) = (0usize, 0usize, 0usize, 0usize);
+    for o in listing.iter().flat_map(|l| l["nftables"].as_array().cloned().unwrap_or_default()) {
+        rules += usize::from(o.get("rule").is_some());
+        chains += usize::from(o.get("chain").is_some());
+        if let Some(s) = o.get("set").or_else(|| o.get("map")) {
+            sets += 1;
+            elements += s["elem"].as_array().map_or(0, Vec::len);
+        }
+    }
+
+    // The client is let through by the server's policy.
+    if connection_rate(&client, to, 0).is_err() {
+        bail!("the client cannot reach the server with its policy in force");
+    }
+    let mut with = Vec::new();
+    for _ in 0..5 {
+        with.push(connection_rate(&client, to, args.seconds)?);
+    }
+    // Single changes at that scale: a pod relabelled (it moves to another app's
+    // policies), timed by the agent from the watch event to the kernel.
+    let mut changes = Vec::new();
+    for c in 0..args.changes {
+        let mark = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        let api: Api<Pod> = Api::namespaced(lab.client.clone(), "bench-0");
+        let patch = json!({"metadata": {"labels": {"app": format!("app-{}", (c + 7) % APPS)}}});
+        lab.rt.block_on(api.patch(
+            &format!("p-{:04}", c * NAMESPACES),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        ))?;
+        let line = wait_for("the agent to apply a relabel", Duration::from_secs(30), || synced_line(&log, mark, want))?;
+        let took =
+            line.rsplit_once(" in ").and_then(|(_, r)| r.split_once(" ms")).and_then(|(v, _)| v.parse::<f64>().ok());
+        changes.push(Duration::from_secs_f64(took.context("a sync time in the agent's log")? / 1e3));
+    }
+    let change = super::stats::summarize(&changes).context("no change timed")?;
+
+    // The bare case again once the policies are deleted, so that a drift of the
+    // machine's speed during the run falls on both sides.
+    let policies: Api<NetworkPolicy> = Api::all(lab.client.clone());
+    let all = lab.rt.block_on(policies.list(&Default::default()))?;
+    lab.rt.block_on(async {
+        futures::stream::iter(all.items)
+            .map(|p| {
+                let api: Api<NetworkPolicy> =
+                    Api::namespaced(lab.client.clone(), p.metadata.namespace.as_deref().unwrap_or("default"));
+                async move { api.delete(p.metadata.name.as_deref().unwrap_or(""), &Default::default()).await.map(|_| ()) }
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await
+    });
+    let mark = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    wait_for("the agent to drop every policy", Duration::from_secs(120), || synced_line(&log, mark, 0))?;
+    for _ in 0..3 {
+        bare.push(connection_rate(&client, to, args.seconds)?);
+    }
+    let (b, w) = (median(&bare), median(&with));
+
+    println!();
+    println!("{:<62} {:>12} {:>10}", "measure", "median", "target");
+    println!("{:<62} {:>10.0}/s {:>10}", "new connections/s pod → pod, no policy", b, "");
+    println!("{:<62} {:>10.0}/s {:>10}", format!("new connections/s, {} policies in force", args.policies), w, "");
+    println!("{:<62} {:>12.3} {:>10}", "ratio (no policy / with policies: cost per connection)", b / w, "≤ 1.1");
+    println!("  runs without: {bare:.0?}; with: {with:.0?}");
+    println!(
+        "{:<62} {:>9.1} s {:>10}",
+        format!("writing {} policies to the API (64 at a time)", args.policies),
+        written.as_secs_f64(),
+        ""
+    );
+    println!("{:<62} {:>9.0} ms {:>10}", "last policy written → every policy in the kernel", ms(applied), "");
+    println!(
+        "{:<62} {:>9.0} ms {:>10}",
+        format!("one pod relabelled at that scale, event → kernel (p99 {:.0} ms)", ms(change.p99)),
+        ms(change.p50),
+        "≤ 1000 ms"
+    );
+    println!("{:<62} {:>8.1} MiB {:>10}", "agent RSS before the policies", rss_before, "");
+    println!("{:<62} {:>8.1} MiB {:>10}", "agent RSS with them", rss, "");
+    println!("{:<62} {:>8.1} MiB {:>10}", "agent peak RSS (VmHWM)", peak, "");
+    println!("  the agent's log: {}", line.split_once("policy ").map_or("", |x| x.1));
+    println!(
+        "  ruleset: {isolated} pods isolated for ingress; {chains} chains, {rules} rules, {sets} sets and maps with {elements} elements"
+    );
+    Ok(())
+}
