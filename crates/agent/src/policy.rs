@@ -8,7 +8,7 @@
 //! an isolated pod never sends or receives a packet it should not.
 
 use crate::watch::{self, Change, Store};
-use flatnet_kernel::nft;
+use flatnet_kernel::{conntrack, nft};
 use flatnet_model::policy::{self, Cluster, Key, NamedPort, Namespaces, Peer, PortMatch, Proto, Rule, State};
 use flatnet_model::selector::{LabelSelector, Requirement};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -23,11 +23,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 const FULL_SYNC_EVERY: Duration = Duration::from_secs(300);
+/// Bridged traffic reaches the `ip` forward hook only with br_netfilter (the agent sets
+/// this sysctl to 1 when it exists).
+const BRIDGE_NF: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 /// How long a registration waits for its pod to appear in the API.
 const REGISTRATION_WAIT: Duration = Duration::from_secs(9);
 
@@ -69,7 +72,13 @@ pub fn pod_of(p: &Pod) -> Option<policy::Pod> {
             })
         })
         .collect();
-    Some(policy::Pod { labels: p.metadata.labels.clone().unwrap_or_default(), ip, node: spec.node_name.clone(), ports })
+    Some(policy::Pod {
+        labels: p.metadata.labels.clone().unwrap_or_default(),
+        ip,
+        node: spec.node_name.clone(),
+        ports,
+        finished: finished || spec.host_network == Some(true),
+    })
 }
 
 fn peer_of(ns: &str, p: &NetworkPolicyPeer) -> Result<Peer, String> {
@@ -100,6 +109,7 @@ fn port_of(p: &NetworkPolicyPort) -> Result<PortMatch, String> {
     let proto = Proto::parse(proto).ok_or_else(|| format!("protocol {proto:?} is not TCP, UDP or SCTP"))?;
     let number = |n: i32| u16::try_from(n).ok().filter(|n| *n > 0).ok_or_else(|| format!("port {n} is out of range"));
     Ok(match &p.port {
+        None if p.end_port.is_some() => return Err("endPort needs a port".into()),
         None => PortMatch::Any(proto),
         Some(IntOrString::Int(n)) => {
             let (a, b) = (number(*n)?, number(p.end_port.unwrap_or(*n))?);
@@ -146,14 +156,23 @@ pub fn policy_of(np: &NetworkPolicy) -> (Option<policy::Policy>, Vec<String>) {
     let ns = np.metadata.namespace.clone().unwrap_or_default();
     let Some(spec) = np.spec.as_ref() else { return (None, vec!["it has no spec".into()]) };
     let mut problems = Vec::new();
-    let pod_selector = match spec.pod_selector.as_ref().map(selector_of).transpose() {
-        Ok(s) => s.unwrap_or_default(),
-        Err(e) => return (None, vec![format!("podSelector: {e}; the policy is ignored")]),
-    };
     let types: Vec<&str> = match &spec.policy_types {
         Some(t) => t.iter().map(String::as_str).collect(),
         None if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => vec!["Ingress", "Egress"],
         None => vec!["Ingress"],
+    };
+    let pod_selector = match spec.pod_selector.as_ref().map(selector_of).transpose() {
+        Ok(s) => s.unwrap_or_default(),
+        Err(e) => {
+            // Fail closed: every pod of the namespace isolated, nothing allowed.
+            let none = |t: &str| types.contains(&t).then(Vec::new);
+            let p = policy::Policy {
+                pod_selector: LabelSelector::default(),
+                ingress: none("Ingress"),
+                egress: none("Egress"),
+            };
+            return (Some(p), vec![format!("podSelector: {e}; the namespace's pods are isolated until it is fixed")]);
+        }
     };
     let ingress = types.contains(&"Ingress").then(|| {
         spec.ingress
@@ -187,13 +206,18 @@ enum Event {
     Register(Registration),
 }
 
+/// How long a registered address stands in for the API's, at most.
+const REGISTRATION_KEPT: Duration = Duration::from_secs(300);
+
 #[derive(Default)]
 struct World {
+    node: String,
     namespaces: Store<policy::Labels>,
     pods: Store<policy::Pod>,
     policies: Store<policy::Policy>,
-    /// Addresses the CNI plugin gave pods whose API status may not show them yet.
-    registered: HashMap<Key, Ipv4Addr>,
+    /// Addresses the CNI plugin gave this node's pods, which their API status may not
+    /// show yet, and when.
+    registered: HashMap<Key, (Ipv4Addr, Instant)>,
     waiting: Vec<Registration>,
 }
 
@@ -213,19 +237,43 @@ impl World {
                 self.pods.apply(c);
             }
             Event::Register(r) => {
-                self.registered.insert(r.key.clone(), r.ip);
+                // The newest registration of an address wins: whoever had it is gone.
+                self.registered.retain(|k, (ip, _)| *ip != r.ip || *k == r.key);
+                self.registered.insert(r.key.clone(), (r.ip, r.at));
                 self.waiting.push(r);
             }
         }
     }
 
+    /// Is `key` a pod of this node that is still running (not finished, not gone)?
+    fn runs_here(&self, key: &Key) -> bool {
+        self.pods.items.get(key).is_some_and(|p| p.node.as_deref() == Some(self.node.as_str()) && !p.finished)
+    }
+
     /// The cluster as the plan reads it: a registered address stands in for the API's
-    /// until the API shows it, and no other pod keeps that address.
+    /// until the API shows it (for a pod of this node that still runs), and no other pod
+    /// keeps that address. Registrations that can no longer apply are forgotten.
     fn cluster(&mut self) -> Cluster {
-        self.registered.retain(|k, ip| self.pods.items.get(k).is_none_or(|p| p.ip != Some(*ip)));
+        let waiting: Vec<Key> = self.waiting.iter().map(|r| r.key.clone()).collect();
+        let pods = &self.pods.items;
+        let node = self.node.clone();
+        // Kept while its ADD waits (the API may lag); then until the API shows the address,
+        // while the pod runs here.
+        self.registered.retain(|k, (ip, at)| {
+            waiting.contains(k)
+                || pods.get(k).is_some_and(|p| {
+                    p.ip != Some(*ip)
+                        && !p.finished
+                        && p.node.as_deref() == Some(node.as_str())
+                        && at.elapsed() < REGISTRATION_KEPT
+                })
+        });
         let mut pods: BTreeMap<Key, policy::Pod> =
             self.pods.items.iter().map(|(k, p)| (k.clone(), p.clone())).collect();
-        for (k, ip) in &self.registered {
+        for (k, (ip, _)) in &self.registered {
+            if !self.runs_here(k) {
+                continue;
+            }
             for (other, p) in pods.iter_mut() {
                 if other != k && p.ip == Some(*ip) {
                     p.ip = None;
@@ -242,18 +290,26 @@ impl World {
         }
     }
 
-    /// Answers the registrations whose pod the state just applied covers; gives up on
-    /// those that waited too long for their pod to appear.
+    /// Answers the registrations of running pods of this node, which the state just
+    /// applied covers (after deleting any conntrack entry of their addresses, so no
+    /// earlier flow passes as established); gives up on those that waited too long.
     fn answer(&mut self, ok: bool) {
-        let known = |r: &Registration| self.pods.items.contains_key(&r.key);
         let (ready, rest): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.waiting).into_iter().partition(|r| ok && known(r));
+            std::mem::take(&mut self.waiting).into_iter().partition(|r| ok && self.runs_here(&r.key));
+        let ips: std::collections::BTreeSet<Ipv4Addr> = ready.iter().map(|r| r.ip).collect();
+        if let Err(e) = conntrack::delete_involving(&ips) {
+            warn!("could not delete the conntrack entries of new pod addresses {ips:?}: {e}");
+        }
         for r in ready {
             let _ = r.done.send(Ok(()));
         }
         for r in rest {
             if r.at.elapsed() > REGISTRATION_WAIT {
-                let why = format!("pod {}/{} is not in the API (or not yet listed)", r.key.0, r.key.1);
+                let why = format!(
+                    "pod {}/{} is not in the API as a running pod of node {} (or not yet listed)",
+                    r.key.0, r.key.1, self.node
+                );
+                self.registered.remove(&r.key);
                 let _ = r.done.send(Err(why));
             } else {
                 self.waiting.push(r);
@@ -262,10 +318,15 @@ impl World {
     }
 }
 
-/// Makes the table's base when its marker says it differs.
+/// Makes the table's base when the marker on either base chain says it differs (or
+/// the chain is gone).
 fn ensure_base() -> Result<(), nft::NftError> {
-    let comments = nft::chain_rule_comments(NfFamily::IP, policy::TABLE, policy::MARKED_CHAIN)?;
-    if comments.as_ref().and_then(|c| c.first()) == Some(&policy::base_marker()) {
+    let mut right = true;
+    for chain in policy::BASE_CHAIN_NAMES {
+        let comments = nft::chain_rule_comments(NfFamily::IP, policy::TABLE, chain)?;
+        right &= comments.as_ref().and_then(|c| c.first()) == Some(&policy::base_marker());
+    }
+    if right {
         return Ok(());
     }
     nft::apply_objects(policy::base_transaction().iter().map(|o| o.to_string()))
@@ -321,14 +382,29 @@ async fn serve_registrations(path: PathBuf, tx: mpsc::UnboundedSender<(Instant, 
             return;
         }
     };
+    // Only root may register a pod: a registration decides a pod's isolation.
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+        warn!("cannot make {} private: {e}", path.display());
+    }
     info!("pod registrations on {}", path.display());
     loop {
-        let Ok((conn, _)) = listener.accept().await else { continue };
+        let conn = match listener.accept().await {
+            Ok((c, _)) => c,
+            Err(e) => {
+                warn!("accepting a pod registration: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let tx = tx.clone();
         tokio::spawn(async move {
             let (r, mut w) = conn.into_split();
             let mut line = String::new();
-            if BufReader::new(r).read_line(&mut line).await.is_err() {
+            // One short line, sent at once.
+            let mut reader = BufReader::new(r.take(4096));
+            let read = reader.read_line(&mut line);
+            if !matches!(tokio::time::timeout(Duration::from_secs(5), read).await, Ok(Ok(_))) {
                 return;
             }
             let answer = match parse_registration(&line) {
@@ -367,6 +443,13 @@ pub async fn run(
     stats: Arc<crate::metrics::PolicyStats>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    if !std::path::Path::new(BRIDGE_NF).exists() {
+        warn!(
+            "{BRIDGE_NF} is missing (br_netfilter is not loaded): traffic between pods of this node crosses \
+             the bridge without reaching the forward hook, so NetworkPolicy does not hold between them; \
+             load it (modprobe br_netfilter) and restart the agent"
+        );
+    }
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Event)>();
     let tasks = [
         watch::spawn(
@@ -395,9 +478,9 @@ pub async fn run(
             tx.clone(),
         ),
     ];
-    let server = socket.clone().map(|p| tokio::spawn(serve_registrations(p, tx)));
+    let server = socket.map(|p| tokio::spawn(serve_registrations(p, tx)));
     tokio::pin!(shutdown);
-    let mut world = World::default();
+    let mut world = World { node: node.clone(), ..World::default() };
     let mut applied: Option<State> = None;
     let mut first_event: Option<Instant> = None;
     let mut last_full = Instant::now();
@@ -418,10 +501,12 @@ pub async fn run(
                 }
                 dirty = true;
             }
-            () = tick => {
-                if last_full.elapsed() >= FULL_SYNC_EVERY { applied = None; }
-            }
+            () = tick => {}
             () = &mut shutdown => break,
+        }
+        // Also in a busy cluster, where events keep the timer from firing.
+        if last_full.elapsed() >= FULL_SYNC_EVERY {
+            applied = None;
         }
         if !world.listed() {
             continue;
@@ -495,10 +580,111 @@ pub async fn run(
     for t in tasks {
         t.abort();
     }
+    // The socket file stays: while the agent is away, ADD fails (and is retried)
+    // rather than start a pod whose policy nobody put in force.
     if let Some(s) = server {
         s.abort();
     }
-    if let Some(p) = socket {
-        let _ = std::fs::remove_file(p);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(node: &str, ip: Option<&str>, finished: bool) -> policy::Pod {
+        policy::Pod { node: Some(node.into()), ip: ip.map(|i| i.parse().unwrap()), finished, ..Default::default() }
+    }
+
+    fn key(n: &str) -> Key {
+        ("ns".into(), n.into())
+    }
+
+    fn world(pods: Vec<(&str, policy::Pod)>) -> World {
+        let mut w = World { node: "node-1".into(), ..World::default() };
+        for (n, p) in pods {
+            w.pods.apply(Change::Apply(key(n), Some(p)));
+        }
+        w
+    }
+
+    fn register(w: &mut World, n: &str, ip: &str) -> oneshot::Receiver<Result<(), String>> {
+        let (done, rx) = oneshot::channel();
+        w.apply(Event::Register(Registration { key: key(n), ip: ip.parse().unwrap(), done, at: Instant::now() }));
+        rx
+    }
+
+    fn ip_of(c: &Cluster, n: &str) -> Option<Ipv4Addr> {
+        c.pods[&key(n)].ip
+    }
+
+    #[test]
+    fn a_registration_stands_in_for_the_api_and_takes_the_address_from_its_old_owner() {
+        let mut w = world(vec![("old", pod("node-1", Some("10.244.1.5"), false)), ("new", pod("node-1", None, false))]);
+        let mut rx = register(&mut w, "new", "10.244.1.5");
+        let c = w.cluster();
+        assert_eq!(ip_of(&c, "new"), Some("10.244.1.5".parse().unwrap()));
+        assert_eq!(ip_of(&c, "old"), None, "the address has a new owner");
+        w.answer(true);
+        assert_eq!(rx.try_recv().unwrap(), Ok(()));
+        // The newest registration of an address wins.
+        w.pods.apply(Change::Apply(key("newer"), Some(pod("node-1", None, false))));
+        let _rx = register(&mut w, "newer", "10.244.1.5");
+        let c = w.cluster();
+        assert_eq!((ip_of(&c, "newer"), ip_of(&c, "new")), (Some("10.244.1.5".parse().unwrap()), None));
+    }
+
+    #[test]
+    fn only_running_pods_of_this_node_are_confirmed() {
+        let mut w = world(vec![("elsewhere", pod("node-2", None, false)), ("done", pod("node-1", None, true))]);
+        let mut a = register(&mut w, "elsewhere", "10.244.1.6");
+        let mut b = register(&mut w, "done", "10.244.1.7");
+        let mut c = register(&mut w, "unknown", "10.244.1.8");
+        let cl = w.cluster();
+        assert_eq!((ip_of(&cl, "elsewhere"), ip_of(&cl, "done")), (None, None));
+        w.answer(true);
+        for rx in [&mut a, &mut b, &mut c] {
+            assert!(rx.try_recv().is_err(), "no answer before the pod runs here");
+        }
+        // The pod is bound here: the next applied state confirms it.
+        w.pods.apply(Change::Apply(key("elsewhere"), Some(pod("node-1", None, false))));
+        assert_eq!(ip_of(&w.cluster(), "elsewhere"), Some("10.244.1.6".parse().unwrap()));
+        w.answer(true);
+        assert_eq!(a.try_recv().unwrap(), Ok(()));
+        // A failed apply confirms nothing.
+        let _pending = register(&mut w, "elsewhere", "10.244.1.6");
+        w.answer(false);
+        assert_eq!(w.waiting.len(), 3);
+    }
+
+    fn netpol(spec: serde_json::Value) -> NetworkPolicy {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p", "namespace": "ns"}, "spec": spec})).unwrap()
+    }
+
+    #[test]
+    fn policy_types_are_inferred_and_bad_input_fails_closed() {
+        let (p, _) = policy_of(&netpol(serde_json::json!({"podSelector": {}, "egress": [{}]})));
+        let p = p.unwrap();
+        assert!(p.ingress == Some(vec![]) && p.egress.as_ref().is_some_and(|e| e.len() == 1));
+        let (p, _) = policy_of(&netpol(serde_json::json!({"podSelector": {}, "egress": []})));
+        assert!(p.unwrap().egress.is_none(), "an empty egress list without policyTypes does not isolate egress");
+        // An unknown operator: the namespace's pods are isolated, nothing allowed.
+        let bad = serde_json::json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}, "ingress": [{}]});
+        let (p, problems) = policy_of(&netpol(bad));
+        let p = p.unwrap();
+        assert!(p.pod_selector.0.is_empty() && p.ingress == Some(vec![]) && !problems.is_empty());
+        // endPort without a port, and a bad CIDR: the rule allows nothing (it is left out).
+        let (p, problems) = policy_of(&netpol(serde_json::json!({"podSelector": {}, "ingress": [
+            {"ports": [{"endPort": 90}]}, {"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]})));
+        assert_eq!(p.unwrap().ingress, Some(vec![]));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        // A peer with a podSelector alone is in the policy's own namespace; with both, AND.
+        let (p, _) = policy_of(&netpol(serde_json::json!({"podSelector": {}, "ingress": [{"from": [
+            {"podSelector": {"matchLabels": {"a": "b"}}},
+            {"namespaceSelector": {}, "podSelector": {}}]}]})));
+        let peers = &p.unwrap().ingress.unwrap()[0].peers;
+        assert!(matches!(&peers[0], Peer::Pods { namespaces: Namespaces::Own(ns), .. } if ns == "ns"));
+        assert!(
+            matches!(&peers[1], Peer::Pods { namespaces: Namespaces::Matching(s), pods } if s.0.is_empty() && pods.0.is_empty())
+        );
     }
 }

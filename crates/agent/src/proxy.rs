@@ -306,8 +306,12 @@ pub async fn run(cfg: AgentConfig, client: kube::Client, shutdown: impl std::fut
                     match world.apply(ev) { Some(t) => dirty.extend(t), None => need_full = true }
                 }
             }
-            () = retry => { if last_full.elapsed() >= FULL_SYNC_EVERY { need_full = true; } }
+            () = retry => {}
             () = &mut shutdown => break,
+        }
+        // Also in a busy cluster, where events keep the timer from firing.
+        if last_full.elapsed() >= FULL_SYNC_EVERY {
+            need_full = true;
         }
         if !(world.services_listed && world.slices_listed) || (!need_full && dirty.is_empty()) {
             continue;

@@ -77,6 +77,28 @@ pub fn delete_dnat_to(proto: u8, endpoint: Ipv4Addr, port: u16) -> Result<usize>
     Ok(deleted)
 }
 
+/// Deletes every conntrack entry with one of `ips` as an address of either direction;
+/// returns how many went. For an address that just got a new owner, or a new isolation:
+/// none of its earlier flows may pass as established.
+pub fn delete_involving(ips: &std::collections::BTreeSet<Ipv4Addr>) -> Result<usize> {
+    if ips.is_empty() {
+        return Ok(0);
+    }
+    let mut ct = Ctnetlink::open()?;
+    let entries = ct.dump("list conntrack entries to delete those of new pod addresses")?;
+    let mut deleted = 0;
+    for entry in entries {
+        let f = &entry.flow;
+        if ![f.orig_src, f.orig_dst, f.reply_src, f.reply_dst].iter().any(|ip| ips.contains(ip)) {
+            continue;
+        }
+        if ct.delete(&entry)? {
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
 struct Ctnetlink {
     socket: Socket,
     seq: u32,

@@ -29,7 +29,7 @@ mod tests;
 
 pub use crate::proxy::Proto;
 pub use plan::plan;
-pub use sync::{MARKED_CHAIN, State, base_marker, base_transaction, diff};
+pub use sync::{BASE_CHAIN_NAMES, State, base_marker, base_transaction, diff};
 
 use crate::selector::LabelSelector;
 use ipnet::Ipv4Net;
@@ -52,6 +52,8 @@ pub struct Pod {
     pub node: Option<String>,
     /// Its containers' named ports.
     pub ports: Vec<NamedPort>,
+    /// Finished (or on the host's network): it has no address of its own to program.
+    pub finished: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

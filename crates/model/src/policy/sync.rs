@@ -35,8 +35,8 @@ pub fn base_marker() -> String {
     BASE_VERSION.to_string()
 }
 
-/// The base chain whose first rule carries the marker.
-pub const MARKED_CHAIN: &str = "egress";
+/// The base chains, whose first rules carry the marker.
+pub const BASE_CHAIN_NAMES: [&str; 2] = [BASE_CHAINS[0].0, BASE_CHAINS[1].0];
 
 fn obj(kind: &str, body: Value) -> Value {
     let mut b = body;

@@ -17,6 +17,7 @@ fn pod(app: &str, ip: &str, node: &str) -> Pod {
         ip: Some(ip.parse().unwrap()),
         node: Some(node.into()),
         ports: vec![NamedPort { name: "http".into(), proto: Proto::Tcp, port: if app == "api" { 8080 } else { 80 } }],
+        finished: false,
     }
 }
 
