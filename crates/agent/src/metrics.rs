@@ -89,7 +89,7 @@ pub fn render(stats: &PolicyStats) -> Result<String, String> {
             .get_or_create(&vec![("direction".to_string(), dir.to_string())])
             .set(i64::try_from(load(v)).unwrap_or(0));
     }
-    let last = prometheus_client::metrics::gauge::Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    let last = Gauge::<f64, AtomicU64>::default();
     last.set(load(&stats.last_sync_us) as f64 / 1e6);
     reg.register("policy_last_sync_seconds", "The last NetworkPolicy sync, from the watch event to the kernel", last);
     let mut out = String::new();

@@ -206,6 +206,10 @@ enum Event {
     Register(Registration),
 }
 
+fn runs_on(p: &policy::Pod, node: &str) -> bool {
+    p.node.as_deref() == Some(node) && !p.finished
+}
+
 /// How long a registered address stands in for the API's, at most.
 const REGISTRATION_KEPT: Duration = Duration::from_secs(300);
 
@@ -247,7 +251,7 @@ impl World {
 
     /// Is `key` a pod of this node that is still running (not finished, not gone)?
     fn runs_here(&self, key: &Key) -> bool {
-        self.pods.items.get(key).is_some_and(|p| p.node.as_deref() == Some(self.node.as_str()) && !p.finished)
+        self.pods.items.get(key).is_some_and(|p| runs_on(p, &self.node))
     }
 
     /// The cluster as the plan reads it: a registered address stands in for the API's
@@ -256,17 +260,14 @@ impl World {
     fn cluster(&mut self) -> Cluster {
         let waiting: Vec<Key> = self.waiting.iter().map(|r| r.key.clone()).collect();
         let pods = &self.pods.items;
-        let node = self.node.clone();
+        let node = &self.node;
         // Kept while its ADD waits (the API may lag); then until the API shows the address,
         // while the pod runs here.
         self.registered.retain(|k, (ip, at)| {
             waiting.contains(k)
-                || pods.get(k).is_some_and(|p| {
-                    p.ip != Some(*ip)
-                        && !p.finished
-                        && p.node.as_deref() == Some(node.as_str())
-                        && at.elapsed() < REGISTRATION_KEPT
-                })
+                || pods
+                    .get(k)
+                    .is_some_and(|p| p.ip != Some(*ip) && runs_on(p, node) && at.elapsed() < REGISTRATION_KEPT)
         });
         let mut pods: BTreeMap<Key, policy::Pod> =
             self.pods.items.iter().map(|(k, p)| (k.clone(), p.clone())).collect();
@@ -512,7 +513,7 @@ pub async fn run(
             continue;
         }
         if !dirty && applied.is_some() {
-            world.answer(true);
+            tokio::task::block_in_place(|| world.answer(true));
             continue;
         }
         let started = first_event.take().unwrap_or_else(Instant::now);
@@ -568,7 +569,7 @@ pub async fn run(
                         started.elapsed().as_secs_f64() * 1e3
                     );
                 }
-                world.answer(true);
+                tokio::task::block_in_place(|| world.answer(true));
             }
             Err(e) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);

@@ -5,7 +5,7 @@
 //! re-plans only the Services it touched and applies the difference in one transaction.
 
 use crate::config::AgentConfig;
-use crate::watch::{self, Change};
+use crate::watch::{self, Change, Store};
 use flatnet_kernel::{conntrack, nft};
 use flatnet_model::proxy::{self, Actual, Context, Proxier, ServiceKey, Slice};
 use k8s_openapi::api::core::v1::Service;
@@ -122,13 +122,11 @@ enum Event {
 /// The proxy's view of the cluster.
 #[derive(Default)]
 struct World {
-    services: HashMap<ServiceKey, proxy::Service>,
+    services: Store<proxy::Service>,
     slices: HashMap<ServiceKey, BTreeMap<String, Slice>>,
     /// Which Service each slice (namespace, name) belongs to.
     owners: HashMap<(String, String), ServiceKey>,
-    relist_services: Option<HashMap<ServiceKey, proxy::Service>>,
     relist_slices: Option<Vec<(SliceKey, OwnedSlice)>>,
-    services_listed: bool,
     slices_listed: bool,
 }
 
@@ -155,30 +153,19 @@ impl World {
     fn apply(&mut self, ev: Event) -> Option<BTreeSet<ServiceKey>> {
         let mut touched = BTreeSet::new();
         match ev {
-            Event::Service(c) => match c {
-                Change::Init => self.relist_services = Some(HashMap::new()),
-                Change::InitApply(k, v) => {
-                    if let (Some(m), Some(v)) = (self.relist_services.as_mut(), v) {
-                        m.insert(k, v);
+            Event::Service(c) => {
+                match &c {
+                    Change::InitDone => {
+                        self.services.apply(c);
+                        return None;
                     }
+                    Change::Apply(k, _) | Change::Delete(k) => {
+                        touched.insert(k.clone());
+                    }
+                    Change::Init | Change::InitApply(..) => {}
                 }
-                Change::InitDone => {
-                    self.services = self.relist_services.take().unwrap_or_default();
-                    self.services_listed = true;
-                    return None;
-                }
-                Change::Apply(k, v) => {
-                    match v {
-                        Some(v) => self.services.insert(k.clone(), v),
-                        None => self.services.remove(&k),
-                    };
-                    touched.insert(k);
-                }
-                Change::Delete(k) => {
-                    self.services.remove(&k);
-                    touched.insert(k);
-                }
-            },
+                self.services.apply(c);
+            }
             Event::Slice(c) => match c {
                 Change::Init => self.relist_slices = Some(Vec::new()),
                 Change::InitApply(k, v) => {
@@ -209,7 +196,7 @@ impl World {
     }
 
     fn plan(&self, ctx: &Context, key: &ServiceKey) -> Option<proxy::Fragment> {
-        let svc = self.services.get(key)?;
+        let svc = self.services.items.get(key)?;
         let slices: Vec<Slice> = self.slices.get(key).map(|m| m.values().cloned().collect()).unwrap_or_default();
         Some(proxy::plan_service(ctx, svc, &slices))
     }
@@ -313,7 +300,7 @@ pub async fn run(cfg: AgentConfig, client: kube::Client, shutdown: impl std::fut
         if last_full.elapsed() >= FULL_SYNC_EVERY {
             need_full = true;
         }
-        if !(world.services_listed && world.slices_listed) || (!need_full && dirty.is_empty()) {
+        if !(world.services.listed && world.slices_listed) || (!need_full && dirty.is_empty()) {
             continue;
         }
         let started = first_event.take().unwrap_or_else(Instant::now);
@@ -327,7 +314,7 @@ pub async fn run(cfg: AgentConfig, client: kube::Client, shutdown: impl std::fut
                 let actual = read_actual()?;
                 let read = t1.elapsed();
                 let t0 = Instant::now();
-                let plans = world.services.keys().filter_map(|k| Some((k.clone(), world.plan(&ctx, k)?)));
+                let plans = world.services.items.keys().filter_map(|k| Some((k.clone(), world.plan(&ctx, k)?)));
                 let t = proxier.full_sync(&actual, plans);
                 let planned = t0.elapsed();
                 let t2 = Instant::now();

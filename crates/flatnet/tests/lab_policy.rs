@@ -720,16 +720,8 @@ fn pods_ready(c: &Cluster) -> Option<Vec<(String, String, Ipv4Addr)>> {
 /// Packets dropped by a policy on a node, from the agent's metrics (which read the
 /// kernel's per-policy counters).
 fn dropped(lab: &Lab, node: &str, direction: &str, ns: &str, policy: &str) -> u64 {
-    let text = flatnet_kernel::netns::run_in(&lab.ns(node), || -> std::io::Result<String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9402")?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })
-    .unwrap()
-    .unwrap_or_default();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], 9402));
+    let text = common::lab::http_get_path(&lab.ns(node), metrics, "/metrics").unwrap_or_default();
     let want = format!(
         "flatnet_policy_dropped_packets_total{{direction=\"{direction}\",namespace=\"{ns}\",policy=\"{policy}\"}} "
     );

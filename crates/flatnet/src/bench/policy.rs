@@ -13,7 +13,8 @@
 //! named port, and egress to a namespace and an ipBlock.
 
 use super::lab_harness::BenchLab;
-use super::services::{connection_rate, wait_for};
+use super::services::{connection_rate, logged_ms, wait_for};
+use super::stats::memory_kib;
 use super::stats::ms;
 use anyhow::{Context, bail};
 use flatnet_kernel::{netns, sandbox};
@@ -22,8 +23,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -59,34 +59,14 @@ fn median(v: &[f64]) -> f64 {
     s[s.len() / 2]
 }
 
-/// One metric's value from the agent's /metrics, read inside the node's namespace.
-fn metric(node: &Path, name: &str) -> Option<f64> {
-    let text = netns::run_in(node, || -> std::io::Result<String> {
-        let mut s = TcpStream::connect("127.0.0.1:9402")?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })
-    .ok()?
-    .ok()?;
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// The agent log's first line after byte `from` that reports a sync of `policies`
-/// policies (the agent logs each sync once it is in the kernel).
-fn synced_line(log: &Path, from: u64, policies: usize) -> Option<String> {
-    let text = std::fs::read(log).ok()?;
-    let text = String::from_utf8_lossy(&text[(from as usize).min(text.len())..]).into_owned();
-    let needle = format!(": {policies} policies, ");
-    text.lines().find(|l| l.contains("policy ") && l.contains(&needle)).map(str::to_string)
+/// policies (the agent logs each sync once it is in the kernel), with its milliseconds.
+fn synced(log: &Path, from: u64, policies: usize) -> Option<(String, f64)> {
+    logged_ms(log, from, &format!(": {policies} policies, ")).into_iter().next()
 }
 
-fn rss_mib(pid: i32, field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 =
-        status.lines().find_map(|l| l.strip_prefix(field))?.trim().trim_end_matches(" kB").trim().parse().ok()?;
-    Some(kb / 1024.0)
+fn rss_mib(pid: u32, field: &str) -> f64 {
+    memory_kib(pid, field) as f64 / 1024.0
 }
 
 fn synthetic_pod(i: usize) -> serde_json::Value {
@@ -178,8 +158,8 @@ fn one(args: &PolicyBenchArgs) -> anyhow::Result<()> {
     for _ in 0..2 {
         bare.push(connection_rate(&client, to, args.seconds)?);
     }
-    let pid: i32 = std::fs::read_to_string(lab.layout.agent_pid("node-1"))?.trim().parse()?;
-    let rss_before = rss_mib(pid, "VmRSS:").unwrap_or(f64::NAN);
+    let pid: u32 = std::fs::read_to_string(lab.layout.agent_pid("node-1"))?.trim().parse()?;
+    let rss_before = rss_mib(pid, "VmRSS:");
 
     // The policies: the server's own (allowing the client), then the synthetic ones.
     let server_policy = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -193,21 +173,24 @@ fn one(args: &PolicyBenchArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let last = create_all(&lab, objects)?;
     let written = last.duration_since(t0);
-    wait_for("the agent to program every policy", Duration::from_secs(600), || synced_line(&log, mark, want))?;
+    wait_for("the agent to program every policy", Duration::from_secs(600), || synced(&log, mark, want))?;
     let applied = last.elapsed();
-    let line = synced_line(&log, mark, want).unwrap_or_default();
-    let isolated = metric(&node, "flatnet_policy_isolated_pods{direction=\"ingress\"}").unwrap_or(f64::NAN);
-    let rss = rss_mib(pid, "VmRSS:").unwrap_or(f64::NAN);
-    let peak = rss_mib(pid, "VmHWM:").unwrap_or(f64::NAN);
+    let line = synced(&log, mark, want).map(|l| l.0).unwrap_or_default();
+    let rss = rss_mib(pid, "VmRSS:");
+    let peak = rss_mib(pid, "VmHWM:");
     let listing =
         netns::run_in(&node, || flatnet_kernel::nft::list_table(nftables::types::NfFamily::IP, "flatnet-policy"))??;
-    let (mut chains, mut rules, mut sets, mut elements) = (0usize, 0usize, 0usize, 0usize);
+    let (mut chains, mut rules, mut sets, mut elements, mut isolated) = (0usize, 0usize, 0usize, 0usize, 0usize);
     for o in listing.iter().flat_map(|l| l["nftables"].as_array().cloned().unwrap_or_default()) {
         rules += usize::from(o.get("rule").is_some());
         chains += usize::from(o.get("chain").is_some());
         if let Some(s) = o.get("set").or_else(|| o.get("map")) {
             sets += 1;
-            elements += s["elem"].as_array().map_or(0, Vec::len);
+            let n = s["elem"].as_array().map_or(0, Vec::len);
+            elements += n;
+            if s["name"] == "ingress" {
+                isolated = n;
+            }
         }
     }
 
@@ -231,10 +214,8 @@ fn one(args: &PolicyBenchArgs) -> anyhow::Result<()> {
             &PatchParams::default(),
             &Patch::Merge(&patch),
         ))?;
-        let line = wait_for("the agent to apply a relabel", Duration::from_secs(30), || synced_line(&log, mark, want))?;
-        let took =
-            line.rsplit_once(" in ").and_then(|(_, r)| r.split_once(" ms")).and_then(|(v, _)| v.parse::<f64>().ok());
-        changes.push(Duration::from_secs_f64(took.context("a sync time in the agent's log")? / 1e3));
+        let (_, took) = wait_for("the agent to apply a relabel", Duration::from_secs(30), || synced(&log, mark, want))?;
+        changes.push(Duration::from_secs_f64(took / 1e3));
     }
     let change = super::stats::summarize(&changes).context("no change timed")?;
 
@@ -254,7 +235,7 @@ fn one(args: &PolicyBenchArgs) -> anyhow::Result<()> {
             .await
     });
     let mark = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-    wait_for("the agent to drop every policy", Duration::from_secs(120), || synced_line(&log, mark, 0))?;
+    wait_for("the agent to drop every policy", Duration::from_secs(120), || synced(&log, mark, 0))?;
     for _ in 0..3 {
         bare.push(connection_rate(&client, to, args.seconds)?);
     }

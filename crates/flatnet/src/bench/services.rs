@@ -124,7 +124,7 @@ fn median_rate(from: &Path, to: SocketAddr, secs: u64) -> anyhow::Result<(f64, V
 
 /// The agent log's lines after byte `from` that contain `needle`, with the milliseconds
 /// of their "in X ms".
-fn logged_ms(log: &Path, from: u64, needle: &str) -> Vec<(String, f64)> {
+pub(super) fn logged_ms(log: &Path, from: u64, needle: &str) -> Vec<(String, f64)> {
     let text = std::fs::read(log).unwrap_or_default();
     let text = String::from_utf8_lossy(&text[(from as usize).min(text.len())..]).into_owned();
     text.lines()

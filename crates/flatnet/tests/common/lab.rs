@@ -209,13 +209,19 @@ pub fn http_get(from: &Path, ip: &str) -> std::io::Result<String> {
 
 /// An HTTP GET to `addr` from inside a network namespace; returns the body.
 pub fn http_get_at(from: &Path, addr: SocketAddr) -> std::io::Result<String> {
+    http_get_path(from, addr, "/")
+}
+
+/// The body of `GET path` at `addr`, from inside the namespace at `from`; an error
+/// unless the answer is 200.
+pub fn http_get_path(from: &Path, addr: SocketAddr, path: &str) -> std::io::Result<String> {
     netns::run_in(from, || -> std::io::Result<String> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
-        if !out.starts_with("HTTP/1.1 200") {
+        if !out.split_once(' ').is_some_and(|(_, rest)| rest.starts_with("200")) {
             return Err(std::io::Error::other(format!("unexpected answer {out:?}")));
         }
         Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())

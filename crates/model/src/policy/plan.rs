@@ -68,8 +68,6 @@ fn addressed(c: &Cluster) -> impl Iterator<Item = (&Key, &Pod, Ipv4Addr)> {
 struct Planner<'a> {
     cluster: &'a Cluster,
     state: State,
-    /// Members of each pod set already computed, by set name.
-    members: HashMap<String, Vec<Ipv4Addr>>,
     /// Policy chains already made, by (policy, direction).
     rendered: HashMap<(Key, Direction), Option<String>>,
     node: &'a str,
@@ -96,13 +94,12 @@ impl Planner<'_> {
     /// The set of a pod peer, made (with its members) the first time it is used.
     fn pod_set(&mut self, peer: &Peer) -> String {
         let name = hash_name("pods", &format!("{peer:?}"));
-        if !self.members.contains_key(&name) {
-            let ips: Vec<Ipv4Addr> = addressed(self.cluster)
+        if !self.state.pod_sets.contains_key(&name) {
+            let ips = addressed(self.cluster)
                 .filter(|(k, p, ip)| self.peer_has(peer, k, p, *ip))
                 .map(|(_, _, ip)| ip)
                 .collect();
-            self.state.pod_sets.insert(name.clone(), ips.iter().copied().collect());
-            self.members.insert(name.clone(), ips);
+            self.state.pod_sets.insert(name.clone(), ips);
         }
         name
     }
@@ -117,10 +114,33 @@ impl Planner<'_> {
     /// The set of (address, protocol, port) of every pod among `peers` (or every pod
     /// when there are none) that has a port called `port` of protocol `proto`.
     fn named_port_set(&mut self, peers: Option<&Peer>, proto: Proto, port: &str) -> String {
-        let name = hash_name("nport", &format!("{peers:?}/{proto:?}/{port}"));
+        let id = format!("{peers:?}/{proto:?}/{port}");
+        self.port_set(&id, proto, port, |me, k, p, ip| peers.is_none_or(|peer| me.peer_has(peer, k, p, ip)))
+    }
+
+    /// The (address, protocol, port) of each pod of this node that `policy` selects and
+    /// that has a port called `port`: a named port of an ingress rule, resolved on each
+    /// destination pod.
+    fn selected_port_set(&mut self, key: &Key, policy: &Policy, proto: Proto, port: &str) -> String {
+        let id = format!("{key:?}/ingress/{proto:?}/{port}");
+        self.port_set(&id, proto, port, |me, k, p, _| {
+            p.node.as_deref() == Some(me.node) && selects(&key.0, policy, &k.0, p)
+        })
+    }
+
+    /// The port set named after `id`: every addressed pod `which` takes, with its ports
+    /// called `port` of protocol `proto`; made the first time it is used.
+    fn port_set(
+        &mut self,
+        id: &str,
+        proto: Proto,
+        port: &str,
+        which: impl Fn(&Self, &Key, &Pod, Ipv4Addr) -> bool,
+    ) -> String {
+        let name = hash_name("nport", id);
         if !self.state.port_sets.contains_key(&name) {
             let elems = addressed(self.cluster)
-                .filter(|(k, p, ip)| peers.is_none_or(|peer| self.peer_has(peer, k, p, *ip)))
+                .filter(|(k, p, ip)| which(self, k, p, *ip))
                 .flat_map(|(_, p, ip)| {
                     p.ports.iter().filter(|np| np.proto == proto && np.name == port).map(move |np| (ip, proto, np.port))
                 })
@@ -220,23 +240,6 @@ impl Planner<'_> {
         name
     }
 
-    /// The (address, protocol, port) of each pod of this node that `policy` selects and
-    /// that has a port called `port`: a named port of an ingress rule, resolved on each
-    /// destination pod.
-    fn selected_port_set(&mut self, key: &Key, policy: &Policy, proto: Proto, port: &str) -> String {
-        let name = hash_name("nport", &format!("{key:?}/ingress/{proto:?}/{port}"));
-        if !self.state.port_sets.contains_key(&name) {
-            let elems = addressed(self.cluster)
-                .filter(|(k, p, _)| p.node.as_deref() == Some(self.node) && selects(&key.0, policy, &k.0, p))
-                .flat_map(|(_, p, ip)| {
-                    p.ports.iter().filter(|np| np.proto == proto && np.name == port).map(move |np| (ip, proto, np.port))
-                })
-                .collect();
-            self.state.port_sets.insert(name.clone(), elems);
-        }
-        name
-    }
-
     /// The chain of a local pod in one direction: a jump to the chain of each policy
     /// isolating it (one that allows the packet accepts it), then a drop counted by each
     /// of those policies.
@@ -278,7 +281,7 @@ fn selects(ns: &str, policy: &Policy, pod_ns: &str, pod: &Pod) -> bool {
 
 /// The desired state of node `node`'s policy table.
 pub fn plan(cluster: &Cluster, node: &str) -> State {
-    let mut p = Planner { cluster, state: State::default(), members: HashMap::new(), rendered: HashMap::new(), node };
+    let mut p = Planner { cluster, state: State::default(), rendered: HashMap::new(), node };
     // Policies by namespace, so each pod looks at its own namespace's only.
     let mut by_ns: HashMap<&str, Vec<(&Key, &Policy)>> = HashMap::new();
     for (k, pol) in &cluster.policies {
