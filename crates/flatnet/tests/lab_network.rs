@@ -455,7 +455,23 @@ fn bad_input_is_refused_and_changes_nothing() {
         assert!(err.contains("object 2 of the file") && err.contains("does not serve Frobnicator"), "{err}");
         let err = apply(&format!("{good}---\napiVersion: v1\nkind: Pod\nmetadata: {{labels: {{a: b}}}}\n"));
         assert!(err.contains("the Pod has no metadata.name"), "{err}");
+        // A NetworkPolicy the API would refuse is refused, with the field and the reason.
+        let netpol = |spec: &str| {
+            format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: bad}}\nspec: {spec}\n")
+        };
+        let err = apply(&netpol("{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}"));
+        assert!(err.contains("spec.ingress[0].from[0].ipBlock.cidr") && err.contains("is not a CIDR"), "{err}");
+        let err = apply(&netpol("{podSelector: {}, ingress: [{ports: [{endPort: 90}]}]}"));
+        assert!(err.contains("spec.ingress[0].ports[0].endPort: needs a numeric port"), "{err}");
+        let err = apply(&netpol("{podSelector: {matchExpressions: [{key: a, operator: Near}]}}"));
+        assert!(err.contains("operator must be In, NotIn, Exists or DoesNotExist"), "{err}");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let netpols: kube::Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+            kube::Api::namespaced(lab.client(&rt), "default");
+        assert!(
+            rt.block_on(netpols.list(&Default::default())).unwrap().items.is_empty(),
+            "a refused policy was stored"
+        );
         let pods: kube::Api<Pod> = kube::Api::namespaced(lab.client(&rt), "default");
         let listed = rt.block_on(pods.list(&Default::default())).unwrap();
         assert!(

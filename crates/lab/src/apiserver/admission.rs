@@ -121,10 +121,10 @@ pub fn defaults(obj: &mut Value, kind: &str) {
                 obj["status"] = json!({"loadBalancer": {}});
             }
         }
-        // Kubernetes' inference: Ingress always, Egress when there is an egress section.
+        // Kubernetes' inference: Ingress always, Egress when there are egress rules.
         "NetworkPolicy" if obj["spec"]["policyTypes"].is_null() => {
             let mut types = vec!["Ingress"];
-            if obj["spec"].get("egress").is_some() {
+            if obj["spec"]["egress"].as_array().is_some_and(|e| !e.is_empty()) {
                 types.push("Egress");
             }
             obj["spec"]["policyTypes"] = json!(types);
@@ -148,6 +148,11 @@ pub fn admit(
     if key.resource == "services" {
         service_ips(cfg, all, key, obj, old)?;
     }
+    if key.resource == "networkpolicies.networking.k8s.io"
+        && let Err((field, why)) = network_policy(&obj["spec"])
+    {
+        return Err(ApiError::invalid("NetworkPolicy", &key.name, &field, why));
+    }
     if key.resource == "nodes"
         && let Some(prev) = old.and_then(|o| o["spec"]["podCIDR"].as_str()).filter(|p| !p.is_empty())
     {
@@ -169,6 +174,104 @@ pub fn admit(
         }
     }
     Ok(())
+}
+
+type Invalid = (String, String);
+
+/// The checks the Kubernetes API makes of a NetworkPolicy's spec: (field, why) of the
+/// first problem.
+fn network_policy(spec: &Value) -> Result<(), Invalid> {
+    let bad = |field: String, why: &str| Err((field, why.to_string()));
+    label_selector("spec.podSelector", &spec["podSelector"])?;
+    for (i, t) in spec["policyTypes"].as_array().into_iter().flatten().enumerate() {
+        if !matches!(t.as_str(), Some("Ingress" | "Egress")) {
+            return bad(format!("spec.policyTypes[{i}]"), "must be Ingress or Egress");
+        }
+    }
+    for (section, peers_key) in [("ingress", "from"), ("egress", "to")] {
+        for (i, rule) in spec[section].as_array().into_iter().flatten().enumerate() {
+            for (j, peer) in rule[peers_key].as_array().into_iter().flatten().enumerate() {
+                network_policy_peer(&format!("spec.{section}[{i}].{peers_key}[{j}]"), peer)?;
+            }
+            for (j, port) in rule["ports"].as_array().into_iter().flatten().enumerate() {
+                network_policy_port(&format!("spec.{section}[{i}].ports[{j}]"), port)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn label_selector(field: &str, sel: &Value) -> Result<(), Invalid> {
+    for (i, e) in sel["matchExpressions"].as_array().into_iter().flatten().enumerate() {
+        let values = e["values"].as_array().map_or(0, Vec::len);
+        let why = match (e["operator"].as_str(), values) {
+            (Some("In" | "NotIn"), 0) => "In and NotIn need values",
+            (Some("Exists" | "DoesNotExist"), 1..) => "Exists and DoesNotExist take no values",
+            (Some("In" | "NotIn" | "Exists" | "DoesNotExist"), _) => continue,
+            _ => "operator must be In, NotIn, Exists or DoesNotExist",
+        };
+        return Err((format!("{field}.matchExpressions[{i}]"), why.to_string()));
+    }
+    Ok(())
+}
+
+fn network_policy_peer(field: &str, peer: &Value) -> Result<(), Invalid> {
+    let selectors = ["podSelector", "namespaceSelector"].iter().filter(|k| !peer[**k].is_null()).count();
+    let block = &peer["ipBlock"];
+    if block.is_null() {
+        if selectors == 0 {
+            return Err((field.to_string(), "must name a podSelector, a namespaceSelector or an ipBlock".into()));
+        }
+        label_selector(&format!("{field}.podSelector"), &peer["podSelector"])?;
+        return label_selector(&format!("{field}.namespaceSelector"), &peer["namespaceSelector"]);
+    }
+    if selectors > 0 {
+        return Err((field.to_string(), "an ipBlock may not be combined with a selector".into()));
+    }
+    let cidr: ipnet::IpNet = block["cidr"]
+        .as_str()
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| (format!("{field}.ipBlock.cidr"), format!("{} is not a CIDR", block["cidr"])))?;
+    for (i, e) in block["except"].as_array().into_iter().flatten().enumerate() {
+        let inside =
+            e.as_str().and_then(|e| e.parse::<ipnet::IpNet>().ok()).is_some_and(|e| cidr.contains(&e) && e != cidr);
+        if !inside {
+            return Err((format!("{field}.ipBlock.except[{i}]"), format!("{e} must be a CIDR strictly within {cidr}")));
+        }
+    }
+    Ok(())
+}
+
+fn network_policy_port(field: &str, port: &Value) -> Result<(), Invalid> {
+    let bad = |f: &str, why: String| Err((format!("{field}.{f}"), why));
+    if let Some(p) = port.get("protocol").filter(|p| !p.is_null())
+        && !matches!(p.as_str(), Some("TCP" | "UDP" | "SCTP"))
+    {
+        return bad("protocol", format!("{p} is not TCP, UDP or SCTP"));
+    }
+    let number = match &port["port"] {
+        Value::Null => None,
+        Value::Number(n) => match n.as_u64().filter(|n| (1..=65535).contains(n)) {
+            Some(n) => Some(n),
+            None => return bad("port", format!("{n} is not between 1 and 65535")),
+        },
+        Value::String(name) => {
+            let ok = (1..=15).contains(&name.len())
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && name.chars().any(|c| c.is_ascii_lowercase());
+            if !ok {
+                return bad("port", format!("{name:?} is not a port name (1 to 15 lowercase letters, digits, '-')"));
+            }
+            None
+        }
+        other => return bad("port", format!("{other} is not a number or a name")),
+    };
+    match (&port["endPort"], number) {
+        (Value::Null, _) => Ok(()),
+        (_, None) => bad("endPort", "needs a numeric port".into()),
+        (end, Some(p)) if end.as_u64().is_some_and(|e| e >= p && e <= 65535) => Ok(()),
+        (end, Some(p)) => bad("endPort", format!("{end} must be between port {p} and 65535")),
+    }
 }
 
 fn service_ips(
@@ -298,4 +401,56 @@ fn allocate_cluster_ip(cfg: &ClusterConfig, key: &Key, taken: &BTreeSet<String>)
         .map(|i| Ipv4Addr::from(base + i))
         .filter(|ip| *ip != cfg.dns_ip())
         .find(|ip| !taken.contains(&ip.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::network_policy;
+    use serde_json::json;
+
+    #[test]
+    fn network_policies_are_checked_as_the_api_does() {
+        let ok = json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Exists"}]}, "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}, {"namespaceSelector": {}}],
+                         "ports": [{"port": 80, "endPort": 90}, {"port": "http", "protocol": "SCTP"}, {"protocol": "UDP"}]}],
+            "egress": [{"to": [{"podSelector": {"matchLabels": {"a": "b"}}}]}]});
+        assert_eq!(network_policy(&ok), Ok(()));
+        for (spec, field) in [
+            (
+                json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}}),
+                "spec.podSelector.matchExpressions[0]",
+            ),
+            (json!({"podSelector": {}, "policyTypes": ["Sideways"]}), "spec.policyTypes[0]"),
+            (json!({"podSelector": {}, "ingress": [{"from": [{}]}]}), "spec.ingress[0].from[0]"),
+            (
+                json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}]}),
+                "spec.ingress[0].from[0]",
+            ),
+            (
+                json!({"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]}),
+                "spec.egress[0].to[0].ipBlock.cidr",
+            ),
+            (
+                json!({"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/16"]}}]}]}),
+                "spec.egress[0].to[0].ipBlock.except[0]",
+            ),
+            (json!({"podSelector": {}, "ingress": [{"ports": [{"port": 0}]}]}), "spec.ingress[0].ports[0].port"),
+            (
+                json!({"podSelector": {}, "ingress": [{"ports": [{"port": "Not_A_Name"}]}]}),
+                "spec.ingress[0].ports[0].port",
+            ),
+            (
+                json!({"podSelector": {}, "ingress": [{"ports": [{"port": 80, "protocol": "ICMP"}]}]}),
+                "spec.ingress[0].ports[0].protocol",
+            ),
+            (json!({"podSelector": {}, "ingress": [{"ports": [{"endPort": 90}]}]}), "spec.ingress[0].ports[0].endPort"),
+            (
+                json!({"podSelector": {}, "ingress": [{"ports": [{"port": 90, "endPort": 80}]}]}),
+                "spec.ingress[0].ports[0].endPort",
+            ),
+        ] {
+            let got = network_policy(&spec);
+            assert_eq!(got.as_ref().map_err(|e| e.0.as_str()), Err(field), "{spec}: {got:?}");
+        }
+    }
 }
