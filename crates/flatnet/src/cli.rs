@@ -24,6 +24,12 @@ enum Cmd {
     /// The cluster DNS server (the Kubernetes DNS spec for `cluster.local`, a caching
     /// forwarder for every other name). Runs until SIGTERM.
     Dns(crate::dns::DnsArgs),
+    /// The path a packet takes from a pod, hop by hop, read from this node's kernel
+    /// (`--probe` sends a real one and confirms each hop).
+    Trace(crate::trace::NodeTraceArgs),
+    /// Checks this node for the usual causes of a broken pod network, and says how to fix
+    /// each (exit status 1 when a check fails).
+    Doctor(crate::doctor::DoctorArgs),
     /// Benchmarks, compared side by side with a reference in one run.
     Bench {
         #[command(subcommand)]
@@ -48,6 +54,8 @@ pub fn main() -> i32 {
         Cmd::Agent(args) => crate::agent::run(args),
         Cmd::Dns(args) => crate::dns::run(args),
         Cmd::Lab { what } => crate::lab::run(what),
+        Cmd::Trace(args) => crate::trace::run_node(args),
+        Cmd::Doctor(args) => crate::doctor::run_node(args),
         Cmd::CniConfig { name, subnet } => {
             let mut plugin = serde_json::json!({"type": "flatnet", "bridge": "cni0"});
             if let Some(s) = subnet {

@@ -6,8 +6,10 @@ mod bench;
 mod cli;
 mod demo;
 mod dns;
+mod doctor;
 mod lab;
 mod shutdown;
+mod trace;
 
 fn main() {
     // The CNI path stays lean: no argument parsing, no logging set-up.

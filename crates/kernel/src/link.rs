@@ -30,6 +30,8 @@ pub struct Link {
     /// Packets sent and received (zero when the kernel gave no statistics).
     pub tx_packets: u64,
     pub rx_packets: u64,
+    /// For a veth: the peer's index (in the peer's namespace, which may be another).
+    pub link: Option<u32>,
 }
 
 /// A VXLAN device's settings, as created and as read back.
@@ -59,6 +61,7 @@ impl Link {
             vxlan: None,
             tx_packets: 0,
             rx_packets: 0,
+            link: None,
         };
         for attr in &m.attributes {
             match attr {
@@ -68,6 +71,7 @@ impl Link {
                 LinkAttribute::Controller(v) if *v != 0 => link.master = Some(*v),
                 LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
                 LinkAttribute::Group(g) => link.group = *g,
+                LinkAttribute::Link(i) if *i != 0 => link.link = Some(*i),
                 LinkAttribute::Stats64(st) => {
                     link.tx_packets = st.tx_packets;
                     link.rx_packets = st.rx_packets;

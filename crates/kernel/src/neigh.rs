@@ -118,3 +118,49 @@ pub fn delete_fdb(nl: &mut Netlink, ifindex: u32, mac: Mac, dst: Ipv4Addr) -> Re
 fn mac_text(mac: &Mac) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
+
+/// One neighbour (ARP) entry, any state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
+    pub ifindex: u32,
+    pub ip: Ipv4Addr,
+    pub mac: Option<Mac>,
+    /// `permanent`, `reachable`, `stale`, `failed`, …
+    pub state: String,
+}
+
+/// Every IPv4 neighbour entry of the namespace.
+pub fn list_all(nl: &mut Netlink) -> Result<Vec<Neighbour>> {
+    let mut req = NeighbourMessage::default();
+    req.header.family = AddressFamily::Inet;
+    Ok(nl
+        .dump("list neighbours", Rt::GetNeighbour(req))?
+        .into_iter()
+        .filter_map(|m| match m {
+            Rt::NewNeighbour(n) if n.header.family == AddressFamily::Inet => Some(Neighbour {
+                ifindex: n.header.ifindex,
+                ip: ip_of(&n)?,
+                mac: mac_of(&n),
+                state: format!("{:?}", n.header.state).to_lowercase(),
+            }),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The bridge port (its index) where bridge `bridge` has learned or been told `mac`.
+pub fn bridge_port_of(nl: &mut Netlink, bridge: u32, mac: Mac) -> Result<Option<u32>> {
+    let mut req = NeighbourMessage::default();
+    req.header.family = AddressFamily::Bridge;
+    Ok(nl.dump("list bridge FDB entries", Rt::GetNeighbour(req))?.into_iter().find_map(|m| match m {
+        Rt::NewNeighbour(n)
+            if n.header.family == AddressFamily::Bridge
+                && n.header.ifindex != bridge
+                && mac_of(&n) == Some(mac)
+                && n.attributes.iter().any(|a| matches!(a, NeighbourAttribute::Controller(c) if *c == bridge)) =>
+        {
+            Some(n.header.ifindex)
+        }
+        _ => None,
+    }))
+}

@@ -164,3 +164,79 @@ pub fn set_elements(
             .collect(),
     ))
 }
+
+/// Runs an nft script (the `nft -f` language) as one transaction.
+pub fn apply_script(script: &str) -> Result<(), NftError> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| NftError::Unavailable(e.to_string()))?;
+    let written = child.stdin.take().expect("piped stdin").write_all(script.as_bytes());
+    let out = child.wait_with_output().map_err(|e| NftError::Unavailable(e.to_string()))?;
+    if !out.status.success() {
+        return Err(NftError::Refused { stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    written.map_err(|e| NftError::Unavailable(format!("writing to nft: {e}")))
+}
+
+/// `nft monitor` running in the network namespace of the thread that started it: every
+/// ruleset change and every trace event (packets marked with `meta nftrace set 1`), a
+/// line each. Stopped when dropped.
+pub struct Monitor {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Monitor {
+    pub fn start() -> Result<Self, NftError> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("nft")
+            .arg("monitor")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| NftError::Unavailable(e.to_string()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { child, lines })
+    }
+
+    /// The next line, waiting at most `timeout`.
+    pub fn next(&self, timeout: std::time::Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The whole ruleset of the calling thread's namespace, every table of every family
+/// (flatnet's and anyone else's), as `nft -j list ruleset` prints it.
+pub fn list_ruleset() -> Result<serde_json::Value, NftError> {
+    Ok(list_raw(&["list", "ruleset"])?.unwrap_or_else(|| serde_json::json!({"nftables": []})))
+}
+
+/// `nft --version`, or why nft cannot run.
+pub fn version() -> Result<String, String> {
+    match std::process::Command::new("nft").arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}

@@ -180,3 +180,56 @@ pub fn foreign_destinations(nl: &mut Netlink) -> Result<Vec<Ipv4Net>> {
         })
         .collect())
 }
+
+/// What the kernel decides for one packet (`ip route get DST from SRC iif DEV`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    /// `unicast`, `local`, `broadcast`, `blackhole`, `unreachable`, `prohibit`, …
+    pub kind: String,
+    pub oif: Option<u32>,
+    pub gateway: Option<Ipv4Addr>,
+    pub prefsrc: Option<Ipv4Addr>,
+    pub table: Option<u32>,
+}
+
+/// Asks the kernel's FIB which way a packet to `dst` goes: as if it arrived on device
+/// `iif` from `src` (a forwarded packet), or as sent from this namespace when `iif` is
+/// None. A destination with no route is `kind: "unreachable"`, not an error.
+pub fn get_v4(nl: &mut Netlink, dst: Ipv4Addr, src: Option<Ipv4Addr>, iif: Option<u32>) -> Result<Lookup> {
+    let mut m = RouteMessage::default();
+    m.header.address_family = AddressFamily::Inet;
+    m.header.destination_prefix_length = 32;
+    m.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+    if let Some(s) = src {
+        m.header.source_prefix_length = 32;
+        m.attributes.push(RouteAttribute::Source(RouteAddress::Inet(s)));
+    }
+    if let Some(i) = iif {
+        m.attributes.push(RouteAttribute::Iif(i));
+    }
+    let answer = match nl.get(&format!("route get {dst}"), Rt::GetRoute(m)) {
+        Ok(Rt::NewRoute(r)) => r,
+        Ok(_) => return Err(crate::KernelError::Decode { op: format!("route get {dst}"), msg: "no route".into() }),
+        Err(e) if matches!(e.errno(), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => {
+            return Ok(Lookup { kind: "unreachable".into(), oif: None, gateway: None, prefsrc: None, table: None });
+        }
+        Err(e) => return Err(e),
+    };
+    let mut out = Lookup {
+        kind: format!("{:?}", answer.header.kind).to_lowercase(),
+        oif: None,
+        gateway: None,
+        prefsrc: None,
+        table: Some(u32::from(answer.header.table)),
+    };
+    for a in &answer.attributes {
+        match a {
+            RouteAttribute::Oif(i) => out.oif = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => out.gateway = Some(*g),
+            RouteAttribute::PrefSource(RouteAddress::Inet(p)) => out.prefsrc = Some(*p),
+            RouteAttribute::Table(t) => out.table = Some(*t),
+            _ => {}
+        }
+    }
+    Ok(out)
+}

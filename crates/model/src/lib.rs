@@ -5,6 +5,7 @@
 
 pub mod cni;
 pub mod dns;
+pub mod doctor;
 pub mod ipam;
 pub mod names;
 pub mod node_network;
@@ -12,3 +13,4 @@ pub mod policy;
 pub mod proxy;
 pub mod selector;
 pub mod subnet_file;
+pub mod trace;

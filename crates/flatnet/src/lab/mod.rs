@@ -76,6 +76,24 @@ pub enum LabCmd {
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
     },
+    /// The path a packet takes from a pod, hop by hop, from every node's kernel state
+    /// (`--probe` sends a real one and confirms each hop).
+    Trace {
+        #[command(flatten)]
+        state: StateDir,
+        #[command(flatten)]
+        args: crate::trace::TraceArgs,
+    },
+    /// Checks each node for the usual causes of a broken pod network, with fixes.
+    Doctor {
+        #[command(flatten)]
+        state: StateDir,
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        opts: crate::doctor::DoctorOpts,
+    },
     /// Prints the path of the lab's kubeconfig.
     Kubeconfig(StateDir),
     /// Runs the control plane in the foreground (what `lab up` starts).
@@ -138,6 +156,8 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
         LabCmd::Demo(args) => demo::run(&args),
         LabCmd::Status(s) => status::run(&s.layout()),
         LabCmd::Apply { state, file } => apply::run(&state.layout(), &file),
+        LabCmd::Doctor { state, node, opts } => crate::doctor::run_lab(&state.layout(), node.as_deref(), &opts),
+        LabCmd::Trace { state, args } => crate::trace::run_lab(state.layout(), &args),
         LabCmd::Exec { state, pod, namespace, command } => exec::exec(&state.layout(), &namespace, &pod, &command),
         LabCmd::Kubeconfig(s) => {
             let path = s.layout().kubeconfig();

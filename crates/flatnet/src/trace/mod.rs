@@ -1,0 +1,358 @@
+//! `flatnet trace SRC DST[:PORT][/PROTO]` (on a node) and `flatnet lab trace` (in the
+//! lab): the API names the pods and the Service; every hop is then read from the kernel
+//! of the node it happens on.
+
+pub(crate) mod gather;
+pub mod probe;
+
+use anyhow::{Context, bail};
+use flatnet_kernel::probe::{Kind, Prober};
+use flatnet_model::trace::{self, L4, Packet, PodFacts, Target, World};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(clap::Args, Clone)]
+pub struct TraceArgs {
+    /// The pod the packet leaves: `namespace/name` (or `name`, in namespace default).
+    pub src: String,
+    /// Where it goes: a pod (`namespace/name`), a Service (`name.namespace`, or its DNS
+    /// name) or an IP, then `:PORT` and `/tcp`, `/udp`, `/sctp` or `/icmp`. A Service
+    /// without a port takes its first port; anything else without one is pinged.
+    pub dst: String,
+    /// Send a real packet along the path and confirm each hop with nftables tracing.
+    #[arg(long)]
+    pub probe: bool,
+    /// Print the trace as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Show all the kernel state behind every hop.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+/// `flatnet trace` on a node: what this node can see.
+#[derive(clap::Args)]
+pub struct NodeTraceArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// A kubeconfig; without it, the in-cluster service account (or $KUBECONFIG).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name in the API (default: $NODE_NAME, else the hostname).
+    #[arg(long)]
+    pub node_name: Option<String>,
+}
+
+/// Where the trace can look: each node's namespace, and how to find a pod's.
+pub enum Scope {
+    Lab(flatnet_lab::layout::Layout),
+    Node(String),
+}
+
+impl Scope {
+    fn node_ns(&self, node: &str) -> Option<Option<PathBuf>> {
+        match self {
+            Scope::Lab(l) => Some(Some(l.node_ns(node))).filter(|_| l.node_ns(node).exists()),
+            Scope::Node(me) => (me == node).then_some(None),
+        }
+    }
+    fn pod_ns(&self, pod: &Pod, ip: Ipv4Addr) -> Option<PathBuf> {
+        match self {
+            Scope::Lab(l) => pod.metadata.uid.as_deref().map(|u| l.pod_ns(u)).filter(|p| p.exists()),
+            Scope::Node(me) => {
+                let here = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(me.as_str());
+                here.then(|| gather::find_netns(&[Path::new("/run/netns"), Path::new("/var/run/netns")], ip)).flatten()
+            }
+        }
+    }
+}
+
+/// DST split into what, port and protocol.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Dest {
+    pub host: String,
+    pub port: Option<u16>,
+    pub proto: Option<L4>,
+}
+
+pub fn parse_dest(s: &str) -> anyhow::Result<Dest> {
+    let (rest, proto) = match s.rsplit_once('/') {
+        Some((r, p)) if L4::parse(p).is_some() => (r, L4::parse(p)),
+        _ => (s, None),
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => {
+            let port = p.parse::<u16>().ok().filter(|p| *p > 0).with_context(|| {
+                format!("{s:?}: the port {p:?} is not a number from 1 to 65535 (DST[:PORT][/PROTO])")
+            })?;
+            (h, Some(port))
+        }
+        None => (rest, None),
+    };
+    if host.is_empty() {
+        bail!("{s:?}: no destination (a pod ns/name, a Service name.ns, or an IP)");
+    }
+    if proto == Some(L4::Icmp) && port.is_some() {
+        bail!("{s:?}: ICMP has no port");
+    }
+    Ok(Dest { host: host.to_string(), port, proto })
+}
+
+fn pod_key(s: &str) -> (String, String) {
+    match s.split_once('/') {
+        Some((ns, n)) => (ns.to_string(), n.to_string()),
+        None => ("default".to_string(), s.to_string()),
+    }
+}
+
+fn pod_ip(p: &Pod) -> Option<Ipv4Addr> {
+    p.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
+}
+
+fn facts_of(p: &Pod) -> PodFacts {
+    PodFacts {
+        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+        name: p.metadata.name.clone().unwrap_or_default(),
+        ip: pod_ip(p),
+        node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
+        eth0: None,
+        routes: Vec::new(),
+    }
+}
+
+struct Api {
+    pods: Vec<Pod>,
+    nodes: Vec<Node>,
+    service: Option<Service>,
+}
+
+async fn read_api(client: kube::Client, dest: &Dest) -> anyhow::Result<Api> {
+    let pods = kube::Api::<Pod>::all(client.clone()).list(&Default::default()).await.context("list pods")?.items;
+    let nodes = kube::Api::<Node>::all(client.clone()).list(&Default::default()).await.context("list nodes")?.items;
+    let service = match service_name(&dest.host) {
+        Some((ns, name)) => Some(
+            kube::Api::<Service>::namespaced(client, &ns)
+                .get(&name)
+                .await
+                .with_context(|| format!("no Service {ns}/{name} (`kubectl get svc -n {ns}`)"))?,
+        ),
+        None => None,
+    };
+    Ok(Api { pods, nodes, service })
+}
+
+/// `name.ns`, `name.ns.svc` or `name.ns.svc.cluster.local`: (namespace, name).
+fn service_name(host: &str) -> Option<(String, String)> {
+    if host.parse::<Ipv4Addr>().is_ok() || host.contains('/') {
+        return None;
+    }
+    let labels: Vec<&str> = host.trim_end_matches('.').split('.').collect();
+    (labels.len() >= 2).then(|| (labels[1].to_string(), labels[0].to_string()))
+}
+
+/// Builds the trace: the API names things, the kernel of each node decides.
+pub fn run(
+    scope: &Scope,
+    rt: &tokio::runtime::Runtime,
+    client: kube::Client,
+    args: &TraceArgs,
+) -> anyhow::Result<trace::Trace> {
+    let dest = parse_dest(&args.dst)?;
+    let api = rt.block_on(read_api(client, &dest))?;
+    let (sns, sname) = pod_key(&args.src);
+    let src_pod = api
+        .pods
+        .iter()
+        .find(|p| p.metadata.namespace.as_deref() == Some(&sns) && p.metadata.name.as_deref() == Some(&sname))
+        .with_context(|| format!("no pod {sns}/{sname} (`kubectl get pod {sname} -n {sns}`)"))?;
+    let mut world = World { src: facts_of(src_pod), ..Default::default() };
+    let src_ip = world.src.ip.with_context(|| format!("pod {sns}/{sname} has no IP yet: is it running?"))?;
+    let (dst_ip, port, proto, target) = if let Some(svc) = &api.service {
+        let spec = svc.spec.as_ref().context("the Service has no spec")?;
+        let ip: Ipv4Addr = spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|c| c.parse().ok())
+            .context("the Service has no ClusterIP (a headless Service: trace to one of its pods instead)")?;
+        let sp = spec.ports.as_deref().unwrap_or_default();
+        let chosen = match dest.port {
+            Some(p) => sp.iter().find(|x| x.port == i32::from(p)),
+            None => sp.first(),
+        };
+        let port = dest.port.or_else(|| chosen.and_then(|c| u16::try_from(c.port).ok()));
+        let proto =
+            dest.proto.or_else(|| chosen.and_then(|c| c.protocol.as_deref()).and_then(L4::parse)).unwrap_or(L4::Tcp);
+        let (ns, name) = service_name(&dest.host).expect("a Service name");
+        (ip, port, proto, Target::Service { namespace: ns, name })
+    } else if let Ok(ip) = dest.host.parse::<Ipv4Addr>() {
+        let proto = dest.proto.unwrap_or(if dest.port.is_some() { L4::Tcp } else { L4::Icmp });
+        (ip, dest.port, proto, Target::Ip)
+    } else {
+        let (ns, name) = pod_key(&dest.host);
+        let p = api
+            .pods
+            .iter()
+            .find(|p| p.metadata.namespace.as_deref() == Some(&ns) && p.metadata.name.as_deref() == Some(&name))
+            .with_context(|| format!("no pod {ns}/{name} (`kubectl get pod {name} -n {ns}`)"))?;
+        let ip = pod_ip(p).with_context(|| format!("pod {ns}/{name} has no IP yet"))?;
+        let proto = dest.proto.unwrap_or(if dest.port.is_some() { L4::Tcp } else { L4::Icmp });
+        (ip, dest.port, proto, Target::Pod(format!("{ns}/{name}")))
+    };
+    if proto != L4::Icmp && port.is_none() {
+        bail!("{}: {} needs a port", args.dst, proto.word());
+    }
+    let packet = Packet { src: src_ip, dst: dst_ip, proto, port };
+    world.packet = Some(packet);
+    world.target = Some(target);
+    for p in &api.pods {
+        if let Some(ip) = pod_ip(p)
+            && p.spec.as_ref().is_some_and(|s| s.host_network != Some(true))
+        {
+            world.pods.insert(ip, facts_of(p));
+        }
+    }
+    let nodes: Vec<(String, Option<PathBuf>)> = api
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let name = n.metadata.name.clone()?;
+            Some((name.clone(), scope.node_ns(&name)?))
+        })
+        .collect();
+    if nodes.is_empty() {
+        bail!(
+            "none of the cluster's nodes is visible from here (run on a node, with --node-name if its hostname differs)"
+        );
+    }
+    // The probe goes first, so the trace follows the endpoint the kernel really chose.
+    let report = if args.probe { Some(send_probe(scope, src_pod, &nodes, packet)?) } else { None };
+    world.chosen = report.as_ref().and_then(|r| r.endpoint);
+    let by_name: BTreeMap<&str, &Node> =
+        api.nodes.iter().filter_map(|n| Some((n.metadata.name.as_deref()?, n))).collect();
+    let pod_ips: Vec<Ipv4Addr> = world.pods.keys().copied().collect();
+    for (name, path) in &nodes {
+        let underlay = by_name.get(name.as_str()).and_then(|n| flatnet_agent::node::internal_ip(n));
+        let facts = gather::node_in(path.as_deref(), name, underlay, src_ip, dst_ip, &pod_ips)
+            .with_context(|| format!("read {name}'s network state"))?;
+        world.nodes.insert(name.clone(), facts);
+    }
+    // The pods' own side: the source, and every pod the packet may end at.
+    let wanted: Vec<Ipv4Addr> = std::iter::once(src_ip)
+        .chain(
+            world
+                .nodes
+                .get(world.src.node.as_deref().unwrap_or(""))
+                .map_or_else(Vec::new, |n| gather::candidates(n.proxy.as_ref(), dst_ip)),
+        )
+        .chain(std::iter::once(dst_ip))
+        .collect();
+    for ip in wanted {
+        let Some(pod) = api.pods.iter().find(|p| pod_ip(p) == Some(ip)) else { continue };
+        if let (Some(path), Some(f)) = (scope.pod_ns(pod, ip), world.pods.get_mut(&ip)) {
+            let _ = gather::pod_kernel(f, &path);
+        }
+    }
+    if let Some(f) = world.pods.get(&src_ip) {
+        world.src = f.clone();
+    }
+    let mut t = trace::build(&world);
+    if let Some(r) = report {
+        trace::probe::confirm(&mut t, r);
+    }
+    Ok(t)
+}
+
+fn send_probe(
+    scope: &Scope,
+    src: &Pod,
+    nodes: &[(String, Option<PathBuf>)],
+    p: Packet,
+) -> anyhow::Result<trace::probe::Report> {
+    let netns = scope.pod_ns(src, p.src).with_context(|| {
+        format!("the namespace of pod {} is not visible here, so no probe can leave it", facts_of(src).label())
+    })?;
+    let kind = match p.proto {
+        L4::Tcp => Kind::Tcp,
+        L4::Udp => Kind::Udp,
+        L4::Icmp => Kind::Icmp,
+        L4::Sctp => bail!("--probe sends TCP, UDP or ICMP; trace SCTP without it"),
+    };
+    let session = probe::Session::start(nodes)?;
+    let prober = Prober::open(&netns, p.src, kind).context("open the probe socket in the pod")?;
+    let matcher = match kind {
+        Kind::Icmp => format!("ip saddr {} icmp type echo-request icmp id {}", p.src, prober.ident),
+        _ => format!("ip saddr {} {} sport {}", p.src, p.proto.word(), prober.ident),
+    };
+    session.arm(&matcher)?;
+    let timeout = Duration::from_secs(2);
+    let ident = prober.ident;
+    let answer = prober.send(p.dst, p.port.unwrap_or(0), timeout);
+    let events = session.collect();
+    let src_node = src.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+    let node_ns = nodes.iter().find(|(n, _)| *n == src_node).and_then(|(_, p)| p.clone());
+    let proto_num = match p.proto {
+        L4::Tcp => 6,
+        L4::Udp => 17,
+        _ => 0,
+    };
+    let endpoint =
+        if proto_num == 0 { None } else { probe::dnat_endpoint(node_ns.as_deref(), proto_num, p.src, ident) };
+    let sent = match kind {
+        Kind::Tcp => format!("TCP SYN {}:{ident} → {}:{}", p.src, p.dst, p.port.unwrap_or(0)),
+        Kind::Udp => format!("UDP {}:{ident} → {}:{}", p.src, p.dst, p.port.unwrap_or(0)),
+        Kind::Icmp => format!("ICMP echo id {ident} {} → {}", p.src, p.dst),
+    };
+    drop(session);
+    Ok(trace::probe::Report { sent, outcome: probe::outcome(answer, timeout), events, endpoint })
+}
+
+pub fn print(t: &trace::Trace, args: &TraceArgs) -> anyhow::Result<()> {
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(t)?);
+    } else {
+        print!("{}", trace::render::text(t, args.verbose));
+    }
+    Ok(())
+}
+
+/// `flatnet trace` on a node.
+pub fn run_node(args: NodeTraceArgs) -> anyhow::Result<()> {
+    let me = match args.node_name.or_else(|| std::env::var("NODE_NAME").ok()) {
+        Some(n) => n,
+        None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
+    };
+    let rt = crate::lab::runtime()?;
+    let client = rt.block_on(flatnet_agent::watch::client(args.kubeconfig.as_deref())).map_err(anyhow::Error::msg)?;
+    let t = run(&Scope::Node(me), &rt, client, &args.trace)?;
+    print(&t, &args.trace)
+}
+
+/// `flatnet lab trace`.
+pub fn run_lab(layout: flatnet_lab::layout::Layout, args: &TraceArgs) -> anyhow::Result<()> {
+    let rt = crate::lab::runtime()?;
+    let client = rt.block_on(crate::lab::client(&layout))?;
+    let t = run(&Scope::Lab(layout), &rt, client, args)?;
+    print(&t, args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_parse_with_port_and_protocol() {
+        let d = |s: &str| parse_dest(s).unwrap();
+        assert_eq!(d("default/server:8080"), Dest { host: "default/server".into(), port: Some(8080), proto: None });
+        assert_eq!(d("web.default/udp").proto, Some(L4::Udp));
+        assert_eq!(d("10.96.0.10:53/udp"), Dest { host: "10.96.0.10".into(), port: Some(53), proto: Some(L4::Udp) });
+        assert!(parse_dest("server:0").is_err());
+        assert!(parse_dest("server:http").is_err());
+        assert!(parse_dest("server:80/icmp").is_err());
+        assert_eq!(service_name("web.default.svc.cluster.local"), Some(("default".into(), "web".into())));
+        assert_eq!(service_name("10.96.0.1"), None);
+        assert_eq!(service_name("default/web"), None);
+    }
+}

@@ -1,0 +1,311 @@
+//! What a real packet did: the events of nftables tracing (`nft monitor`, for packets a
+//! trace rule marked with `meta nftrace set 1`) on each node, the connection's outcome,
+//! and the endpoint conntrack recorded. [`confirm`] sets each hop of a trace to seen,
+//! dropped or not seen from them.
+
+use super::{Hop, HopKind, Seen, Step, Trace, Verdict};
+use serde::Serialize;
+use std::net::Ipv4Addr;
+
+/// One line of `nft monitor` trace output, with the node it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    pub node: String,
+    pub id: String,
+    pub table: String,
+    pub chain: String,
+    pub what: What,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum What {
+    /// The packet entered a base chain: its input and output devices.
+    Packet { iif: Option<String>, oif: Option<String> },
+    /// A rule matched, with its verdict (`continue`, `accept`, `drop`, `jump X`, …).
+    Rule { rule: String, verdict: String },
+    /// The base chain's policy decided.
+    Policy { verdict: String },
+}
+
+/// Parses `trace id ID FAMILY TABLE CHAIN …`; None for any other line.
+pub fn parse(node: &str, line: &str) -> Option<Event> {
+    let rest = line.trim().strip_prefix("trace id ")?;
+    let mut words = rest.splitn(5, ' ');
+    let (id, _family, table, chain, tail) = (words.next()?, words.next()?, words.next()?, words.next()?, words.next()?);
+    let what = if let Some(pkt) = tail.strip_prefix("packet: ") {
+        What::Packet { iif: quoted_after(pkt, "iif "), oif: quoted_after(pkt, "oif ") }
+    } else if let Some(rule) = tail.strip_prefix("rule ") {
+        let (text, verdict) = match rule.rfind(" (verdict ") {
+            Some(i) => (&rule[..i], rule[i + 10..].trim_end_matches(')')),
+            None => (rule, ""),
+        };
+        What::Rule { rule: text.to_string(), verdict: verdict.to_string() }
+    } else if let Some(v) = tail.strip_prefix("policy ") {
+        What::Policy { verdict: v.trim().to_string() }
+    } else if let Some(v) = tail.strip_prefix("verdict ") {
+        What::Rule { rule: String::new(), verdict: v.trim().to_string() }
+    } else {
+        return None;
+    };
+    Some(Event { node: node.into(), id: id.into(), table: table.into(), chain: chain.into(), what })
+}
+
+fn quoted_after(s: &str, key: &str) -> Option<String> {
+    let i = s.find(key)? + key.len();
+    let v = s[i..].strip_prefix('"')?;
+    Some(v[..v.find('"')?].to_string())
+}
+
+/// How the probe's connection ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    /// TCP: the handshake completed; UDP or ICMP: an answer came back.
+    Answered {
+        detail: String,
+    },
+    /// A reset or an ICMP error came back.
+    Refused {
+        detail: String,
+    },
+    /// Nothing came back in time.
+    TimedOut {
+        after_ms: u64,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+/// What the probe gathered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub sent: String,
+    pub outcome: Outcome,
+    pub events: Vec<Event>,
+    /// The endpoint conntrack recorded for the connection, when it was DNATed.
+    pub endpoint: Option<(Ipv4Addr, u16)>,
+}
+
+/// The probe's part of a trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub sent: String,
+    pub outcome: Outcome,
+    /// Where the packet was dropped, by what, as the trace events say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<String>,
+    /// Whether the probe agrees with what the kernel state predicted.
+    pub agrees: bool,
+    pub note: String,
+    pub events: Vec<Event>,
+}
+
+fn on<'a>(r: &'a Report, node: &'a str) -> impl Iterator<Item = &'a Event> + 'a {
+    r.events.iter().filter(move |e| e.node == node)
+}
+
+fn packet_with(r: &Report, node: &str, dev: &str, input: bool) -> Option<String> {
+    on(r, node).find_map(|e| match &e.what {
+        What::Packet { iif, oif } => {
+            let d = if input { iif } else { oif };
+            (d.as_deref() == Some(dev))
+                .then(|| format!("{node}: {} {} {} \"{dev}\"", e.table, e.chain, if input { "iif" } else { "oif" }))
+        }
+        _ => None,
+    })
+}
+
+fn verdict_word(v: &str) -> &str {
+    v.split_whitespace().next().unwrap_or("")
+}
+
+/// The first drop any node's trace reports: (node, description).
+fn first_drop(r: &Report) -> Option<(String, String)> {
+    r.events.iter().find_map(|e| match &e.what {
+        What::Rule { rule, verdict } if verdict_word(verdict) == "drop" => {
+            Some((e.node.clone(), format!("table {} chain {}: {}", e.table, e.chain, rule)))
+        }
+        What::Policy { verdict } if verdict == "drop" => {
+            Some((e.node.clone(), format!("table {} chain {}: policy drop", e.table, e.chain)))
+        }
+        _ => None,
+    })
+}
+
+/// The policy names in a drop rule's counters (`counter name "drop-ingress-ns/name"`).
+fn policies_in(rule: &str) -> Vec<String> {
+    rule.split("counter name \"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .filter_map(|c| crate::policy::parse_counter_name(c).map(|(_, ns, n)| format!("{ns}/{n}")))
+        .collect()
+}
+
+fn policy_seen(r: &Report, node: &str, dir: &str) -> Option<Seen> {
+    let (base, pod_prefix, pol_prefix) =
+        if dir == "ingress" { ("ingress", "in-", "pol-ingress-") } else { ("egress", "out-", "pol-egress-") };
+    let mine = |e: &&Event| {
+        e.table == crate::policy::TABLE
+            && (e.chain == base || e.chain.starts_with(pod_prefix) || e.chain.starts_with(pol_prefix))
+    };
+    let events: Vec<&Event> = on(r, node).filter(mine).collect();
+    if events.is_empty() {
+        return None;
+    }
+    for e in &events {
+        if let What::Rule { rule, verdict } = &e.what {
+            let v = verdict_word(verdict);
+            if v == "drop" {
+                let names = policies_in(rule);
+                return Some(Seen::Dropped {
+                    by: format!("NetworkPolicy {}", names.join(", ")),
+                    evidence: vec![format!("{node}: chain {}: {rule} (verdict drop)", e.chain)],
+                });
+            }
+            if v == "accept" {
+                let what = match super::policy_of_chain(&e.chain, dir) {
+                    Some(p) => format!("allowed by {p}"),
+                    None => format!("accepted: {rule}"),
+                };
+                return Some(Seen::Seen { evidence: vec![format!("{node}: chain {}: {what}", e.chain)] });
+            }
+        }
+        if let What::Policy { verdict } = &e.what
+            && e.chain == base
+        {
+            return Some(Seen::Seen {
+                evidence: vec![format!("{node}: chain {base}: policy {verdict} (not isolated)")],
+            });
+        }
+    }
+    None
+}
+
+fn hop_seen(h: &Hop, r: &Report, src_node: &str) -> Option<Seen> {
+    let dev = h.facts.get("device").map(String::as_str).unwrap_or("");
+    let node = h.at.as_str();
+    let seen = |ev: Option<String>| ev.map(|e| Seen::Seen { evidence: vec![e] });
+    match h.kind {
+        HopKind::Pod => seen(
+            r.events
+                .iter()
+                .find(|e| e.node == src_node)
+                .map(|e| format!("{src_node}: the packet arrived ({} {})", e.table, e.chain)),
+        ),
+        HopKind::Veth | HopKind::Bridge if node == src_node => {
+            let bridge = h.facts.get("bridge").map(String::as_str).unwrap_or(dev);
+            seen(packet_with(r, node, dev, true).or_else(|| packet_with(r, node, bridge, true)))
+        }
+        // Bridging to a port is not an IP hook: the pod's answer is what shows it.
+        HopKind::Veth => match &r.outcome {
+            Outcome::Answered { .. } => Some(Seen::Seen { evidence: vec!["the pod behind it answered".into()] }),
+            Outcome::Refused { .. } if first_drop(r).is_none() => {
+                Some(Seen::Seen { evidence: vec!["the pod behind it refused".into()] })
+            }
+            _ => None,
+        },
+        HopKind::Bridge => {
+            let bridge = h.facts.get("bridge").map(String::as_str).unwrap_or(dev);
+            seen(packet_with(r, node, bridge, false).or_else(|| packet_with(r, node, dev, false)))
+        }
+        HopKind::Dnat => {
+            let chain = h.facts.get("chain")?;
+            let rule = on(r, node).find_map(|e| match &e.what {
+                What::Rule { rule, .. } if &e.chain == chain && rule.contains("dnat") => Some(rule.clone()),
+                _ => None,
+            });
+            let mut evidence: Vec<String> = rule.map(|x| format!("{node}: chain {chain}: {x}")).into_iter().collect();
+            if let Some((ip, port)) = r.endpoint {
+                evidence.push(format!("{node}: conntrack: DNAT to {ip}:{port}"));
+            }
+            (!evidence.is_empty()).then_some(Seen::Seen { evidence })
+        }
+        HopKind::Route | HopKind::Vxlan | HopKind::Leave => seen(packet_with(r, node, dev, false)),
+        HopKind::Direct => seen(packet_with(r, node, dev, false)),
+        HopKind::Decap => seen(packet_with(r, node, dev, true)),
+        HopKind::PolicyEgress => policy_seen(r, node, "egress"),
+        HopKind::PolicyIngress => policy_seen(r, node, "ingress"),
+        HopKind::Deliver => match &r.outcome {
+            Outcome::Answered { detail } => Some(Seen::Seen { evidence: vec![detail.clone()] }),
+            Outcome::Refused { detail } if first_drop(r).is_none() => {
+                Some(Seen::Seen { evidence: vec![format!("the pod's kernel refused: {detail}")] })
+            }
+            _ => None,
+        },
+    }
+}
+
+/// Sets each hop's probe result and the trace's probe summary.
+pub fn confirm(t: &mut Trace, r: Report) {
+    let src_node = t.hops.iter().find(|h| h.kind == HopKind::Veth).map(|h| h.at.clone()).unwrap_or_default();
+    for h in &mut t.hops {
+        h.probe = Some(
+            hop_seen(h, &r, &src_node)
+                .unwrap_or_else(|| Seen::NotSeen { why: "no trace event or answer shows the packet here".into() }),
+        );
+    }
+    let dropped = first_drop(&r).map(|(node, what)| format!("{node}: {what}"));
+    // A refusal with no drop on the way came from the destination itself: it was reached.
+    let answered = matches!(r.outcome, Outcome::Answered { .. })
+        || (matches!(r.outcome, Outcome::Refused { .. }) && dropped.is_none());
+    let predicted_delivery = matches!(t.verdict, Verdict::Delivered { .. });
+    let predicted_drop = t.hops.iter().find(|h| matches!(h.step, Step::Drop { .. }));
+    let (agrees, note) = match (&t.verdict, answered, &dropped) {
+        (Verdict::Delivered { to }, true, _) => match &r.outcome {
+            Outcome::Refused { detail } => (true, format!("the packet reached {to}, which refused it ({detail})")),
+            _ => (true, format!("the packet reached {to} and was answered")),
+        },
+        (Verdict::Delivered { .. }, false, Some(d)) => {
+            (false, format!("predicted delivery, but the packet was dropped: {d}"))
+        }
+        (Verdict::Delivered { .. }, false, None) => (
+            false,
+            "predicted delivery, but no answer came back (nothing listening, or a drop nftables does not trace)".into(),
+        ),
+        (Verdict::Dropped { by, .. }, false, Some(d)) => {
+            let same = predicted_drop.and_then(|h| h.probe.as_ref()).is_some_and(|s| matches!(s, Seen::Dropped { .. }));
+            (same || !predicted_delivery, format!("predicted drop ({by}); the packet was dropped: {d}"))
+        }
+        (Verdict::Dropped { by, .. }, false, None) => (true, format!("predicted drop ({by}); no answer came back")),
+        (Verdict::Dropped { by, .. }, true, _) => (false, format!("predicted drop ({by}), but an answer came back")),
+        (Verdict::Unknown { why }, _, _) => {
+            (true, format!("the kernel state could not decide ({why}); the probe shows what happened"))
+        }
+    };
+    t.probe = Some(Summary { sent: r.sent, outcome: r.outcome, dropped, agrees, note, events: r.events });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_nft_monitor_trace_lines() {
+        let e = parse("node-1", r#"trace id 9d59b453 ip flatnet filter-forward packet: iif "cni0" oif "flatnet.1" ether saddr 0a:58:0a:f4:01:05 ip saddr 10.244.1.5"#).unwrap();
+        assert_eq!(e.table, "flatnet");
+        assert_eq!(e.chain, "filter-forward");
+        assert_eq!(e.what, What::Packet { iif: Some("cni0".into()), oif: Some("flatnet.1".into()) });
+        let r = parse(
+            "node-2",
+            r#"trace id 1 ip flatnet-policy in-00ff counter name "drop-ingress-default/deny" drop (verdict drop)"#,
+        );
+        assert!(r.is_none(), "a rule line needs the word rule");
+        let r = parse(
+            "node-2",
+            r#"trace id 1 ip flatnet-policy in-00ff rule counter name "drop-ingress-default/deny" drop (verdict drop)"#,
+        )
+        .unwrap();
+        match &r.what {
+            What::Rule { rule, verdict } => {
+                assert_eq!(verdict, "drop");
+                assert_eq!(policies_in(rule), vec!["default/deny".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let p = parse("n", "trace id 1 ip t pre policy accept ").unwrap();
+        assert_eq!(p.what, What::Policy { verdict: "accept".into() });
+        assert!(parse("n", "add table ip flatnet-trace").is_none());
+    }
+}
