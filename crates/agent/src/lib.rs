@@ -12,6 +12,7 @@ pub mod node;
 pub mod policy;
 pub mod proxy;
 pub mod run;
+pub mod status;
 pub mod watch;
 
 pub use config::AgentConfig;

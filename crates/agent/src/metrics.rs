@@ -1,10 +1,12 @@
 //! The agent's Prometheus metrics and health, on a local address (`--metrics-addr`):
-//! `GET /metrics` (text exposition format) and `GET /healthz`.
+//! `GET /metrics` (text exposition format), `GET /healthz`, and `GET /status` (JSON,
+//! what `flatnet status` shows).
 //!
 //! Drops by NetworkPolicy are read from the kernel's per-policy counters at each scrape,
 //! so they count every packet the dataplane dropped, not what the agent saw.
 
 use crate::policy;
+use crate::status::Status;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -51,9 +53,35 @@ fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
     reg.register(name, help, c);
 }
 
-/// The exposition text: the kernel's drop counters read now, and the reconciler's stats.
-pub fn render(stats: &PolicyStats) -> Result<String, String> {
+/// The exposition text: the kernel's drop counters read now, and the reconcilers' stats.
+pub fn render(status: &Status) -> Result<String, String> {
+    Ok(render_with(status, policy::drop_counters().map_err(|e| e.to_string())?))
+}
+
+/// The exposition text from the reconcilers' stats and the given drop counters.
+pub fn render_with(status: &Status, drops: Vec<policy::Drops>) -> String {
+    let stats = &status.policy;
     let mut reg = Registry::with_prefix("flatnet");
+    reg.register(
+        "reconcile_duration_seconds",
+        "How long each sync of a reconciler (node network, Service proxy, NetworkPolicy) took, from the change to the kernel",
+        status.durations.clone(),
+    );
+    let syncs = counter_family(&mut reg, "reconcile_syncs", "Syncs of each reconciler");
+    let errors = counter_family(&mut reg, "reconcile_errors", "Syncs of each reconciler that failed (it retries)");
+    for (r, n, e) in status.counts() {
+        let l = vec![("reconciler".to_string(), r)];
+        syncs.get_or_create(&l).inc_by(n);
+        errors.get_or_create(&l).inc_by(e);
+    }
+    let snap = status.snapshot();
+    gauge(&mut reg, "services", "Services the proxy has programmed", snap.services);
+    gauge(&mut reg, "service_endpoints", "Endpoints the proxy has programmed (over every Service)", snap.endpoints);
+    let peers = Family::<Labels, Gauge>::default();
+    reg.register("node_peers", "Other nodes, routed or not (missing what a route needs)", peers.clone());
+    let routed = snap.peers.iter().filter(|p| p.routed).count() as i64;
+    peers.get_or_create(&vec![("state".to_string(), "routed".to_string())]).set(routed);
+    peers.get_or_create(&vec![("state".to_string(), "pending".to_string())]).set(snap.peers.len() as i64 - routed);
     let packets = counter_family(
         &mut reg,
         "policy_dropped_packets",
@@ -64,7 +92,7 @@ pub fn render(stats: &PolicyStats) -> Result<String, String> {
         "policy_dropped_bytes",
         "Bytes of the packets in flatnet_policy_dropped_packets_total",
     );
-    for d in policy::drop_counters().map_err(|e| e.to_string())? {
+    for d in drops {
         let labels = vec![
             ("direction".to_string(), d.direction.word().to_string()),
             ("namespace".to_string(), d.namespace),
@@ -93,28 +121,40 @@ pub fn render(stats: &PolicyStats) -> Result<String, String> {
     last.set(load(&stats.last_sync_us) as f64 / 1e6);
     reg.register("policy_last_sync_seconds", "The last NetworkPolicy sync, from the watch event to the kernel", last);
     let mut out = String::new();
-    encode(&mut out, &reg).map_err(|e| e.to_string())?;
-    Ok(out)
+    encode(&mut out, &reg).expect("writing to a String cannot fail");
+    out
 }
 
-/// Serves metrics and health on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, stats: Arc<PolicyStats>) {
-    let app = Router::new().route("/healthz", get(|| async { "ok\n" })).route(
-        "/metrics",
-        get(move || {
-            let stats = stats.clone();
-            async move {
-                match tokio::task::spawn_blocking(move || render(&stats)).await {
-                    Ok(Ok(text)) => {
-                        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+/// Serves metrics, health and status on `addr` until the task is dropped.
+pub async fn serve(addr: SocketAddr, status: Arc<Status>) {
+    let for_status = status.clone();
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/status",
+            get(move || {
+                let s = for_status.clone();
+                async move { axum::Json(s.snapshot()) }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let stats = status.clone();
+                async move {
+                    match tokio::task::spawn_blocking(move || render(&stats)).await {
+                        Ok(Ok(text)) => {
+                            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+                        }
+                        Ok(Err(e)) => {
+                            (StatusCode::INTERNAL_SERVER_ERROR, format!("reading the kernel's counters: {e}\n"))
+                                .into_response()
+                        }
+                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
                     }
-                    Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("reading the kernel's counters: {e}\n"))
-                        .into_response(),
-                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
                 }
-            }
-        }),
-    );
+            }),
+        );
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {

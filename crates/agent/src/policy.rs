@@ -441,7 +441,7 @@ pub async fn run(
     node: String,
     client: kube::Client,
     socket: Option<PathBuf>,
-    stats: Arc<crate::metrics::PolicyStats>,
+    status: Arc<crate::status::Status>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     if !std::path::Path::new(BRIDGE_NF).exists() {
@@ -553,6 +553,21 @@ pub async fn run(
         });
         match result {
             Ok((state, what)) => {
+                status.synced("policy", started.elapsed(), Ok(&what));
+                status.set_pods(
+                    world
+                        .pods
+                        .items
+                        .iter()
+                        .filter(|(_, p)| p.node.as_deref() == Some(node.as_str()) && !p.finished)
+                        .map(|((ns, name), p)| crate::status::PodView {
+                            namespace: ns.clone(),
+                            name: name.clone(),
+                            ip: p.ip.map(|i| i.to_string()),
+                        })
+                        .collect(),
+                );
+                let stats = &status.policy;
                 stats.syncs.fetch_add(1, Ordering::Relaxed);
                 stats.policies.store(world.policies.items.len() as u64, Ordering::Relaxed);
                 stats.isolated_ingress.store(state.ingress.len() as u64, Ordering::Relaxed);
@@ -572,7 +587,8 @@ pub async fn run(
                 tokio::task::block_in_place(|| world.answer(true));
             }
             Err(e) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
+                status.synced("policy", started.elapsed(), Err(&e.to_string()));
+                status.policy.errors.fetch_add(1, Ordering::Relaxed);
                 warn!("programming NetworkPolicy failed, a full sync follows: {e}");
                 world.answer(false);
             }

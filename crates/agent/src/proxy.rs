@@ -264,7 +264,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 /// Runs until `shutdown` resolves.
-pub async fn run(cfg: AgentConfig, client: kube::Client, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn run(
+    cfg: AgentConfig,
+    client: kube::Client,
+    status: std::sync::Arc<crate::status::Status>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let ctx = Context { node: cfg.node_name.clone(), cluster_cidr: cfg.cluster_cidr, service_cidr: cfg.service_cidr };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Event)>();
     let w1 = watch::spawn(
@@ -371,12 +376,17 @@ pub async fn run(cfg: AgentConfig, client: kube::Client, shutdown: impl std::fut
             })
             .await
         };
+        let (services, endpoints) = proxier.counts();
+        status.services.store(services as u64, std::sync::atomic::Ordering::Relaxed);
+        status.endpoints.store(endpoints as u64, std::sync::atomic::Ordering::Relaxed);
         match result {
             Ok(s) => {
                 need_full = false;
+                status.synced("proxy", started.elapsed(), Ok(&s));
                 info!("{} in {:.1} ms (from the watch event to the kernel)", s, started.elapsed().as_secs_f64() * 1e3);
             }
             Err(e) => {
+                status.synced("proxy", started.elapsed(), Err(&e.to_string()));
                 warn!("programming Services failed, a full sync follows: {e}");
                 need_full = true;
             }

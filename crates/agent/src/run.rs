@@ -26,18 +26,23 @@ pub enum AgentError {
 pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
     let client = client(&cfg).await?;
     let nodes: Api<Node> = Api::all(client.clone());
+    let status = Arc::new(crate::status::Status::new(&cfg.node_name, &cfg.backend.to_string()));
     let (proxy_stop, proxy_stopped) = tokio::sync::oneshot::channel::<()>();
-    let proxy = tokio::spawn(crate::proxy::run(cfg.clone(), client.clone(), async move {
+    let proxy = tokio::spawn(crate::proxy::run(cfg.clone(), client.clone(), status.clone(), async move {
         let _ = proxy_stopped.await;
     }));
     let (policy_stop, policy_stopped) = tokio::sync::oneshot::channel::<()>();
-    let stats = Arc::new(crate::metrics::PolicyStats::default());
-    let metrics = cfg.metrics_addr.map(|a| tokio::spawn(crate::metrics::serve(a, stats.clone())));
+    let metrics = cfg.metrics_addr.map(|a| tokio::spawn(crate::metrics::serve(a, status.clone())));
     let stopped = async move {
         let _ = policy_stopped.await;
     };
-    let policy =
-        tokio::spawn(crate::policy::run(cfg.node_name.clone(), client, cfg.policy_socket.clone(), stats, stopped));
+    let policy = tokio::spawn(crate::policy::run(
+        cfg.node_name.clone(),
+        client,
+        cfg.policy_socket.clone(),
+        status.clone(),
+        stopped,
+    ));
     let (reader, writer) = reflector::store();
     let changed = Arc::new(tokio::sync::Notify::new());
     let notify = changed.clone();
@@ -68,10 +73,16 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
     loop {
         let all: Vec<Arc<Node>> = reader.state();
         let me = all.iter().find(|n| n.metadata.name.as_deref() == Some(&cfg.node_name));
+        let started = std::time::Instant::now();
         let result = match me {
-            Some(me) => pass(&cfg, &nodes, me, &all).await,
+            Some(me) => pass(&cfg, &nodes, me, &all, &status).await,
             None => Err(AgentError::Pass(format!("node {} is not registered with the API yet", cfg.node_name))),
         };
+        let took = started.elapsed();
+        match &result {
+            Ok((summary, _)) => status.synced("node", took, Ok(summary)),
+            Err(e) => status.synced("node", took, Err(&e.to_string())),
+        }
         match &result {
             Ok((summary, complete)) => {
                 if last_error.take().is_some() {
@@ -118,7 +129,13 @@ pub const REASON_UP: &str = "FlatnetIsUp";
 pub const REASON_PEERS_PENDING: &str = "FlatnetPeersPending";
 
 /// One reconcile pass; returns a one-line summary and whether every peer is routed.
-async fn pass(cfg: &AgentConfig, api: &Api<Node>, me: &Node, all: &[Arc<Node>]) -> Result<(String, bool), AgentError> {
+async fn pass(
+    cfg: &AgentConfig,
+    api: &Api<Node>,
+    me: &Node,
+    all: &[Arc<Node>],
+    status: &crate::status::Status,
+) -> Result<(String, bool), AgentError> {
     let (internal_ip, iface) = (node::internal_ip(me), cfg.underlay_iface.clone());
     let underlay = blocking(move |nl| dataplane::find_underlay(nl, iface.as_deref(), internal_ip)).await?;
     let want = node::desired_annotations(cfg, underlay.addr.addr());
@@ -142,6 +159,24 @@ async fn pass(cfg: &AgentConfig, api: &Api<Node>, me: &Node, all: &[Arc<Node>]) 
     for c in &outcome.changes {
         info!("{c}");
     }
+    status.set_network(
+        Some(pod_cidr.to_string()),
+        Some(mtu),
+        all.iter()
+            .map(|n| node::peer(n))
+            .filter(|p| p.name != cfg.node_name)
+            .map(|p| {
+                let reason = outcome.skipped.iter().find(|s| s.node == p.name).map(|s| s.reason.clone());
+                crate::status::PeerView {
+                    routed: reason.is_none(),
+                    reason,
+                    underlay_ip: p.underlay_ip.map(|i| i.to_string()),
+                    pod_cidr: p.pod_cidr.map(|c| c.to_string()),
+                    name: p.name,
+                }
+            })
+            .collect(),
+    );
     let mut summary = format!("{}: {} peer route(s), pod CIDR {pod_cidr}, MTU {mtu}", cfg.backend, outcome.peers);
     if !outcome.skipped.is_empty() {
         let list: Vec<String> = outcome.skipped.iter().map(ToString::to_string).collect();

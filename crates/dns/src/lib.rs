@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod forward;
+pub mod metrics;
 pub mod server;
 
 use arc_swap::ArcSwap;
@@ -30,6 +31,9 @@ pub enum Source {
     File(PathBuf),
 }
 
+/// The DNS server's metrics address: local only (CoreDNS's port).
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9153";
+
 #[derive(Debug, Clone)]
 pub struct DnsConfig {
     pub listen: SocketAddr,
@@ -38,6 +42,8 @@ pub struct DnsConfig {
     pub allow_forwarding: Vec<IpNet>,
     pub udp_threads: usize,
     pub source: Source,
+    /// Where to serve Prometheus metrics and health (None: nowhere).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +89,10 @@ pub async fn run(cfg: DnsConfig, shutdown: impl std::future::Future<Output = ()>
         zone: ArcSwap::from_pointee(zone),
         forwarder: forward::Forwarder::new(cfg.upstreams.clone()),
         allow_forwarding: cfg.allow_forwarding.clone(),
+        metrics: Arc::new(metrics::Metrics::new(cfg.udp_threads.max(1) + 1)),
+        udp_threads: cfg.udp_threads.max(1),
     });
+    let metrics_task = cfg.metrics_addr.map(|a| tokio::spawn(metrics::serve(a, shared.metrics.clone())));
     let listen = |e| DnsError::Listen { addr: cfg.listen, source: e };
     let udp = std::net::UdpSocket::bind(cfg.listen).map_err(listen)?;
     server::grow_receive_buffer(&udp);
@@ -125,6 +134,7 @@ pub async fn run(cfg: DnsConfig, shutdown: impl std::future::Future<Output = ()>
     }
     fwd.abort();
     tcp.abort();
+    metrics_task.iter().for_each(tokio::task::JoinHandle::abort);
     info!("flatnet dns stopped");
     Ok(())
 }

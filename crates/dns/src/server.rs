@@ -22,6 +22,9 @@ pub struct Shared {
     /// Clients whose other names we look up upstream; everyone else gets REFUSED for
     /// them, so the server is no open resolver.
     pub allow_forwarding: Vec<IpNet>,
+    /// Counters, a shard per UDP worker and one (the last) for TCP and forwarding.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub udp_threads: usize,
 }
 
 impl Shared {
@@ -40,6 +43,7 @@ pub struct ForwardJob {
     pub client: SocketAddr,
     /// Our reply, a CNAME to the name and type to look up upstream and append.
     pub chase: Option<(Vec<u8>, Vec<u8>, u16)>,
+    pub arrived: std::time::Instant,
 }
 
 /// The UDP receive buffer asked for: bursts of queries wait in it rather than being
@@ -66,12 +70,14 @@ pub fn spawn_udp(
 ) -> std::io::Result<()> {
     for i in 0..threads.max(1) {
         let (sock, shared, forward) = (sock.try_clone()?, shared.clone(), forward.clone());
-        std::thread::Builder::new().name(format!("dns-udp-{i}")).spawn(move || udp_worker(&sock, &shared, &forward))?;
+        std::thread::Builder::new()
+            .name(format!("dns-udp-{i}"))
+            .spawn(move || udp_worker(i, &sock, &shared, &forward))?;
     }
     Ok(())
 }
 
-fn udp_worker(sock: &UdpSocket, shared: &Shared, forward: &UnboundedSender<ForwardJob>) {
+fn udp_worker(shard: usize, sock: &UdpSocket, shared: &Shared, forward: &UnboundedSender<ForwardJob>) {
     let mut buf = [0u8; 4096];
     let mut out = Vec::with_capacity(4096);
     loop {
@@ -83,6 +89,7 @@ fn udp_worker(sock: &UdpSocket, shared: &Shared, forward: &UnboundedSender<Forwa
                 continue;
             }
         };
+        let arrived = std::time::Instant::now();
         let query = &buf[..n];
         let zone = shared.zone.load();
         let outcome = dns::respond(&zone, query, Transport::Udp, &mut out);
@@ -92,13 +99,13 @@ fn udp_worker(sock: &UdpSocket, shared: &Shared, forward: &UnboundedSender<Forwa
                     && shared.may_forward(client.ip())
                 {
                     let chase = Some((out.clone(), target, qtype));
-                    let _ = forward.send(ForwardJob { query: query.to_vec(), client, chase });
+                    let _ = forward.send(ForwardJob { query: query.to_vec(), client, chase, arrived });
                     continue;
                 }
             }
             Outcome::Drop => continue,
             Outcome::Forward if shared.may_forward(client.ip()) => {
-                let _ = forward.send(ForwardJob { query: query.to_vec(), client, chase: None });
+                let _ = forward.send(ForwardJob { query: query.to_vec(), client, chase: None, arrived });
                 continue;
             }
             Outcome::Forward => {
@@ -110,6 +117,7 @@ fn udp_worker(sock: &UdpSocket, shared: &Shared, forward: &UnboundedSender<Forwa
         if let Err(e) = sock.send_to(&out, client) {
             debug!("dns: reply to {client}: {e}");
         }
+        shared.metrics.answered(shard, query, &out, arrived.elapsed(), false);
     }
 }
 
@@ -133,6 +141,7 @@ pub async fn run_forwarding(
             if let Err(e) = sock.send_to(&out, job.client) {
                 debug!("dns: reply to {}: {e}", job.client);
             }
+            shared.metrics.answered(shared.udp_threads, &job.query, &out, job.arrived.elapsed(), true);
         });
     }
 }
@@ -180,17 +189,23 @@ async fn tcp_connection(mut conn: tokio::net::TcpStream, client: SocketAddr, sha
         tokio::time::timeout(TCP_IDLE, conn.read_exact(&mut query))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "message cut short"))??;
+        let arrived = std::time::Instant::now();
         let zone = shared.zone.load_full();
         let outcome = dns::respond(&zone, &query, Transport::Tcp, &mut out);
+        let mut forwarded_here = false;
         let reply = match outcome {
             Outcome::Reply => match dns::cname_to_chase(&zone, &out) {
                 Some((target, qtype)) if shared.may_forward(client.ip()) => {
+                    forwarded_here = true;
                     shared.forwarder.chase(&out, &target, qtype).await
                 }
                 _ => std::mem::take(&mut out),
             },
             Outcome::Drop => continue,
-            Outcome::Forward if shared.may_forward(client.ip()) => forwarded(shared, &query).await,
+            Outcome::Forward if shared.may_forward(client.ip()) => {
+                forwarded_here = true;
+                forwarded(shared, &query).await
+            }
             Outcome::Forward => {
                 if !dns::error_reply(&query, Rcode::Refused, &mut out) {
                     continue;
@@ -202,5 +217,6 @@ async fn tcp_connection(mut conn: tokio::net::TcpStream, client: SocketAddr, sha
         framed.extend_from_slice(&(reply.len() as u16).to_be_bytes());
         framed.extend_from_slice(&reply);
         conn.write_all(&framed).await?;
+        shared.metrics.answered(shared.udp_threads, &query, &reply, arrived.elapsed(), forwarded_here);
     }
 }

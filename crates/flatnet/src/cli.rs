@@ -27,6 +27,9 @@ enum Cmd {
     /// The path a packet takes from a pod, hop by hop, read from this node's kernel
     /// (`--probe` sends a real one and confirms each hop).
     Trace(crate::trace::NodeTraceArgs),
+    /// This node's network: pod CIDR, peers and their tunnels, pods, each reconciler's
+    /// last sync and error, the ruleset's size (from the agent and the kernel).
+    Status(crate::status::StatusArgs),
     /// Checks this node for the usual causes of a broken pod network, and says how to fix
     /// each (exit status 1 when a check fails).
     Doctor(crate::doctor::DoctorArgs),
@@ -56,6 +59,7 @@ pub fn main() -> i32 {
         Cmd::Lab { what } => crate::lab::run(what),
         Cmd::Trace(args) => crate::trace::run_node(args),
         Cmd::Doctor(args) => crate::doctor::run_node(args),
+        Cmd::Status(args) => crate::status::run(args),
         Cmd::CniConfig { name, subnet } => {
             let mut plugin = serde_json::json!({"type": "flatnet", "bridge": "cni0"});
             if let Some(s) = subnet {

@@ -38,6 +38,10 @@ pub struct DnsArgs {
     /// Threads answering UDP.
     #[arg(long, default_value_t = 2)]
     udp_threads: usize,
+    /// Where to serve Prometheus metrics (`/metrics`) and health (`/healthz`); "none"
+    /// to serve nothing.
+    #[arg(long, default_value = flatnet_dns::DEFAULT_METRICS_ADDR)]
+    metrics_addr: String,
 }
 
 pub fn run(args: DnsArgs) -> anyhow::Result<()> {
@@ -62,6 +66,10 @@ pub fn run(args: DnsArgs) -> anyhow::Result<()> {
         upstreams,
         allow_forwarding: args.allow_forwarding,
         udp_threads: args.udp_threads,
+        metrics_addr: match args.metrics_addr.as_str() {
+            "none" => None,
+            a => Some(a.parse().map_err(|_| anyhow::anyhow!("--metrics-addr {a:?} is not an address:port (or none)"))?),
+        },
         source: match args.from_file {
             Some(f) => Source::File(f),
             None => Source::Api { kubeconfig: args.kubeconfig },

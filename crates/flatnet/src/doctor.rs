@@ -4,13 +4,11 @@
 
 use crate::trace::gather;
 use anyhow::Context;
-use flatnet_kernel::probe::{Answer, Kind, Prober};
 use flatnet_kernel::{Netlink, netns, nft, sysctl};
 use flatnet_model::doctor::{Check, Facts, PeerFacts, Status, diagnose};
 use flatnet_model::node_network::{Backend, VxlanSettings, vtep_ip};
 use k8s_openapi::api::core::v1::Node;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,18 +41,6 @@ pub struct DoctorArgs {
     /// This node's name in the API (default: $NODE_NAME, else the hostname).
     #[arg(long)]
     pub node_name: Option<String>,
-}
-
-fn healthz(addr: SocketAddr) -> Result<(), String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(1))).map_err(|e| e.to_string())?;
-    s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| format!("{addr}: {e}"))?;
-    match out.split(' ').nth(1) {
-        Some("200") => Ok(()),
-        _ => Err(format!("{addr} answered {:?}", out.lines().next().unwrap_or(""))),
-    }
 }
 
 /// The node's facts, read in the calling thread's namespace (`ns` names it, for the
@@ -90,7 +76,7 @@ fn read(ns: &Path, me: &str, nodes: &[Node], opts: &DoctorOpts) -> anyhow::Resul
             .collect(),
         ruleset,
         tunnel: Vec::new(),
-        agent: Some(healthz(opts.metrics_addr)),
+        agent: Some(crate::status::http_get(opts.metrics_addr, "/healthz").map(|_| ())),
     };
     // Through the tunnel, from this node's VTEP address to each peer's.
     if backend == Backend::Vxlan
@@ -98,9 +84,7 @@ fn read(ns: &Path, me: &str, nodes: &[Node], opts: &DoctorOpts) -> anyhow::Resul
     {
         for p in f.peers.iter().filter(|p| p.name != me) {
             let Some(cidr) = p.pod_cidr else { continue };
-            let answered = Prober::open(ns, local, Kind::Icmp)
-                .map(|pr| matches!(pr.send(vtep_ip(cidr), 0, Duration::from_millis(1000)), Answer::Answered(_)))
-                .unwrap_or(false);
+            let answered = crate::status::ping(ns, local, vtep_ip(cidr), Duration::from_millis(1000)).is_some();
             f.tunnel.push((p.name.clone(), answered));
         }
     }

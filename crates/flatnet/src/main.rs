@@ -9,6 +9,7 @@ mod dns;
 mod doctor;
 mod lab;
 mod shutdown;
+mod status;
 mod trace;
 
 fn main() {

@@ -1,8 +1,10 @@
 //! Seeing every hop, in a real 2-node VXLAN lab: `flatnet lab trace` between pods on two
 //! nodes names the devices, routes, outer addresses and VNI the kernel really has; through
 //! a Service it names the endpoint the kernel chose; blocked by a policy it names the
-//! policy; `--probe` agrees with what a real packet did in each case. Then `flatnet lab
-//! doctor` finds each fault the test injects into a node, and says how to fix it.
+//! policy; `--probe` agrees with what a real packet did in each case. `lab status` and
+//! `flatnet status` show each node's peers, tunnels, pods and reconcilers; the agent's and
+//! the DNS servers' metrics count what they did. Then `flatnet lab doctor` finds each
+//! fault the test injects into a node, and says how to fix it.
 
 mod common;
 
@@ -153,8 +155,8 @@ impl Drop for Paused {
 }
 
 #[test]
-fn trace_names_every_hop_and_doctor_finds_each_fault() {
-    sandboxed("trace_names_every_hop_and_doctor_finds_each_fault", |_| {
+fn every_hop_status_metrics_and_doctor() {
+    sandboxed("every_hop_status_metrics_and_doctor", |_| {
         let lab = Lab::up(2, "vxlan");
         lab.apply(MANIFEST);
         let ips = lab.ready_ips(&["client", "web-a", "web-b"]);
@@ -283,8 +285,90 @@ fn trace_names_every_hop_and_doctor_finds_each_fault() {
         bad(&["client", "web-a:http"], "is not a number");
         bad(&["client", "nosuch.default"], "no Service default/nosuch");
 
+        status_and_metrics(&lab);
         doctor_finds_each_fault(&lab, &nodes);
     });
+}
+
+/// The value of the sample `name` (with its labels) in exposition text.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+fn status_and_metrics(lab: &Lab) {
+    // `lab status`: each node's own account next to its kernel's.
+    let text = lab.status();
+    let node1 = text.split("\nnode-1 (").nth(1).unwrap_or_else(|| panic!("{text}"));
+    let node1 = node1.split("\nnode-2 (").next().unwrap();
+    for want in [
+        "vxlan, pod CIDR",
+        "device    flatnet.1 UP mtu 1450 VNI 1 UDP 8472",
+        "tunnel up",
+        "default/client",
+        "default/web-b",
+        "sync      node    in sync",
+        "sync      proxy   in sync",
+        "sync      policy  in sync",
+        "2 NetworkPolicy(ies)",
+        "ruleset   ip flatnet: ",
+        "ruleset   ip flatnet-policy: ",
+    ] {
+        assert!(node1.contains(want), "{want:?} missing from node-1's status:\n{text}");
+    }
+    assert!(node1.contains("peer      node-2"), "{text}");
+    // `flatnet status` on the node itself, as JSON.
+    let out = run(Command::new("nsenter")
+        .arg(format!("--net={}", lab.ns("node-2").display()))
+        .arg(flatnet())
+        .args(["status", "--json"]));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let agent = &v["agent"]["Ok"];
+    assert_eq!(agent["node"], "node-2", "{v:#}");
+    assert!(agent["pods"].as_array().unwrap().iter().any(|p| p["name"] == "web-a"), "{v:#}");
+    assert_eq!(agent["reconcilers"]["node"]["errors"], 0, "{v:#}");
+    assert!(v["tunnels"][0]["answered_ms"].is_number(), "{v:#}");
+
+    // The agent's metrics: reconcilers, what they programmed, and the policy's drops.
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], 9402));
+    let m1 = common::lab::http_get_path(&lab.ns("node-1"), metrics, "/metrics").unwrap();
+    for r in ["node", "proxy", "policy"] {
+        assert!(sample(&m1, &format!("flatnet_reconcile_duration_seconds_count{{reconciler=\"{r}\"}}")) >= 1.0);
+        assert!(sample(&m1, &format!("flatnet_reconcile_syncs_total{{reconciler=\"{r}\"}}")) >= 1.0);
+        assert_eq!(sample(&m1, &format!("flatnet_reconcile_errors_total{{reconciler=\"{r}\"}}")), 0.0);
+    }
+    assert_eq!(sample(&m1, "flatnet_node_peers{state=\"routed\"}"), 1.0);
+    // kubernetes, kube-dns and web.
+    assert_eq!(sample(&m1, "flatnet_services"), 3.0, "{m1}");
+    assert!(sample(&m1, "flatnet_service_endpoints") >= 4.0, "{m1}");
+    assert_eq!(sample(&m1, "flatnet_policies"), 2.0);
+    let dropped =
+        "flatnet_policy_dropped_packets_total{direction=\"egress\",namespace=\"default\",policy=\"client-stays-home\"}";
+    assert!(sample(&m1, dropped) >= 1.0, "{m1}");
+
+    // The DNS servers' metrics: a lookup from the client is counted by type, rcode and
+    // latency on whichever server answered it.
+    let dns = std::net::SocketAddr::from(([127, 0, 0, 1], 9153));
+    let read = || -> (f64, f64, f64) {
+        ["flatnet-dns-1", "flatnet-dns-2"]
+            .iter()
+            .map(|p| common::lab::http_get_path(&lab.pod_netns_in("kube-system", p), dns, "/metrics").unwrap())
+            .map(|m| {
+                (
+                    sample(&m, "flatnet_dns_requests_total{type=\"A\"}"),
+                    sample(&m, "flatnet_dns_responses_total{rcode=\"NOERROR\"}"),
+                    sample(&m, "flatnet_dns_request_duration_seconds_count"),
+                )
+            })
+            .fold((0.0, 0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+    };
+    let before = read();
+    let out = lab.exec("web-b", &["getent", "hosts", "web.default.svc.cluster.local"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = read();
+    assert!(after.0 > before.0 && after.1 > before.1 && after.2 > before.2, "{before:?} → {after:?}");
 }
 
 fn doctor_finds_each_fault(lab: &Lab, nodes: &[Node]) {
@@ -304,9 +388,9 @@ fn doctor_finds_each_fault(lab: &Lab, nodes: &[Node]) {
     let paused = Paused::agents(lab, &["node-1", "node-2"]);
     failing("node-1", "agent", &[]);
 
-    in_node(lab, "node-1", "sysctl -qw net.ipv4.ip_forward=0");
+    in_node(lab, "node-1", "echo 0 > /proc/sys/net/ipv4/ip_forward");
     failing("node-1", "forwarding", &[]);
-    in_node(lab, "node-1", "sysctl -qw net.ipv4.ip_forward=1");
+    in_node(lab, "node-1", "echo 1 > /proc/sys/net/ipv4/ip_forward");
 
     // A missing FDB entry, repaired with the fix doctor prints.
     let mac = flatnet_agent::node::peer(nodes.iter().find(|n| n.metadata.name.as_deref() == Some("node-2")).unwrap())

@@ -70,6 +70,14 @@ pub fn run(layout: &Layout) -> anyhow::Result<()> {
             network_label(n)
         );
     }
+    let metrics: std::net::SocketAddr = flatnet_agent::config::DEFAULT_METRICS_ADDR.parse().expect("literal");
+    for node in layout.nodes() {
+        println!();
+        match crate::status::read(&layout.node_ns(&node), metrics) {
+            Ok(s) => print!("{}", crate::status::text(&node, &s)),
+            Err(e) => println!("{node}: cannot read its state: {e:#}"),
+        }
+    }
     Ok(())
 }
 

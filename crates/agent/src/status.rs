@@ -1,0 +1,178 @@
+//! What the agent knows about itself, for `/status` (read by `flatnet status`) and for
+//! the metrics: each reconciler's last sync, duration and error; the node's network as the
+//! node reconciler last saw it; what the proxy and policy programmed; this node's pods.
+
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The reconcilers: node network, Service proxy, NetworkPolicy.
+pub const RECONCILERS: [&str; 3] = ["node", "proxy", "policy"];
+
+/// One reconciler's record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub syncs: u64,
+    pub errors: u64,
+    /// Seconds since the epoch.
+    pub last_sync: Option<f64>,
+    pub last_success: Option<f64>,
+    pub last_duration_ms: Option<f64>,
+    /// The error of the last sync, None once one succeeds.
+    pub last_error: Option<String>,
+    pub summary: Option<String>,
+}
+
+/// A peer node as the node reconciler last planned it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub name: String,
+    pub underlay_ip: Option<String>,
+    pub pod_cidr: Option<String>,
+    /// Routed; or why not.
+    pub routed: bool,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PodView {
+    pub namespace: String,
+    pub name: String,
+    pub ip: Option<String>,
+}
+
+/// The `/status` document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub node: String,
+    pub backend: String,
+    pub pod_cidr: Option<String>,
+    pub mtu: Option<u32>,
+    pub peers: Vec<PeerView>,
+    pub pods: Vec<PodView>,
+    pub services: u64,
+    pub endpoints: u64,
+    pub policies: u64,
+    pub reconcilers: std::collections::BTreeMap<String, Record>,
+}
+
+pub type Labels = Vec<(String, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn reconcile_histogram() -> Histogram {
+    // 1 ms … 16 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15))
+}
+
+pub struct Status {
+    snapshot: Mutex<Snapshot>,
+    pub durations: HistogramFamily,
+    /// NetworkPolicy's own numbers, kept as atomics (the policy loop is hot).
+    pub policy: crate::metrics::PolicyStats,
+    pub services: AtomicU64,
+    pub endpoints: AtomicU64,
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+impl Status {
+    pub fn new(node: &str, backend: &str) -> Self {
+        let snapshot = Snapshot {
+            node: node.into(),
+            backend: backend.into(),
+            reconcilers: RECONCILERS.iter().map(|r| (r.to_string(), Record::default())).collect(),
+            ..Default::default()
+        };
+        Status {
+            snapshot: Mutex::new(snapshot),
+            durations: Family::new_with_constructor(reconcile_histogram),
+            policy: Default::default(),
+            services: AtomicU64::new(0),
+            endpoints: AtomicU64::new(0),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Snapshot) -> T) -> T {
+        f(&mut self.snapshot.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Records one sync of `reconciler`: how long it took and how it ended.
+    pub fn synced(&self, reconciler: &str, took: Duration, result: Result<&str, &str>) {
+        self.durations.get_or_create(&vec![("reconciler".into(), reconciler.into())]).observe(took.as_secs_f64());
+        self.with(|s| {
+            let r = s.reconcilers.entry(reconciler.into()).or_default();
+            let t = now();
+            r.syncs += 1;
+            r.last_sync = Some(t);
+            r.last_duration_ms = Some(took.as_secs_f64() * 1e3);
+            match result {
+                Ok(summary) => {
+                    r.last_success = Some(t);
+                    r.last_error = None;
+                    if !summary.is_empty() {
+                        r.summary = Some(summary.into());
+                    }
+                }
+                Err(e) => {
+                    r.errors += 1;
+                    r.last_error = Some(e.into());
+                }
+            }
+        });
+    }
+
+    pub fn set_network(&self, pod_cidr: Option<String>, mtu: Option<u32>, peers: Vec<PeerView>) {
+        self.with(|s| {
+            s.pod_cidr = pod_cidr;
+            s.mtu = mtu;
+            s.peers = peers;
+        });
+    }
+
+    pub fn set_pods(&self, mut pods: Vec<PodView>) {
+        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        self.with(|s| s.pods = pods);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let mut s = self.with(|s| s.clone());
+        s.services = self.services.load(Ordering::Relaxed);
+        s.endpoints = self.endpoints.load(Ordering::Relaxed);
+        s.policies = self.policy.policies.load(Ordering::Relaxed);
+        s
+    }
+
+    /// Each reconciler's sync and error counts, for the metrics.
+    pub fn counts(&self) -> Vec<(String, u64, u64)> {
+        self.with(|s| s.reconcilers.iter().map(|(k, r)| (k.clone(), r.syncs, r.errors)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_sync_is_recorded_until_one_succeeds() {
+        let s = Status::new("node-1", "vxlan");
+        s.synced("proxy", Duration::from_millis(3), Ok("full sync: 2 Service(s)"));
+        s.synced("proxy", Duration::from_millis(5), Err("nft refused the transaction: boom"));
+        let snap = s.snapshot();
+        let r = &snap.reconcilers["proxy"];
+        assert_eq!((r.syncs, r.errors), (2, 1));
+        assert_eq!(r.last_error.as_deref(), Some("nft refused the transaction: boom"));
+        assert_eq!(r.summary.as_deref(), Some("full sync: 2 Service(s)"));
+        s.synced("proxy", Duration::from_millis(1), Ok(""));
+        let snap = s.snapshot();
+        assert_eq!(snap.reconcilers["proxy"].last_error, None);
+        assert_eq!(snap.reconcilers["node"].syncs, 0);
+        let text = crate::metrics::render_with(&s, Vec::new());
+        assert!(text.contains("flatnet_reconcile_errors_total{reconciler=\"proxy\"} 1"), "{text}");
+        assert!(text.contains("flatnet_reconcile_duration_seconds_count{reconciler=\"proxy\"} 3"), "{text}");
+    }
+}
