@@ -204,6 +204,23 @@ fn every_hop_status_metrics_and_doctor() {
         assert_probe_agrees(&probed);
         assert!(probed["probe"]["outcome"]["detail"].as_str().unwrap().contains("pod=web-a"), "{probed:#}");
 
+        // `flatnet trace` on node-1 itself sees node-1's part of the path, and says where
+        // its view ends; the probe still goes all the way.
+        let out = run(Command::new("nsenter")
+            .arg(format!("--net={}", lab.ns("node-1").display()))
+            .arg(flatnet())
+            .args(["trace", "--json", "--probe", "--node-name", "node-1", "--kubeconfig"])
+            .arg(lab.state().join("nodes/node-1/kubeconfig"))
+            .arg("--pod-netns-dir")
+            .arg(lab.state().join("netns"))
+            .args(["default/client", "default/web-a:8080"]));
+        let t: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(t["verdict"]["result"], "unknown", "{t:#}");
+        assert!(t["verdict"]["why"].as_str().unwrap().contains("not visible from here"), "{t:#}");
+        assert_eq!(hop(&t, "vxlan")["facts"]["outer_dst"].as_str().unwrap(), node_ip(&nodes, "node-2"));
+        assert_eq!(hop(&t, "vxlan")["probe"]["result"], "seen", "{t:#}");
+        assert_eq!(t["probe"]["outcome"]["result"], "answered", "{t:#}");
+
         // On one node: switched by the bridge, no tunnel; pinged.
         let t = trace(&lab, &["client", "web-b", "--probe"]);
         assert_eq!(t["verdict"]["result"], "delivered", "{t:#}");

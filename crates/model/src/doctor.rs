@@ -55,8 +55,8 @@ pub enum Status {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
-    /// A stable identifier: `nft`, `forwarding`, `bridge`, `vxlan-device`, `fdb`, `mtu`,
-    /// `vxlan-port`, `tunnel`, `agent`, `br-netfilter`.
+    /// A stable identifier: `nft`, `forwarding`, `br-netfilter`, `bridge`, `vxlan-device`,
+    /// `fdb`, `routes` (host-gw), `mtu`, `vxlan-port`, `tunnel`, `agent`.
     pub check: &'static str,
     pub status: Status,
     pub detail: String,
@@ -145,6 +145,9 @@ pub fn diagnose(f: &Facts) -> Vec<Check> {
     if f.backend == Backend::Vxlan {
         out.push(vxlan_device(f, vx));
         out.push(fdb(f, vx));
+    }
+    if f.backend == Backend::HostGw {
+        out.push(direct_routes(f));
     }
     out.push(mtu(f, bridge, vx, underlay));
     if f.backend == Backend::Vxlan {
@@ -238,6 +241,31 @@ fn fdb(f: &Facts, vx: Option<&LinkFacts>) -> Check {
             format!("restart the flatnet agent (it programs them every pass), or by hand: {}", fixes.join("; ")),
         )
     }
+}
+
+/// host-gw: each peer's Pod CIDR routed to its node's address.
+fn direct_routes(f: &Facts) -> Check {
+    let mut missing = Vec::new();
+    for p in f.peers.iter().filter(|p| p.name != f.node) {
+        let (Some(cidr), Some(ip)) = (p.pod_cidr, p.underlay_ip) else { continue };
+        if !f.routes.iter().any(|r| r.dst == cidr && r.gateway == Some(ip)) {
+            missing.push((p.name.clone(), cidr, ip));
+        }
+    }
+    if missing.is_empty() {
+        return ok("routes", "each peer's Pod CIDR is routed to its node");
+    }
+    fail(
+        "routes",
+        format!(
+            "no route to {}",
+            missing.iter().map(|(n, c, ip)| format!("{c} via {ip} ({n})")).collect::<Vec<_>>().join(", ")
+        ),
+        format!(
+            "restart the flatnet agent, or by hand: {}",
+            missing.iter().map(|(_, c, ip)| format!("ip route replace {c} via {ip}")).collect::<Vec<_>>().join("; ")
+        ),
+    )
 }
 
 fn mtu(f: &Facts, bridge: Option<&LinkFacts>, vx: Option<&LinkFacts>, underlay: Option<&LinkFacts>) -> Check {
@@ -448,6 +476,17 @@ mod tests {
         ]}));
         assert_eq!(failing(&f), ["vxlan-port"]);
         assert!(diagnose(&f).iter().any(|c| c.fix.as_deref().is_some_and(|x| x.contains("handle 3"))));
+
+        let mut f = healthy();
+        f.backend = Backend::HostGw;
+        f.routes.clear();
+        assert_eq!(failing(&f), ["routes"]);
+        f.routes.push(RouteFacts {
+            dst: "10.244.2.0/24".parse().unwrap(),
+            gateway: Some(ip("192.168.1.3")),
+            oif: Some(2),
+        });
+        assert!(failing(&f).is_empty());
 
         let mut f = healthy();
         f.nft = Some(Err("No such file or directory".into()));

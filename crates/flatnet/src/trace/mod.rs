@@ -44,27 +44,33 @@ pub struct NodeTraceArgs {
     /// This node's name in the API (default: $NODE_NAME, else the hostname).
     #[arg(long)]
     pub node_name: Option<String>,
+    /// Where the container runtime pins pods' network namespaces (searched for the
+    /// pod's address, to read its eth0 and to send the probe from it).
+    #[arg(long = "pod-netns-dir", default_values = ["/run/netns", "/var/run/netns"])]
+    pub pod_netns_dirs: Vec<PathBuf>,
 }
 
 /// Where the trace can look: each node's namespace, and how to find a pod's.
 pub enum Scope {
     Lab(flatnet_lab::layout::Layout),
-    Node(String),
+    /// This node's name, and where pods' namespaces are pinned.
+    Node(String, Vec<PathBuf>),
 }
 
 impl Scope {
     fn node_ns(&self, node: &str) -> Option<Option<PathBuf>> {
         match self {
             Scope::Lab(l) => Some(Some(l.node_ns(node))).filter(|_| l.node_ns(node).exists()),
-            Scope::Node(me) => (me == node).then_some(None),
+            Scope::Node(me, _) => (me == node).then_some(None),
         }
     }
     fn pod_ns(&self, pod: &Pod, ip: Ipv4Addr) -> Option<PathBuf> {
         match self {
             Scope::Lab(l) => pod.metadata.uid.as_deref().map(|u| l.pod_ns(u)).filter(|p| p.exists()),
-            Scope::Node(me) => {
+            Scope::Node(me, dirs) => {
                 let here = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(me.as_str());
-                here.then(|| gather::find_netns(&[Path::new("/run/netns"), Path::new("/var/run/netns")], ip)).flatten()
+                let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+                here.then(|| gather::find_netns(&dirs, ip)).flatten()
             }
         }
     }
@@ -230,6 +236,11 @@ pub fn run(
     // The probe goes first, so the trace follows the endpoint the kernel really chose.
     let report = if args.probe { Some(send_probe(scope, src_pod, &nodes, packet)?) } else { None };
     world.chosen = report.as_ref().and_then(|r| r.endpoint);
+    world.node_ips = api
+        .nodes
+        .iter()
+        .filter_map(|n| Some((flatnet_agent::node::internal_ip(n)?, n.metadata.name.clone()?)))
+        .collect();
     let by_name: BTreeMap<&str, &Node> =
         api.nodes.iter().filter_map(|n| Some((n.metadata.name.as_deref()?, n))).collect();
     let pod_ips: Vec<Ipv4Addr> = world.pods.keys().copied().collect();
@@ -326,7 +337,7 @@ pub fn run_node(args: NodeTraceArgs) -> anyhow::Result<()> {
     };
     let rt = crate::lab::runtime()?;
     let client = rt.block_on(flatnet_agent::watch::client(args.kubeconfig.as_deref())).map_err(anyhow::Error::msg)?;
-    let t = run(&Scope::Node(me), &rt, client, &args.trace)?;
+    let t = run(&Scope::Node(me, args.pod_netns_dirs), &rt, client, &args.trace)?;
     print(&t, &args.trace)
 }
 

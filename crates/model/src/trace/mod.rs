@@ -164,6 +164,8 @@ pub struct World {
     pub pods: BTreeMap<Ipv4Addr, PodFacts>,
     /// The endpoint the kernel chose for the probe's connection (from conntrack).
     pub chosen: Option<(Ipv4Addr, u16)>,
+    /// Every node's underlay address, visible or not (from the API).
+    pub node_ips: BTreeMap<Ipv4Addr, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -389,14 +391,32 @@ fn walk(w: &World, p: Packet, hops: &mut Vec<Hop>) -> Verdict {
             push!(hop);
             outer.expect("a passing VXLAN hop names the outer destination")
         }
-        Way::Direct(gw) => gw,
+        Way::Direct(gw) => {
+            let dev = hops.iter().rev().find(|h| h.kind == HopKind::Route).and_then(|h| h.facts.get("device").cloned());
+            let dev = dev.unwrap_or_default();
+            push!(
+                Hop::new(
+                    HopKind::Direct,
+                    node_name.clone(),
+                    format!("sent as it is to {gw} on {dev}: no encapsulation")
+                )
+                .fact("device", &dev)
+                .fact("next_hop", gw)
+                .line("host-gw: every node is on one L2 segment, and each Pod CIDR is routed to its node")
+            );
+            gw
+        }
     };
     // 6. The remote node.
     let Some((rname, rnode)) = w.nodes.iter().find(|(_, n)| n.underlay_ip == Some(remote)) else {
-        push!(
-            Hop::new(HopKind::Decap, remote.to_string(), "the next node")
-                .unknown(format!("no node with underlay address {remote} is visible from here"))
-        );
+        let why = match w.node_ips.get(&remote) {
+            Some(n) => {
+                format!("{n} ({remote}) is not visible from here: run `flatnet trace` on {n} for the rest of the path")
+            }
+            None => format!("no node with underlay address {remote} is known; the packet leaves for {remote}"),
+        };
+        let at = w.node_ips.get(&remote).cloned().unwrap_or_else(|| remote.to_string());
+        push!(Hop::new(HopKind::Decap, at, "the next node").unknown(why));
         unreachable!()
     };
     let in_dev = match way {
@@ -462,11 +482,23 @@ fn veth_hop(node: &NodeFacts, pod: &PodFacts, at: &str, outbound: bool) -> (Hop,
     let hop = Hop::new(HopKind::Veth, at, summary).fact("pod", pod.label());
     let Some(host) = by_peer.or(by_fdb) else {
         let why = format!(
-            "no host veth of {} found on {at} (no bridge port has learned {})",
+            "no host veth of {} identified on {at}: the pod's namespace is not visible and no bridge port has learned {} yet",
             pod.label(),
             mac.map(|m| format_mac(&m)).unwrap_or_default()
         );
-        return (if outbound { hop.unknown(why) } else { hop.drop(why) }, None);
+        // The pod's address is still on this node's bridge: go on from there.
+        let bridge = node.links.iter().find(|l| {
+            l.kind.as_deref() == Some("bridge") && l.addrs.iter().any(|a| pod.ip.is_some_and(|ip| a.contains(&ip)))
+        });
+        return match bridge {
+            Some(b) => {
+                let mut h = hop.fact("bridge", &b.name).line(why);
+                h.summary = format!("a port of {} (not identified)", b.name);
+                (h, Some(b.index))
+            }
+            None if outbound => (hop.unknown(why), None),
+            None => (hop.drop(why), None),
+        };
     };
     let mut hop = hop.fact("device", &host.name).fact("mtu", host.mtu).line(link_line(host));
     hop.summary = format!("{} on {}", host.name, node.dev(host.master));

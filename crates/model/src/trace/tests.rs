@@ -280,3 +280,40 @@ fn the_probe_confirms_hops_and_reports_the_drop() {
     );
     assert!(!t2.probe.unwrap().agrees);
 }
+
+#[test]
+fn host_gw_routes_directly_to_the_node() {
+    let mut w = world(SERVER, 8080);
+    let n1 = w.nodes.get_mut("node-1").unwrap();
+    n1.links.retain(|l| l.vxlan.is_none());
+    n1.routes[1] = RouteFacts { dst: "10.244.2.0/24".parse().unwrap(), gateway: Some(ip("192.168.1.3")), oif: Some(2) };
+    n1.lookups[0].1 = Lookup { kind: "unicast".into(), oif: Some(2), gateway: Some(ip("192.168.1.3")), prefsrc: None };
+    let n2 = w.nodes.get_mut("node-2").unwrap();
+    n2.links.retain(|l| l.vxlan.is_none());
+    n2.lookups[0].0 = (Some(ip(CLIENT)), ip(SERVER), Some(2));
+    let t = build(&w);
+    use HopKind::*;
+    assert_eq!(
+        kinds(&t),
+        vec![Pod, Veth, Bridge, Route, PolicyEgress, Direct, Route, PolicyIngress, Bridge, Veth, Deliver],
+        "{}",
+        render::text(&t, true)
+    );
+    let d = hop(&t, Direct);
+    assert_eq!((d.facts["device"].as_str(), d.facts["next_hop"].as_str()), ("eth0", "192.168.1.3"));
+    assert_eq!(t.verdict, Verdict::Delivered { to: "pod default/server".into() });
+}
+
+#[test]
+fn without_the_pods_namespace_the_trace_goes_on_from_the_bridge() {
+    // On a real node: no pod namespace, and no bridge port has learned the pod's MAC.
+    let mut w = world(SERVER, 8080);
+    w.src.eth0 = None;
+    w.src.routes.clear();
+    w.nodes.get_mut("node-1").unwrap().links.retain(|l| l.name != "veth1234");
+    let t = build(&w);
+    let v = hop(&t, HopKind::Veth);
+    assert_eq!(v.step, Step::Pass);
+    assert_eq!(v.facts["bridge"], "cni0");
+    assert!(matches!(t.verdict, Verdict::Delivered { .. }), "{}", render::text(&t, true));
+}
