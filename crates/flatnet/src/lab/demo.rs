@@ -133,6 +133,10 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
     if let Err(e) = &cross {
         println!("  client → server failed: {e}");
     }
+    println!("\nsee every hop, read from each node's kernel and confirmed by a real packet:");
+    println!("  flatnet lab trace {NAMESPACE}/client {NAMESPACE}/server:80 --probe    # across nodes, over VXLAN");
+    println!("  flatnet lab trace {NAMESPACE}/neighbor {NAMESPACE}/server:80 --probe  # dropped: which policy, where");
+    println!("  flatnet lab status; flatnet lab doctor");
     println!("\ntry it yourself:");
     println!("  flatnet lab exec client -n {NAMESPACE} -- wget -qO- http://{server_ip}");
     println!("  flatnet lab exec client -n {NAMESPACE} -- wget -qO- http://{service_ip}");

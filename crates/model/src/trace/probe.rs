@@ -264,12 +264,13 @@ pub fn confirm(t: &mut Trace, r: Report) {
             false,
             "predicted delivery, but no answer came back (nothing listening, or a drop nftables does not trace)".into(),
         ),
-        (Verdict::Dropped { by, .. }, false, Some(d)) => {
+        (Verdict::Dropped { at, .. }, false, Some(d)) => {
             let same = predicted_drop.and_then(|h| h.probe.as_ref()).is_some_and(|s| matches!(s, Seen::Dropped { .. }));
-            (same || !predicted_delivery, format!("predicted drop ({by}); the packet was dropped: {d}"))
+            let how = if same { "the probe was dropped there" } else { "the probe was dropped elsewhere" };
+            (same || !predicted_delivery, format!("predicted a drop at {at}; {how} ({d})"))
         }
-        (Verdict::Dropped { by, .. }, false, None) => (true, format!("predicted drop ({by}); no answer came back")),
-        (Verdict::Dropped { by, .. }, true, _) => (false, format!("predicted drop ({by}), but an answer came back")),
+        (Verdict::Dropped { at, .. }, false, None) => (true, format!("predicted a drop at {at}; no answer came back")),
+        (Verdict::Dropped { at, .. }, true, _) => (false, format!("predicted a drop at {at}, but an answer came back")),
         (Verdict::Unknown { why }, _, _) => {
             (true, format!("the kernel state could not decide ({why}); the probe shows what happened"))
         }
