@@ -36,6 +36,11 @@ apiVersion: v1
 kind: Service
 metadata: {name: web}
 spec: {selector: {app: web}, ports: [{name: http, port: 80, targetPort: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty}
+spec: {selector: {app: nobody}, ports: [{port: 80, targetPort: 8080}]}
 "#;
 
 const INGRESS_POLICY: &str = r#"
@@ -252,6 +257,14 @@ fn every_hop_status_metrics_and_doctor() {
         }
         assert_eq!(chosen.len(), 2, "30 probes all went to {chosen:?}");
 
+        // A Service with no endpoint: rejected at the DNAT hop, and the probe is refused there.
+        let t = trace(&lab, &["client", "empty.default", "--probe"]);
+        assert_eq!(t["verdict"]["result"], "dropped", "{t:#}");
+        assert_eq!(t["hops"].as_array().unwrap().last().unwrap()["kind"], "dnat");
+        assert_eq!(hop(&t, "dnat")["probe"]["result"], "dropped", "{t:#}");
+        assert_eq!(t["probe"]["outcome"]["result"], "refused", "{t:#}");
+        assert_eq!(t["probe"]["agrees"], true, "{t:#}");
+
         // Blocked by a policy on the server's side: named, where it drops.
         lab.apply(INGRESS_POLICY);
         let mut t = Value::Null;
@@ -357,8 +370,8 @@ fn status_and_metrics(lab: &Lab) {
         assert_eq!(sample(&m1, &format!("flatnet_reconcile_errors_total{{reconciler=\"{r}\"}}")), 0.0);
     }
     assert_eq!(sample(&m1, "flatnet_node_peers{state=\"routed\"}"), 1.0);
-    // kubernetes, kube-dns and web.
-    assert_eq!(sample(&m1, "flatnet_services"), 3.0, "{m1}");
+    // kubernetes, kube-dns, web and empty.
+    assert_eq!(sample(&m1, "flatnet_services"), 4.0, "{m1}");
     assert!(sample(&m1, "flatnet_service_endpoints") >= 4.0, "{m1}");
     assert_eq!(sample(&m1, "flatnet_policies"), 2.0);
     let dropped =

@@ -117,7 +117,7 @@ impl Prober {
 
 fn refused(e: &io::Error, how: &str) -> Answer {
     match e.kind() {
-        io::ErrorKind::ConnectionRefused => Answer::Refused(format!("{how}: nothing listens on that port")),
+        io::ErrorKind::ConnectionRefused => Answer::Refused(format!("{how} (nothing listens there, or a reject)")),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Answer::TimedOut,
         _ if matches!(e.raw_os_error(), Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EACCES | libc::EPERM)) => {
             Answer::Refused(format!("{e} (an ICMP error or a reject came back)"))

@@ -537,6 +537,8 @@ fn dnat_hop(w: &World, node: &NodeFacts, at: &str, p: Packet, out: &mut Packet) 
     let key = [nft::Key::Ip(p.dst), nft::Key::Proto(p.proto), nft::Key::Port(port)];
     let hop = Hop::new(HopKind::Dnat, at, "Service DNAT").fact("service_ip", format!("{}:{port}", p.dst));
     if proxy.set_has("no-endpoint-services", &key) == Some(true) {
+        let mut hop = hop;
+        hop.summary = format!("{}:{port} has no ready endpoint: rejected at once", p.dst);
         return Some(
             hop.line(format!("{}:{port}/{} is in set no-endpoint-services", p.dst, p.proto.word()))
                 .drop("the Service has no ready endpoint: rejected (table ip flatnet, set no-endpoint-services)"),

@@ -210,6 +210,15 @@ fn hop_seen(h: &Hop, r: &Report, src_node: &str) -> Option<Seen> {
             let bridge = h.facts.get("bridge").map(String::as_str).unwrap_or(dev);
             seen(packet_with(r, node, bridge, false).or_else(|| packet_with(r, node, dev, false)))
         }
+        HopKind::Dnat if matches!(h.step, Step::Drop { .. }) => on(r, node).find_map(|e| match &e.what {
+            What::Rule { rule, verdict } if e.table == crate::proxy::TABLE && verdict_word(verdict) == "drop" => {
+                Some(Seen::Dropped {
+                    by: format!("chain {}", e.chain),
+                    evidence: vec![format!("{node}: chain {}: {rule}", e.chain)],
+                })
+            }
+            _ => None,
+        }),
         HopKind::Dnat => {
             let chain = h.facts.get("chain")?;
             let rule = on(r, node).find_map(|e| match &e.what {
@@ -246,11 +255,11 @@ pub fn confirm(t: &mut Trace, r: Report) {
                 .unwrap_or_else(|| Seen::NotSeen { why: "no trace event or answer shows the packet here".into() }),
         );
     }
+    let drop_node = first_drop(&r).map(|(node, _)| node);
     let dropped = first_drop(&r).map(|(node, what)| format!("{node}: {what}"));
     // A refusal with no drop on the way came from the destination itself: it was reached.
     let answered = matches!(r.outcome, Outcome::Answered { .. })
         || (matches!(r.outcome, Outcome::Refused { .. }) && dropped.is_none());
-    let predicted_delivery = matches!(t.verdict, Verdict::Delivered { .. });
     let predicted_drop = t.hops.iter().find(|h| matches!(h.step, Step::Drop { .. }));
     let (agrees, note) = match (&t.verdict, answered, &dropped) {
         (Verdict::Delivered { to }, true, _) => match &r.outcome {
@@ -265,9 +274,10 @@ pub fn confirm(t: &mut Trace, r: Report) {
             "predicted delivery, but no answer came back (nothing listening, or a drop nftables does not trace)".into(),
         ),
         (Verdict::Dropped { at, .. }, false, Some(d)) => {
-            let same = predicted_drop.and_then(|h| h.probe.as_ref()).is_some_and(|s| matches!(s, Seen::Dropped { .. }));
+            let same = predicted_drop.and_then(|h| h.probe.as_ref()).is_some_and(|s| matches!(s, Seen::Dropped { .. }))
+                || drop_node.as_deref() == Some(at.as_str());
             let how = if same { "the probe was dropped there" } else { "the probe was dropped elsewhere" };
-            (same || !predicted_delivery, format!("predicted a drop at {at}; {how} ({d})"))
+            (same, format!("predicted a drop at {at}; {how} ({d})"))
         }
         (Verdict::Dropped { at, .. }, false, None) => (true, format!("predicted a drop at {at}; no answer came back")),
         (Verdict::Dropped { at, .. }, true, _) => (false, format!("predicted a drop at {at}, but an answer came back")),
