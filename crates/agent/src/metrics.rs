@@ -18,20 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::{info, warn};
-
-/// What the policy reconciler reports, updated after each sync.
-#[derive(Debug, Default)]
-pub struct PolicyStats {
-    pub syncs: AtomicU64,
-    pub errors: AtomicU64,
-    pub policies: AtomicU64,
-    pub isolated_ingress: AtomicU64,
-    pub isolated_egress: AtomicU64,
-    /// The last sync's duration from the watch event to the kernel, in microseconds.
-    pub last_sync_us: AtomicU64,
-}
 
 type Labels = Vec<(String, String)>;
 
@@ -60,7 +47,7 @@ pub fn render(status: &Status) -> Result<String, String> {
 
 /// The exposition text from the reconcilers' stats and the given drop counters.
 pub fn render_with(status: &Status, drops: Vec<policy::Drops>) -> String {
-    let stats = &status.policy;
+    let snap = status.snapshot();
     let mut reg = Registry::with_prefix("flatnet");
     reg.register(
         "reconcile_duration_seconds",
@@ -69,12 +56,11 @@ pub fn render_with(status: &Status, drops: Vec<policy::Drops>) -> String {
     );
     let syncs = counter_family(&mut reg, "reconcile_syncs", "Syncs of each reconciler");
     let errors = counter_family(&mut reg, "reconcile_errors", "Syncs of each reconciler that failed (it retries)");
-    for (r, n, e) in status.counts() {
-        let l = vec![("reconciler".to_string(), r)];
-        syncs.get_or_create(&l).inc_by(n);
-        errors.get_or_create(&l).inc_by(e);
+    for (r, rec) in &snap.reconcilers {
+        let l = vec![("reconciler".to_string(), r.clone())];
+        syncs.get_or_create(&l).inc_by(rec.syncs);
+        errors.get_or_create(&l).inc_by(rec.errors);
     }
-    let snap = status.snapshot();
     gauge(&mut reg, "services", "Services the proxy has programmed", snap.services);
     gauge(&mut reg, "service_endpoints", "Endpoints the proxy has programmed (over every Service)", snap.endpoints);
     let peers = Family::<Labels, Gauge>::default();
@@ -101,24 +87,18 @@ pub fn render_with(status: &Status, drops: Vec<policy::Drops>) -> String {
         packets.get_or_create(&labels).inc_by(d.packets);
         bytes.get_or_create(&labels).inc_by(d.bytes);
     }
-    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    counter(&mut reg, "policy_syncs", "NetworkPolicy syncs applied to the kernel", load(&stats.syncs));
-    counter(
-        &mut reg,
-        "policy_sync_errors",
-        "NetworkPolicy syncs that failed (a full sync follows)",
-        load(&stats.errors),
-    );
-    gauge(&mut reg, "policies", "NetworkPolicies in the cluster", load(&stats.policies));
+    // NetworkPolicy's own names for what the reconciler records hold.
+    let policy = snap.reconcilers.get("policy").cloned().unwrap_or_default();
+    counter(&mut reg, "policy_syncs", "NetworkPolicy syncs applied to the kernel", policy.syncs - policy.errors);
+    counter(&mut reg, "policy_sync_errors", "NetworkPolicy syncs that failed (a full sync follows)", policy.errors);
+    gauge(&mut reg, "policies", "NetworkPolicies in the cluster", snap.policies);
     let isolated = Family::<Labels, Gauge>::default();
     reg.register("policy_isolated_pods", "This node's pods a NetworkPolicy isolates, by direction", isolated.clone());
-    for (dir, v) in [("ingress", &stats.isolated_ingress), ("egress", &stats.isolated_egress)] {
-        isolated
-            .get_or_create(&vec![("direction".to_string(), dir.to_string())])
-            .set(i64::try_from(load(v)).unwrap_or(0));
+    for (dir, v) in [("ingress", snap.isolated_ingress), ("egress", snap.isolated_egress)] {
+        isolated.get_or_create(&vec![("direction".to_string(), dir.to_string())]).set(i64::try_from(v).unwrap_or(0));
     }
-    let last = Gauge::<f64, AtomicU64>::default();
-    last.set(load(&stats.last_sync_us) as f64 / 1e6);
+    let last = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    last.set(policy.last_duration_ms.unwrap_or(0.0) / 1e3);
     reg.register("policy_last_sync_seconds", "The last NetworkPolicy sync, from the watch event to the kernel", last);
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");

@@ -21,7 +21,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
@@ -554,25 +553,18 @@ pub async fn run(
         match result {
             Ok((state, what)) => {
                 status.synced("policy", started.elapsed(), Ok(&what));
-                status.set_pods(
-                    world
-                        .pods
-                        .items
-                        .iter()
-                        .filter(|(_, p)| p.node.as_deref() == Some(node.as_str()) && !p.finished)
-                        .map(|((ns, name), p)| crate::status::PodView {
-                            namespace: ns.clone(),
-                            name: name.clone(),
-                            ip: p.ip.map(|i| i.to_string()),
-                        })
-                        .collect(),
-                );
-                let stats = &status.policy;
-                stats.syncs.fetch_add(1, Ordering::Relaxed);
-                stats.policies.store(world.policies.items.len() as u64, Ordering::Relaxed);
-                stats.isolated_ingress.store(state.ingress.len() as u64, Ordering::Relaxed);
-                stats.isolated_egress.store(state.egress.len() as u64, Ordering::Relaxed);
-                stats.last_sync_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                let pods = world
+                    .pods
+                    .items
+                    .iter()
+                    .filter(|(_, p)| p.node.as_deref() == Some(node.as_str()) && !p.finished)
+                    .map(|((ns, name), p)| crate::status::PodView {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                        ip: p.ip.map(|i| i.to_string()),
+                    })
+                    .collect();
+                status.set_policy(world.policies.items.len(), (state.ingress.len(), state.egress.len()), pods);
                 applied = Some(state);
                 dirty = false;
                 if full {
@@ -588,7 +580,6 @@ pub async fn run(
             }
             Err(e) => {
                 status.synced("policy", started.elapsed(), Err(&e.to_string()));
-                status.policy.errors.fetch_add(1, Ordering::Relaxed);
                 warn!("programming NetworkPolicy failed, a full sync follows: {e}");
                 world.answer(false);
             }

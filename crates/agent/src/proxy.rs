@@ -377,8 +377,7 @@ pub async fn run(
             .await
         };
         let (services, endpoints) = proxier.counts();
-        status.services.store(services as u64, std::sync::atomic::Ordering::Relaxed);
-        status.endpoints.store(endpoints as u64, std::sync::atomic::Ordering::Relaxed);
+        status.set_services(services, endpoints);
         match result {
             Ok(s) => {
                 need_full = false;

@@ -80,11 +80,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
         };
         let took = started.elapsed();
         match &result {
-            Ok((summary, _)) => status.synced("node", took, Ok(summary)),
-            Err(e) => status.synced("node", took, Err(&e.to_string())),
-        }
-        match &result {
             Ok((summary, complete)) => {
+                status.synced("node", took, Ok(summary));
                 if last_error.take().is_some() {
                     info!("recovered: {summary}");
                 }
@@ -96,6 +93,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
             }
             Err(e) => {
                 let text = e.to_string();
+                status.synced("node", took, Err(&text));
                 if last_error.as_deref() != Some(&text) {
                     warn!("{text} (retrying every {:?})", cfg.resync);
                 }
@@ -154,6 +152,7 @@ async fn pass(
     let mtu = dataplane::pod_mtu(cfg.backend, &underlay).map_err(|e| AgentError::Pass(e.to_string()))?;
     write_subnet_file(cfg, pod_cidr, mtu)?;
     let peers: Vec<_> = all.iter().map(|n| node::peer(n)).collect();
+    let views = peers.clone();
     let cfg2 = cfg.clone();
     let outcome = blocking(move |nl| dataplane::reconcile(nl, &cfg2, &underlay, pod_cidr, &peers)).await?;
     for c in &outcome.changes {
@@ -162,8 +161,8 @@ async fn pass(
     status.set_network(
         Some(pod_cidr.to_string()),
         Some(mtu),
-        all.iter()
-            .map(|n| node::peer(n))
+        views
+            .into_iter()
             .filter(|p| p.name != cfg.node_name)
             .map(|p| {
                 let reason = outcome.skipped.iter().find(|s| s.node == p.name).map(|s| s.reason.clone());

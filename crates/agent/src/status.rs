@@ -6,7 +6,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The reconcilers: node network, Service proxy, NetworkPolicy.
@@ -56,6 +55,9 @@ pub struct Snapshot {
     pub services: u64,
     pub endpoints: u64,
     pub policies: u64,
+    /// This node's pods a NetworkPolicy isolates, for ingress and for egress.
+    pub isolated_ingress: u64,
+    pub isolated_egress: u64,
     pub reconcilers: std::collections::BTreeMap<String, Record>,
 }
 
@@ -67,13 +69,10 @@ fn reconcile_histogram() -> Histogram {
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15))
 }
 
+/// Updated once per sync by each reconciler; read by `/status` and `/metrics`.
 pub struct Status {
     snapshot: Mutex<Snapshot>,
     pub durations: HistogramFamily,
-    /// NetworkPolicy's own numbers, kept as atomics (the policy loop is hot).
-    pub policy: crate::metrics::PolicyStats,
-    pub services: AtomicU64,
-    pub endpoints: AtomicU64,
 }
 
 fn now() -> f64 {
@@ -88,13 +87,7 @@ impl Status {
             reconcilers: RECONCILERS.iter().map(|r| (r.to_string(), Record::default())).collect(),
             ..Default::default()
         };
-        Status {
-            snapshot: Mutex::new(snapshot),
-            durations: Family::new_with_constructor(reconcile_histogram),
-            policy: Default::default(),
-            services: AtomicU64::new(0),
-            endpoints: AtomicU64::new(0),
-        }
+        Status { snapshot: Mutex::new(snapshot), durations: Family::new_with_constructor(reconcile_histogram) }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Snapshot) -> T) -> T {
@@ -134,22 +127,24 @@ impl Status {
         });
     }
 
-    pub fn set_pods(&self, mut pods: Vec<PodView>) {
+    /// What the proxy has programmed.
+    pub fn set_services(&self, services: usize, endpoints: usize) {
+        self.with(|s| (s.services, s.endpoints) = (services as u64, endpoints as u64));
+    }
+
+    /// What NetworkPolicy has programmed: the policies, and this node's pods they
+    /// isolate (ingress, egress), and the pods themselves.
+    pub fn set_policy(&self, policies: usize, isolated: (usize, usize), mut pods: Vec<PodView>) {
         pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        self.with(|s| s.pods = pods);
+        self.with(|s| {
+            s.policies = policies as u64;
+            (s.isolated_ingress, s.isolated_egress) = (isolated.0 as u64, isolated.1 as u64);
+            s.pods = pods;
+        });
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        let mut s = self.with(|s| s.clone());
-        s.services = self.services.load(Ordering::Relaxed);
-        s.endpoints = self.endpoints.load(Ordering::Relaxed);
-        s.policies = self.policy.policies.load(Ordering::Relaxed);
-        s
-    }
-
-    /// Each reconciler's sync and error counts, for the metrics.
-    pub fn counts(&self) -> Vec<(String, u64, u64)> {
-        self.with(|s| s.reconcilers.iter().map(|(k, r)| (k.clone(), r.syncs, r.errors)).collect())
+        self.with(|s| s.clone())
     }
 }
 

@@ -55,20 +55,10 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// The query type of a DNS message (after one uncompressed question name), if any.
+/// The query type of a DNS message, after its question's name.
 pub fn qtype(msg: &[u8]) -> Option<u16> {
-    let mut i = 12;
-    loop {
-        let len = usize::from(*msg.get(i)?);
-        if len == 0 {
-            break;
-        }
-        if len & 0xc0 != 0 {
-            return None;
-        }
-        i += len + 1;
-    }
-    Some(u16::from_be_bytes([*msg.get(i + 1)?, *msg.get(i + 2)?]))
+    let i = flatnet_model::dns::skip_name(msg, 12).ok()?;
+    Some(u16::from_be_bytes([*msg.get(i)?, *msg.get(i + 1)?]))
 }
 
 fn load(a: &AtomicU64) -> u64 {

@@ -47,11 +47,7 @@ pub struct AgentArgs {
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     init_logging();
-    let node_name = match args.node_name.or_else(|| std::env::var("NODE_NAME").ok()) {
-        Some(n) => n,
-        None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
-    };
-    let mut cfg = AgentConfig::new(node_name);
+    let mut cfg = AgentConfig::new(this_node(args.node_name)?);
     cfg.kubeconfig = args.kubeconfig;
     cfg.backend = args.backend;
     cfg.vxlan = VxlanSettings { vni: args.vni, port: args.vxlan_port };
@@ -70,6 +66,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let stop = crate::shutdown::requested()?;
         flatnet_agent::run(cfg, stop).await.map_err(anyhow::Error::from)
     })
+}
+
+/// This node's name in the API: `--node-name`, else $NODE_NAME, else the hostname.
+pub fn this_node(flag: Option<String>) -> anyhow::Result<String> {
+    match flag.or_else(|| std::env::var("NODE_NAME").ok()) {
+        Some(n) => Ok(n),
+        None => Ok(nix::unistd::gethostname()?.to_string_lossy().into_owned()),
+    }
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default `info`.

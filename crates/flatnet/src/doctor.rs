@@ -126,10 +126,7 @@ fn report(results: Vec<(String, Vec<Check>)>, json: bool) -> anyhow::Result<()> 
 
 /// `flatnet doctor` on this node.
 pub fn run_node(args: DoctorArgs) -> anyhow::Result<()> {
-    let me = match args.node_name.or_else(|| std::env::var("NODE_NAME").ok()) {
-        Some(n) => n,
-        None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
-    };
+    let me = crate::agent::this_node(args.node_name)?;
     let rt = crate::lab::runtime()?;
     let nodes = rt
         .block_on(async {
@@ -142,7 +139,7 @@ pub fn run_node(args: DoctorArgs) -> anyhow::Result<()> {
             );
             Vec::new()
         });
-    let ns = PathBuf::from("/proc/self/ns/net");
+    let ns = PathBuf::from(netns::OWN);
     let facts = read(&ns, &me, &nodes, &args.opts)?;
     report(vec![(me, diagnose(&facts))], args.opts.json)
 }

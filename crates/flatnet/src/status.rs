@@ -201,7 +201,7 @@ pub fn text(name: &str, s: &NodeStatus) -> String {
 
 /// `flatnet status` on this node.
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let s = read(Path::new("/proc/self/ns/net"), args.metrics_addr)?;
+    let s = read(Path::new(netns::OWN), args.metrics_addr)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {

@@ -57,24 +57,26 @@ pub fn list() -> Result<Vec<Flow>> {
     Ok(ct.dump("list conntrack entries")?.into_iter().map(|e| e.flow).collect())
 }
 
-/// Deletes the entries whose protocol is `proto` and that were DNATed to
-/// `endpoint`:`port` (reply source == endpoint and reply source port == port, and
-/// original destination != endpoint). Returns how many were deleted. Deleting one that
-/// vanished meanwhile (ENOENT) is not an error.
-pub fn delete_dnat_to(proto: u8, endpoint: Ipv4Addr, port: u16) -> Result<usize> {
+/// Deletes the entries `doomed` picks (`what` names them in errors); returns how many
+/// went. One that vanished meanwhile (ENOENT) is not an error.
+fn delete_where(what: &str, doomed: impl Fn(&Flow) -> bool) -> Result<usize> {
     let mut ct = Ctnetlink::open()?;
-    let entries = ct.dump(&format!("list conntrack entries to delete those DNATed to {endpoint}:{port}"))?;
     let mut deleted = 0;
-    for entry in entries {
-        let f = &entry.flow;
-        if f.proto != proto || f.reply_src != endpoint || f.reply_sport != port || f.orig_dst == endpoint {
-            continue;
-        }
-        if ct.delete(&entry)? {
+    for entry in ct.dump(&format!("list conntrack entries to delete those {what}"))? {
+        if doomed(&entry.flow) && ct.delete(&entry)? {
             deleted += 1;
         }
     }
     Ok(deleted)
+}
+
+/// Deletes the entries whose protocol is `proto` and that were DNATed to
+/// `endpoint`:`port` (reply source == endpoint and reply source port == port, and
+/// original destination != endpoint). Returns how many were deleted.
+pub fn delete_dnat_to(proto: u8, endpoint: Ipv4Addr, port: u16) -> Result<usize> {
+    delete_where(&format!("DNATed to {endpoint}:{port}"), |f| {
+        f.proto == proto && f.reply_src == endpoint && f.reply_sport == port && f.orig_dst != endpoint
+    })
 }
 
 /// Deletes every conntrack entry with one of `ips` as an address of either direction;
@@ -84,19 +86,9 @@ pub fn delete_involving(ips: &std::collections::BTreeSet<Ipv4Addr>) -> Result<us
     if ips.is_empty() {
         return Ok(0);
     }
-    let mut ct = Ctnetlink::open()?;
-    let entries = ct.dump("list conntrack entries to delete those of new pod addresses")?;
-    let mut deleted = 0;
-    for entry in entries {
-        let f = &entry.flow;
-        if ![f.orig_src, f.orig_dst, f.reply_src, f.reply_dst].iter().any(|ip| ips.contains(ip)) {
-            continue;
-        }
-        if ct.delete(&entry)? {
-            deleted += 1;
-        }
-    }
-    Ok(deleted)
+    delete_where("of new pod addresses", |f| {
+        [f.orig_src, f.orig_dst, f.reply_src, f.reply_dst].iter().any(|ip| ips.contains(ip))
+    })
 }
 
 struct Ctnetlink {

@@ -41,14 +41,17 @@ fn ip_of(m: &NeighbourMessage) -> Option<Ipv4Addr> {
     })
 }
 
-fn dump(nl: &mut Netlink, op: &str, family: AddressFamily, ifindex: u32) -> Result<Vec<NeighbourMessage>> {
+/// The entries of `family`, on device `ifindex` only when given.
+fn dump(nl: &mut Netlink, op: &str, family: AddressFamily, ifindex: Option<u32>) -> Result<Vec<NeighbourMessage>> {
     let mut req = NeighbourMessage::default();
     req.header.family = family;
     Ok(nl
         .dump(op, Rt::GetNeighbour(req))?
         .into_iter()
         .filter_map(|m| match m {
-            Rt::NewNeighbour(n) if n.header.ifindex == ifindex && n.header.family == family => Some(n),
+            Rt::NewNeighbour(n) if ifindex.is_none_or(|i| n.header.ifindex == i) && n.header.family == family => {
+                Some(n)
+            }
             _ => None,
         })
         .collect())
@@ -56,7 +59,7 @@ fn dump(nl: &mut Netlink, op: &str, family: AddressFamily, ifindex: u32) -> Resu
 
 /// The permanent IPv4 neighbour entries on device `ifindex`: (IP, MAC).
 pub fn list_permanent(nl: &mut Netlink, ifindex: u32) -> Result<Vec<(Ipv4Addr, Mac)>> {
-    Ok(dump(nl, "list neighbours", AddressFamily::Inet, ifindex)?
+    Ok(dump(nl, "list neighbours", AddressFamily::Inet, Some(ifindex))?
         .iter()
         .filter(|n| n.header.state == NeighbourState::Permanent)
         .filter_map(|n| Some((ip_of(n)?, mac_of(n)?)))
@@ -85,7 +88,7 @@ pub fn delete(nl: &mut Netlink, ifindex: u32, ip: Ipv4Addr) -> Result<bool> {
 /// The FDB entries of device `ifindex` (a VXLAN device) that name a remote IPv4
 /// address: (MAC, remote).
 pub fn list_fdb(nl: &mut Netlink, ifindex: u32) -> Result<Vec<(Mac, Ipv4Addr)>> {
-    Ok(dump(nl, "list FDB entries", AddressFamily::Bridge, ifindex)?
+    Ok(dump(nl, "list FDB entries", AddressFamily::Bridge, Some(ifindex))?
         .iter()
         .filter_map(|n| Some((mac_of(n)?, ip_of(n)?)))
         .collect())
@@ -131,36 +134,27 @@ pub struct Neighbour {
 
 /// Every IPv4 neighbour entry of the namespace.
 pub fn list_all(nl: &mut Netlink) -> Result<Vec<Neighbour>> {
-    let mut req = NeighbourMessage::default();
-    req.header.family = AddressFamily::Inet;
-    Ok(nl
-        .dump("list neighbours", Rt::GetNeighbour(req))?
-        .into_iter()
-        .filter_map(|m| match m {
-            Rt::NewNeighbour(n) if n.header.family == AddressFamily::Inet => Some(Neighbour {
+    Ok(dump(nl, "list neighbours", AddressFamily::Inet, None)?
+        .iter()
+        .filter_map(|n| {
+            Some(Neighbour {
                 ifindex: n.header.ifindex,
-                ip: ip_of(&n)?,
-                mac: mac_of(&n),
+                ip: ip_of(n)?,
+                mac: mac_of(n),
                 state: format!("{:?}", n.header.state).to_lowercase(),
-            }),
-            _ => None,
+            })
         })
         .collect())
 }
 
-/// The bridge port (its index) where bridge `bridge` has learned or been told `mac`.
-pub fn bridge_port_of(nl: &mut Netlink, bridge: u32, mac: Mac) -> Result<Option<u32>> {
-    let mut req = NeighbourMessage::default();
-    req.header.family = AddressFamily::Bridge;
-    Ok(nl.dump("list bridge FDB entries", Rt::GetNeighbour(req))?.into_iter().find_map(|m| match m {
-        Rt::NewNeighbour(n)
-            if n.header.family == AddressFamily::Bridge
-                && n.header.ifindex != bridge
-                && mac_of(&n) == Some(mac)
-                && n.attributes.iter().any(|a| matches!(a, NeighbourAttribute::Controller(c) if *c == bridge)) =>
-        {
-            Some(n.header.ifindex)
-        }
-        _ => None,
-    }))
+/// The MACs bridge `bridge` has learned or been told, each with its port's index.
+pub fn bridge_ports(nl: &mut Netlink, bridge: u32) -> Result<Vec<(Mac, u32)>> {
+    Ok(dump(nl, "list bridge FDB entries", AddressFamily::Bridge, None)?
+        .iter()
+        .filter(|n| {
+            n.header.ifindex != bridge
+                && n.attributes.iter().any(|a| matches!(a, NeighbourAttribute::Controller(c) if *c == bridge))
+        })
+        .filter_map(|n| Some((mac_of(n)?, n.header.ifindex)))
+        .collect())
 }

@@ -11,6 +11,10 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+/// The process's own namespace (its main thread's), as a path for [`run_in`]: code
+/// that works on a namespace by path works on the caller's own this way.
+pub const OWN: &str = "/proc/self/ns/net";
+
 /// An open handle on a network namespace (a file under /run/netns, /proc/PID/ns/net, …).
 #[derive(Debug)]
 pub struct NetNs(File);

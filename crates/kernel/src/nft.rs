@@ -3,6 +3,7 @@
 
 use nftables::helper::{self, NftablesError};
 use nftables::types::NfFamily;
+use std::io::Write;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -61,20 +62,32 @@ pub fn delete_table(family: NfFamily, table: &str) -> Result<(), NftError> {
     }
 }
 
-/// Applies `objects` (nft JSON commands) as one atomic transaction, streaming them to
-/// `nft -j -f -` so a large transaction is never held in memory as one document.
-/// Each item is one or more rendered commands, comma-separated.
-pub fn apply_objects<S: AsRef<str>>(objects: impl IntoIterator<Item = S>) -> Result<(), NftError> {
-    use std::io::Write;
+/// Runs `nft ARGS` with `write` feeding its standard input; fails with nft's own words.
+fn pipe_to_nft(
+    args: &[&str],
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<(), NftError> {
     let mut child = std::process::Command::new("nft")
-        .args(["-j", "-f", "-"])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| NftError::Unavailable(e.to_string()))?;
-    let written = (|| -> std::io::Result<()> {
-        let mut w = std::io::BufWriter::with_capacity(256 * 1024, child.stdin.take().expect("piped stdin"));
+    let written = write(&mut child.stdin.take().expect("piped stdin"));
+    let out = child.wait_with_output().map_err(|e| NftError::Unavailable(e.to_string()))?;
+    if !out.status.success() {
+        return Err(NftError::Refused { stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    written.map_err(|e| NftError::Unavailable(format!("writing to nft: {e}")))
+}
+
+/// Applies `objects` (nft JSON commands) as one atomic transaction, streaming them to
+/// `nft -j -f -` so a large transaction is never held in memory as one document.
+/// Each item is one or more rendered commands, comma-separated.
+pub fn apply_objects<S: AsRef<str>>(objects: impl IntoIterator<Item = S>) -> Result<(), NftError> {
+    pipe_to_nft(&["-j", "-f", "-"], |stdin| {
+        let mut w = std::io::BufWriter::with_capacity(256 * 1024, stdin);
         w.write_all(b"{\"nftables\":[")?;
         for (i, o) in objects.into_iter().enumerate() {
             if i > 0 {
@@ -84,12 +97,12 @@ pub fn apply_objects<S: AsRef<str>>(objects: impl IntoIterator<Item = S>) -> Res
         }
         w.write_all(b"]}")?;
         w.flush()
-    })();
-    let out = child.wait_with_output().map_err(|e| NftError::Unavailable(e.to_string()))?;
-    if !out.status.success() {
-        return Err(NftError::Refused { stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
-    }
-    written.map_err(|e| NftError::Unavailable(format!("writing to nft: {e}")))
+    })
+}
+
+/// Runs an nft script (the `nft -f` language) as one transaction.
+pub fn apply_script(script: &str) -> Result<(), NftError> {
+    pipe_to_nft(&["-f", "-"], |stdin| stdin.write_all(script.as_bytes()))
 }
 
 /// `nft -j ARGS` as JSON; None when nft says the table, chain or set does not exist.
@@ -163,24 +176,6 @@ pub fn set_elements(
             .flat_map(|s| s["elem"].as_array().cloned().unwrap_or_default())
             .collect(),
     ))
-}
-
-/// Runs an nft script (the `nft -f` language) as one transaction.
-pub fn apply_script(script: &str) -> Result<(), NftError> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| NftError::Unavailable(e.to_string()))?;
-    let written = child.stdin.take().expect("piped stdin").write_all(script.as_bytes());
-    let out = child.wait_with_output().map_err(|e| NftError::Unavailable(e.to_string()))?;
-    if !out.status.success() {
-        return Err(NftError::Refused { stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
-    }
-    written.map_err(|e| NftError::Unavailable(format!("writing to nft: {e}")))
 }
 
 /// `nft monitor` running in the network namespace of the thread that started it: every

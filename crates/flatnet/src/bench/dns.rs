@@ -13,7 +13,7 @@
 //!
 //! Rounds alternate between the servers; the report gives medians and the ratio.
 
-use super::stats::{memory_kib, ms, summarize};
+use super::stats::{median, memory_kib, ms, summarize};
 use anyhow::{Context, bail};
 use flatnet_kernel::sandbox;
 use serde_json::{Value, json};
@@ -317,11 +317,6 @@ fn round(s: &Server, queries: &Path, args: &DnsBenchArgs) -> anyhow::Result<Roun
     Ok(Round { qps, per_cpu: completed / cpu.max(0.01), lost, p50_ms: ms(sum.p50), p99_ms: ms(sum.p99) })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn bench(args: &DnsBenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let c = cluster(args.services, args.pods);
@@ -384,7 +379,7 @@ fn bench(args: &DnsBenchArgs) -> anyhow::Result<()> {
         }
     }
     let loaded = memory_kib(flatnet.child.id(), "VmRSS:");
-    let m = |i: usize, f: fn(&Round) -> f64| median(rounds[i].iter().map(f).collect());
+    let m = |i: usize, f: fn(&Round) -> f64| median(&rounds[i].iter().map(f).collect::<Vec<_>>());
     println!("\nmedians of {} rounds (server on CPU 1, dnsperf on CPU 0):", args.rounds);
     println!("  {:<30} {:>12} {:>12} {:>8}", "", "flatnet dns", "nsd", "ratio");
     type Measure = fn(&Round) -> f64;

@@ -14,8 +14,8 @@
 
 use super::lab_harness::BenchLab;
 use super::services::{connection_rate, logged_ms, wait_for};
-use super::stats::memory_kib;
 use super::stats::ms;
+use super::stats::{median, memory_mib};
 use anyhow::{Context, bail};
 use flatnet_kernel::{netns, sandbox};
 use futures::StreamExt;
@@ -53,20 +53,10 @@ pub fn run(args: PolicyBenchArgs) -> anyhow::Result<()> {
     sandbox::run(|_| one(&args))?
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
-}
-
 /// The agent log's first line after byte `from` that reports a sync of `policies`
 /// policies (the agent logs each sync once it is in the kernel), with its milliseconds.
 fn synced(log: &Path, from: u64, policies: usize) -> Option<(String, f64)> {
     logged_ms(log, from, &format!(": {policies} policies, ")).into_iter().next()
-}
-
-fn rss_mib(pid: u32, field: &str) -> f64 {
-    memory_kib(pid, field) as f64 / 1024.0
 }
 
 fn synthetic_pod(i: usize) -> serde_json::Value {
@@ -158,8 +148,8 @@ fn one(args: &PolicyBenchArgs) -> anyhow::Result<()> {
     for _ in 0..2 {
         bare.push(connection_rate(&client, to, args.seconds)?);
     }
-    let pid: u32 = std::fs::read_to_string(lab.layout.agent_pid("node-1"))?.trim().parse()?;
-    let rss_before = rss_mib(pid, "VmRSS:");
+    let pid = lab.layout.agent("node-1").context("node-1's agent is not running")? as u32;
+    let rss_before = memory_mib(pid, "VmRSS:");
 
     // The policies: the server's own (allowing the client), then the synthetic ones.
     let server_policy = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -176,8 +166,8 @@ fn one(args: &PolicyBenchArgs) -> anyhow::Result<()> {
     wait_for("the agent to program every policy", Duration::from_secs(600), || synced(&log, mark, want))?;
     let applied = last.elapsed();
     let line = synced(&log, mark, want).map(|l| l.0).unwrap_or_default();
-    let rss = rss_mib(pid, "VmRSS:");
-    let peak = rss_mib(pid, "VmHWM:");
+    let rss = memory_mib(pid, "VmRSS:");
+    let peak = memory_mib(pid, "VmHWM:");
     let listing =
         netns::run_in(&node, || flatnet_kernel::nft::list_table(nftables::types::NfFamily::IP, "flatnet-policy"))??;
     let (mut chains, mut rules, mut sets, mut elements, mut isolated) = (0usize, 0usize, 0usize, 0usize, 0usize);

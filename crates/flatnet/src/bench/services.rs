@@ -149,28 +149,18 @@ pub(super) fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> O
     }
 }
 
-fn agent_pid(lab: &BenchLab) -> Option<i32> {
-    std::fs::read_to_string(lab.layout.state.join("nodes/node-1/agent.pid")).ok()?.trim().parse().ok()
-}
-
-fn peak_rss_mib(pid: i32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 =
-        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches(" kB").trim().parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 /// Kills node-1's agent (its kubelet starts it again) and returns the new agent's full
 /// sync time and peak RSS.
 fn restart_agent(lab: &BenchLab, log: &Path) -> anyhow::Result<(f64, f64, String)> {
-    let old = agent_pid(lab).context("node-1's agent pid")?;
+    let old = lab.layout.agent("node-1").context("node-1's agent pid")?;
     let mark = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), nix::sys::signal::Signal::SIGKILL)?;
     let line = wait_for("the restarted agent's full sync", Duration::from_secs(120), || {
         logged_ms(log, mark, "full sync:").into_iter().next()
     })?;
-    let pid = wait_for("the new agent pid", Duration::from_secs(10), || agent_pid(lab).filter(|p| *p != old))?;
-    Ok((line.1, peak_rss_mib(pid).unwrap_or(f64::NAN), line.0))
+    let pid =
+        wait_for("the new agent pid", Duration::from_secs(10), || lab.layout.agent("node-1").filter(|p| *p != old))?;
+    Ok((line.1, super::stats::memory_mib(pid as u32, "VmHWM:"), line.0))
 }
 
 fn one(args: &ServicesBenchArgs) -> anyhow::Result<()> {

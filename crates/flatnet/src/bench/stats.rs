@@ -27,6 +27,18 @@ pub fn memory_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The same figure in MiB.
+pub fn memory_mib(pid: u32, field: &str) -> f64 {
+    memory_kib(pid, field) as f64 / 1024.0
+}
+
+/// The median of a non-empty sample (the upper one of an even count).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }

@@ -6,6 +6,7 @@
 //! ratios to the baseline are reported.
 
 use super::lab_harness::BenchLab;
+use super::stats::median;
 use anyhow::{Context, bail};
 use flatnet_kernel::sandbox::{self, Sandbox};
 use flatnet_kernel::{Netlink, addr, link, netns};
@@ -101,11 +102,6 @@ fn measure(sb: &Sandbox, args: &ThroughputBenchArgs) -> anyhow::Result<()> {
             samples.iter().map(|s| format!("{:.2}", s[round])).collect::<Vec<_>>().join(" / ")
         );
     }
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let base = median(&samples[0]);
     println!("\n  {:<38} {:>12} {:>8}  TARGET", "PATH", "MEDIAN Gb/s", "RATIO");
     for (p, s) in paths.iter().zip(&samples) {

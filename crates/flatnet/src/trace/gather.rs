@@ -89,15 +89,9 @@ pub fn candidates(proxy: Option<&tnft::Table>, dst: Ipv4Addr) -> Vec<Ipv4Addr> {
     out
 }
 
-/// One node's facts, read in the calling thread's namespace. `src` and `dst` are the
-/// packet's addresses; `pods` the pod addresses whose bridge port is wanted.
-pub fn node(
-    name: &str,
-    underlay_ip: Option<Ipv4Addr>,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    pods: &[Ipv4Addr],
-) -> anyhow::Result<NodeFacts> {
+/// One node's facts, read in the calling thread's namespace, for a packet from `src` to
+/// `dst`.
+pub fn node(name: &str, underlay_ip: Option<Ipv4Addr>, src: Ipv4Addr, dst: Ipv4Addr) -> anyhow::Result<NodeFacts> {
     let mut nl = Netlink::open()?;
     let mut f = NodeFacts { name: name.into(), underlay_ip, ..Default::default() };
     f.links = links(&mut nl)?;
@@ -113,9 +107,11 @@ pub fn node(
     let under =
         f.links.iter().filter(|l| underlay_ip.is_some_and(|u| l.addrs.iter().any(|a| a.addr() == u))).map(|l| l.index);
     let iifs: Vec<u32> = bridge.chain(vxlan).chain(under).collect();
+    // Every place the packet may end: `dst`, or an endpoint a Service chain DNATs it to.
+    let ends = candidates(f.proxy.as_ref(), dst);
     let mut keys: Vec<LookupKey> = Vec::new();
-    for d in candidates(f.proxy.as_ref(), dst) {
-        keys.extend(iifs.iter().map(|i| (Some(src), d, Some(*i))));
+    for d in &ends {
+        keys.extend(iifs.iter().map(|i| (Some(src), *d, Some(*i))));
     }
     keys.extend(f.fdb.iter().map(|e| (None, e.dst, None)));
     for key in keys {
@@ -124,30 +120,12 @@ pub fn node(
             f.lookups.push((key, Lookup { kind: l.kind, oif: l.oif, gateway: l.gateway, prefsrc: l.prefsrc }));
         }
     }
+    // The bridge ports of the source and of those ends (pods' MACs derive from their IPs).
+    let macs: Vec<[u8; 6]> = ends.iter().chain([&src]).map(|ip| flatnet_model::names::pod_mac(*ip)).collect();
     for b in f.links.iter().filter(|l| l.kind.as_deref() == Some("bridge")) {
-        for ip in pods {
-            let mac = flatnet_model::names::pod_mac(*ip);
-            if let Some(port) = neigh::bridge_port_of(&mut nl, b.index, mac)? {
-                f.bridge_ports.push((mac, port));
-            }
-        }
+        f.bridge_ports.extend(neigh::bridge_ports(&mut nl, b.index)?.into_iter().filter(|(m, _)| macs.contains(m)));
     }
     Ok(f)
-}
-
-/// The same, inside the namespace at `path` (None: this process's own).
-pub fn node_in(
-    path: Option<&Path>,
-    name: &str,
-    underlay_ip: Option<Ipv4Addr>,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    pods: &[Ipv4Addr],
-) -> anyhow::Result<NodeFacts> {
-    match path {
-        Some(p) => netns::run_in(p, || node(name, underlay_ip, src, dst, pods))?,
-        None => node(name, underlay_ip, src, dst, pods),
-    }
 }
 
 /// A pod's eth0 and routes, read inside its namespace.

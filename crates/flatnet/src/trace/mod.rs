@@ -58,10 +58,10 @@ pub enum Scope {
 }
 
 impl Scope {
-    fn node_ns(&self, node: &str) -> Option<Option<PathBuf>> {
+    fn node_ns(&self, node: &str) -> Option<PathBuf> {
         match self {
-            Scope::Lab(l) => Some(Some(l.node_ns(node))).filter(|_| l.node_ns(node).exists()),
-            Scope::Node(me, _) => (me == node).then_some(None),
+            Scope::Lab(l) => Some(l.node_ns(node)).filter(|p| p.exists()),
+            Scope::Node(me, _) => (me == node).then(|| PathBuf::from(flatnet_kernel::netns::OWN)),
         }
     }
     fn pod_ns(&self, pod: &Pod, ip: Ipv4Addr) -> Option<PathBuf> {
@@ -220,7 +220,7 @@ pub fn run(
             world.pods.insert(ip, facts_of(p));
         }
     }
-    let nodes: Vec<(String, Option<PathBuf>)> = api
+    let nodes: Vec<(String, PathBuf)> = api
         .nodes
         .iter()
         .filter_map(|n| {
@@ -243,10 +243,9 @@ pub fn run(
         .collect();
     let by_name: BTreeMap<&str, &Node> =
         api.nodes.iter().filter_map(|n| Some((n.metadata.name.as_deref()?, n))).collect();
-    let pod_ips: Vec<Ipv4Addr> = world.pods.keys().copied().collect();
     for (name, path) in &nodes {
         let underlay = by_name.get(name.as_str()).and_then(|n| flatnet_agent::node::internal_ip(n));
-        let facts = gather::node_in(path.as_deref(), name, underlay, src_ip, dst_ip, &pod_ips)
+        let facts = flatnet_kernel::netns::run_in(path, || gather::node(name, underlay, src_ip, dst_ip))?
             .with_context(|| format!("read {name}'s network state"))?;
         world.nodes.insert(name.clone(), facts);
     }
@@ -279,7 +278,7 @@ pub fn run(
 fn send_probe(
     scope: &Scope,
     src: &Pod,
-    nodes: &[(String, Option<PathBuf>)],
+    nodes: &[(String, PathBuf)],
     p: Packet,
 ) -> anyhow::Result<trace::probe::Report> {
     let netns = scope.pod_ns(src, p.src).with_context(|| {
@@ -303,14 +302,16 @@ fn send_probe(
     let answer = prober.send(p.dst, p.port.unwrap_or(0), timeout);
     let events = session.collect();
     let src_node = src.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
-    let node_ns = nodes.iter().find(|(n, _)| *n == src_node).and_then(|(_, p)| p.clone());
+    let node_ns = nodes.iter().find(|(n, _)| *n == src_node).map(|(_, p)| p.as_path());
     let proto_num = match p.proto {
         L4::Tcp => 6,
         L4::Udp => 17,
         _ => 0,
     };
-    let endpoint =
-        if proto_num == 0 { None } else { probe::dnat_endpoint(node_ns.as_deref(), proto_num, p.src, ident) };
+    let endpoint = match node_ns {
+        Some(ns) if proto_num != 0 => probe::dnat_endpoint(ns, proto_num, p.src, ident),
+        _ => None,
+    };
     let sent = match kind {
         Kind::Tcp => format!("TCP SYN {}:{ident} → {}:{}", p.src, p.dst, p.port.unwrap_or(0)),
         Kind::Udp => format!("UDP {}:{ident} → {}:{}", p.src, p.dst, p.port.unwrap_or(0)),
@@ -331,10 +332,7 @@ pub fn print(t: &trace::Trace, args: &TraceArgs) -> anyhow::Result<()> {
 
 /// `flatnet trace` on a node.
 pub fn run_node(args: NodeTraceArgs) -> anyhow::Result<()> {
-    let me = match args.node_name.or_else(|| std::env::var("NODE_NAME").ok()) {
-        Some(n) => n,
-        None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
-    };
+    let me = crate::agent::this_node(args.node_name)?;
     let rt = crate::lab::runtime()?;
     let client = rt.block_on(flatnet_agent::watch::client(args.kubeconfig.as_deref())).map_err(anyhow::Error::msg)?;
     let t = run(&Scope::Node(me, args.pod_netns_dirs), &rt, client, &args.trace)?;

@@ -10,16 +10,9 @@ use std::time::{Duration, Instant};
 
 pub const TABLE: &str = "flatnet-trace";
 
-fn in_ns<T: Send>(path: Option<&Path>, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-    Ok(match path {
-        Some(p) => netns::run_in(p, f)?,
-        None => f(),
-    })
-}
-
 struct Watch {
     node: String,
-    netns: Option<PathBuf>,
+    netns: PathBuf,
     monitor: nft::Monitor,
 }
 
@@ -29,17 +22,17 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn start(nodes: &[(String, Option<PathBuf>)]) -> anyhow::Result<Self> {
+    pub fn start(nodes: &[(String, PathBuf)]) -> anyhow::Result<Self> {
         let mut s = Session { watches: Vec::new() };
         for (node, path) in nodes {
-            let monitor = in_ns(path.as_deref(), nft::Monitor::start)??;
+            let monitor = netns::run_in(path, nft::Monitor::start)??;
             s.watches.push(Watch { node: node.clone(), netns: path.clone(), monitor });
             let w = s.watches.last().expect("just pushed");
             // `nft monitor` gives no sign it is listening: make changes until one shows.
             let mut ready = false;
             for n in 0..50 {
                 let script = format!("add table ip {TABLE}\nadd chain ip {TABLE} ready-{n}\n");
-                in_ns(w.netns.as_deref(), || nft::apply_script(&script))??;
+                netns::run_in(&w.netns, || nft::apply_script(&script))??;
                 let until = Instant::now() + Duration::from_millis(100);
                 while let Some(left) = until.checked_duration_since(Instant::now()) {
                     match w.monitor.next(left) {
@@ -70,7 +63,7 @@ impl Session {
              add rule ip {TABLE} probe {matcher} meta nftrace set 1\n"
         );
         for w in &self.watches {
-            in_ns(w.netns.as_deref(), || nft::apply_script(&script))?
+            netns::run_in(&w.netns, || nft::apply_script(&script))?
                 .map_err(|e| anyhow::anyhow!("arm the trace on {}: {e}", w.node))?;
         }
         Ok(())
@@ -95,7 +88,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         for w in &self.watches {
-            let _ = in_ns(w.netns.as_deref(), || nft::delete_table(nftables::types::NfFamily::IP, TABLE));
+            let _ = netns::run_in(&w.netns, || nft::delete_table(nftables::types::NfFamily::IP, TABLE));
         }
     }
 }
@@ -112,12 +105,12 @@ pub fn outcome(a: Answer, timeout: Duration) -> Outcome {
 /// The endpoint conntrack on the source node recorded for the probe's connection, when
 /// it was DNATed (the reply comes from somewhere else than the original destination).
 pub fn dnat_endpoint(
-    node_ns: Option<&Path>,
+    node_ns: &Path,
     proto: u8,
     src: std::net::Ipv4Addr,
     sport: u16,
 ) -> Option<(std::net::Ipv4Addr, u16)> {
-    let flows = in_ns(node_ns, conntrack::list).ok()?.ok()?;
+    let flows = netns::run_in(node_ns, conntrack::list).ok()?.ok()?;
     flows
         .iter()
         .find(|f| f.proto == proto && f.orig_src == src && f.orig_sport == sport && f.reply_src != f.orig_dst)

@@ -103,33 +103,28 @@ impl Lab {
         ips
     }
 
+    /// The network namespace of pod `name`, in any namespace.
     pub fn pod_netns(&self, name: &str) -> PathBuf {
-        for node in std::fs::read_dir(self.state().join("nodes")).unwrap() {
-            let pods = node.unwrap().path().join("pods");
-            for p in std::fs::read_dir(pods).into_iter().flatten() {
-                let text = std::fs::read_to_string(p.unwrap().path().join("sandbox.json")).unwrap_or_default();
-                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-                if v["name"] == name {
-                    return PathBuf::from(v["netns"].as_str().unwrap());
-                }
-            }
-        }
-        panic!("no sandbox for pod {name}");
+        self.sandbox_netns(name, None)
     }
 
     /// The network namespace of pod `namespace/name`.
     pub fn pod_netns_in(&self, namespace: &str, name: &str) -> PathBuf {
+        self.sandbox_netns(name, Some(namespace))
+    }
+
+    fn sandbox_netns(&self, name: &str, namespace: Option<&str>) -> PathBuf {
         for node in std::fs::read_dir(self.state().join("nodes")).unwrap() {
             let pods = node.unwrap().path().join("pods");
             for p in std::fs::read_dir(pods).into_iter().flatten() {
                 let text = std::fs::read_to_string(p.unwrap().path().join("sandbox.json")).unwrap_or_default();
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-                if v["name"] == name && v["namespace"] == namespace {
+                if v["name"] == name && namespace.is_none_or(|ns| v["namespace"] == ns) {
                     return PathBuf::from(v["netns"].as_str().unwrap());
                 }
             }
         }
-        panic!("no sandbox for pod {namespace}/{name}");
+        panic!("no sandbox for pod {}{name}", namespace.map(|n| format!("{n}/")).unwrap_or_default());
     }
 
     pub fn pod_dir(&self, name: &str) -> PathBuf {

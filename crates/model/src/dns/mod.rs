@@ -8,7 +8,7 @@ mod name;
 mod respond;
 mod zone;
 
-pub use name::{NameError, decode, encode};
+pub use name::{NameError, decode, encode, skip_name};
 pub use respond::{EDNS_SIZE, Outcome, Rcode, Transport, cname_to_chase, error_reply, respond, truncate_to, udp_limit};
 pub use zone::{Endpoint, PodIps, Port, Service, ServiceKind, Slice, Zone, ZoneConfig, reverse_name};
 

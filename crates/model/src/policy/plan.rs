@@ -3,6 +3,7 @@
 
 use super::sync::State;
 use super::{Cluster, Direction, Key, Namespaces, Peer, Pod, Policy, PortMatch, Proto, Rule, counter_name};
+use crate::proxy::render::eq;
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -12,27 +13,19 @@ fn hash_name(prefix: &str, text: &str) -> String {
     format!("{prefix}-{:016x}", crate::names::fnv1a(&[text]))
 }
 
-fn addr(dir: Direction, peer_side: bool) -> Value {
-    // The peer is the source of ingress traffic and the destination of egress traffic.
-    let field = match (dir, peer_side) {
-        (Direction::Ingress, true) | (Direction::Egress, false) => "saddr",
-        _ => "daddr",
+/// The peer's address: the source of ingress traffic, the destination of egress traffic.
+fn peer_addr(dir: Direction) -> Value {
+    let field = match dir {
+        Direction::Ingress => "saddr",
+        Direction::Egress => "daddr",
     };
     json!({"payload": {"protocol": "ip", "field": field}})
 }
 
-/// (peer address, protocol, destination port) for egress; (destination address, …) for
-/// ingress: the destination pod's address either way.
-fn port_key(dir: Direction) -> Value {
-    let dst = match dir {
-        Direction::Ingress => addr(dir, false),
-        Direction::Egress => addr(dir, true),
-    };
-    json!({"concat": [dst, {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]})
-}
-
-fn eq(left: Value, right: Value) -> Value {
-    json!({"match": {"op": "==", "left": left, "right": right}})
+/// (destination address, protocol, destination port): the destination pod's for ingress,
+/// the peer's for egress, the same key either way.
+fn port_key() -> Value {
+    crate::proxy::render::service_key()
 }
 
 /// Addresses in `cidr` outside every `except`, as disjoint inclusive ranges.
@@ -155,7 +148,7 @@ impl Planner<'_> {
             Peer::Pods { .. } => self.pod_set(peer),
             Peer::Block { cidr, except } => self.block_set(*cidr, except),
         };
-        eq(addr(dir, true), json!(format!("@{set}")))
+        eq(peer_addr(dir), json!(format!("@{set}")))
     }
 
     /// The rules of one policy rule for local pod `pod`, each ending in `accept`
@@ -181,7 +174,7 @@ impl Planner<'_> {
                 // the set holds each one's (address, protocol, port) for the name.
                 PortMatch::Named(proto, name) if dir == Direction::Ingress => {
                     let set = self.selected_port_set(key, policy, *proto, name);
-                    named_ingress.push(eq(port_key(dir), json!(format!("@{set}"))));
+                    named_ingress.push(eq(port_key(), json!(format!("@{set}"))));
                 }
                 PortMatch::Named(proto, name) => named_egress.push((*proto, name)),
             }
@@ -213,7 +206,7 @@ impl Planner<'_> {
             // Egress to a named port: the set holds the peer's pods that have it.
             for (proto, name) in &named_egress {
                 let set = self.named_port_set(*peer, *proto, name);
-                out.push(json!({"expr": [eq(port_key(dir), json!(format!("@{set}"))), {"accept": null}]}).to_string());
+                out.push(json!({"expr": [eq(port_key(), json!(format!("@{set}"))), {"accept": null}]}).to_string());
             }
         }
     }

@@ -19,7 +19,7 @@
 //! unchanged chain is never rewritten.
 
 mod plan;
-mod render;
+pub(crate) mod render;
 mod sync;
 
 pub use plan::{Context, Endpoint, Fragment, Proto, Service, ServicePort, Slice, plan_service};

@@ -73,7 +73,7 @@ fn ip(field: &str) -> Value {
 fn meta(key: &str) -> Value {
     json!({"meta": {"key": key}})
 }
-fn eq(left: Value, right: Value) -> Value {
+pub(crate) fn eq(left: Value, right: Value) -> Value {
     json!({"match": {"op": "==", "left": left, "right": right}})
 }
 fn ne(left: Value, right: Value) -> Value {
@@ -100,7 +100,8 @@ fn masquerade() -> Value {
 fn proto_port_key() -> Vec<Value> {
     vec![meta("l4proto"), json!({"payload": {"protocol": "th", "field": "dport"}})]
 }
-fn service_key() -> Value {
+/// `ip daddr . meta l4proto . th dport`: a destination address, protocol and port.
+pub(crate) fn service_key() -> Value {
     let mut k = vec![ip("daddr")];
     k.extend(proto_port_key());
     json!({"concat": k})

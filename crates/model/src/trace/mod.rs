@@ -11,6 +11,7 @@ pub mod render;
 pub use nft::{L4, Packet};
 
 use crate::names::{format_mac, pod_mac};
+use crate::policy::Direction;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -294,7 +295,6 @@ enum Way {
 /// Walks the packet through `w` as the kernel would, a hop at a time, and stops at the
 /// first hop that drops it (or that cannot be read).
 pub fn build(w: &World) -> Trace {
-    let mut hops = Vec::new();
     let p = w.packet.unwrap_or(Packet {
         src: Ipv4Addr::UNSPECIFIED,
         dst: Ipv4Addr::UNSPECIFIED,
@@ -308,102 +308,118 @@ pub fn build(w: &World) -> Trace {
     };
     let port = p.port.map(|x| format!(":{x}")).unwrap_or_default();
     let to = format!("{to} ({}{port}/{})", p.dst, p.proto.word());
-    let verdict = walk(w, p, &mut hops);
-    Trace { from: format!("pod {} ({})", w.src.label(), p.src), to, packet: p, hops, verdict, probe: None }
+    let mut path = Walk { hops: Vec::new() };
+    let (Ok(verdict) | Err(verdict)) = walk(w, p, &mut path);
+    Trace { from: format!("pod {} ({})", w.src.label(), p.src), to, packet: p, hops: path.hops, verdict, probe: None }
 }
 
-fn walk(w: &World, p: Packet, hops: &mut Vec<Hop>) -> Verdict {
-    macro_rules! push {
-        ($hop:expr) => {{
-            let h: Hop = $hop;
-            let step = h.step.clone();
-            let at = h.at.clone();
-            hops.push(h);
-            match step {
-                Step::Pass => {}
-                Step::Drop { by } => return Verdict::Dropped { at, by },
-                Step::Unknown { why } => return Verdict::Unknown { why },
-            }
-        }};
+/// The hops so far.
+struct Walk {
+    hops: Vec<Hop>,
+}
+
+impl Walk {
+    /// Adds a hop; Err with the trace's verdict when the hop ends the path.
+    fn add(&mut self, h: Hop) -> Result<(), Verdict> {
+        let end = match &h.step {
+            Step::Pass => None,
+            Step::Drop { by } => Some(Verdict::Dropped { at: h.at.clone(), by: by.clone() }),
+            Step::Unknown { why } => Some(Verdict::Unknown { why: why.clone() }),
+        };
+        self.hops.push(h);
+        end.map_or(Ok(()), Err)
     }
+
+    /// Adds a hop that ends the path (it drops, or cannot be read); its verdict.
+    fn stop(&mut self, h: Hop) -> Verdict {
+        self.add(h).expect_err("a hop that ends the path")
+    }
+}
+
+/// Ok at the destination, Err where the path ends before it.
+fn walk(w: &World, p: Packet, path: &mut Walk) -> Result<Verdict, Verdict> {
     let src = &w.src;
     let pod_at = format!("pod {}", src.label());
     let Some(node_name) = src.node.clone() else {
-        push!(Hop::new(HopKind::Pod, pod_at, "the pod is not scheduled").drop("the pod has no node"));
-        unreachable!()
+        return Err(path.stop(Hop::new(HopKind::Pod, pod_at, "the pod is not scheduled").drop("the pod has no node")));
     };
     let Some(node) = w.nodes.get(&node_name) else {
-        push!(
+        return Err(path.stop(
             Hop::new(HopKind::Pod, pod_at, "its node is not visible here")
-                .unknown(format!("{node_name}'s state is not visible from here (run on {node_name})"))
-        );
-        unreachable!()
+                .unknown(format!("{node_name}'s state is not visible from here (run on {node_name})")),
+        ));
     };
     // 1. The pod: eth0 and its route.
-    push!(pod_hop(src, p.dst, &pod_at));
+    path.add(pod_hop(src, p.dst, &pod_at))?;
     // 2. Its veth's host end, on the bridge.
     let (hop, bridge) = veth_hop(node, src, &node_name, true);
-    push!(hop);
+    path.add(hop)?;
     let bridge = bridge.expect("a passing veth hop names its bridge");
     // A destination on the pod's own subnet is switched by the bridge, not routed.
     let on_link = src.routes.iter().filter(|r| r.dst.contains(&p.dst)).max_by_key(|r| r.dst.prefix_len());
     if src.eth0.is_some() && on_link.is_some_and(|r| r.gateway.is_none()) {
-        push!(bridge_hop(node, bridge, &node_name, "the destination is on the pod's own subnet: switched, not routed"));
-        push!(policy_hop(node, &node_name, p, policy_dir::EGRESS));
-        push!(policy_hop(node, &node_name, p, policy_dir::INGRESS));
-        return deliver(w, node, &node_name, p, bridge, hops);
+        path.add(bridge_hop(
+            node,
+            bridge,
+            &node_name,
+            "the destination is on the pod's own subnet: switched, not routed",
+        ))?;
+        path.add(policy_hop(node, &node_name, p, Direction::Egress))?;
+        path.add(policy_hop(node, &node_name, p, Direction::Ingress))?;
+        return deliver(w, node, &node_name, p, bridge, path);
     }
-    push!(bridge_hop(node, bridge, &node_name, "the pod's gateway: the packet is routed by the node"));
+    path.add(bridge_hop(node, bridge, &node_name, "the pod's gateway: the packet is routed by the node"))?;
     // 3. Service DNAT.
     let mut p2 = p;
     if let Some(hop) = dnat_hop(w, node, &node_name, p, &mut p2) {
-        push!(hop);
+        path.add(hop)?;
     }
     let dst = p2.dst;
     // 4. The route lookup.
     let (hop, way) = route_hop(node, &node_name, p2, Some(bridge));
-    push!(hop);
+    path.add(hop)?;
     let way = way.expect("a passing route hop says where");
     // 5. Policy: the client's egress here; the server's ingress where it runs.
-    push!(policy_hop(node, &node_name, p2, policy_dir::EGRESS));
+    path.add(policy_hop(node, &node_name, p2, Direction::Egress))?;
     let remote = match way {
         Way::Bridge(_) => {
-            push!(policy_hop(node, &node_name, p2, policy_dir::INGRESS));
-            return deliver(w, node, &node_name, p2, bridge, hops);
+            path.add(policy_hop(node, &node_name, p2, Direction::Ingress))?;
+            return deliver(w, node, &node_name, p2, bridge, path);
         }
         Way::Local => {
-            push!(
+            path.add(
                 Hop::new(HopKind::Deliver, node_name.clone(), format!("{dst} is this node's own address"))
-                    .fact("node", &node_name)
-            );
-            return Verdict::Delivered { to: format!("node {node_name}") };
+                    .fact("node", &node_name),
+            )?;
+            return Ok(Verdict::Delivered { to: format!("node {node_name}") });
         }
         Way::Out(oif) => {
-            push!(
+            path.add(
                 Hop::new(HopKind::Leave, node_name.clone(), format!("leaves the cluster by {}", node.dev(Some(oif))))
                     .fact("device", node.dev(Some(oif)))
-                    .line("traffic from pods to outside the pod network is masqueraded to the node's address")
-            );
-            return Verdict::Delivered { to: format!("{dst} (outside the cluster)") };
+                    .line("traffic from pods to outside the pod network is masqueraded to the node's address"),
+            )?;
+            return Ok(Verdict::Delivered { to: format!("{dst} (outside the cluster)") });
         }
         Way::Vxlan(dev, gw) => {
             let (hop, outer) = vxlan_hop(node, &node_name, dev, gw);
-            push!(hop);
+            path.add(hop)?;
             outer.expect("a passing VXLAN hop names the outer destination")
         }
         Way::Direct(gw) => {
-            let dev = hops.iter().rev().find(|h| h.kind == HopKind::Route).and_then(|h| h.facts.get("device").cloned());
+            let dev =
+                path.hops.iter().rev().find(|h| h.kind == HopKind::Route).and_then(|h| h.facts.get("device").cloned());
             let dev = dev.unwrap_or_default();
-            push!(
+            path.add(
                 Hop::new(
                     HopKind::Direct,
                     node_name.clone(),
-                    format!("sent as it is to {gw} on {dev}: no encapsulation")
+                    format!("sent as it is to {gw} on {dev}: no encapsulation"),
                 )
                 .fact("device", &dev)
                 .fact("next_hop", gw)
-                .line("host-gw: every node is on one L2 segment, and each Pod CIDR is routed to its node")
-            );
+                .line("host-gw: every node is on one L2 segment, and each Pod CIDR is routed to its node"),
+            )?;
             gw
         }
     };
@@ -416,33 +432,26 @@ fn walk(w: &World, p: Packet, hops: &mut Vec<Hop>) -> Verdict {
             None => format!("no node with underlay address {remote} is known; the packet leaves for {remote}"),
         };
         let at = w.node_ips.get(&remote).cloned().unwrap_or_else(|| remote.to_string());
-        push!(Hop::new(HopKind::Decap, at, "the next node").unknown(why));
-        unreachable!()
+        return Err(path.stop(Hop::new(HopKind::Decap, at, "the next node").unknown(why)));
     };
     let in_dev = match way {
         Way::Vxlan(dev, _) => {
             let (hop, vx) = decap_hop(node, dev, rnode, rname);
-            push!(hop);
+            path.add(hop)?;
             vx
         }
         _ => rnode.links.iter().find(|l| l.addrs.iter().any(|a| a.addr() == remote)).map_or(0, |l| l.index),
     };
     let (hop, way2) = route_hop(rnode, rname, p2, Some(in_dev));
-    push!(hop);
+    path.add(hop)?;
     let Some(Way::Bridge(rbridge)) = way2 else {
-        push!(
-            Hop::new(HopKind::Deliver, rname.clone(), "the destination pod")
-                .drop(format!("{rname} does not route {dst} to its pod bridge: the address is not a pod of {rname}"))
-        );
-        unreachable!()
+        return Err(path
+            .stop(Hop::new(HopKind::Deliver, rname.clone(), "the destination pod").drop(format!(
+                "{rname} does not route {dst} to its pod bridge: the address is not a pod of {rname}"
+            ))));
     };
-    push!(policy_hop(rnode, rname, p2, policy_dir::INGRESS));
-    deliver(w, rnode, rname, p2, rbridge, hops)
-}
-
-mod policy_dir {
-    pub const EGRESS: bool = false;
-    pub const INGRESS: bool = true;
+    path.add(policy_hop(rnode, rname, p2, Direction::Ingress))?;
+    deliver(w, rnode, rname, p2, rbridge, path)
 }
 
 fn pod_hop(src: &PodFacts, dst: Ipv4Addr, at: &str) -> Hop {
@@ -660,10 +669,12 @@ fn route_hop(node: &NodeFacts, at: &str, p: Packet, iif: Option<u32>) -> (Hop, O
     (hop, Some(way))
 }
 
-fn policy_hop(node: &NodeFacts, at: &str, p: Packet, ingress: bool) -> Hop {
-    let (kind, base, who) =
-        if ingress { (HopKind::PolicyIngress, "ingress", p.dst) } else { (HopKind::PolicyEgress, "egress", p.src) };
-    let side = if ingress { "the destination's ingress" } else { "the source's egress" };
+fn policy_hop(node: &NodeFacts, at: &str, p: Packet, dir: Direction) -> Hop {
+    let (kind, who, side) = match dir {
+        Direction::Ingress => (HopKind::PolicyIngress, p.dst, "the destination's ingress"),
+        Direction::Egress => (HopKind::PolicyEgress, p.src, "the source's egress"),
+    };
+    let base = dir.word();
     let hop = Hop::new(kind, at, format!("NetworkPolicy: {side}"));
     let Some(t) = &node.policy else {
         return hop.line("no table ip flatnet-policy: nothing isolates pods here").fact("verdict", "allow");
@@ -813,34 +824,24 @@ fn decap_hop(from: &NodeFacts, dev: u32, rnode: &NodeFacts, rname: &str) -> (Hop
     (hop, rd.index)
 }
 
-fn deliver(w: &World, node: &NodeFacts, at: &str, p: Packet, bridge: u32, hops: &mut Vec<Hop>) -> Verdict {
+fn deliver(w: &World, node: &NodeFacts, at: &str, p: Packet, bridge: u32, path: &mut Walk) -> Result<Verdict, Verdict> {
     let Some(pod) = w.pods.get(&p.dst) else {
-        hops.push(Hop::new(HopKind::Deliver, at, "no pod has this address").drop(format!("no pod has {}", p.dst)));
-        return Verdict::Dropped { at: at.into(), by: format!("no pod has {}", p.dst) };
+        return Err(
+            path.stop(Hop::new(HopKind::Deliver, at, "no pod has this address").drop(format!("no pod has {}", p.dst)))
+        );
     };
-    let b = bridge_hop(node, bridge, at, "the destination's bridge");
-    let failed = b.step.clone();
-    hops.push(b);
-    if let Step::Drop { by } = failed {
-        return Verdict::Dropped { at: at.into(), by };
-    }
-    let (veth, _) = veth_hop(node, pod, at, false);
-    let step = veth.step.clone();
-    hops.push(veth);
-    if let Step::Drop { by } = step {
-        return Verdict::Dropped { at: at.into(), by };
-    }
+    path.add(bridge_hop(node, bridge, at, "the destination's bridge"))?;
+    path.add(veth_hop(node, pod, at, false).0)?;
     let mut hop =
         Hop::new(HopKind::Deliver, format!("pod {}", pod.label()), format!("eth0 {}", p.dst)).fact("pod", pod.label());
     if let Some(e) = &pod.eth0 {
         hop = hop.fact("device", &e.name).line(link_line(e));
         if !e.addrs.iter().any(|a| a.addr() == p.dst) {
-            hops.push(hop.drop(format!("{} is not on the pod's eth0", p.dst)));
-            return Verdict::Dropped { at: pod.label(), by: format!("{} is not on the pod's eth0", p.dst) };
+            hop = hop.drop(format!("{} is not on the pod's eth0", p.dst));
         }
     }
-    hops.push(hop);
-    Verdict::Delivered { to: format!("pod {}", pod.label()) }
+    path.add(hop)?;
+    Ok(Verdict::Delivered { to: format!("pod {}", pod.label()) })
 }
 
 #[cfg(test)]

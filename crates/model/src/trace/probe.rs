@@ -183,7 +183,9 @@ fn policy_seen(r: &Report, node: &str, dir: &str) -> Option<Seen> {
     None
 }
 
-fn hop_seen(h: &Hop, r: &Report, src_node: &str) -> Option<Seen> {
+/// What the probe shows at `h`; `reached` when the destination answered or refused
+/// (with no drop on the way).
+fn hop_seen(h: &Hop, r: &Report, src_node: &str, reached: Option<&str>) -> Option<Seen> {
     let dev = h.facts.get("device").map(String::as_str).unwrap_or("");
     let node = h.at.as_str();
     let seen = |ev: Option<String>| ev.map(|e| Seen::Seen { evidence: vec![e] });
@@ -199,13 +201,7 @@ fn hop_seen(h: &Hop, r: &Report, src_node: &str) -> Option<Seen> {
             seen(packet_with(r, node, dev, true).or_else(|| packet_with(r, node, bridge, true)))
         }
         // Bridging to a port is not an IP hook: the pod's answer is what shows it.
-        HopKind::Veth => match &r.outcome {
-            Outcome::Answered { .. } => Some(Seen::Seen { evidence: vec!["the pod behind it answered".into()] }),
-            Outcome::Refused { .. } if first_drop(r).is_none() => {
-                Some(Seen::Seen { evidence: vec!["the pod behind it refused".into()] })
-            }
-            _ => None,
-        },
+        HopKind::Veth => reached.map(|how| Seen::Seen { evidence: vec![format!("the pod behind it {how}")] }),
         HopKind::Bridge => {
             let bridge = h.facts.get("bridge").map(String::as_str).unwrap_or(dev);
             seen(packet_with(r, node, bridge, false).or_else(|| packet_with(r, node, dev, false)))
@@ -236,30 +232,29 @@ fn hop_seen(h: &Hop, r: &Report, src_node: &str) -> Option<Seen> {
         HopKind::Decap => seen(packet_with(r, node, dev, true)),
         HopKind::PolicyEgress => policy_seen(r, node, "egress"),
         HopKind::PolicyIngress => policy_seen(r, node, "ingress"),
-        HopKind::Deliver => match &r.outcome {
-            Outcome::Answered { detail } => Some(Seen::Seen { evidence: vec![detail.clone()] }),
-            Outcome::Refused { detail } if first_drop(r).is_none() => {
-                Some(Seen::Seen { evidence: vec![format!("the pod's kernel refused: {detail}")] })
-            }
-            _ => None,
-        },
+        HopKind::Deliver => reached.map(|how| Seen::Seen { evidence: vec![format!("the pod {how}")] }),
     }
 }
 
 /// Sets each hop's probe result and the trace's probe summary.
 pub fn confirm(t: &mut Trace, r: Report) {
     let src_node = t.hops.iter().find(|h| h.kind == HopKind::Veth).map(|h| h.at.clone()).unwrap_or_default();
+    let drop = first_drop(&r);
+    // A refusal with no drop on the way came from the destination itself: it was reached.
+    let reached = match (&r.outcome, &drop) {
+        (Outcome::Answered { detail }, _) => Some(format!("answered: {detail}")),
+        (Outcome::Refused { detail }, None) => Some(format!("refused: {detail}")),
+        _ => None,
+    };
     for h in &mut t.hops {
         h.probe = Some(
-            hop_seen(h, &r, &src_node)
+            hop_seen(h, &r, &src_node, reached.as_deref())
                 .unwrap_or_else(|| Seen::NotSeen { why: "no trace event or answer shows the packet here".into() }),
         );
     }
-    let drop_node = first_drop(&r).map(|(node, _)| node);
-    let dropped = first_drop(&r).map(|(node, what)| format!("{node}: {what}"));
-    // A refusal with no drop on the way came from the destination itself: it was reached.
-    let answered = matches!(r.outcome, Outcome::Answered { .. })
-        || (matches!(r.outcome, Outcome::Refused { .. }) && dropped.is_none());
+    let drop_node = drop.as_ref().map(|(node, _)| node.clone());
+    let dropped = drop.map(|(node, what)| format!("{node}: {what}"));
+    let answered = reached.is_some();
     let predicted_drop = t.hops.iter().find(|h| matches!(h.step, Step::Drop { .. }));
     let (agrees, note) = match (&t.verdict, answered, &dropped) {
         (Verdict::Delivered { to }, true, _) => match &r.outcome {
