@@ -7,6 +7,7 @@ pub mod cni;
 pub mod dns;
 pub mod doctor;
 pub mod ipam;
+pub mod l4;
 pub mod names;
 pub mod node_network;
 pub mod policy;

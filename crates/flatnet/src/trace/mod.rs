@@ -86,7 +86,7 @@ pub struct Dest {
 
 pub fn parse_dest(s: &str) -> anyhow::Result<Dest> {
     let (rest, proto) = match s.rsplit_once('/') {
-        Some((r, p)) if L4::parse(p).is_some() => (r, L4::parse(p)),
+        Some((r, p)) if L4::parse_packet(p).is_some() => (r, L4::parse_packet(p)),
         _ => (s, None),
     };
     let (host, port) = match rest.rsplit_once(':') {
@@ -189,8 +189,10 @@ pub fn run(
             None => sp.first(),
         };
         let port = dest.port.or_else(|| chosen.and_then(|c| u16::try_from(c.port).ok()));
-        let proto =
-            dest.proto.or_else(|| chosen.and_then(|c| c.protocol.as_deref()).and_then(L4::parse)).unwrap_or(L4::Tcp);
+        let proto = dest
+            .proto
+            .or_else(|| chosen.and_then(|c| c.protocol.as_deref()).and_then(L4::parse_packet))
+            .unwrap_or(L4::Tcp);
         let (ns, name) = service_name(&dest.host).expect("a Service name");
         (ip, port, proto, Target::Service { namespace: ns, name })
     } else if let Ok(ip) = dest.host.parse::<Ipv4Addr>() {

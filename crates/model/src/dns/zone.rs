@@ -2,7 +2,7 @@
 //! DNS spec lays them out, and rendered to wire bytes once per build so that answering
 //! is a hash lookup and a copy.
 
-use super::name::{self, ancestors, encode};
+use super::name::{self, NameError, ancestors, encode};
 use super::{SPEC_VERSION, rtype};
 use hashbrown::HashTable;
 use std::net::IpAddr;
@@ -20,6 +20,45 @@ pub struct ZoneConfig {
 impl Default for ZoneConfig {
     fn default() -> Self {
         Self { domain: "cluster.local".into(), ttl: 5, nameserver: None }
+    }
+}
+
+/// The names a zone makes for itself: its origin, its name server `ns.dns.<domain>`
+/// and the SOA's mailbox `hostmaster.<domain>`.
+struct OwnNames {
+    domain: String,
+    origin: Vec<u8>,
+    ns: Vec<u8>,
+    hostmaster: Vec<u8>,
+}
+
+impl OwnNames {
+    fn of(domain: &str) -> Result<Self, NameError> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        Ok(Self {
+            origin: encode(&domain)?,
+            ns: encode(&format!("ns.dns.{domain}"))?,
+            hostmaster: encode(&format!("hostmaster.{domain}"))?,
+            domain,
+        })
+    }
+
+    fn cluster_local() -> Self {
+        Self {
+            domain: "cluster.local".into(),
+            origin: b"\x07cluster\x05local\x00".to_vec(),
+            ns: b"\x02ns\x03dns\x07cluster\x05local\x00".to_vec(),
+            hostmaster: b"\x0ahostmaster\x07cluster\x05local\x00".to_vec(),
+        }
+    }
+}
+
+impl ZoneConfig {
+    /// Whether the domain can carry a zone: it and the names the zone makes under it
+    /// (`hostmaster.<domain>`, the longest) are valid DNS names. A zone built from a
+    /// config that fails this serves `cluster.local` instead.
+    pub fn check(&self) -> Result<(), NameError> {
+        OwnNames::of(&self.domain).map(|_| ())
     }
 }
 
@@ -255,8 +294,8 @@ impl Zone {
         services: impl IntoIterator<Item = (&'a Service, Vec<&'a Slice>)>,
         pods: impl IntoIterator<Item = (&'a str, &'a PodIps)>,
     ) -> Self {
-        let domain = cfg.domain.trim_end_matches('.').to_ascii_lowercase();
-        let origin = encode(&domain).unwrap_or_else(|_| encode("cluster.local").expect("literal"));
+        let OwnNames { domain, origin, ns: ns_name, hostmaster } =
+            OwnNames::of(&cfg.domain).unwrap_or_else(|_| OwnNames::cluster_local());
         let mut b = Builder::default();
         let txt = {
             let mut v = vec![SPEC_VERSION.len() as u8];
@@ -266,7 +305,6 @@ impl Zone {
         if let Some(n) = wire(&format!("dns-version.{domain}")) {
             b.add(&n, rtype::TXT, txt, Vec::new());
         }
-        let ns_name = wire(&format!("ns.dns.{domain}")).expect("a valid domain");
         b.add(&origin, rtype::NS, ns_name.clone(), Vec::new());
         if let Some(ip) = cfg.nameserver {
             b.address(&ns_name, ip);
@@ -283,7 +321,7 @@ impl Zone {
         }
         let soa = {
             let mut rdata = ns_name.clone();
-            rdata.extend(encode(&format!("hostmaster.{domain}")).expect("a valid domain"));
+            rdata.extend(hostmaster);
             for v in [serial, 7200, 1800, 86400, cfg.ttl] {
                 rdata.extend_from_slice(&v.to_be_bytes());
             }

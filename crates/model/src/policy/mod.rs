@@ -27,7 +27,7 @@ mod sync;
 #[cfg(test)]
 mod tests;
 
-pub use crate::proxy::Proto;
+pub use crate::l4::Proto;
 pub use plan::plan;
 pub use sync::{BASE_CHAIN_NAMES, State, base_marker, base_transaction, diff};
 

@@ -180,7 +180,7 @@ pub fn diff(old: &State, new: &State) -> (Vec<String>, Counts) {
         t.push(json!({"add": obj("chain", json!({"name": name}))}).to_string());
     }
     for (name, rules) in added {
-        let chain = serde_json::to_string(name).expect("a string serializes");
+        let chain = Value::String(name.to_string()).to_string();
         for r in rules {
             // r is `{"expr":…}`: its fields follow ours, its closing brace closes the rule.
             t.push(format!(

@@ -3,46 +3,10 @@
 //! Service, not the cluster.
 
 use super::render::{self, Rule};
+pub use crate::l4::Proto;
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Proto {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Proto {
-    /// Kubernetes' spelling (`TCP`, `UDP`, `SCTP`); None for anything else.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "TCP" | "tcp" => Some(Self::Tcp),
-            "UDP" | "udp" => Some(Self::Udp),
-            "SCTP" | "sctp" => Some(Self::Sctp),
-            _ => None,
-        }
-    }
-
-    /// nftables' spelling.
-    pub fn word(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-            Self::Sctp => "sctp",
-        }
-    }
-
-    /// The IP protocol number.
-    pub fn number(self) -> u8 {
-        match self {
-            Self::Tcp => 6,
-            Self::Udp => 17,
-            Self::Sctp => 132,
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePort {
@@ -125,7 +89,7 @@ impl Fragment {
     /// Adds a chain holding `rules`, named after its content; returns the name. Each
     /// rule is serialized once: the hash is taken over that text.
     fn chain(&mut self, prefix: &str, id: &str, rules: Vec<Rule>) -> String {
-        let bodies: Vec<String> = rules.iter().map(|r| serde_json::to_string(r).expect("rules serialize")).collect();
+        let bodies: Vec<String> = rules.iter().map(Rule::text).collect();
         let name = format!("{prefix}-{id}-{}", render::text_hash(&bodies));
         self.summary.chains.insert(name.clone());
         self.rules.insert(name.clone(), render::add_rules(&name, &bodies));
@@ -190,22 +154,23 @@ pub fn plan_service(ctx: &Context, svc: &Service, slices: &[Slice]) -> Fragment 
             }
             continue;
         }
-        let affinity = svc.affinity_timeout.map(|t| {
-            let sets: Vec<String> = cluster_eps.iter().map(|(ip, port)| format!("aff-{id}-{ip}:{port}-{t}")).collect();
-            for s in &sets {
+        // One affinity set per endpoint traffic may go to: the cluster's, and the node's
+        // own (which, when none is ready here, may be terminating ones the cluster's
+        // ready endpoints do not include).
+        let affinity: Option<BTreeMap<(Ipv4Addr, u16), String>> = svc.affinity_timeout.map(|t| {
+            let sets: BTreeMap<_, _> = cluster_eps
+                .iter()
+                .chain(&local_eps)
+                .map(|&(ip, port)| ((ip, port), format!("aff-{id}-{ip}:{port}-{t}")))
+                .collect();
+            for s in sets.values() {
                 f.summary.affinity_sets.insert(s.clone(), t);
             }
             sets
         });
         let pick = |eps: &[(Ipv4Addr, u16)]| {
-            let sets = affinity.as_ref().map(|sets| {
-                eps.iter()
-                    .map(|ep| {
-                        sets[cluster_eps.iter().position(|c| c == ep).expect("local endpoints are cluster ones")]
-                            .clone()
-                    })
-                    .collect::<Vec<_>>()
-            });
+            let sets =
+                affinity.as_ref().map(|sets| eps.iter().filter_map(|ep| sets.get(ep).cloned()).collect::<Vec<_>>());
             render::pick_endpoint(sp.protocol, eps, sets.as_deref(), &comment)
         };
         // ClusterIP traffic: to every usable endpoint, or only the node's own with

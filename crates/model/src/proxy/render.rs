@@ -2,7 +2,7 @@
 //! masquerade) and the statements of Service chains. Rendered as `nft -j` input; the
 //! tests check every object against the `nftables` crate's schema.
 
-use super::plan::Proto;
+use crate::l4::Proto;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -40,6 +40,18 @@ pub struct Rule {
     pub comment: Option<String>,
 }
 
+impl Rule {
+    /// The rule as compact JSON, `{"expr":[…],"comment":"…"}` (what serializing it
+    /// gives, without a fallible serializer).
+    pub fn text(&self) -> String {
+        let expr = Value::Array(self.expr.clone());
+        match &self.comment {
+            Some(c) => format!(r#"{{"expr":{expr},"comment":{}}}"#, Value::String(c.clone())),
+            None => format!(r#"{{"expr":{expr}}}"#),
+        }
+    }
+}
+
 fn rule(expr: Vec<Value>, comment: impl Into<String>) -> Rule {
     Rule { expr, comment: Some(comment.into()) }
 }
@@ -53,7 +65,7 @@ pub(super) fn text_hash(bodies: &[String]) -> String {
 /// `add rule` commands for `chain` from serialized rules (`{"expr":…,"comment":…}`),
 /// comma-separated.
 pub(super) fn add_rules(chain: &str, bodies: &[String]) -> String {
-    let name = serde_json::to_string(chain).expect("a string serializes");
+    let name = Value::String(chain.to_string()).to_string();
     let mut out = String::with_capacity(bodies.iter().map(|b| b.len() + name.len() + 64).sum());
     for (i, b) in bodies.iter().enumerate() {
         if i > 0 {
@@ -150,8 +162,8 @@ pub(super) fn pick_endpoint(proto: Proto, eps: &[(Ipv4Addr, u16)], sets: Option<
             let m = u32::try_from(n - i).unwrap_or(u32::MAX);
             expr.push(eq(json!({"numgen": {"mode": "random", "mod": m, "offset": 0}}), json!(0)));
         }
-        if let Some(sets) = sets {
-            expr.push(json!({"set": {"op": "update", "elem": ip_saddr(), "set": format!("@{}", sets[i])}}));
+        if let Some(set) = sets.and_then(|s| s.get(i)) {
+            expr.push(json!({"set": {"op": "update", "elem": ip_saddr(), "set": format!("@{set}")}}));
         }
         expr.extend(dnat(proto, *ip, *port));
         out.push(rule(expr, format!("{svc} → {ip}:{port} ({} of {n})", i + 1)));

@@ -70,34 +70,7 @@ fn target(v: &Value) -> Option<String> {
 }
 
 /// The protocol of a packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum L4 {
-    Tcp,
-    Udp,
-    Sctp,
-    Icmp,
-}
-
-impl L4 {
-    pub fn word(self) -> &'static str {
-        match self {
-            L4::Tcp => "tcp",
-            L4::Udp => "udp",
-            L4::Sctp => "sctp",
-            L4::Icmp => "icmp",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "tcp" => Some(L4::Tcp),
-            "udp" => Some(L4::Udp),
-            "sctp" => Some(L4::Sctp),
-            "icmp" => Some(L4::Icmp),
-            _ => None,
-        }
-    }
-}
+pub use crate::l4::Proto as L4;
 
 /// The fields of a packet the evaluator can look at. A new connection's first packet:
 /// conntrack state `new`.
@@ -165,15 +138,7 @@ fn scalar_matches(k: &Key, v: &Value) -> bool {
             false
         }
         (Key::Proto(p), Value::String(s)) => s == p.word(),
-        (Key::Proto(p), Value::Number(n)) => {
-            n.as_u64()
-                == Some(match p {
-                    L4::Tcp => 6,
-                    L4::Udp => 17,
-                    L4::Sctp => 132,
-                    L4::Icmp => 1,
-                })
-        }
+        (Key::Proto(p), Value::Number(n)) => n.as_u64() == Some(u64::from(p.number())),
         (Key::Port(port), Value::Number(n)) => n.as_u64() == Some(u64::from(*port)),
         (Key::Port(port), Value::Object(o)) => o.get("range").and_then(Value::as_array).is_some_and(|r| {
             let b: Vec<u64> = r.iter().filter_map(Value::as_u64).collect();
