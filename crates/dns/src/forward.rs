@@ -13,6 +13,10 @@ use tracing::{debug, warn};
 
 /// How long one upstream gets before the next is asked.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Queries being asked upstream at once, at most (each holds a 64 KiB buffer); past
+/// it a query is answered SERVFAIL at once, so a silent upstream cannot make the
+/// server's memory grow.
+pub const MAX_IN_FLIGHT: usize = 256;
 /// Entries kept at most; past it, expired ones go, then everything.
 const CACHE_ENTRIES: usize = 10_000;
 /// The longest any answer is kept, whatever its TTL.
@@ -42,6 +46,67 @@ struct Cached {
 pub struct Forwarder {
     upstreams: Vec<SocketAddr>,
     cache: Mutex<HashMap<CacheKey, Cached>>,
+    in_flight: tokio::sync::Semaphore,
+}
+
+/// Why a query got no upstream answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    /// Not a query the forwarder can ask (no question, unparsable).
+    Malformed,
+    /// [`MAX_IN_FLIGHT`] queries are already upstream.
+    Busy,
+    /// Every upstream failed or stayed silent.
+    NoAnswer,
+}
+
+/// Why an upstream's reply was not taken.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BadReply {
+    #[error("reply of {0} bytes is shorter than a DNS header")]
+    Short(usize),
+    #[error("reply id {got:#06x} is not the query's {want:#06x}")]
+    Id { got: u16, want: u16 },
+    #[error("not a response")]
+    NotResponse,
+    #[error("reply does not parse: {0}")]
+    Unparsable(String),
+    #[error("reply answers another question")]
+    OtherQuestion,
+}
+
+/// A reply for the client, and how long it may be cached with its parsed form.
+pub type Taken = (Vec<u8>, Option<(u32, Message)>);
+
+/// Checks an upstream's `reply` to `asked` (sent with id `id`): a response, to that id
+/// and that question. Returns it with the client's id put back, and how long it may be
+/// cached with its parsed form (None: not cacheable).
+pub fn take_reply(asked: &Message, id: u16, reply: &[u8]) -> Result<Taken, BadReply> {
+    if reply.len() < 12 {
+        return Err(BadReply::Short(reply.len()));
+    }
+    let got = u16::from_be_bytes([reply[0], reply[1]]);
+    if got != id {
+        return Err(BadReply::Id { got, want: id });
+    }
+    if reply[2] & 0x80 == 0 {
+        return Err(BadReply::NotResponse);
+    }
+    let m = Message::from_vec(reply).map_err(|e| BadReply::Unparsable(e.to_string()))?;
+    // Names compare without case (hickory's `Name` equality), as resolvers do.
+    let same = |a: &Query, b: &Query| {
+        a.query_type() == b.query_type() && a.query_class() == b.query_class() && a.name() == b.name()
+    };
+    // A reply without the question (some servers' errors) is taken; one to another isn't.
+    if !m.queries.is_empty()
+        && (m.queries.len() != asked.queries.len() || !m.queries.iter().zip(&asked.queries).all(|(a, b)| same(a, b)))
+    {
+        return Err(BadReply::OtherQuestion);
+    }
+    let mut out = reply.to_vec();
+    out[..2].copy_from_slice(&asked.metadata.id.to_be_bytes());
+    let cache = ttl_of(&m).filter(|t| *t > 0).map(|t| (t, m));
+    Ok((out, cache))
 }
 
 fn key_of(m: &Message) -> Option<CacheKey> {
@@ -66,7 +131,7 @@ fn ttl_of(m: &Message) -> Option<u32> {
 
 impl Forwarder {
     pub fn new(upstreams: Vec<SocketAddr>) -> Self {
-        Self { upstreams, cache: Mutex::new(HashMap::new()) }
+        Self { upstreams, cache: Mutex::new(HashMap::new()), in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT) }
     }
 
     pub fn upstreams(&self) -> &[SocketAddr] {
@@ -74,34 +139,30 @@ impl Forwarder {
     }
 
     /// The reply to `query` (whole, not cut to a UDP size): from the cache, else from
-    /// the first upstream that answers. None when none did.
-    pub async fn resolve(&self, query: &[u8]) -> Option<Vec<u8>> {
-        let asked = Message::from_vec(query).ok()?;
-        let key = key_of(&asked)?;
+    /// the first upstream that answers it.
+    pub async fn resolve(&self, query: &[u8]) -> Result<Vec<u8>, Unanswered> {
+        let asked = Message::from_vec(query).map_err(|_| Unanswered::Malformed)?;
+        let key = key_of(&asked).ok_or(Unanswered::Malformed)?;
         if let Some(hit) = self.cached(&key, &asked) {
-            return Some(hit);
+            return Ok(hit);
         }
+        let _permit = self.in_flight.try_acquire().map_err(|_| Unanswered::Busy)?;
         let id = next_id();
         let mut ours = query.to_vec();
         ours[..2].copy_from_slice(&id.to_be_bytes());
         for up in &self.upstreams {
-            match ask(*up, &ours, id).await {
-                Ok(reply) => {
-                    let mut reply = reply;
-                    reply[..2].copy_from_slice(&query[..2]);
-                    if let Ok(m) = Message::from_vec(&reply)
-                        && let Some(ttl) = ttl_of(&m)
-                        && ttl > 0
-                    {
+            match ask(*up, &ours, &asked, id).await {
+                Ok((reply, cache)) => {
+                    if let Some((ttl, m)) = cache {
                         self.store(key, ttl, m);
                     }
-                    return Some(reply);
+                    return Ok(reply);
                 }
                 Err(e) => debug!("upstream {up}: {e}"),
             }
         }
         warn!("no upstream answered for {} {} (asked {:?})", key.0, RecordType::from(key.1), self.upstreams);
-        None
+        Err(Unanswered::NoAnswer)
     }
 
     /// `reply` (ours: a CNAME to `target`, outside the cluster) with the upstream's
@@ -112,7 +173,7 @@ impl Forwarder {
             let mut q = Message::new(0, MessageType::Query, OpCode::Query);
             q.metadata.recursion_desired = true;
             q.add_query(Query::query(name, RecordType::from(qtype)));
-            let upstream = Message::from_vec(&self.resolve(&q.to_vec().ok()?).await?).ok()?;
+            let upstream = Message::from_vec(&self.resolve(&q.to_vec().ok()?).await.ok()?).ok()?;
             let mut ours = Message::from_vec(reply).ok()?;
             ours.answers.extend(upstream.answers);
             ours.to_vec().ok()
@@ -156,9 +217,14 @@ fn next_id() -> u16 {
     std::collections::hash_map::RandomState::new().hash_one(()) as u16
 }
 
+fn invalid(e: BadReply) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+}
+
 /// One query to one upstream: over UDP from a fresh port, over TCP when the answer is
-/// truncated.
-async fn ask(up: SocketAddr, query: &[u8], id: u16) -> std::io::Result<Vec<u8>> {
+/// truncated. A UDP datagram that is not the reply (another id, question or sender's
+/// junk) is ignored; a bad reply over TCP ends the try.
+async fn ask(up: SocketAddr, query: &[u8], asked: &Message, id: u16) -> std::io::Result<Taken> {
     let bind: SocketAddr = if up.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     let sock = tokio::net::UdpSocket::bind(bind).await?;
     sock.connect(up).await?;
@@ -170,22 +236,24 @@ async fn ask(up: SocketAddr, query: &[u8], id: u16) -> std::io::Result<Vec<u8>> 
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
         let reply = &buf[..n];
-        // Someone else's packet (wrong id, not a response): keep waiting.
-        if n < 12 || reply[..2] != id.to_be_bytes() || reply[2] & 0x80 == 0 {
-            continue;
-        }
-        if reply[2] & 0x02 != 0 {
-            return tokio::time::timeout_at(deadline, ask_tcp(up, query))
+        if n >= 3 && reply[2] & 0x02 != 0 && reply[..2] == id.to_be_bytes() {
+            let tcp = tokio::time::timeout_at(deadline, ask_tcp(up, query))
                 .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer over TCP"))?;
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer over TCP"))??;
+            return take_reply(asked, id, &tcp).map_err(invalid);
         }
-        return Ok(reply.to_vec());
+        match take_reply(asked, id, reply) {
+            Ok(t) => return Ok(t),
+            Err(e) => debug!("upstream {up}: ignored a datagram: {e}"),
+        }
     }
 }
 
+/// The first message the upstream sends back over TCP, whatever it holds.
 async fn ask_tcp(up: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut s = tokio::net::TcpStream::connect(up).await?;
-    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    let len = u16::try_from(query.len()).map_err(|_| std::io::Error::other("query over 65535 bytes"))?;
+    let mut framed = len.to_be_bytes().to_vec();
     framed.extend_from_slice(query);
     s.write_all(&framed).await?;
     let len = s.read_u16().await? as usize;

@@ -64,6 +64,7 @@ fn serial() -> u32 {
 /// readiness probe on the port passes only once every name can be answered.
 pub async fn run(cfg: DnsConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), DnsError> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Event)>();
+    let mut watches = Vec::new();
     let mut world = match &cfg.source {
         Source::File(path) => {
             let bad = |why: String| DnsError::Objects { path: path.clone(), why };
@@ -72,9 +73,11 @@ pub async fn run(cfg: DnsConfig, shutdown: impl std::future::Future<Output = ()>
         }
         Source::Api { kubeconfig } => {
             let client = watch::client(kubeconfig.as_deref()).await.map_err(DnsError::Client)?;
-            watch::spawn(Api::<Service>::all(client.clone()), cluster::service_of, Event::Service, tx.clone());
-            watch::spawn(Api::<EndpointSlice>::all(client.clone()), cluster::slice_of, Event::Slice, tx.clone());
-            watch::spawn(Api::<Pod>::all(client), cluster::pod_of, Event::Pod, tx);
+            watches = vec![
+                watch::spawn(Api::<Service>::all(client.clone()), cluster::service_of, Event::Service, tx.clone()),
+                watch::spawn(Api::<EndpointSlice>::all(client.clone()), cluster::slice_of, Event::Slice, tx.clone()),
+                watch::spawn(Api::<Pod>::all(client), cluster::pod_of, Event::Pod, tx),
+            ];
             World::default()
         }
     };
@@ -97,7 +100,7 @@ pub async fn run(cfg: DnsConfig, shutdown: impl std::future::Future<Output = ()>
     let udp = std::net::UdpSocket::bind(cfg.listen).map_err(listen)?;
     server::grow_receive_buffer(&udp);
     let tcp = tokio::net::TcpListener::bind(cfg.listen).await.map_err(listen)?;
-    let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (jobs_tx, jobs_rx) = server::forward_queue();
     server::spawn_udp(&udp, cfg.udp_threads, shared.clone(), jobs_tx).map_err(listen)?;
     let fwd = tokio::spawn(server::run_forwarding(udp.try_clone().map_err(listen)?, shared.clone(), jobs_rx));
     let tcp = tokio::spawn(server::run_tcp(tcp, shared.clone()));
@@ -123,7 +126,18 @@ pub async fn run(cfg: DnsConfig, shutdown: impl std::future::Future<Output = ()>
             n += 1;
         }
         let t = Instant::now();
-        let zone = tokio::task::block_in_place(|| world.zone(&cfg.zone, serial()));
+        // Built off the runtime's threads: a zone of 10,000 Services takes milliseconds.
+        let zone_cfg = cfg.zone.clone();
+        let (back, zone) = match tokio::task::spawn_blocking(move || {
+            let zone = world.zone(&zone_cfg, serial());
+            (world, zone)
+        })
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        world = back;
         let (names, records) = zone.size();
         shared.zone.store(Arc::new(zone));
         info!(
@@ -132,6 +146,7 @@ pub async fn run(cfg: DnsConfig, shutdown: impl std::future::Future<Output = ()>
             first.elapsed().as_millis()
         );
     }
+    drop(watches);
     fwd.abort();
     tcp.abort();
     metrics_task.iter().for_each(tokio::task::JoinHandle::abort);

@@ -44,9 +44,28 @@ struct Shard {
     forwarded: AtomicU64,
 }
 
+/// Why a query was turned away to keep the server's memory bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// The queue of UDP queries waiting to be forwarded was full.
+    ForwardQueue,
+    /// Too many queries were upstream at once.
+    ForwardInFlight,
+    /// A TCP connection over the limit (closed at once).
+    TcpConnections,
+}
+
+const SHED: [(Shed, &str); 3] = [
+    (Shed::ForwardQueue, "forward_queue"),
+    (Shed::ForwardInFlight, "forward_in_flight"),
+    (Shed::TcpConnections, "tcp_connections"),
+];
+
 #[derive(Default)]
 pub struct Metrics {
     shards: Box<[Shard]>,
+    /// Rare, so not sharded.
+    shed: [AtomicU64; SHED.len()],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -68,7 +87,14 @@ fn load(a: &AtomicU64) -> u64 {
 impl Metrics {
     /// One shard per UDP worker, plus one for TCP and forwarding.
     pub fn new(shards: usize) -> Self {
-        Self { shards: (0..shards.max(1)).map(|_| Shard::default()).collect() }
+        Self { shards: (0..shards.max(1)).map(|_| Shard::default()).collect(), shed: Default::default() }
+    }
+
+    /// Counts one query or connection turned away.
+    pub fn shed(&self, why: Shed) {
+        if let Some(i) = SHED.iter().position(|(w, _)| *w == why) {
+            self.shed[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts one answered query: `query` and `reply` as sent, `took` since it arrived.
@@ -135,6 +161,13 @@ impl Collector for Export {
             None,
             MetricType::Counter,
         )?)?;
+        counter_family(
+            &mut enc,
+            "dns_shed",
+            "Queries answered SERVFAIL, and TCP connections closed, to keep memory bounded",
+            "reason",
+            SHED.iter().enumerate().map(|(i, (_, name))| (*name, load(&m.shed[i]))),
+        )?;
         let buckets: Vec<(f64, u64)> = BUCKETS
             .iter()
             .copied()

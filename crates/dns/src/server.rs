@@ -3,6 +3,7 @@
 //! forwarded queries run on tokio.
 
 use crate::forward::Forwarder;
+use crate::metrics::Shed;
 use arc_swap::ArcSwap;
 use flatnet_model::dns::{self, Outcome, Rcode, Transport, Zone};
 use ipnet::IpNet;
@@ -10,11 +11,21 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{Receiver, Sender, error::TrySendError};
 use tracing::{debug, warn};
 
 /// A TCP client silent this long is hung up on.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// TCP connections served at once; one more is closed as soon as it is accepted.
+pub const MAX_TCP_CONNECTIONS: usize = 256;
+/// UDP queries waiting for a forwarding task, at most; past it, SERVFAIL at once.
+pub const FORWARD_QUEUE: usize = 1024;
+
+/// The queue of UDP queries to forward: bounded, so a silent upstream makes the server
+/// answer SERVFAIL instead of holding every query it is sent.
+pub fn forward_queue() -> (Sender<ForwardJob>, Receiver<ForwardJob>) {
+    tokio::sync::mpsc::channel(FORWARD_QUEUE)
+}
 
 pub struct Shared {
     pub zone: ArcSwap<Zone>,
@@ -66,7 +77,7 @@ pub fn spawn_udp(
     sock: &UdpSocket,
     threads: usize,
     shared: Arc<Shared>,
-    forward: UnboundedSender<ForwardJob>,
+    forward: Sender<ForwardJob>,
 ) -> std::io::Result<()> {
     for i in 0..threads.max(1) {
         let (sock, shared, forward) = (sock.try_clone()?, shared.clone(), forward.clone());
@@ -77,7 +88,7 @@ pub fn spawn_udp(
     Ok(())
 }
 
-fn udp_worker(shard: usize, sock: &UdpSocket, shared: &Shared, forward: &UnboundedSender<ForwardJob>) {
+fn udp_worker(shard: usize, sock: &UdpSocket, shared: &Shared, forward: &Sender<ForwardJob>) {
     let mut buf = [0u8; 4096];
     let mut out = Vec::with_capacity(4096);
     loop {
@@ -93,20 +104,31 @@ fn udp_worker(shard: usize, sock: &UdpSocket, shared: &Shared, forward: &Unbound
         let query = &buf[..n];
         let zone = shared.zone.load();
         let outcome = dns::respond(&zone, query, Transport::Udp, &mut out);
+        // A query for upstream goes to the forwarding tasks; when they are full, SERVFAIL.
+        let queue = |chase| match forward.try_send(ForwardJob { query: query.to_vec(), client, chase, arrived }) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
+                shared.metrics.shed(Shed::ForwardQueue);
+                false
+            }
+        };
         match outcome {
             Outcome::Reply => {
                 if let Some((target, qtype)) = dns::cname_to_chase(&zone, &out)
                     && shared.may_forward(client.ip())
+                    && queue(Some((out.clone(), target, qtype)))
                 {
-                    let chase = Some((out.clone(), target, qtype));
-                    let _ = forward.send(ForwardJob { query: query.to_vec(), client, chase, arrived });
                     continue;
                 }
             }
             Outcome::Drop => continue,
             Outcome::Forward if shared.may_forward(client.ip()) => {
-                let _ = forward.send(ForwardJob { query: query.to_vec(), client, chase: None, arrived });
-                continue;
+                if queue(None) {
+                    continue;
+                }
+                if !dns::error_reply(query, Rcode::ServFail, &mut out) {
+                    continue;
+                }
             }
             Outcome::Forward => {
                 if !dns::error_reply(query, Rcode::Refused, &mut out) {
@@ -123,11 +145,7 @@ fn udp_worker(shard: usize, sock: &UdpSocket, shared: &Shared, forward: &Unbound
 
 /// Answers forwarded UDP queries as the upstreams reply, each on its own task. Replies
 /// go out through `sock` (blocking, but a UDP send does not wait for the peer).
-pub async fn run_forwarding(
-    sock: UdpSocket,
-    shared: Arc<Shared>,
-    mut jobs: tokio::sync::mpsc::UnboundedReceiver<ForwardJob>,
-) {
+pub async fn run_forwarding(sock: UdpSocket, shared: Arc<Shared>, mut jobs: Receiver<ForwardJob>) {
     let sock = Arc::new(sock);
     while let Some(job) = jobs.recv().await {
         let (sock, shared) = (sock.clone(), shared.clone());
@@ -146,18 +164,24 @@ pub async fn run_forwarding(
     }
 }
 
-/// The upstream's reply, or SERVFAIL when none answered.
+/// The upstream's reply, or SERVFAIL when none answered (or too many are upstream).
 async fn forwarded(shared: &Shared, query: &[u8]) -> Vec<u8> {
-    if let Some(r) = shared.forwarder.resolve(query).await {
-        return r;
+    let why = match shared.forwarder.resolve(query).await {
+        Ok(r) => return r,
+        Err(why) => why,
+    };
+    if why == crate::forward::Unanswered::Busy {
+        shared.metrics.shed(Shed::ForwardInFlight);
     }
     let mut out = Vec::new();
     dns::error_reply(query, Rcode::ServFail, &mut out);
     out
 }
 
-/// Serves DNS over TCP (length-prefixed messages, several per connection).
+/// Serves DNS over TCP (length-prefixed messages, several per connection), at most
+/// [`MAX_TCP_CONNECTIONS`] at once.
 pub async fn run_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
         let (conn, client) = match listener.accept().await {
             Ok(x) => x,
@@ -167,11 +191,17 @@ pub async fn run_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            shared.metrics.shed(Shed::TcpConnections);
+            drop(conn);
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             if let Err(e) = tcp_connection(conn, client, &shared).await {
                 debug!("dns: TCP client {client}: {e}");
             }
+            drop(slot);
         });
     }
 }

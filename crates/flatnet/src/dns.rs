@@ -59,10 +59,12 @@ pub fn run(args: DnsArgs) -> anyhow::Result<()> {
             args.domain
         );
     }
-    flatnet_model::dns::encode(&args.domain).map_err(|e| anyhow::anyhow!("--domain {:?}: {e}", args.domain))?;
+    let zone = ZoneConfig { domain: args.domain, ttl: args.ttl, nameserver: Some(args.nameserver_ip) };
+    zone.check()
+        .map_err(|e| anyhow::anyhow!("--domain {:?}: {e} (names under it must fit in 255 bytes)", zone.domain))?;
     let cfg = DnsConfig {
         listen: args.listen,
-        zone: ZoneConfig { domain: args.domain, ttl: args.ttl, nameserver: Some(args.nameserver_ip) },
+        zone,
         upstreams,
         allow_forwarding: args.allow_forwarding,
         udp_threads: args.udp_threads,
