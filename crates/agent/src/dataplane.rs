@@ -137,12 +137,6 @@ pub fn reconcile(
     };
     remove_stale_devices(nl, cfg, &mut out.changes)?;
     apply_peers(nl, &plan, underlay.index, vxlan_index, &mut out)?;
-    if crate::proxy::ensure_base_now_and_then(cfg)? {
-        out.changes.push(format!(
-            "wrote the base of table ip flatnet (Service dispatch, masquerade for pod traffic leaving {})",
-            cfg.cluster_cidr
-        ));
-    }
     Ok(out)
 }
 

@@ -13,6 +13,7 @@ pub mod policy;
 pub mod proxy;
 pub mod run;
 pub mod status;
+pub mod supervise;
 pub mod watch;
 
 pub use config::AgentConfig;

@@ -1,6 +1,7 @@
 //! The agent's Prometheus metrics and health, on a local address (`--metrics-addr`):
-//! `GET /metrics` (text exposition format), `GET /healthz`, and `GET /status` (JSON,
-//! what `flatnet status` shows).
+//! `GET /metrics` (text exposition format), `GET /healthz` (alive), `GET /readyz`
+//! (503 while a reconciler is failing, with who and why), and `GET /status` (JSON, what
+//! `flatnet status` shows).
 //!
 //! Drops by NetworkPolicy are read from the kernel's per-policy counters at each scrape,
 //! so they count every packet the dataplane dropped, not what the agent saw.
@@ -55,11 +56,24 @@ pub fn render_with(status: &Status, drops: Vec<policy::Drops>) -> String {
         status.durations.clone(),
     );
     let syncs = counter_family(&mut reg, "reconcile_syncs", "Syncs of each reconciler");
-    let errors = counter_family(&mut reg, "reconcile_errors", "Syncs of each reconciler that failed (it retries)");
+    let errors = counter_family(
+        &mut reg,
+        "reconcile_errors",
+        "Syncs of each reconciler that failed, and its deaths (it retries with back-off)",
+    );
+    let restarts = counter_family(
+        &mut reg,
+        "reconciler_restarts",
+        "Times a reconciler died (a panic) and its supervisor started it again",
+    );
+    let ready = Family::<Labels, Gauge>::default();
+    reg.register("reconciler_ready", "1 when the reconciler's last sync succeeded, else 0", ready.clone());
     for (r, rec) in &snap.reconcilers {
         let l = vec![("reconciler".to_string(), r.clone())];
         syncs.get_or_create(&l).inc_by(rec.syncs);
         errors.get_or_create(&l).inc_by(rec.errors);
+        restarts.get_or_create(&l).inc_by(rec.restarts);
+        ready.get_or_create(&l).set(i64::from(rec.ready()));
     }
     gauge(&mut reg, "services", "Services the proxy has programmed", snap.services);
     gauge(&mut reg, "service_endpoints", "Endpoints the proxy has programmed (over every Service)", snap.endpoints);
@@ -89,7 +103,12 @@ pub fn render_with(status: &Status, drops: Vec<policy::Drops>) -> String {
     }
     // NetworkPolicy's own names for what the reconciler records hold.
     let policy = snap.reconcilers.get("policy").cloned().unwrap_or_default();
-    counter(&mut reg, "policy_syncs", "NetworkPolicy syncs applied to the kernel", policy.syncs - policy.errors);
+    counter(
+        &mut reg,
+        "policy_syncs",
+        "NetworkPolicy syncs applied to the kernel",
+        policy.syncs.saturating_sub(policy.errors - policy.restarts),
+    );
     counter(&mut reg, "policy_sync_errors", "NetworkPolicy syncs that failed (a full sync follows)", policy.errors);
     gauge(&mut reg, "policies", "NetworkPolicies in the cluster", snap.policies);
     let isolated = Family::<Labels, Gauge>::default();
@@ -107,9 +126,21 @@ pub fn render_with(status: &Status, drops: Vec<policy::Drops>) -> String {
 
 /// Serves metrics, health and status on `addr` until the task is dropped.
 pub async fn serve(addr: SocketAddr, status: Arc<Status>) {
-    let for_status = status.clone();
+    let (for_status, for_ready) = (status.clone(), status.clone());
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let s = for_ready.clone();
+                async move {
+                    match s.ready() {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                    }
+                }
+            }),
+        )
         .route(
             "/status",
             get(move || {

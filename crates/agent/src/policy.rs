@@ -7,6 +7,7 @@
 //! `flatnet_cni::register`): the answer comes once the pod's policy is in the kernel, so
 //! an isolated pod never sends or receives a packet it should not.
 
+use crate::supervise::{Reconcile, Stop, drive};
 use crate::watch::{self, Change, Store};
 use flatnet_kernel::{conntrack, nft};
 use flatnet_model::policy::{self, Cluster, Key, NamedPort, Namespaces, Peer, PortMatch, Proto, Rule, State};
@@ -26,7 +27,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-const FULL_SYNC_EVERY: Duration = Duration::from_secs(300);
 /// Bridged traffic reaches the `ip` forward hook only with br_netfilter (the agent sets
 /// this sysctl to 1 when it exists).
 const BRIDGE_NF: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
@@ -435,13 +435,99 @@ fn parse_registration(line: &str) -> Result<(Key, Ipv4Addr), String> {
     Ok(((text("namespace")?, text("name")?), ip))
 }
 
-/// Runs until `shutdown` resolves.
+/// NetworkPolicy as the reconcile driver runs it.
+struct PolicySync {
+    world: World,
+    /// What the last successful sync put in the kernel.
+    applied: Option<State>,
+    dirty: bool,
+    status: Arc<crate::status::Status>,
+}
+
+impl Reconcile for PolicySync {
+    type Event = Event;
+    const NAME: &'static str = "policy";
+
+    fn apply(&mut self, ev: Event) -> bool {
+        self.world.apply(ev);
+        self.dirty = true;
+        true
+    }
+
+    fn listed(&self) -> bool {
+        self.world.listed()
+    }
+
+    fn dirty(&self) -> bool {
+        self.dirty
+    }
+
+    fn waiting(&self) -> bool {
+        !self.world.waiting.is_empty()
+    }
+
+    fn sync(&mut self, full: bool) -> Result<String, String> {
+        let cluster = self.world.cluster();
+        let node = self.world.node.clone();
+        let t0 = Instant::now();
+        let desired = policy::plan(&cluster, &node);
+        let planned = t0.elapsed();
+        // A failure leaves `applied` empty: the next sync reads the kernel.
+        let old = match self.applied.take().filter(|_| !full) {
+            Some(s) => s,
+            None => {
+                ensure_base().map_err(|e| e.to_string())?;
+                read_actual().map_err(|e| e.to_string())?
+            }
+        };
+        let (objects, counts) = policy::diff(&old, &desired);
+        let t1 = Instant::now();
+        if !objects.is_empty() {
+            nft::apply_objects(&objects).map_err(|e| e.to_string())?;
+        }
+        let what = format!(
+            "{}{} policies, {}; {} chain(s) added, {} removed, {} set(s) added, {} removed, {} element(s) changed (plan {:.1} ms, nft {:.1} ms)",
+            if full { "policy sync (full): " } else { "policy sync: " },
+            cluster.policies.len(),
+            desired.summary(),
+            counts.chains_added,
+            counts.chains_removed,
+            counts.sets_added,
+            counts.sets_removed,
+            counts.elements_changed,
+            planned.as_secs_f64() * 1e3,
+            t1.elapsed().as_secs_f64() * 1e3,
+        );
+        let pods = self
+            .world
+            .pods
+            .items
+            .iter()
+            .filter(|(_, p)| runs_on(p, &node))
+            .map(|((ns, name), p)| crate::status::PodView {
+                namespace: ns.clone(),
+                name: name.clone(),
+                ip: p.ip.map(|i| i.to_string()),
+            })
+            .collect();
+        self.status.set_policy(self.world.policies.items.len(), (desired.ingress.len(), desired.egress.len()), pods);
+        self.applied = Some(desired);
+        self.dirty = false;
+        Ok(if objects.is_empty() && !full { String::new() } else { what })
+    }
+
+    fn after(&mut self, ok: bool) {
+        self.world.answer(ok);
+    }
+}
+
+/// Runs until `stop`.
 pub async fn run(
     node: String,
     client: kube::Client,
     socket: Option<PathBuf>,
     status: Arc<crate::status::Status>,
-    shutdown: impl std::future::Future<Output = ()>,
+    stop: Stop,
 ) {
     if !std::path::Path::new(BRIDGE_NF).exists() {
         warn!(
@@ -450,8 +536,8 @@ pub async fn run(
              load it (modprobe br_netfilter) and restart the agent"
         );
     }
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Event)>();
-    let tasks = [
+    let (tx, rx) = mpsc::unbounded_channel::<(Instant, Event)>();
+    let _watches = [
         watch::spawn(
             Api::<Namespace>::all(client.clone()),
             |n| Some(n.metadata.labels.clone().unwrap_or_default()),
@@ -478,121 +564,12 @@ pub async fn run(
             tx.clone(),
         ),
     ];
-    let server = socket.map(|p| tokio::spawn(serve_registrations(p, tx)));
-    tokio::pin!(shutdown);
-    let mut world = World { node: node.clone(), ..World::default() };
-    let mut applied: Option<State> = None;
-    let mut first_event: Option<Instant> = None;
-    let mut last_full = Instant::now();
-    let mut dirty = true;
-    loop {
-        let tick = tokio::time::sleep(if applied.is_none() || !world.waiting.is_empty() {
-            Duration::from_millis(500)
-        } else {
-            FULL_SYNC_EVERY
-        });
-        tokio::select! {
-            m = rx.recv() => {
-                let Some((at, ev)) = m else { break };
-                first_event.get_or_insert(at);
-                world.apply(ev);
-                while let Ok((_, ev)) = rx.try_recv() {
-                    world.apply(ev);
-                }
-                dirty = true;
-            }
-            () = tick => {}
-            () = &mut shutdown => break,
-        }
-        // Also in a busy cluster, where events keep the timer from firing.
-        if last_full.elapsed() >= FULL_SYNC_EVERY {
-            applied = None;
-        }
-        if !world.listed() {
-            continue;
-        }
-        if !dirty && applied.is_some() {
-            tokio::task::block_in_place(|| world.answer(true));
-            continue;
-        }
-        let started = first_event.take().unwrap_or_else(Instant::now);
-        let cluster = world.cluster();
-        let full = applied.is_none();
-        let previous = applied.take();
-        let result = tokio::task::block_in_place(|| -> Result<(State, String), nft::NftError> {
-            let t0 = Instant::now();
-            let desired = policy::plan(&cluster, &node);
-            let planned = t0.elapsed();
-            let old = match previous {
-                Some(s) => s,
-                None => {
-                    ensure_base()?;
-                    read_actual()?
-                }
-            };
-            let (objects, counts) = policy::diff(&old, &desired);
-            let t1 = Instant::now();
-            if !objects.is_empty() {
-                nft::apply_objects(&objects)?;
-            }
-            let what = format!(
-                "{}{} policies, {}; {} chain(s) added, {} removed, {} set(s) added, {} removed, {} element(s) changed (plan {:.1} ms, nft {:.1} ms)",
-                if full { "policy sync (full): " } else { "policy sync: " },
-                cluster.policies.len(),
-                desired.summary(),
-                counts.chains_added,
-                counts.chains_removed,
-                counts.sets_added,
-                counts.sets_removed,
-                counts.elements_changed,
-                planned.as_secs_f64() * 1e3,
-                t1.elapsed().as_secs_f64() * 1e3,
-            );
-            Ok((desired, if objects.is_empty() && !full { String::new() } else { what }))
-        });
-        match result {
-            Ok((state, what)) => {
-                status.synced("policy", started.elapsed(), Ok(&what));
-                let pods = world
-                    .pods
-                    .items
-                    .iter()
-                    .filter(|(_, p)| p.node.as_deref() == Some(node.as_str()) && !p.finished)
-                    .map(|((ns, name), p)| crate::status::PodView {
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                        ip: p.ip.map(|i| i.to_string()),
-                    })
-                    .collect();
-                status.set_policy(world.policies.items.len(), (state.ingress.len(), state.egress.len()), pods);
-                applied = Some(state);
-                dirty = false;
-                if full {
-                    last_full = Instant::now();
-                }
-                if !what.is_empty() {
-                    info!(
-                        "{what} in {:.1} ms (from the watch event to the kernel)",
-                        started.elapsed().as_secs_f64() * 1e3
-                    );
-                }
-                tokio::task::block_in_place(|| world.answer(true));
-            }
-            Err(e) => {
-                status.synced("policy", started.elapsed(), Err(&e.to_string()));
-                warn!("programming NetworkPolicy failed, a full sync follows: {e}");
-                world.answer(false);
-            }
-        }
-    }
-    for t in tasks {
-        t.abort();
-    }
-    // The socket file stays: while the agent is away, ADD fails (and is retried)
-    // rather than start a pod whose policy nobody put in force.
-    if let Some(s) = server {
-        s.abort();
-    }
+    // The socket file stays when the agent stops: while it is away, ADD fails (and is
+    // retried) rather than start a pod whose policy nobody put in force.
+    let _server = socket.map(|p| watch::Task::spawn(serve_registrations(p, tx)));
+    let sync =
+        PolicySync { world: World { node, ..World::default() }, applied: None, dirty: true, status: status.clone() };
+    drive(sync, rx, status, stop).await;
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! re-plans only the Services it touched and applies the difference in one transaction.
 
 use crate::config::AgentConfig;
+use crate::supervise::{Reconcile, Stop, drive};
 use crate::watch::{self, Change, Store};
 use flatnet_kernel::{conntrack, nft};
 use flatnet_model::proxy::{self, Actual, Context, Proxier, ServiceKey, Slice};
@@ -14,12 +15,10 @@ use kube::api::Api;
 use nftables::types::NfFamily;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tracing::{info, warn};
 
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// A full sync also runs this often, to repair whatever changed the table behind us.
-const FULL_SYNC_EVERY: Duration = Duration::from_secs(300);
 
 /// What the proxy needs of a Service; None for one it does not carry.
 pub fn service_of(s: &Service) -> Option<(ServiceKey, proxy::Service)> {
@@ -214,20 +213,6 @@ pub fn ensure_base(cfg: &AgentConfig) -> Result<bool, nft::NftError> {
     Ok(true)
 }
 
-/// [`ensure_base`] at most every 10 seconds: the node's pass runs every second, and
-/// listing a chain makes `nft` read every chain name of the table (tens of milliseconds
-/// at 10,000 Services).
-pub fn ensure_base_now_and_then(cfg: &AgentConfig) -> Result<bool, nft::NftError> {
-    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
-        return Ok(false);
-    }
-    let changed = ensure_base(cfg)?;
-    *last = Some(Instant::now());
-    Ok(changed)
-}
-
 /// What table `ip flatnet` holds, as a full sync reads it (chain and set names, the
 /// base maps' elements).
 pub fn read_actual() -> Result<Actual, nft::NftError> {
@@ -259,138 +244,131 @@ fn flush_udp(endpoints: &BTreeSet<(Ipv4Addr, u16)>) {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("proxy sync task panicked")
+/// The proxy as the reconcile driver runs it.
+struct ProxySync {
+    cfg: AgentConfig,
+    ctx: Context,
+    world: World,
+    proxier: Proxier,
+    /// Services changed since the last successful sync.
+    dirty: BTreeSet<ServiceKey>,
+    status: std::sync::Arc<crate::status::Status>,
 }
 
-/// Runs until `shutdown` resolves.
-pub async fn run(
-    cfg: AgentConfig,
-    client: kube::Client,
-    status: std::sync::Arc<crate::status::Status>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let ctx = Context { node: cfg.node_name.clone(), cluster_cidr: cfg.cluster_cidr, service_cidr: cfg.service_cidr };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Event)>();
-    let w1 = watch::spawn(
-        Api::<Service>::all(client.clone()),
-        |s| service_of(s).map(|(_, v)| v),
-        Event::Service,
-        tx.clone(),
-    );
-    let w2 = watch::spawn(Api::<EndpointSlice>::all(client), |s| slice_of(s).map(|(k, _, v)| (k, v)), Event::Slice, tx);
-    tokio::pin!(shutdown);
-    let mut world = World::default();
-    let mut proxier = Proxier::new();
-    let mut need_full = true;
-    let mut dirty: BTreeSet<ServiceKey> = BTreeSet::new();
-    let mut first_event: Option<Instant> = None;
-    let mut last_full = Instant::now();
-    loop {
-        let retry = tokio::time::sleep(if need_full { Duration::from_secs(1) } else { FULL_SYNC_EVERY });
-        tokio::select! {
-            m = rx.recv() => {
-                let Some((at, ev)) = m else { break };
-                first_event.get_or_insert(at);
-                match world.apply(ev) { Some(t) => dirty.extend(t), None => need_full = true }
-                // Take every event already queued: one transaction for the batch.
-                while let Ok((_, ev)) = rx.try_recv() {
-                    match world.apply(ev) { Some(t) => dirty.extend(t), None => need_full = true }
-                }
+impl Reconcile for ProxySync {
+    type Event = Event;
+    const NAME: &'static str = "proxy";
+
+    fn apply(&mut self, ev: Event) -> bool {
+        match self.world.apply(ev) {
+            Some(touched) => {
+                self.dirty.extend(touched);
+                true
             }
-            () = retry => {}
-            () = &mut shutdown => break,
-        }
-        // Also in a busy cluster, where events keep the timer from firing.
-        if last_full.elapsed() >= FULL_SYNC_EVERY {
-            need_full = true;
-        }
-        if !(world.services.listed && world.slices_listed) || (!need_full && dirty.is_empty()) {
-            continue;
-        }
-        let started = first_event.take().unwrap_or_else(Instant::now);
-        let result = if need_full {
-            let listed = started.elapsed();
-            // Planning reads `world` while the kernel work runs: both on this thread, out
-            // of the runtime's way; the plans are consumed one Service at a time.
-            let r = tokio::task::block_in_place(|| -> Result<String, nft::NftError> {
-                let t1 = Instant::now();
-                ensure_base(&cfg)?;
-                let actual = read_actual()?;
-                let read = t1.elapsed();
-                let t0 = Instant::now();
-                let plans = world.services.items.keys().filter_map(|k| Some((k.clone(), world.plan(&ctx, k)?)));
-                let t = proxier.full_sync(&actual, plans);
-                let planned = t0.elapsed();
-                let t2 = Instant::now();
-                if !t.is_empty() {
-                    nft::apply_objects(&t.objects)?;
-                }
-                let applied = t2.elapsed();
-                flush_udp(&t.removed_udp_endpoints);
-                let (s, e) = proxier.counts();
-                Ok(format!(
-                    "full sync: {s} Service(s), {e} endpoint(s); {} chain(s) added, {} removed, {} element(s) changed \
-                         (watch lists {:.0} ms, kernel read {:.0} ms, plan {:.0} ms, nft {:.0} ms)",
-                    t.chains_added,
-                    t.chains_removed,
-                    t.elements_changed,
-                    listed.as_secs_f64() * 1e3,
-                    read.as_secs_f64() * 1e3,
-                    planned.as_secs_f64() * 1e3,
-                    applied.as_secs_f64() * 1e3
-                ))
-            });
-            if r.is_ok() {
-                last_full = Instant::now();
-                dirty.clear();
-            }
-            r
-        } else {
-            let changes: Vec<_> = std::mem::take(&mut dirty)
-                .into_iter()
-                .map(|k| {
-                    let f = world.plan(&ctx, &k);
-                    (k, f)
-                })
-                .collect();
-            let n = changes.len();
-            let t = proxier.update(changes);
-            let planned = started.elapsed();
-            blocking(move || -> Result<String, nft::NftError> {
-                let t1 = Instant::now();
-                if !t.is_empty() {
-                    nft::apply_objects(&t.objects)?;
-                }
-                let applied = t1.elapsed();
-                flush_udp(&t.removed_udp_endpoints);
-                Ok(format!(
-                    "{n} Service(s) updated: {} chain(s) added, {} removed, {} element(s) changed \
-                         (event to plan {:.1} ms, nft {:.1} ms)",
-                    t.chains_added,
-                    t.chains_removed,
-                    t.elements_changed,
-                    planned.as_secs_f64() * 1e3,
-                    applied.as_secs_f64() * 1e3
-                ))
-            })
-            .await
-        };
-        let (services, endpoints) = proxier.counts();
-        status.set_services(services, endpoints);
-        match result {
-            Ok(s) => {
-                need_full = false;
-                status.synced("proxy", started.elapsed(), Ok(&s));
-                info!("{} in {:.1} ms (from the watch event to the kernel)", s, started.elapsed().as_secs_f64() * 1e3);
-            }
-            Err(e) => {
-                status.synced("proxy", started.elapsed(), Err(&e.to_string()));
-                warn!("programming Services failed, a full sync follows: {e}");
-                need_full = true;
-            }
+            None => false,
         }
     }
-    w1.abort();
-    w2.abort();
+
+    fn listed(&self) -> bool {
+        self.world.services.listed && self.world.slices_listed
+    }
+
+    fn dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    fn sync(&mut self, full: bool) -> Result<String, String> {
+        let r = if full { self.full_sync() } else { self.update() };
+        let (services, endpoints) = self.proxier.counts();
+        self.status.set_services(services, endpoints);
+        r.map_err(|e| e.to_string())
+    }
+}
+
+impl ProxySync {
+    /// Reads the table, plans every Service, applies the difference in one transaction.
+    fn full_sync(&mut self) -> Result<String, nft::NftError> {
+        let t1 = Instant::now();
+        ensure_base(&self.cfg)?;
+        let actual = read_actual()?;
+        let read = t1.elapsed();
+        let t0 = Instant::now();
+        let (world, ctx) = (&self.world, &self.ctx);
+        let plans = world.services.items.keys().filter_map(|k| Some((k.clone(), world.plan(ctx, k)?)));
+        let t = self.proxier.full_sync(&actual, plans);
+        let planned = t0.elapsed();
+        let t2 = Instant::now();
+        if !t.is_empty() {
+            nft::apply_objects(&t.objects)?;
+        }
+        let applied = t2.elapsed();
+        flush_udp(&t.removed_udp_endpoints);
+        self.dirty.clear();
+        let (s, e) = self.proxier.counts();
+        Ok(format!(
+            "full sync: {s} Service(s), {e} endpoint(s); {} chain(s) added, {} removed, {} element(s) changed \
+             (kernel read {:.0} ms, plan {:.0} ms, nft {:.0} ms)",
+            t.chains_added,
+            t.chains_removed,
+            t.elements_changed,
+            read.as_secs_f64() * 1e3,
+            planned.as_secs_f64() * 1e3,
+            applied.as_secs_f64() * 1e3
+        ))
+    }
+
+    /// Re-plans the Services that changed and applies the difference. A failure leaves
+    /// them for the full sync that follows.
+    fn update(&mut self) -> Result<String, nft::NftError> {
+        let t0 = Instant::now();
+        let changes: Vec<_> = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|k| {
+                let f = self.world.plan(&self.ctx, &k);
+                (k, f)
+            })
+            .collect();
+        let n = changes.len();
+        let t = self.proxier.update(changes);
+        let planned = t0.elapsed();
+        let t1 = Instant::now();
+        if !t.is_empty() {
+            nft::apply_objects(&t.objects)?;
+        }
+        let applied = t1.elapsed();
+        flush_udp(&t.removed_udp_endpoints);
+        Ok(format!(
+            "{n} Service(s) updated: {} chain(s) added, {} removed, {} element(s) changed \
+             (plan {:.1} ms, nft {:.1} ms)",
+            t.chains_added,
+            t.chains_removed,
+            t.elements_changed,
+            planned.as_secs_f64() * 1e3,
+            applied.as_secs_f64() * 1e3
+        ))
+    }
+}
+
+/// Runs until `stop`.
+pub async fn run(cfg: AgentConfig, client: kube::Client, status: std::sync::Arc<crate::status::Status>, stop: Stop) {
+    let ctx = Context { node: cfg.node_name.clone(), cluster_cidr: cfg.cluster_cidr, service_cidr: cfg.service_cidr };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Event)>();
+    let _watches = [
+        watch::spawn(
+            Api::<Service>::all(client.clone()),
+            |s| service_of(s).map(|(_, v)| v),
+            Event::Service,
+            tx.clone(),
+        ),
+        watch::spawn(Api::<EndpointSlice>::all(client), |s| slice_of(s).map(|(k, _, v)| (k, v)), Event::Slice, tx),
+    ];
+    let sync = ProxySync {
+        cfg,
+        ctx,
+        world: World::default(),
+        proxier: Proxier::new(),
+        dirty: BTreeSet::new(),
+        status: status.clone(),
+    };
+    drive(sync, rx, status, stop).await;
 }

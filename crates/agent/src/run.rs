@@ -1,17 +1,18 @@
-//! The agent's loop: a reflector keeps every Node in memory; each change, and a resync
-//! tick, runs one reconcile pass. Errors are logged, shown on the Node, and retried on
-//! the next pass; nothing is torn down when the agent stops, so a restart drops no
-//! packet.
+//! The agent: three reconcilers under one supervisor each (see `supervise`). The node
+//! reconciler keeps every Node in memory and, on each change and every `resync`, makes
+//! this node's network match the plan; errors are shown on the Node and retried with
+//! back-off. Nothing is torn down when the agent stops, so a restart drops no packet.
 
 use crate::config::AgentConfig;
 use crate::dataplane::{self, DataplaneError};
 use crate::node;
+use crate::supervise::{Reconcile, Stop, drive, supervise};
+use crate::watch::{self, Change, Store};
 use flatnet_kernel::Netlink;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,99 +23,122 @@ pub enum AgentError {
     Pass(String),
 }
 
+/// How often the node pass checks the base of the proxy's table (hooks and the
+/// masquerade of traffic leaving the cluster): listing a chain reads every chain name.
+const BASE_CHECK_EVERY: Duration = Duration::from_secs(10);
+
 /// Runs until `shutdown` resolves.
 pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
     let client = client(&cfg).await?;
-    let nodes: Api<Node> = Api::all(client.clone());
     let status = Arc::new(crate::status::Status::new(&cfg.node_name, &cfg.backend.to_string()));
-    let (proxy_stop, proxy_stopped) = tokio::sync::oneshot::channel::<()>();
-    let proxy = tokio::spawn(crate::proxy::run(cfg.clone(), client.clone(), status.clone(), async move {
-        let _ = proxy_stopped.await;
-    }));
-    let (policy_stop, policy_stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics = cfg.metrics_addr.map(|a| tokio::spawn(crate::metrics::serve(a, status.clone())));
-    let stopped = async move {
-        let _ = policy_stopped.await;
-    };
-    let policy = tokio::spawn(crate::policy::run(
-        cfg.node_name.clone(),
-        client,
-        cfg.policy_socket.clone(),
-        status.clone(),
-        stopped,
-    ));
-    let (reader, writer) = reflector::store();
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let notify = changed.clone();
-    let watch = reflector(writer, watcher(nodes.clone(), watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .for_each(move |ev| {
-            if let Err(e) = ev {
-                warn!("watching Nodes: {e}");
-            }
-            notify.notify_one();
-            futures::future::ready(())
-        });
-    let watch = tokio::spawn(watch);
-    tokio::pin!(shutdown);
+    let _metrics = cfg.metrics_addr.map(|a| watch::Task::spawn(crate::metrics::serve(a, status.clone())));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     info!(node = %cfg.node_name, backend = %cfg.backend, "flatnet agent starting");
-    tokio::select! {
-        r = reader.wait_until_ready() => r.map_err(|e| AgentError::Client(e.to_string()))?,
-        () = &mut shutdown => {
-            watch.abort();
-            metrics.iter().for_each(tokio::task::JoinHandle::abort);
-            let _ = (proxy_stop.send(()), policy_stop.send(()));
-            let _ = tokio::join!(proxy, policy);
-            return Ok(());
-        }
-    }
-    let mut last_error: Option<String> = None;
-    loop {
-        let all: Vec<Arc<Node>> = reader.state();
-        let me = all.iter().find(|n| n.metadata.name.as_deref() == Some(&cfg.node_name));
-        let started = std::time::Instant::now();
-        let result = match me {
-            Some(me) => pass(&cfg, &nodes, me, &all, &status).await,
-            None => Err(AgentError::Pass(format!("node {} is not registered with the API yet", cfg.node_name))),
-        };
-        let took = started.elapsed();
-        match &result {
-            Ok((summary, complete)) => {
-                status.synced("node", took, Ok(summary));
-                if last_error.take().is_some() {
-                    info!("recovered: {summary}");
-                }
-                // Up with every peer routed, or up with some peers still missing what they need.
-                let reason = if *complete { REASON_UP } else { REASON_PEERS_PENDING };
-                if let Some(me) = me {
-                    report(&nodes, me, false, reason, summary).await;
-                }
-            }
-            Err(e) => {
-                let text = e.to_string();
-                status.synced("node", took, Err(&text));
-                if last_error.as_deref() != Some(&text) {
-                    warn!("{text} (retrying every {:?})", cfg.resync);
-                }
-                if let Some(me) = me {
-                    report(&nodes, me, true, "FlatnetNotReady", &text).await;
-                }
-                last_error = Some(text);
-            }
-        }
-        tokio::select! {
-            () = changed.notified() => {}
-            () = tokio::time::sleep(cfg.resync) => {}
-            () = &mut shutdown => break,
-        }
-    }
-    watch.abort();
-    metrics.iter().for_each(tokio::task::JoinHandle::abort);
-    let _ = (proxy_stop.send(()), policy_stop.send(()));
-    let _ = tokio::join!(proxy, policy);
+    let (c, k, s) = (cfg.clone(), client.clone(), status.clone());
+    let node =
+        supervise("node", status.clone(), stop.clone(), move |stop| run_node(c.clone(), k.clone(), s.clone(), stop));
+    let (c, k, s) = (cfg.clone(), client.clone(), status.clone());
+    let proxy = supervise("proxy", status.clone(), stop.clone(), move |stop| {
+        crate::proxy::run(c.clone(), k.clone(), s.clone(), stop)
+    });
+    let (c, k, s) = (cfg.clone(), client, status.clone());
+    let policy = supervise("policy", status.clone(), stop, move |stop| {
+        crate::policy::run(c.node_name.clone(), k.clone(), c.policy_socket.clone(), s.clone(), stop)
+    });
+    let all = tokio::spawn(async move {
+        tokio::join!(node, proxy, policy);
+    });
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let _ = all.await;
     info!("flatnet agent stopped; the node's network is left as it is");
     Ok(())
+}
+
+/// The node reconciler: a watch of every Node, driven like the others.
+async fn run_node(cfg: AgentConfig, client: kube::Client, status: Arc<crate::status::Status>, stop: Stop) {
+    let api: Api<Node> = Api::all(client);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Change<(String, String), Node>)>();
+    let _watch = watch::spawn(api.clone(), |n: &Node| Some(n.clone()), std::convert::identity, tx);
+    let sync = NodeSync {
+        cfg,
+        api,
+        nodes: Store::default(),
+        status: status.clone(),
+        base_checked: None,
+        changed: true,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    drive(sync, rx, status, stop).await;
+}
+
+struct NodeSync {
+    cfg: AgentConfig,
+    api: Api<Node>,
+    nodes: Store<Node>,
+    status: Arc<crate::status::Status>,
+    base_checked: Option<Instant>,
+    changed: bool,
+    /// The sync runs on a blocking thread; its API calls run here.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Reconcile for NodeSync {
+    type Event = Change<(String, String), Node>;
+    const NAME: &'static str = "node";
+
+    fn apply(&mut self, ev: Self::Event) -> bool {
+        self.nodes.apply(ev);
+        self.changed = true;
+        true
+    }
+
+    fn listed(&self) -> bool {
+        self.nodes.listed
+    }
+
+    /// A change is synced with the whole plan, like every `resync`.
+    fn dirty(&self) -> bool {
+        self.changed
+    }
+
+    fn resync(&self) -> Duration {
+        self.cfg.resync
+    }
+
+    fn sync(&mut self, _full: bool) -> Result<String, String> {
+        self.changed = false;
+        let runtime = self.runtime.clone();
+        let me = self.nodes.items.get(&(String::new(), self.cfg.node_name.clone()));
+        let all: Vec<&Node> = self.nodes.items.values().collect();
+        let result = match me {
+            Some(me) => runtime.block_on(pass(&self.cfg, &self.api, me, &all, &self.status)),
+            None => Err(AgentError::Pass(format!("node {} is not registered with the API yet", self.cfg.node_name))),
+        };
+        let result = result.and_then(|(summary, complete)| {
+            if self.base_checked.is_none_or(|t| t.elapsed() >= BASE_CHECK_EVERY) {
+                let base = crate::proxy::ensure_base(&self.cfg).map_err(|e| AgentError::Pass(e.to_string()))?;
+                self.base_checked = Some(Instant::now());
+                if base {
+                    info!(
+                        "wrote the base of table ip flatnet (Service dispatch, masquerade for pod traffic leaving {})",
+                        self.cfg.cluster_cidr
+                    );
+                }
+            }
+            Ok((summary, complete))
+        });
+        if let Some(me) = me {
+            // Up with every peer routed, or up with some peers still missing what they need.
+            let (unavailable, reason, text) = match &result {
+                Ok((summary, true)) => (false, REASON_UP, summary.clone()),
+                Ok((summary, false)) => (false, REASON_PEERS_PENDING, summary.clone()),
+                Err(e) => (true, "FlatnetNotReady", e.to_string()),
+            };
+            runtime.block_on(report(&self.api, me, unavailable, reason, &text));
+        }
+        result.map(|(summary, _)| summary).map_err(|e| e.to_string())
+    }
 }
 
 async fn client(cfg: &AgentConfig) -> Result<kube::Client, AgentError> {
@@ -131,7 +155,7 @@ async fn pass(
     cfg: &AgentConfig,
     api: &Api<Node>,
     me: &Node,
-    all: &[Arc<Node>],
+    all: &[&Node],
     status: &crate::status::Status,
 ) -> Result<(String, bool), AgentError> {
     let (internal_ip, iface) = (node::internal_ip(me), cfg.underlay_iface.clone());

@@ -20,9 +20,19 @@ pub struct Record {
     pub last_sync: Option<f64>,
     pub last_success: Option<f64>,
     pub last_duration_ms: Option<f64>,
-    /// The error of the last sync, None once one succeeds.
+    /// The error of the last sync (or why it restarted), None once a sync succeeds.
     pub last_error: Option<String>,
     pub summary: Option<String>,
+    /// Times its supervisor started it again after it died (a panic).
+    #[serde(default)]
+    pub restarts: u64,
+}
+
+impl Record {
+    /// Ready: it has synced, and its last sync succeeded.
+    pub fn ready(&self) -> bool {
+        self.last_success.is_some() && self.last_error.is_none()
+    }
 }
 
 /// A peer node as the node reconciler last planned it.
@@ -117,6 +127,30 @@ impl Status {
                 }
             }
         });
+    }
+
+    /// Records that `reconciler` died and is being started again (`why`): it is failing
+    /// until its next sync succeeds.
+    pub fn restarted(&self, reconciler: &str, why: &str) {
+        self.with(|s| {
+            let r = s.reconcilers.entry(reconciler.into()).or_default();
+            r.restarts += 1;
+            r.errors += 1;
+            r.last_error = Some(why.into());
+        });
+    }
+
+    /// Ok when every reconciler has synced and none is failing; else who is not ready, and why.
+    pub fn ready(&self) -> Result<(), String> {
+        self.with(|s| {
+            let not: Vec<String> = s
+                .reconcilers
+                .iter()
+                .filter(|(_, r)| !r.ready())
+                .map(|(n, r)| format!("{n}: {}", r.last_error.as_deref().unwrap_or("not synced yet")))
+                .collect();
+            if not.is_empty() { Ok(()) } else { Err(not.join("; ")) }
+        })
     }
 
     pub fn set_network(&self, pod_cidr: Option<String>, mtu: Option<u32>, peers: Vec<PeerView>) {

@@ -76,14 +76,32 @@ impl<V> Store<V> {
     }
 }
 
+/// A background task that ends when this handle is dropped: a reconciler's watches
+/// die with it, also when it panics, so a restarted one does not leave them behind.
+#[must_use = "the task stops when this is dropped"]
+pub struct Task(tokio::task::JoinHandle<()>);
+
+impl Task {
+    pub fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        Self(tokio::spawn(f))
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Watches every `T` (re-listing with back-off after errors) and sends each event,
-/// reduced by `value` and wrapped by `wrap`, with the time it arrived.
+/// reduced by `value` and wrapped by `wrap`, with the time it arrived, until the
+/// returned task is dropped.
 pub fn spawn<T, V, E>(
     api: Api<T>,
     value: impl Fn(&T) -> Option<V> + Send + 'static,
     wrap: fn(Change<(String, String), V>) -> E,
     tx: UnboundedSender<(Instant, E)>,
-) -> tokio::task::JoinHandle<()>
+) -> Task
 where
     T: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
     T::DynamicType: Default,
@@ -92,7 +110,7 @@ where
 {
     let kind = T::kind(&Default::default()).to_string();
     let events = watcher(api, watcher::Config::default()).default_backoff();
-    tokio::spawn(events.for_each(move |e| {
+    Task::spawn(events.for_each(move |e| {
         match e {
             Ok(e) => {
                 if let Some(c) = Change::of(e, |o: &T| key_of(o.meta()), &value) {

@@ -1,0 +1,373 @@
+//! Every reconciler (node network, Service proxy, NetworkPolicy) runs under a
+//! supervisor, and every sync goes through one driver:
+//! - the driver batches watch events, runs a sync on a blocking thread (full at start,
+//!   after an error and every few minutes; otherwise only what changed), and after a
+//!   failed sync waits with exponential back-off before the next;
+//! - the supervisor runs the reconciler as a task of its own: a panic (or an end it did
+//!   not ask for) is recorded as the reconciler's error and counted, and the reconciler
+//!   starts again from a fresh list of the API after a back-off. The others go on.
+//!
+//! While a reconciler's last sync failed, or it is restarting, the agent is not ready
+//! (`/readyz`).
+
+use crate::status::Status;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+/// A full sync also runs this often, to repair whatever changed the kernel behind us.
+pub const FULL_SYNC_EVERY: Duration = Duration::from_secs(300);
+
+/// Exponential back-off: `first`, doubled after each failure, at most `cap`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: Duration,
+    cap: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub const fn new(first: Duration, cap: Duration) -> Self {
+        Self { first, cap, next: first }
+    }
+
+    /// The wait before the next try; doubles the one after.
+    pub fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.cap);
+        wait
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+impl Default for Backoff {
+    /// 0.5 s, 1 s, 2 s, … 30 s.
+    fn default() -> Self {
+        Self::new(Duration::from_millis(500), Duration::from_secs(30))
+    }
+}
+
+/// The stop signal every reconciler watches: true once the agent stops.
+pub type Stop = watch::Receiver<bool>;
+
+/// Resolves once `stop` says stop (or its sender is gone).
+pub async fn stopped(stop: &mut Stop) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What a panic carried, as text.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Runs `start(stop)` as a task, again and again until `stop`: each end that `stop`
+/// did not ask for (a panic above all) is recorded on `name`, counted as a restart, and
+/// followed by a back-off. A run that lasted a minute resets the back-off.
+pub async fn supervise<F, Fut>(name: &'static str, status: Arc<Status>, mut stop: Stop, mut start: F)
+where
+    F: FnMut(Stop) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        let began = Instant::now();
+        let mut task = tokio::spawn(start(stop.clone()));
+        let ended = tokio::select! {
+            r = &mut task => r,
+            () = stopped(&mut stop) => {
+                // Give it the chance to stop cleanly (it watches the same signal).
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut task).await;
+                task.abort();
+                return;
+            }
+        };
+        if *stop.borrow() {
+            return;
+        }
+        let why = match ended {
+            Ok(()) => "it stopped on its own".to_string(),
+            Err(e) if e.is_panic() => format!("it panicked: {}", panic_text(&*e.into_panic())),
+            Err(e) => format!("its task failed: {e}"),
+        };
+        if began.elapsed() >= Duration::from_secs(60) {
+            backoff.reset();
+        }
+        let wait = backoff.next_wait();
+        let text = format!("the {name} reconciler stopped: {why}; restarting in {wait:?}");
+        warn!("{text}");
+        status.restarted(name, &text);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stopped(&mut stop) => return,
+        }
+        info!("restarting the {name} reconciler");
+    }
+}
+
+/// A reconciler the driver runs: its view of the cluster, fed by watch events, and a
+/// sync that makes the kernel match it. `sync` and `idle` run on a blocking thread.
+pub trait Reconcile: Send + 'static {
+    type Event: Send + 'static;
+    /// Its name in status, metrics and logs.
+    const NAME: &'static str;
+    /// Takes one watch event in; false when the event ended a re-list (the next sync
+    /// is then a full one).
+    fn apply(&mut self, ev: Self::Event) -> bool;
+    /// Whether every watch has listed: nothing syncs before.
+    fn listed(&self) -> bool;
+    /// Whether an incremental sync has work to do.
+    fn dirty(&self) -> bool;
+    /// How often a full sync runs when nothing asks for one.
+    fn resync(&self) -> Duration {
+        FULL_SYNC_EVERY
+    }
+    /// Whether something waits on a sync (it is then tried at least every 0.5 s).
+    fn waiting(&self) -> bool {
+        false
+    }
+    /// One sync: with `full`, from the kernel's actual state; otherwise what changed since
+    /// the last success. Returns a summary for the log ("" when nothing was worth one).
+    fn sync(&mut self, full: bool) -> Result<String, String>;
+    /// After a sync, successful or not (`ok`), and when nothing was dirty.
+    fn after(&mut self, _ok: bool) {}
+}
+
+/// Runs `r` on a blocking thread and gives it back; a panic there goes on in this task.
+async fn blocking<R: Send + 'static, T: Send + 'static>(
+    mut r: R,
+    f: impl FnOnce(&mut R) -> T + Send + 'static,
+) -> (R, T) {
+    match tokio::task::spawn_blocking(move || {
+        let out = f(&mut r);
+        (r, out)
+    })
+    .await
+    {
+        Ok(x) => x,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only a runtime shutting down cancels a blocking task.
+        Err(e) => std::panic::panic_any(format!("sync task cancelled: {e}")),
+    }
+}
+
+/// The reconcile loop: takes each batch of events from `rx` into `r` and syncs.
+pub async fn drive<R: Reconcile>(
+    mut r: R,
+    mut rx: mpsc::UnboundedReceiver<(Instant, R::Event)>,
+    status: Arc<Status>,
+    mut stop: Stop,
+) {
+    let mut need_full = true;
+    let mut first_event: Option<Instant> = None;
+    let mut last_full = Instant::now();
+    let mut backoff = Backoff::default();
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        let now = tokio::time::Instant::now();
+        let wake = match retry_at {
+            Some(t) => t,
+            // Work to do now: the first sync, or the one after a re-list.
+            None if r.listed() && (need_full || r.dirty()) => now,
+            None if r.waiting() => now + Duration::from_millis(500),
+            None => now + r.resync().saturating_sub(last_full.elapsed()),
+        };
+        tokio::select! {
+            m = rx.recv() => {
+                let Some((at, ev)) = m else { break };
+                first_event.get_or_insert(at);
+                need_full |= !r.apply(ev);
+                // Take every event already queued: one sync for the batch.
+                while let Ok((_, ev)) = rx.try_recv() {
+                    need_full |= !r.apply(ev);
+                }
+            }
+            () = tokio::time::sleep_until(wake) => {}
+            () = stopped(&mut stop) => break,
+        }
+        // Also in a busy cluster, where events keep the timer from firing.
+        if last_full.elapsed() >= r.resync() {
+            need_full = true;
+        }
+        if !r.listed() || retry_at.is_some_and(|t| tokio::time::Instant::now() < t) {
+            continue;
+        }
+        retry_at = None;
+        if !need_full && !r.dirty() {
+            if r.waiting() {
+                r = blocking(r, |r| r.after(true)).await.0;
+            }
+            continue;
+        }
+        let started = first_event.take().unwrap_or_else(Instant::now);
+        let full = need_full;
+        let (back, result) = blocking(r, move |r| {
+            let result = r.sync(full);
+            r.after(result.is_ok());
+            result
+        })
+        .await;
+        r = back;
+        match result {
+            Ok(summary) => {
+                need_full = false;
+                backoff.reset();
+                if full {
+                    last_full = Instant::now();
+                }
+                status.synced(R::NAME, started.elapsed(), Ok(&summary));
+                if !summary.is_empty() {
+                    info!(
+                        "{summary} in {:.1} ms (from the watch event to the kernel)",
+                        started.elapsed().as_secs_f64() * 1e3
+                    );
+                }
+            }
+            Err(e) => {
+                need_full = true;
+                let wait = backoff.next_wait();
+                status.synced(R::NAME, started.elapsed(), Err(&e));
+                warn!("{} sync failed, a full sync follows in {wait:?}: {e}", R::NAME);
+                retry_at = Some(tokio::time::Instant::now() + wait);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(3));
+        let waits: Vec<u128> = (0..5).map(|_| b.next_wait().as_millis()).collect();
+        assert_eq!(waits, [500, 1000, 2000, 3000, 3000]);
+        b.reset();
+        assert_eq!(b.next_wait(), Duration::from_millis(500));
+    }
+
+    /// A reconciler whose sync panics the first `panics` times it is started, then works.
+    struct Flaky {
+        starts: Arc<AtomicU32>,
+        panics: u32,
+        synced: bool,
+    }
+
+    impl Reconcile for Flaky {
+        type Event = ();
+        const NAME: &'static str = "proxy";
+        fn apply(&mut self, (): ()) -> bool {
+            true
+        }
+        fn listed(&self) -> bool {
+            true
+        }
+        fn dirty(&self) -> bool {
+            !self.synced
+        }
+        fn sync(&mut self, _full: bool) -> Result<String, String> {
+            if self.starts.load(Ordering::SeqCst) <= self.panics {
+                panic!("injected: the planner found an impossible Service");
+            }
+            self.synced = true;
+            Ok("synced".into())
+        }
+    }
+
+    /// A reconciler that fails `fails` syncs with an error, then works.
+    struct Failing {
+        left: u32,
+    }
+
+    impl Reconcile for Failing {
+        type Event = ();
+        const NAME: &'static str = "policy";
+        fn apply(&mut self, (): ()) -> bool {
+            true
+        }
+        fn listed(&self) -> bool {
+            true
+        }
+        fn dirty(&self) -> bool {
+            false
+        }
+        fn sync(&mut self, _full: bool) -> Result<String, String> {
+            if self.left > 0 {
+                self.left -= 1;
+                return Err("nft refused the transaction".into());
+            }
+            Ok(String::new())
+        }
+    }
+
+    async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+        for _ in 0..2000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("not within the time: {what}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_reconciler_is_restarted_with_backoff_while_the_others_go_on() {
+        let status = Arc::new(Status::new("node-1", "vxlan"));
+        let (stop_tx, stop) = watch::channel(false);
+        let starts = Arc::new(AtomicU32::new(0));
+        let (s, n) = (status.clone(), starts.clone());
+        let proxy = tokio::spawn(supervise("proxy", status.clone(), stop.clone(), move |stop| {
+            n.fetch_add(1, Ordering::SeqCst);
+            let (tx, rx) = mpsc::unbounded_channel::<(Instant, ())>();
+            let r = Flaky { starts: n.clone(), panics: 2, synced: false };
+            let s = s.clone();
+            async move {
+                let _tx = tx;
+                drive(r, rx, s, stop).await;
+            }
+        }));
+        let s = status.clone();
+        let policy = tokio::spawn(supervise("policy", status.clone(), stop.clone(), move |stop| {
+            let (tx, rx) = mpsc::unbounded_channel::<(Instant, ())>();
+            let s = s.clone();
+            async move {
+                let _tx = tx;
+                drive(Failing { left: 3 }, rx, s, stop).await;
+            }
+        }));
+        let began = tokio::time::Instant::now();
+        eventually("the proxy panics", || status.snapshot().reconcilers["proxy"].restarts >= 1).await;
+        assert!(status.ready().is_err(), "not ready while a reconciler is failing");
+        let err = status.snapshot().reconcilers["proxy"].last_error.clone().unwrap_or_default();
+        assert!(err.contains("panicked: injected"), "{err}");
+        let ready = |name: &str| status.snapshot().reconcilers[name].ready();
+        eventually("both recover", || ready("proxy") && ready("policy")).await;
+        let not_ready = status.ready().unwrap_err();
+        assert_eq!(not_ready, "node: not synced yet", "the agent is ready once every reconciler is");
+        let snap = status.snapshot();
+        assert_eq!(snap.reconcilers["proxy"].restarts, 2, "two panics, two restarts");
+        assert_eq!(starts.load(Ordering::SeqCst), 3);
+        // Back-off between restarts (1 s, then 2 s) and between failed syncs (0.5, 1, 2 s).
+        assert!(began.elapsed() >= Duration::from_secs(3), "{:?}", began.elapsed());
+        assert_eq!(snap.reconcilers["policy"].errors, 3);
+        assert_eq!(snap.reconcilers["policy"].restarts, 0, "an error is retried, not restarted");
+        let text = crate::metrics::render_with(&status, Vec::new());
+        assert!(text.contains("flatnet_reconciler_restarts_total{reconciler=\"proxy\"} 2"), "{text}");
+        assert!(text.contains("flatnet_reconciler_ready{reconciler=\"proxy\"} 1"), "{text}");
+        stop_tx.send(true).unwrap();
+        let _ = tokio::join!(proxy, policy);
+    }
+}
