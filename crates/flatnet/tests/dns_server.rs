@@ -73,3 +73,86 @@ fn forwarding_is_only_for_allowed_clients() {
         assert_eq!(status(p2, &["+tcp", "www.example.com"]), "SERVFAIL");
     });
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix(" kB")?.parse().ok()).unwrap_or(0)
+}
+
+/// A query for `name` (type A) with id `id`.
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+#[test]
+fn a_flood_of_forwarded_queries_to_a_silent_upstream_is_shed_and_the_cluster_still_answers() {
+    sandboxed("a_flood_of_forwarded_queries_to_a_silent_upstream_is_shed_and_the_cluster_still_answers", |_| {
+        let dir = tempfile::tempdir().unwrap();
+        // The upstream takes every query and never answers.
+        let silent = std::net::UdpSocket::bind("127.0.0.2:53").unwrap();
+        let port = free_port();
+        let objects = dir.path().join("objects.json");
+        std::fs::write(&objects, OBJECTS).unwrap();
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(&resolv, "nameserver 127.0.0.2\n").unwrap();
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let server = Server(
+            Command::new(flatnet())
+                .args(["dns", "--from-file"])
+                .arg(&objects)
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream-resolv-conf"])
+                .arg(&resolv)
+                .args(["--allow-forwarding", "127.0.0.0/8", "--metrics-addr", &metrics])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        converges("the server answers", Duration::from_secs(10), || {
+            match status(port, &["web.default.svc.cluster.local"]) {
+                s if s == "NOERROR" => Ok(()),
+                s => Err(s),
+            }
+        });
+        let before = rss_kib(server.0.id());
+        // 30,000 queries for names outside the cluster, as fast as one socket sends them.
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_nonblocking(true).unwrap();
+        let mut servfail = 0;
+        let mut buf = [0u8; 512];
+        for i in 0..30_000u32 {
+            let _ = client.send_to(&query(i as u16, &format!("n{i}.example.com")), ("127.0.0.1", port));
+            while let Ok(n) = client.recv(&mut buf) {
+                servfail += usize::from(n >= 4 && buf[3] & 0x0f == 2);
+            }
+        }
+        // The cluster's names are answered at once in the middle of it.
+        let started = std::time::Instant::now();
+        assert_eq!(status(port, &["web.default.svc.cluster.local"]), "NOERROR");
+        assert!(started.elapsed() < Duration::from_secs(1), "a cluster name took {:?}", started.elapsed());
+        let grown = rss_kib(server.0.id()).saturating_sub(before);
+        assert!(grown < 64 * 1024, "the server grew by {grown} KiB under the flood");
+        assert!(servfail > 0, "no query was shed: is forwarding bounded?");
+        let text = {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(&metrics).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        };
+        let shed: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("flatnet_dns_shed_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+            .sum();
+        assert!(shed > 0, "flatnet_dns_shed_total counts nothing: {text}");
+        drop(silent);
+    });
+}
