@@ -127,7 +127,7 @@ fn report(results: Vec<(String, Vec<Check>)>, json: bool) -> anyhow::Result<()> 
 /// `flatnet doctor` on this node.
 pub fn run_node(args: DoctorArgs) -> anyhow::Result<()> {
     let me = crate::agent::this_node(args.node_name)?;
-    let rt = crate::lab::runtime()?;
+    let rt = flatnet_lab::lifecycle::connect::runtime()?;
     let nodes = rt
         .block_on(async {
             let client = flatnet_agent::watch::client(args.kubeconfig.as_deref()).await.map_err(anyhow::Error::msg)?;
@@ -146,9 +146,9 @@ pub fn run_node(args: DoctorArgs) -> anyhow::Result<()> {
 
 /// `flatnet lab doctor`: every node of the lab, or one.
 pub fn run_lab(layout: &flatnet_lab::layout::Layout, node: Option<&str>, opts: &DoctorOpts) -> anyhow::Result<()> {
-    let rt = crate::lab::runtime()?;
+    let rt = flatnet_lab::lifecycle::connect::runtime()?;
     let nodes = rt.block_on(async {
-        let client = crate::lab::client(layout).await?;
+        let client = flatnet_lab::lifecycle::connect::client(layout).await?;
         anyhow::Ok(kube::Api::<Node>::all(client).list(&Default::default()).await?.items)
     })?;
     let mut results = Vec::new();

@@ -8,6 +8,7 @@ pub mod controllers;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod layout;
+pub mod lifecycle;
 pub mod netexec;
 pub mod nodes;
 pub mod store;

@@ -2,9 +2,10 @@
 //! neighbour on node-1, a server on node-2 behind a Service; requests between them, each
 //! check explained by the kernel state it crossed.
 
-use super::{UpArgs, scenario};
+use super::UpArgs;
 use anyhow::{Context, bail};
 use flatnet_kernel::{Netlink, link, netns, route};
+use flatnet_lab::lifecycle::{apply, cluster_dns, connect, exec, scenario, settings};
 use serde_json::json;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -13,11 +14,11 @@ pub const NAMESPACE: &str = "flatnet-demo";
 
 pub fn run(args: &UpArgs) -> anyhow::Result<()> {
     let layout = args.state.layout();
-    if layout.apiserver().is_none() || super::up::settings(&layout).is_none() {
+    if layout.apiserver().is_none() || settings::read(&layout).is_none() {
         super::up::up(args)?;
         println!();
     }
-    let settings = super::up::settings(&layout).context("the lab's settings are missing")?;
+    let settings = settings::read(&layout).context("the lab's settings are missing")?;
     if settings.nodes < 2 {
         bail!("the demo needs two nodes; this lab has {}: `flatnet lab down` then `flatnet lab demo`", settings.nodes);
     }
@@ -30,10 +31,10 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "server", "namespace": NAMESPACE},
                "spec": {"selector": {"app": "server"}, "ports": [{"port": 80}]}}),
     ];
-    let (pods, service_ip) = super::runtime()?.block_on(async {
-        let client = super::client(&layout).await?;
+    let (pods, service_ip) = connect::runtime()?.block_on(async {
+        let client = connect::client(&layout).await?;
         for o in objects {
-            println!("  {}", super::apply::apply_one(&client, o).await?);
+            println!("  {}", apply::apply_one(&client, o).await?);
         }
         let pods = scenario::wait_ready(&client, NAMESPACE, 3, Duration::from_secs(60)).await?;
         let svc = kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(client, NAMESPACE).get("server").await?;
@@ -46,7 +47,7 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
     }
     let ip = |n: &str| pods.iter().find(|p| p.name == n).map(|p| p.ip.clone()).unwrap_or_default();
     let (client_ip, neighbor_ip, server_ip) = (ip("client"), ip("neighbor"), ip("server"));
-    let client_ns = super::exec::find_sandbox(&layout, NAMESPACE, "client").context("the client's sandbox")?.netns;
+    let client_ns = exec::find_sandbox(&layout, NAMESPACE, "client").context("the client's sandbox")?.netns;
     let node1 = layout.node_ns("node-1");
     let backend = settings.backend.clone();
 
@@ -113,7 +114,7 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
         match &resolved {
             Ok(ip) => format!(
                 "server.{NAMESPACE}.svc.cluster.local = {ip}: asked of kube-dns {}, DNATed to a flatnet dns pod",
-                super::cluster_dns::SERVICE_IP
+                cluster_dns::SERVICE_IP
             ),
             Err(e) => format!("failed: {e}"),
         },
@@ -164,12 +165,12 @@ fn policy_check(
         "metadata": {"name": "server-from-client", "namespace": NAMESPACE},
         "spec": {"podSelector": {"matchLabels": {"app": "server"}},
                  "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}], "ports": [{"port": 80}]}]}});
-    super::runtime()?.block_on(async {
-        let client = super::client(layout).await?;
-        println!("  {}", super::apply::apply_one(&client, policy).await?);
+    connect::runtime()?.block_on(async {
+        let client = connect::client(layout).await?;
+        println!("  {}", apply::apply_one(&client, policy).await?);
         anyhow::Ok(())
     })?;
-    let neighbor_ns = super::exec::find_sandbox(layout, NAMESPACE, "neighbor").context("the neighbor's sandbox")?.netns;
+    let neighbor_ns = exec::find_sandbox(layout, NAMESPACE, "neighbor").context("the neighbor's sandbox")?.netns;
     let short = |ns: &std::path::Path| netns::run_in(ns, || scenario::http_get(server_ip, Duration::from_millis(500)));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let refused = loop {

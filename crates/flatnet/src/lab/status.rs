@@ -2,6 +2,8 @@
 //! the agent's own words when it is not.
 
 use flatnet_lab::layout::Layout;
+use flatnet_lab::lifecycle::scenario::pod_ready;
+use flatnet_lab::lifecycle::{connect, settings};
 use k8s_openapi::api::core::v1::{Node, Pod};
 
 /// A node's network as its agent reports it (the NetworkUnavailable condition).
@@ -23,6 +25,14 @@ pub fn network_condition(node: &Node) -> (Network, String) {
     }
 }
 
+/// The reading `lab up` waits on: the message, as `Ok` only when the network is up.
+pub fn network_reading(node: &Node) -> Result<String, String> {
+    match network_condition(node) {
+        (Network::Up, m) => Ok(m),
+        (_, m) => Err(m),
+    }
+}
+
 /// How `lab status` labels a node's network.
 fn network_label(node: &Node) -> String {
     match network_condition(node) {
@@ -40,7 +50,7 @@ fn process(pid: Option<i32>) -> String {
 }
 
 pub fn run(layout: &Layout) -> anyhow::Result<()> {
-    let Some(settings) = super::up::settings(layout) else {
+    let Some(settings) = settings::read(layout) else {
         anyhow::bail!("the lab is not up (nothing in {}): run `flatnet lab up`", layout.state.display());
     };
     println!("lab {} ({} node(s), backend {})", layout.state.display(), settings.nodes, settings.backend);
@@ -48,8 +58,8 @@ pub fn run(layout: &Layout) -> anyhow::Result<()> {
     for node in layout.nodes() {
         println!("  {node:<8} kubelet {}  agent {}", process(layout.kubelet(&node)), process(layout.agent(&node)));
     }
-    let (nodes, pods) = super::runtime()?.block_on(async {
-        let client = super::client(layout).await?;
+    let (nodes, pods) = connect::runtime()?.block_on(async {
+        let client = connect::client(layout).await?;
         let nodes = kube::Api::<Node>::all(client.clone()).list(&Default::default()).await?.items;
         let pods = kube::Api::<Pod>::all(client).list(&Default::default()).await?.items;
         anyhow::Ok((nodes, pods))
@@ -79,13 +89,6 @@ pub fn run(layout: &Layout) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-pub fn pod_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn node_ready(n: &Node) -> bool {

@@ -333,7 +333,7 @@ pub fn print(t: &trace::Trace, args: &TraceArgs) -> anyhow::Result<()> {
 /// `flatnet trace` on a node.
 pub fn run_node(args: NodeTraceArgs) -> anyhow::Result<()> {
     let me = crate::agent::this_node(args.node_name)?;
-    let rt = crate::lab::runtime()?;
+    let rt = flatnet_lab::lifecycle::connect::runtime()?;
     let client = rt.block_on(flatnet_agent::watch::client(args.kubeconfig.as_deref())).map_err(anyhow::Error::msg)?;
     let t = run(&Scope::Node(me, args.pod_netns_dirs), &rt, client, &args.trace)?;
     print(&t, &args.trace)
@@ -341,8 +341,8 @@ pub fn run_node(args: NodeTraceArgs) -> anyhow::Result<()> {
 
 /// `flatnet lab trace`.
 pub fn run_lab(layout: flatnet_lab::layout::Layout, args: &TraceArgs) -> anyhow::Result<()> {
-    let rt = crate::lab::runtime()?;
-    let client = rt.block_on(crate::lab::client(&layout))?;
+    let rt = flatnet_lab::lifecycle::connect::runtime()?;
+    let client = rt.block_on(flatnet_lab::lifecycle::connect::client(&layout))?;
     let t = run(&Scope::Lab(layout), &rt, client, args)?;
     print(&t, args)
 }
