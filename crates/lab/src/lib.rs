@@ -1,6 +1,9 @@
 //! flatnet lab's control plane: a Kubernetes-compatible API server for the resources pod
 //! networking uses, over an embedded crash-safe store, with the controllers a cluster
 //! runs (node IPAM, Service IPs, EndpointSlices, a scheduler).
+//!
+//! `lifecycle` brings a lab up and down around it: the underlay, the nodes with their
+//! kubelets, the cluster DNS.
 
 pub mod apiserver;
 pub mod control_plane;
