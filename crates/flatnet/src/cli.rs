@@ -36,7 +36,7 @@ enum Cmd {
     /// Benchmarks, compared side by side with a reference in one run.
     Bench {
         #[command(subcommand)]
-        what: crate::bench::BenchCmd,
+        what: flatnet_bench::BenchCmd,
     },
     /// Prints a CNI network config list for this node (install it in /etc/cni/net.d).
     CniConfig {
@@ -52,7 +52,7 @@ enum Cmd {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let out = match cli.command {
-        Cmd::Bench { what } => crate::bench::run(what),
+        Cmd::Bench { what } => flatnet_bench::run(what),
         Cmd::Demo => crate::demo::run(),
         Cmd::Agent(args) => crate::agent::run(args),
         Cmd::Dns(args) => crate::dns::run(args),

@@ -2,7 +2,6 @@
 //! the CNI plugin; otherwise it is the command line.
 
 mod agent;
-mod bench;
 mod cli;
 mod demo;
 mod dns;

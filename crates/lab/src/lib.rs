@@ -1,6 +1,9 @@
 //! flatnet lab's control plane: a Kubernetes-compatible API server for the resources pod
 //! networking uses, over an embedded crash-safe store, with the controllers a cluster
 //! runs (node IPAM, Service IPs, EndpointSlices, a scheduler).
+//!
+//! `lifecycle` brings a lab up and down around it: the underlay, the nodes with their
+//! kubelets, the cluster DNS.
 
 pub mod apiserver;
 pub mod control_plane;
@@ -8,6 +11,7 @@ pub mod controllers;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod layout;
+pub mod lifecycle;
 pub mod netexec;
 pub mod nodes;
 pub mod store;

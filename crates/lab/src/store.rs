@@ -316,7 +316,7 @@ fn writer(
                         Ok(Some(obj))
                     }
                     Ok(Change::Delete) => match current {
-                        None => Err(Refusal::not_found_key(&req.key)),
+                        None => Err(Refusal::not_found(&req.key.resource, &req.key.name)),
                         Some(old) => {
                             rv += 1;
                             let mut gone = (*old).clone();

@@ -1,138 +1,37 @@
-//! `flatnet lab demo`: the classic pod network scenario on a running lab. A client and a
-//! neighbour on node-1, a server on node-2 behind a Service; requests between them, each
-//! check explained by the kernel state it crossed.
+//! `flatnet lab demo`: brings the lab up if needed, deploys the demo's pods and prints
+//! each path check with what it crossed, then how to look closer.
 
-use super::{UpArgs, scenario};
+use super::UpArgs;
 use anyhow::{Context, bail};
-use flatnet_kernel::{Netlink, link, netns, route};
-use serde_json::json;
-use std::net::Ipv4Addr;
-use std::time::Duration;
-
-pub const NAMESPACE: &str = "flatnet-demo";
+use flatnet_inspect::lab_demo::{self, NAMESPACE};
+use flatnet_lab::lifecycle::settings;
 
 pub fn run(args: &UpArgs) -> anyhow::Result<()> {
     let layout = args.state.layout();
-    if layout.apiserver().is_none() || super::up::settings(&layout).is_none() {
+    if layout.apiserver().is_none() || settings::read(&layout).is_none() {
         super::up::up(args)?;
         println!();
     }
-    let settings = super::up::settings(&layout).context("the lab's settings are missing")?;
+    let settings = settings::read(&layout).context("the lab's settings are missing")?;
     if settings.nodes < 2 {
         bail!("the demo needs two nodes; this lab has {}: `flatnet lab down` then `flatnet lab demo`", settings.nodes);
     }
     println!("deploying in namespace {NAMESPACE}: client and neighbor on node-1, server on node-2");
-    let objects = vec![
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
-        scenario::pod("client", NAMESPACE, Some("node-1"), false),
-        scenario::pod("neighbor", NAMESPACE, Some("node-1"), true),
-        scenario::pod("server", NAMESPACE, Some("node-2"), true),
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "server", "namespace": NAMESPACE},
-               "spec": {"selector": {"app": "server"}, "ports": [{"port": 80}]}}),
-    ];
-    let (pods, service_ip) = super::runtime()?.block_on(async {
-        let client = super::client(&layout).await?;
-        for o in objects {
-            println!("  {}", super::apply::apply_one(&client, o).await?);
-        }
-        let pods = scenario::wait_ready(&client, NAMESPACE, 3, Duration::from_secs(60)).await?;
-        let svc = kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(client, NAMESPACE).get("server").await?;
-        let ip = svc.spec.and_then(|s| s.cluster_ip).context("the server Service has no ClusterIP")?;
-        anyhow::Ok((pods, ip))
-    })?;
+    let deployed = lab_demo::deploy(&layout, |applied| println!("  {applied}"))?;
     println!("\n  {:<10} {:<8} {:<12} READY", "POD", "NODE", "IP");
-    for p in &pods {
+    for p in &deployed.pods {
         println!("  {:<10} {:<8} {:<12} yes", p.name, p.node, p.ip);
     }
-    let ip = |n: &str| pods.iter().find(|p| p.name == n).map(|p| p.ip.clone()).unwrap_or_default();
-    let (client_ip, neighbor_ip, server_ip) = (ip("client"), ip("neighbor"), ip("server"));
-    let client_ns = super::exec::find_sandbox(&layout, NAMESPACE, "client").context("the client's sandbox")?.netns;
-    let node1 = layout.node_ns("node-1");
-    let backend = settings.backend.clone();
-
-    let mut rows: Vec<(String, bool, String)> = Vec::new();
-    // Same node: the VXLAN device must not move.
-    let before = vxlan_tx(&node1);
-    let same = http_get(&client_ns, &neighbor_ip);
-    let after = vxlan_tx(&node1);
-    let saw = same.as_deref().ok().and_then(seen_client).unwrap_or_default();
-    rows.push((
-        "client → neighbor (both on node-1)".into(),
-        same.is_ok() && after == before,
-        format!(
-            "veth → cni0 bridge → veth, inside node-1; {} packet(s) left the node",
-            after.zip(before).map(|(a, b)| a.saturating_sub(b)).unwrap_or(0)
-        ),
-    ));
-    rows.push(("neighbor saw the client's pod IP".into(), saw == client_ip, format!("{saw} (no NAT on the bridge)")));
-    // Cross node.
-    let before = vxlan_tx(&node1);
-    let cross = http_get(&client_ns, &server_ip);
-    let after = vxlan_tx(&node1);
-    let saw = cross.as_deref().ok().and_then(seen_client).unwrap_or_default();
-    let route = peer_route(&node1, server_ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED));
-    let path = match backend.as_str() {
-        "vxlan" => format!(
-            "{route}: encapsulated in VXLAN (UDP 8472) to node-2's 192.168.1.12; {} packet(s) through flatnet.1",
-            after.zip(before).map(|(a, b)| a.saturating_sub(b)).unwrap_or(0)
-        ),
-        _ => format!("{route}: routed as is over the underlay, no encapsulation"),
-    };
-    rows.push(("client (node-1) → server (node-2)".into(), cross.is_ok(), path));
-    rows.push((
-        "server saw the client's pod IP".into(),
-        saw == client_ip,
-        format!("{saw} (pod to pod is never NATed; masquerade is only for traffic leaving 10.244.0.0/16)"),
-    ));
-
-    // Through the Service: DNAT on node-1 to the server, the client's IP kept.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let via_service = loop {
-        let r = http_get(&client_ns, &service_ip);
-        if r.is_ok() || std::time::Instant::now() > deadline {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let saw = via_service.as_deref().ok().and_then(seen_client).unwrap_or_default();
-    let answered = via_service.as_deref().ok().and_then(seen_pod).unwrap_or_default();
-    rows.push((
-        format!("client → Service server ({service_ip})"),
-        answered == "server" && saw == client_ip,
-        format!(
-            "node-1 DNATs {service_ip}:80 to {server_ip}:80 ({}), then as above; the server saw {saw}",
-            service_chain(&node1, &service_ip)
-        ),
-    ));
-
-    // By name: the pod's resolver asks kube-dns (10.96.0.10), a Service itself.
-    let resolved = resolve_in_pod(&layout, "client", "server");
-    rows.push((
-        "client resolves the name server".into(),
-        resolved.as_deref().is_ok_and(|ip| ip == service_ip),
-        match &resolved {
-            Ok(ip) => format!(
-                "server.{NAMESPACE}.svc.cluster.local = {ip}: asked of kube-dns {}, DNATed to a flatnet dns pod",
-                super::cluster_dns::SERVICE_IP
-            ),
-            Err(e) => format!("failed: {e}"),
-        },
-    ));
-
-    // NetworkPolicy: the server now takes connections from the client only.
-    let (allowed, refused, path) = policy_check(&layout, &client_ns, &server_ip)?;
-    rows.push(("policy: server takes the client only".into(), allowed && refused, path));
-
+    let checks = lab_demo::check(&layout, &settings.backend, &deployed, |applied| println!("  {applied}"))?;
     println!("\n  {:<38} {:<7}PATH", "CHECK", "RESULT");
-    for (check, ok, path) in &rows {
-        println!("  {check:<38} {:<7}{path}", if *ok { "PASS" } else { "FAIL" });
+    for r in &checks.rows {
+        println!("  {:<38} {:<7}{}", r.check, if r.ok { "PASS" } else { "FAIL" }, r.path);
     }
-    if let Err(e) = &same {
-        println!("  client → neighbor failed: {e}");
+    for (what, e) in &checks.failed {
+        println!("  {what} failed: {e}");
     }
-    if let Err(e) = &cross {
-        println!("  client → server failed: {e}");
-    }
+    let (server_ip, service_ip) = (deployed.ip("server"), &deployed.service_ip);
+    let node1 = layout.node_ns("node-1");
     println!("\nsee every hop, read from each node's kernel and confirmed by a real packet:");
     println!("  flatnet lab trace {NAMESPACE}/client {NAMESPACE}/server:80 --probe    # across nodes, over VXLAN");
     println!("  flatnet lab trace {NAMESPACE}/neighbor {NAMESPACE}/server:80 --probe  # dropped: which policy, where");
@@ -146,108 +45,8 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
     println!("  nsenter --net={} nft list table ip flatnet", node1.display());
     println!("  nsenter --net={} nft list table ip flatnet-policy", layout.node_ns("node-2").display());
     println!("  KUBECONFIG={} kubectl get pods,netpol -n {NAMESPACE} -o wide", layout.kubeconfig().display());
-    if rows.iter().any(|r| !r.1) {
+    if checks.rows.iter().any(|r| !r.ok) {
         bail!("some checks failed (logs under {}/nodes/)", layout.state.display());
     }
     Ok(())
-}
-
-/// Applies a NetworkPolicy that lets only the client reach the server on port 80, then
-/// checks the client still gets through and the neighbor no longer does (within a
-/// bounded wait for the agent); the path names node-2's drop counter for the policy.
-fn policy_check(
-    layout: &flatnet_lab::layout::Layout,
-    client_ns: &std::path::Path,
-    server_ip: &str,
-) -> anyhow::Result<(bool, bool, String)> {
-    let policy = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {"name": "server-from-client", "namespace": NAMESPACE},
-        "spec": {"podSelector": {"matchLabels": {"app": "server"}},
-                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}], "ports": [{"port": 80}]}]}});
-    super::runtime()?.block_on(async {
-        let client = super::client(layout).await?;
-        println!("  {}", super::apply::apply_one(&client, policy).await?);
-        anyhow::Ok(())
-    })?;
-    let neighbor_ns = super::exec::find_sandbox(layout, NAMESPACE, "neighbor").context("the neighbor's sandbox")?.netns;
-    let short = |ns: &std::path::Path| netns::run_in(ns, || scenario::http_get(server_ip, Duration::from_millis(500)));
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let refused = loop {
-        let blocked = short(&neighbor_ns).map(|r| r.is_err()).unwrap_or(false);
-        if blocked || std::time::Instant::now() > deadline {
-            break blocked;
-        }
-    };
-    let allowed = http_get(client_ns, server_ip).is_ok();
-    let node2 = layout.node_ns("node-2");
-    let drops =
-        netns::run_in(&node2, flatnet_agent::policy::drop_counters).ok().and_then(Result::ok).unwrap_or_default();
-    let dropped: u64 = drops.iter().filter(|d| d.policy == "server-from-client").map(|d| d.packets).sum();
-    let path = format!(
-        "node-2 isolates the server (table ip flatnet-policy, map ingress → its chain): the client passes, \
-         the neighbor is dropped ({dropped} packet(s) counted for {NAMESPACE}/server-from-client)"
-    );
-    Ok((allowed, refused, path))
-}
-
-/// The address `getent hosts NAME` gives inside `pod` (its resolv.conf, its search path),
-/// retried for a few seconds while the DNS pods learn of the Service.
-fn resolve_in_pod(layout: &flatnet_lab::layout::Layout, pod: &str, name: &str) -> anyhow::Result<String> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = std::process::Command::new(std::env::current_exe()?)
-            .args(["lab", "exec", pod, "-n", NAMESPACE, "--state-dir"])
-            .arg(&layout.state)
-            .args(["--", "getent", "hosts", name])
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if let Some(ip) = text.split_whitespace().next() {
-            return Ok(ip.to_string());
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("getent hosts {name} found nothing: {}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// An HTTP GET from inside the pod whose namespace is pinned at `ns`.
-pub fn http_get(ns: &std::path::Path, ip: &str) -> anyhow::Result<String> {
-    netns::run_in(ns, || scenario::http_get(ip, Duration::from_secs(3)))?.with_context(|| format!("GET http://{ip}/"))
-}
-
-/// The client address the built-in server reported.
-pub fn seen_client(body: &str) -> Option<String> {
-    let client = body.split_whitespace().find_map(|w| w.strip_prefix("client="))?;
-    Some(client.rsplit_once(':').map_or(client, |(ip, _)| ip).to_string())
-}
-
-/// The pod name the built-in server reported.
-fn seen_pod(body: &str) -> Option<String> {
-    body.split_whitespace().find_map(|w| w.strip_prefix("pod=")).map(str::to_string)
-}
-
-/// The chain `service-ips` sends `ip`:80/TCP to on `node_ns`, read as the agent reads it.
-fn service_chain(node_ns: &std::path::Path, ip: &str) -> String {
-    let actual = netns::run_in(node_ns, flatnet_agent::proxy::read_actual).ok().and_then(Result::ok);
-    let key = ip.parse().ok().map(|ip| (ip, flatnet_model::proxy::Proto::Tcp, 80));
-    match actual.zip(key).and_then(|(a, k)| a.service_ips.get(&k).cloned()) {
-        Some(c) => format!("table ip flatnet, chain {c}"),
-        None => "no map element".into(),
-    }
-}
-
-fn vxlan_tx(node_ns: &std::path::Path) -> Option<u64> {
-    netns::run_in(node_ns, || Some(link::get(&mut Netlink::open().ok()?, "flatnet.1").ok()??.tx_packets)).ok()?
-}
-
-/// The route node-1 uses for `ip`, as `ip route` would print it.
-fn peer_route(node_ns: &std::path::Path, ip: Ipv4Addr) -> String {
-    let found = netns::run_in(node_ns, || {
-        let mut nl = Netlink::open().ok()?;
-        let r = route::list_owned(&mut nl).ok()?.into_iter().find(|r| r.dst.contains(&ip))?;
-        let dev = link::get_by_index(&mut nl, r.oif).ok()??.name;
-        Some(format!("route {} via {} dev {dev}{}", r.dst, r.via, if r.onlink { " onlink" } else { "" }))
-    });
-    found.ok().flatten().unwrap_or_else(|| format!("no flatnet route to {ip}"))
 }

@@ -3,23 +3,20 @@
 //! namespace with a bridge, and nodes plugged into it, each running the lab kubelet and
 //! the flatnet agent.
 
-pub(crate) mod apply;
-mod cluster_dns;
 mod demo;
-pub(crate) mod exec;
-pub(crate) mod scenario;
-pub(crate) mod status;
+mod status;
 mod up;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use flatnet_lab::layout::Layout;
+use flatnet_lab::lifecycle::settings::DEFAULT_STATE_DIR;
+use flatnet_lab::lifecycle::{apply, exec, processes};
 use flatnet_model::node_network::Backend;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/flatnet/lab";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6443";
 
 #[derive(clap::Args, Clone)]
@@ -47,6 +44,17 @@ pub struct UpArgs {
     /// How pods on different nodes reach each other: vxlan or host-gw.
     #[arg(long, default_value = "vxlan")]
     pub backend: Backend,
+}
+
+impl UpArgs {
+    pub fn config(&self) -> flatnet_lab::lifecycle::up::UpConfig {
+        flatnet_lab::lifecycle::up::UpConfig {
+            layout: self.state.layout(),
+            listen: self.listen,
+            nodes: self.nodes,
+            backend: self.backend,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -149,13 +157,13 @@ pub enum LabCmd {
 
 pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
     match cmd {
-        LabCmd::Up(args) => up::up(&args).map(|_| ()).context(
+        LabCmd::Up(args) => up::up(&args).context(
             "lab up did not finish; `flatnet lab down` removes what it made, and the logs are in the state directory",
         ),
         LabCmd::Down(s) => up::down(&s.layout()),
         LabCmd::Demo(args) => demo::run(&args),
         LabCmd::Status(s) => status::run(&s.layout()),
-        LabCmd::Apply { state, file } => apply::run(&state.layout(), &file),
+        LabCmd::Apply { state, file } => apply::run(&state.layout(), &file, |applied| println!("{applied}")),
         LabCmd::Doctor { state, node, opts } => crate::doctor::run_lab(&state.layout(), node.as_deref(), &opts),
         LabCmd::Trace { state, args } => crate::trace::run_lab(state.layout(), &args),
         LabCmd::Exec { state, pod, namespace, command } => exec::exec(&state.layout(), &namespace, &pod, &command),
@@ -168,26 +176,16 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
             Ok(())
         }
         LabCmd::Serve { state, listen, underlay_netns } => {
-            up::serve(&state.layout(), listen, underlay_netns.as_deref())
+            processes::serve(&state.layout(), listen, underlay_netns.as_deref(), crate::shutdown::requested)
         }
-        LabCmd::Kubelet { state, node, node_ip, backend } => up::kubelet(&state.layout(), &node, node_ip, backend),
+        LabCmd::Kubelet { state, node, node_ip, backend } => {
+            crate::agent::init_logging();
+            processes::kubelet(&state.layout(), &node, node_ip, backend, crate::shutdown::requested)
+        }
         LabCmd::Enter { netns, resolv_conf, hosts, hostname, command } => {
             let ctx = flatnet_kernel::enter::PodContext { netns, resolv_conf, hosts, hostname };
             Err(flatnet_kernel::enter::exec(&ctx, &command).into())
         }
         LabCmd::Netexec { pod, namespace, node, ports } => exec::netexec(pod, namespace, node, &ports),
     }
-}
-
-/// A kube client for the lab, from its kubeconfig.
-pub async fn client(layout: &Layout) -> anyhow::Result<kube::Client> {
-    let path = layout.kubeconfig();
-    let kc = kube::config::Kubeconfig::read_from(&path)
-        .with_context(|| format!("read {} (is the lab up? run `flatnet lab up`)", path.display()))?;
-    Ok(kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?)
-}
-
-/// A small runtime for the CLI's own API calls.
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }

@@ -5,6 +5,7 @@ pub mod admission;
 pub mod discovery;
 mod handlers;
 pub mod patch;
+mod query;
 pub mod resources;
 pub mod status;
 pub mod table;

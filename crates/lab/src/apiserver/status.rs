@@ -1,7 +1,6 @@
 //! API errors as Kubernetes `Status` objects, with the HTTP code and `reason` a real API
 //! server would send, so kubectl and client libraries react to them as they should.
 
-use crate::store::Key;
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,10 +30,6 @@ impl ApiError {
         let mut e = Self::new(404, "NotFound", format!("{resource} \"{name}\" not found"));
         e.details = Some(json!({"name": name, "kind": resource.split('.').next().unwrap_or(resource)}));
         e
-    }
-
-    pub fn not_found_key(key: &Key) -> Self {
-        Self::not_found(&key.resource, &key.name)
     }
 
     pub fn no_route(path: &str) -> Self {

@@ -4,7 +4,7 @@
 //! when that is older than the history kept. Label and field selectors apply to both
 //! the old and the new state, so an object that stops matching arrives as DELETED.
 
-use super::handlers::{Filter, wants_table};
+use super::query::{Filter, wants_table};
 use super::status::ApiError;
 use super::table::{self, IncludeObject};
 use super::{ApiServer, Request, Target, body_of, error};

@@ -1,8 +1,8 @@
 //! `flatnet lab apply -f FILE`: create each object of a YAML (multi-document) or JSON
 //! file, or replace it when it exists, without kubectl.
 
+use crate::layout::Layout;
 use anyhow::{Context, bail};
-use flatnet_lab::layout::Layout;
 use kube::api::{Api, DynamicObject, GroupVersionKind, PostParams};
 use kube::discovery::Scope;
 use serde_json::Value;
@@ -26,11 +26,12 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<Value>> {
     Ok(out)
 }
 
-pub fn run(layout: &Layout, file: &Path) -> anyhow::Result<()> {
+/// Applies every object of `file`, telling `applied` each `kind/name created|configured`.
+pub fn run(layout: &Layout, file: &Path, mut applied: impl FnMut(&str)) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
     let objects = parse(&text)?;
-    super::runtime()?.block_on(async {
-        let client = super::client(layout).await?;
+    super::connect::runtime()?.block_on(async {
+        let client = super::connect::client(layout).await?;
         // Every object is checked (kind served, decodable, named) before any is written,
         // so a file with a bad object changes nothing.
         let mut prepared = Vec::new();
@@ -38,7 +39,7 @@ pub fn run(layout: &Layout, file: &Path) -> anyhow::Result<()> {
             prepared.push(prepare(&client, obj).await.with_context(|| format!("object {} of the file", i + 1))?);
         }
         for p in prepared {
-            println!("{}", p.apply().await?);
+            applied(&p.apply().await?);
         }
         anyhow::Ok(())
     })

@@ -52,7 +52,7 @@ fn measure(sb: &Sandbox, args: &ThroughputBenchArgs) -> anyhow::Result<()> {
         lab.pod("cross", Some("node-2"), false)?;
     }
     vxlan.pod("same", Some("node-1"), false)?;
-    let ip = |pods: &[crate::lab::scenario::ReadyPod], n: &str| {
+    let ip = |pods: &[flatnet_lab::lifecycle::scenario::ReadyPod], n: &str| {
         pods.iter().find(|p| p.name == n).map(|p| p.ip.clone()).unwrap_or_default()
     };
     let vp = vxlan.wait_ready(3, Duration::from_secs(30))?;

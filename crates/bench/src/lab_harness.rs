@@ -2,9 +2,9 @@
 //! state directory and API port (inside the caller's sandbox), pods created through the
 //! API, and `lab down` when dropped.
 
-use crate::lab::scenario::ReadyPod;
 use anyhow::Context;
 use flatnet_lab::layout::Layout;
+use flatnet_lab::lifecycle::scenario::ReadyPod;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -36,7 +36,7 @@ impl BenchLab {
         let layout = Layout::new(dir.path());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let client = match out.status.success() {
-            true => rt.block_on(crate::lab::client(&layout)),
+            true => rt.block_on(flatnet_lab::lifecycle::connect::client(&layout)),
             false => Err(anyhow::anyhow!(
                 "lab up failed: {}{}",
                 String::from_utf8_lossy(&out.stdout),
@@ -57,18 +57,18 @@ impl BenchLab {
     /// Creates pod `name` in `default` (on `node`, or wherever the scheduler puts it);
     /// `serves` gives it the built-in server on port 80, else it idles.
     pub fn pod(&self, name: &str, node: Option<&str>, serves: bool) -> anyhow::Result<()> {
-        let obj = crate::lab::scenario::pod(name, "default", node, serves);
-        self.rt.block_on(crate::lab::apply::apply_one(&self.client, obj))?;
+        let obj = flatnet_lab::lifecycle::scenario::pod(name, "default", node, serves);
+        self.rt.block_on(flatnet_lab::lifecycle::apply::apply_one(&self.client, obj))?;
         Ok(())
     }
 
     /// Waits until `count` pods are Ready.
     pub fn wait_ready(&self, count: usize, within: Duration) -> anyhow::Result<Vec<ReadyPod>> {
-        self.rt.block_on(crate::lab::scenario::wait_ready(&self.client, "default", count, within))
+        self.rt.block_on(flatnet_lab::lifecycle::scenario::wait_ready(&self.client, "default", count, within))
     }
 
     pub fn pod_netns(&self, name: &str) -> anyhow::Result<PathBuf> {
-        Ok(crate::lab::exec::find_sandbox(&self.layout, "default", name)
+        Ok(flatnet_lab::lifecycle::exec::find_sandbox(&self.layout, "default", name)
             .with_context(|| format!("pod {name}'s sandbox"))?
             .netns)
     }

@@ -2,8 +2,8 @@
 //! 10.96.0.10 in kube-system, in front of two pods running `flatnet dns` (on the first
 //! and the last node), which forward other names to the lab's stand-in upstream.
 
+use crate::layout::Layout;
 use anyhow::Context;
-use flatnet_lab::layout::Layout;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ pub fn objects(layout: &Layout, nodes: usize) -> anyhow::Result<Vec<Value>> {
             {"name": "dns", "port": 53, "protocol": "UDP"},
             {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}})];
     for i in 1..=REPLICAS {
-        let node = flatnet_lab::nodes::name(if i == 1 { 1 } else { nodes });
+        let node = crate::nodes::name(if i == 1 { 1 } else { nodes });
         let command = [
             me.as_str(),
             "dns",
@@ -55,7 +55,7 @@ pub fn objects(layout: &Layout, nodes: usize) -> anyhow::Result<Vec<Value>> {
 pub async fn deploy(client: &kube::Client, layout: &Layout, nodes: usize) -> anyhow::Result<()> {
     let upstream = format!(
         "# the lab's stand-in upstream (see `flatnet lab`)\nnameserver {}\n",
-        flatnet_lab::underlay::control_plane_ip()
+        crate::underlay::control_plane_ip()
     );
     std::fs::write(upstream_resolv_conf(layout), upstream).context("write the DNS pods' upstream resolv.conf")?;
     for o in objects(layout, nodes)? {

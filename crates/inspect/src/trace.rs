@@ -2,11 +2,11 @@
 //! lab): the API names the pods and the Service; every hop is then read from the kernel
 //! of the node it happens on.
 
-pub(crate) mod gather;
-pub mod probe;
-
+use crate::{gather, probe};
 use anyhow::{Context, bail};
 use flatnet_kernel::probe::{Kind, Prober};
+use flatnet_lab::layout::Layout;
+use flatnet_lab::lifecycle::connect;
 use flatnet_model::trace::{self, L4, Packet, PodFacts, Target, World};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use std::collections::BTreeMap;
@@ -14,45 +14,21 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(clap::Args, Clone)]
-pub struct TraceArgs {
+/// What to trace.
+#[derive(Debug, Clone)]
+pub struct Request {
     /// The pod the packet leaves: `namespace/name` (or `name`, in namespace default).
     pub src: String,
     /// Where it goes: a pod (`namespace/name`), a Service (`name.namespace`, or its DNS
-    /// name) or an IP, then `:PORT` and `/tcp`, `/udp`, `/sctp` or `/icmp`. A Service
-    /// without a port takes its first port; anything else without one is pinged.
+    /// name) or an IP, then `:PORT` and `/tcp`, `/udp`, `/sctp` or `/icmp`.
     pub dst: String,
     /// Send a real packet along the path and confirm each hop with nftables tracing.
-    #[arg(long)]
     pub probe: bool,
-    /// Print the trace as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// Show all the kernel state behind every hop.
-    #[arg(short, long)]
-    pub verbose: bool,
-}
-
-/// `flatnet trace` on a node: what this node can see.
-#[derive(clap::Args)]
-pub struct NodeTraceArgs {
-    #[command(flatten)]
-    pub trace: TraceArgs,
-    /// A kubeconfig; without it, the in-cluster service account (or $KUBECONFIG).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// This node's name in the API (default: $NODE_NAME, else the hostname).
-    #[arg(long)]
-    pub node_name: Option<String>,
-    /// Where the container runtime pins pods' network namespaces (searched for the
-    /// pod's address, to read its eth0 and to send the probe from it).
-    #[arg(long = "pod-netns-dir", default_values = ["/run/netns", "/var/run/netns"])]
-    pub pod_netns_dirs: Vec<PathBuf>,
 }
 
 /// Where the trace can look: each node's namespace, and how to find a pod's.
 pub enum Scope {
-    Lab(flatnet_lab::layout::Layout),
+    Lab(Layout),
     /// This node's name, and where pods' namespaces are pinned.
     Node(String, Vec<PathBuf>),
 }
@@ -164,11 +140,11 @@ pub fn run(
     scope: &Scope,
     rt: &tokio::runtime::Runtime,
     client: kube::Client,
-    args: &TraceArgs,
+    req: &Request,
 ) -> anyhow::Result<trace::Trace> {
-    let dest = parse_dest(&args.dst)?;
+    let dest = parse_dest(&req.dst)?;
     let api = rt.block_on(read_api(client, &dest))?;
-    let (sns, sname) = pod_key(&args.src);
+    let (sns, sname) = pod_key(&req.src);
     let src_pod = api
         .pods
         .iter()
@@ -210,7 +186,7 @@ pub fn run(
         (ip, dest.port, proto, Target::Pod(format!("{ns}/{name}")))
     };
     if proto != L4::Icmp && port.is_none() {
-        bail!("{}: {} needs a port", args.dst, proto.word());
+        bail!("{}: {} needs a port", req.dst, proto.word());
     }
     let packet = Packet { src: src_ip, dst: dst_ip, proto, port };
     world.packet = Some(packet);
@@ -236,7 +212,7 @@ pub fn run(
         );
     }
     // The probe goes first, so the trace follows the endpoint the kernel really chose.
-    let report = if args.probe { Some(send_probe(scope, src_pod, &nodes, packet)?) } else { None };
+    let report = if req.probe { Some(send_probe(scope, src_pod, &nodes, packet)?) } else { None };
     world.chosen = report.as_ref().and_then(|r| r.endpoint);
     world.node_ips = api
         .nodes
@@ -323,30 +299,25 @@ fn send_probe(
     Ok(trace::probe::Report { sent, outcome: probe::outcome(answer, timeout), events, endpoint })
 }
 
-pub fn print(t: &trace::Trace, args: &TraceArgs) -> anyhow::Result<()> {
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(t)?);
-    } else {
-        print!("{}", trace::render::text(t, args.verbose));
-    }
-    Ok(())
+/// The trace on a node, `me`, as far as this node can see; the API through `kubeconfig`
+/// (else the in-cluster service account or $KUBECONFIG); pods' namespaces pinned under
+/// `pod_netns_dirs`.
+pub fn node(
+    me: String,
+    kubeconfig: Option<&Path>,
+    pod_netns_dirs: Vec<PathBuf>,
+    req: &Request,
+) -> anyhow::Result<trace::Trace> {
+    let rt = connect::runtime()?;
+    let client = rt.block_on(flatnet_agent::watch::client(kubeconfig)).map_err(anyhow::Error::msg)?;
+    run(&Scope::Node(me, pod_netns_dirs), &rt, client, req)
 }
 
-/// `flatnet trace` on a node.
-pub fn run_node(args: NodeTraceArgs) -> anyhow::Result<()> {
-    let me = crate::agent::this_node(args.node_name)?;
-    let rt = crate::lab::runtime()?;
-    let client = rt.block_on(flatnet_agent::watch::client(args.kubeconfig.as_deref())).map_err(anyhow::Error::msg)?;
-    let t = run(&Scope::Node(me, args.pod_netns_dirs), &rt, client, &args.trace)?;
-    print(&t, &args.trace)
-}
-
-/// `flatnet lab trace`.
-pub fn run_lab(layout: flatnet_lab::layout::Layout, args: &TraceArgs) -> anyhow::Result<()> {
-    let rt = crate::lab::runtime()?;
-    let client = rt.block_on(crate::lab::client(&layout))?;
-    let t = run(&Scope::Lab(layout), &rt, client, args)?;
-    print(&t, args)
+/// The trace in the lab, from every node's kernel.
+pub fn lab(layout: Layout, req: &Request) -> anyhow::Result<trace::Trace> {
+    let rt = connect::runtime()?;
+    let client = rt.block_on(connect::client(&layout))?;
+    run(&Scope::Lab(layout), &rt, client, req)
 }
 
 #[cfg(test)]

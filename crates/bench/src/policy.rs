@@ -95,7 +95,7 @@ fn synthetic_policy(i: usize) -> serde_json::Value {
 fn create_all(lab: &BenchLab, objects: Vec<serde_json::Value>) -> anyhow::Result<Instant> {
     lab.rt.block_on(async {
         let results: Vec<anyhow::Result<()>> = futures::stream::iter(objects)
-            .map(|o| async move { crate::lab::apply::apply_one(&lab.client, o).await.map(|_| ()) })
+            .map(|o| async move { flatnet_lab::lifecycle::apply::apply_one(&lab.client, o).await.map(|_| ()) })
             .buffer_unordered(64)
             .collect()
             .await;

@@ -2,10 +2,10 @@
 //! (no API call, so this process is still single-threaded when it enters the pod), and
 //! the built-in server containers run.
 
+use crate::kubelet::sandbox::Sandbox;
+use crate::layout::Layout;
+use crate::netexec;
 use anyhow::{Context, bail};
-use flatnet_lab::kubelet::sandbox::Sandbox;
-use flatnet_lab::layout::Layout;
-use flatnet_lab::netexec;
 use std::ffi::OsString;
 
 /// The sandbox of pod `namespace/name` on any node of the lab; the newest, while a pod
@@ -15,7 +15,7 @@ pub fn find_sandbox(layout: &Layout, namespace: &str, name: &str) -> Option<Sand
     layout
         .nodes()
         .iter()
-        .flat_map(|node| flatnet_lab::kubelet::sandbox::adopt(layout, node))
+        .flat_map(|node| crate::kubelet::sandbox::adopt(layout, node))
         .filter(|s| s.namespace == namespace && s.name == name)
         .max_by_key(made)
 }

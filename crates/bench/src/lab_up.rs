@@ -83,5 +83,6 @@ fn one(args: &LabUpBenchArgs) -> anyhow::Result<Run> {
 }
 
 fn answers(ip: &str) -> bool {
-    crate::lab::scenario::http_get(ip, Duration::from_millis(200)).is_ok_and(|out| out.starts_with("HTTP/1.1 200"))
+    flatnet_lab::lifecycle::scenario::http_get(ip, Duration::from_millis(200))
+        .is_ok_and(|out| out.starts_with("HTTP/1.1 200"))
 }

@@ -46,7 +46,7 @@ pub async fn wait_ready(
             .await?
             .items
             .iter()
-            .filter(|p| super::status::pod_ready(p))
+            .filter(|p| pod_ready(p))
             .filter_map(|p| {
                 Some(ReadyPod {
                     name: p.metadata.name.clone()?,
@@ -64,6 +64,14 @@ pub async fn wait_ready(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Whether the pod's Ready condition is True.
+pub fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// `GET /` on port 80 of `ip`, from the calling thread's network namespace, within

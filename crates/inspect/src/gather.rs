@@ -11,7 +11,7 @@ use nftables::types::NfFamily;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-pub(crate) fn links(nl: &mut Netlink) -> anyhow::Result<Vec<LinkFacts>> {
+pub fn links(nl: &mut Netlink) -> anyhow::Result<Vec<LinkFacts>> {
     let addrs = addr::list(nl, None)?;
     Ok(link::list(nl)?
         .into_iter()
@@ -37,7 +37,7 @@ pub(crate) fn links(nl: &mut Netlink) -> anyhow::Result<Vec<LinkFacts>> {
         .collect())
 }
 
-pub(crate) fn routes(nl: &mut Netlink) -> anyhow::Result<Vec<RouteFacts>> {
+pub fn routes(nl: &mut Netlink) -> anyhow::Result<Vec<RouteFacts>> {
     Ok(route::list_v4(nl)?
         .into_iter()
         .filter_map(|r| match r.dst {
@@ -55,7 +55,7 @@ pub(crate) fn routes(nl: &mut Netlink) -> anyhow::Result<Vec<RouteFacts>> {
 }
 
 /// Every neighbour entry, and the FDB entries of each VXLAN device.
-pub(crate) fn neighbours(nl: &mut Netlink, links: &[LinkFacts]) -> anyhow::Result<(Vec<Neighbour>, Vec<Fdb>)> {
+pub fn neighbours(nl: &mut Netlink, links: &[LinkFacts]) -> anyhow::Result<(Vec<Neighbour>, Vec<Fdb>)> {
     let neighbours = neigh::list_all(nl)?
         .into_iter()
         .map(|n| Neighbour { ifindex: n.ifindex, ip: n.ip, mac: n.mac, state: n.state })

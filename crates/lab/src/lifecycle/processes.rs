@@ -1,0 +1,125 @@
+//! The two long-running processes `lab up` starts: the control plane (`lab serve`) and
+//! each node's kubelet (`lab kubelet`, which runs the node's agent). Each stops when
+//! `stop` (called inside its runtime) resolves.
+
+use crate::apiserver::admission::ClusterConfig;
+use crate::layout::Layout;
+use crate::underlay;
+use anyhow::Context;
+use flatnet_model::node_network::Backend;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+/// The control plane: the API server on `listen` (and on the underlay, inside the
+/// namespace at `underlay`), the store, the controllers and the stand-in upstream DNS.
+pub fn serve<F: Future<Output = ()>>(
+    layout: &Layout,
+    listen: SocketAddr,
+    underlay: Option<&Path>,
+    stop: impl FnOnce() -> std::io::Result<F>,
+) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(layout.token())
+        .with_context(|| format!("read the API token in {}", layout.state.display()))?
+        .trim()
+        .to_string();
+    // The underlay socket is opened before any runtime thread exists (namespaces are per thread).
+    let underlay_addr = SocketAddr::new(underlay::control_plane_ip().into(), listen.port());
+    let underlay_listener = underlay
+        .map(|path| {
+            underlay::listen_in(path, underlay_addr)
+                .with_context(|| format!("listen on {underlay_addr} in the underlay {}", path.display()))
+        })
+        .transpose()?;
+    let upstream_dns_addr = SocketAddr::new(underlay::control_plane_ip().into(), 53);
+    let upstream_dns = underlay
+        .map(|path| {
+            crate::upstream_dns::bind_in(path, upstream_dns_addr)
+                .with_context(|| format!("listen on {upstream_dns_addr} (UDP) in the underlay {}", path.display()))
+        })
+        .transpose()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let mut listeners = vec![
+            tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listen on {listen}: is another lab or API server running there?"))?,
+        ];
+        if let Some(l) = underlay_listener {
+            listeners.push(tokio::net::TcpListener::from_std(l)?);
+        }
+        let pki = crate::tls::load_or_create(&layout.state)?;
+        let cp = crate::control_plane::start(&layout.state, token, ClusterConfig::default(), listen.port()).await?;
+        let (stopping, _) = tokio::sync::watch::channel(false);
+        let mut servers = Vec::new();
+        let upstream_dns = upstream_dns.map(|s| tokio::spawn(crate::upstream_dns::serve(s)));
+        for l in listeners {
+            eprintln!("flatnet lab control plane listening on https://{}", l.local_addr()?);
+            let (api, pki, mut stopped) = (cp.api.clone(), pki.clone(), stopping.subscribe());
+            servers.push(tokio::spawn(async move {
+                crate::control_plane::serve(api, l, &pki, async move {
+                    let _ = stopped.changed().await;
+                })
+                .await
+            }));
+        }
+        stop()?.await;
+        stopping.send_replace(true);
+        cp.shutdown().await;
+        if let Some(t) = upstream_dns {
+            t.abort();
+        }
+        for s in servers {
+            let _ = s.await;
+        }
+        Ok(())
+    })
+}
+
+/// The kubelet process: enters the node's namespace, then runs the kubelet (which runs
+/// the agent, as `flatnet agent`). Call it while the process is still single-threaded.
+pub fn kubelet<F: Future<Output = ()>>(
+    layout: &Layout,
+    node: &str,
+    ip: Ipv4Addr,
+    backend: Backend,
+    stop: impl FnOnce() -> std::io::Result<F>,
+) -> anyhow::Result<()> {
+    let ns = flatnet_kernel::netns::NetNs::open(layout.node_ns(node))
+        .with_context(|| format!("open node {node}'s namespace"))?;
+    // Still single-threaded: entering here moves every thread started later.
+    nix::sched::setns(std::os::fd::AsFd::as_fd(ns.file()), nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("enter node {node}'s namespace"))?;
+    let me = std::env::current_exe()?.to_string_lossy().into_owned();
+    let agent = vec![
+        me,
+        "agent".into(),
+        "--node-name".into(),
+        node.into(),
+        "--kubeconfig".into(),
+        layout.node_kubeconfig(node).to_string_lossy().into_owned(),
+        "--backend".into(),
+        backend.to_string(),
+        "--iface".into(),
+        "eth0".into(),
+        "--subnet-file".into(),
+        layout.subnet_file(node).to_string_lossy().into_owned(),
+        "--policy-socket".into(),
+        layout.agent_socket(node).to_string_lossy().into_owned(),
+    ];
+    let cfg = crate::kubelet::KubeletConfig {
+        layout: layout.clone(),
+        node: node.into(),
+        node_ip: ip,
+        kubeconfig: layout.node_kubeconfig(node),
+        agent: Some(agent),
+        cluster_dns: "10.96.0.10".into(),
+        cluster_domain: "cluster.local".into(),
+    };
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).max_blocking_threads(8).enable_all().build()?;
+    rt.block_on(async {
+        let stop = stop()?;
+        crate::kubelet::run(cfg, stop).await.map_err(anyhow::Error::from)
+    })
+}

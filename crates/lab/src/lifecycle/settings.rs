@@ -1,0 +1,20 @@
+//! What `lab up` chose, kept in the state directory for `status`, `demo` and a second
+//! `up`.
+
+use crate::layout::Layout;
+use std::net::SocketAddr;
+
+/// Where the lab keeps its state unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/flatnet/lab";
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+pub struct Settings {
+    pub backend: String,
+    pub nodes: usize,
+    pub listen: SocketAddr,
+}
+
+/// The settings of the lab at `layout`, when it has been brought up.
+pub fn read(layout: &Layout) -> Option<Settings> {
+    serde_json::from_str(&std::fs::read_to_string(layout.settings()).ok()?).ok()
+}

@@ -1,0 +1,246 @@
+//! `lab up`: builds (or completes) the lab: the control plane, the underlay, each node
+//! with its kubelet and agent, then waits for every node's network and deploys the
+//! cluster DNS.
+
+use super::settings::{self, Settings};
+use crate::layout::Layout;
+use crate::{nodes, underlay};
+use anyhow::{Context, bail};
+use flatnet_model::node_network::Backend;
+use k8s_openapi::api::core::v1::Node;
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// What to bring up.
+#[derive(Clone, Debug)]
+pub struct UpConfig {
+    pub layout: Layout,
+    /// The API server's address on this machine.
+    pub listen: SocketAddr,
+    /// How many nodes (node-1 … node-N).
+    pub nodes: usize,
+    pub backend: Backend,
+}
+
+/// What `up` is doing, for a progress display.
+pub enum Progress<'a> {
+    /// Starting on a lab of this size and backend.
+    Lab { nodes: usize, backend: Backend },
+    /// A step begins.
+    Step(&'a str),
+    /// The step begun last is done.
+    Done(Duration),
+}
+
+/// How a node's network reads from its Node object: `Ok(message)` when its agent reports
+/// it up with every peer routed, else `Err(why not)`. The agent writes that record, so
+/// the caller, who knows the agent, supplies the reading.
+pub type NetworkReading = fn(&Node) -> Result<String, String>;
+
+/// A node as `lab up` reports it.
+pub struct NodeSummary {
+    pub name: String,
+    pub ip: String,
+    pub pod_cidr: String,
+    pub network: String,
+}
+
+/// Builds (or completes) the lab and waits until every node's network is up.
+pub fn up(
+    cfg: &UpConfig,
+    network: NetworkReading,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> anyhow::Result<Vec<NodeSummary>> {
+    if cfg.nodes == 0 || cfg.nodes > nodes::MAX_NODES {
+        bail!("--nodes must be between 1 and {}", nodes::MAX_NODES);
+    }
+    let layout = &cfg.layout;
+    if let Some(s) = settings::read(layout)
+        && layout.apiserver().is_some()
+        && (s.backend != cfg.backend.to_string() || s.nodes != cfg.nodes)
+    {
+        bail!(
+            "the lab is already up with {} node(s) and backend {}; run `flatnet lab down` first to change that",
+            s.nodes,
+            s.backend
+        );
+    }
+    progress(Progress::Lab { nodes: cfg.nodes, backend: cfg.backend });
+    std::fs::create_dir_all(layout.netns_dir()).with_context(|| format!("create {}", layout.state.display()))?;
+    flatnet_kernel::netns::make_shared_dir(&layout.netns_dir())
+        .context("prepare the namespace directory (needs root)")?;
+
+    let t = Instant::now();
+    progress(Progress::Step("control plane (API server, store, controllers)"));
+    let token = match std::fs::read_to_string(layout.token()) {
+        Ok(t) => t.trim().to_string(),
+        Err(_) => {
+            let t = crate::kubeconfig::new_token();
+            write_private(&layout.token(), &t)?;
+            t
+        }
+    };
+    crate::tls::load_or_create(&layout.state)?;
+    underlay::create(&layout.underlay_ns()).context("create the lab underlay network namespace (needs root)")?;
+    start_control_plane(layout, cfg.listen)?;
+    let ca = std::fs::read_to_string(layout.state.join("ca.crt")).context("read the lab's CA certificate")?;
+    write_private(&layout.kubeconfig(), &crate::kubeconfig::render(&format!("https://{}", cfg.listen), &ca, &token))?;
+    let settings = Settings { backend: cfg.backend.to_string(), nodes: cfg.nodes, listen: cfg.listen };
+    std::fs::write(layout.settings(), serde_json::to_string_pretty(&settings)?)?;
+    progress(Progress::Done(t.elapsed()));
+
+    let node_server = node_server(cfg.listen);
+    for i in 1..=cfg.nodes {
+        let (name, ip) = (nodes::name(i), nodes::ip(i));
+        let t = Instant::now();
+        progress(Progress::Step(&format!("{name}: netns, eth0 {ip} on {}, kubelet, agent", underlay::BRIDGE)));
+        std::fs::create_dir_all(layout.node_dir(&name))?;
+        write_private(&layout.node_kubeconfig(&name), &crate::kubeconfig::render(&node_server, &ca, &token))?;
+        nodes::create(&layout.underlay_ns(), &layout.node_ns(&name), &name, ip)
+            .with_context(|| format!("create node {name}"))?;
+        start_kubelet(layout, &name, ip, cfg.backend)?;
+        progress(Progress::Done(t.elapsed()));
+    }
+    let t = Instant::now();
+    progress(Progress::Step("waiting for every node's network (podCIDR, routes to peers)"));
+    let rt = super::connect::runtime()?;
+    let summary = rt.block_on(wait_nodes_ready(layout, cfg.nodes, network, Duration::from_secs(60)))?;
+    progress(Progress::Done(t.elapsed()));
+    let t = Instant::now();
+    progress(Progress::Step(&format!("cluster DNS: kube-dns {} → 2 flatnet dns pods", super::cluster_dns::SERVICE_IP)));
+    rt.block_on(async {
+        let client = super::connect::client(layout).await?;
+        super::cluster_dns::deploy(&client, layout, cfg.nodes).await
+    })?;
+    progress(Progress::Done(t.elapsed()));
+    Ok(summary)
+}
+
+/// The API server's address as the nodes reach it, over the underlay.
+pub fn node_server(listen: SocketAddr) -> String {
+    format!("https://{}:{}", underlay::control_plane_ip(), listen.port())
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    crate::write_file(path, text, 0o600).with_context(|| format!("write {}", path.display()))
+}
+
+fn start_control_plane(layout: &Layout, listen: SocketAddr) -> anyhow::Result<()> {
+    if layout.apiserver().is_some() {
+        return Ok(());
+    }
+    let log = std::fs::File::create(layout.state.join("apiserver.log"))?;
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(["lab", "serve", "--state-dir"])
+        .arg(&layout.state)
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--underlay-netns")
+        .arg(layout.underlay_ns())
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("start the control plane")?;
+    std::fs::write(layout.apiserver_pid(), child.id().to_string())?;
+    wait_listening(listen, Duration::from_secs(20)).with_context(|| {
+        format!("the control plane did not come up; its log is {}", layout.state.join("apiserver.log").display())
+    })
+}
+
+fn start_kubelet(layout: &Layout, node: &str, ip: Ipv4Addr, backend: Backend) -> anyhow::Result<()> {
+    if layout.kubelet(node).is_some() {
+        return Ok(());
+    }
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(layout.node_dir(node).join("kubelet.log"))?;
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(["lab", "kubelet", "--state-dir"])
+        .arg(&layout.state)
+        .args(["--node", node, "--node-ip", &ip.to_string(), "--backend", &backend.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("start the kubelet of {node}"))?;
+    std::fs::write(layout.kubelet_pid(node), child.id().to_string())?;
+    Ok(())
+}
+
+fn wait_listening(addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on {addr} after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The address the Node reports as its InternalIP.
+fn internal_ip(node: &Node) -> Option<&str> {
+    let addresses = node.status.as_ref()?.addresses.as_ref()?;
+    Some(addresses.iter().find(|a| a.type_ == "InternalIP")?.address.as_str())
+}
+
+/// Waits until `count` nodes are registered, have a podCIDR, and their agent reports
+/// the network up (NetworkUnavailable=False).
+async fn wait_nodes_ready(
+    layout: &Layout,
+    count: usize,
+    network: NetworkReading,
+    within: Duration,
+) -> anyhow::Result<Vec<NodeSummary>> {
+    let api: kube::Api<Node> = kube::Api::all(super::connect::client(layout).await?);
+    let deadline = Instant::now() + within;
+    loop {
+        let mut problems = Vec::new();
+        let list = match api.list(&Default::default()).await {
+            Ok(l) => l.items,
+            Err(e) => {
+                problems.push(e.to_string());
+                Vec::new()
+            }
+        };
+        let wanted: HashSet<String> = (1..=count).map(nodes::name).collect();
+        let mut summary: Vec<NodeSummary> = list
+            .iter()
+            .filter(|n| n.metadata.name.as_ref().is_some_and(|x| wanted.contains(x)))
+            .map(|n| {
+                let message = network(n).unwrap_or_else(|why| {
+                    problems.push(format!("{}: {why}", n.metadata.name.as_deref().unwrap_or("")));
+                    why
+                });
+                NodeSummary {
+                    name: n.metadata.name.clone().unwrap_or_default(),
+                    ip: internal_ip(n)
+                        .and_then(|i| i.parse::<Ipv4Addr>().ok())
+                        .map(|i| i.to_string())
+                        .unwrap_or_default(),
+                    pod_cidr: n.spec.as_ref().and_then(|s| s.pod_cidr.clone()).unwrap_or_default(),
+                    network: message,
+                }
+            })
+            .collect();
+        if summary.len() < count {
+            problems.push(format!("{} of {count} nodes registered", summary.len()));
+        }
+        if problems.is_empty() {
+            summary.sort_by_key(|n| n.name.trim_start_matches("node-").parse::<usize>().unwrap_or(0));
+            return Ok(summary);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the nodes' network did not come up within {within:?}: {}\n(logs: {}/nodes/*/kubelet.log, agent.log)",
+                problems.join("; "),
+                layout.state.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
