@@ -8,13 +8,11 @@
 pub mod config;
 pub mod dataplane;
 pub mod metrics;
-pub mod node;
 pub mod policy;
 pub mod proxy;
 pub mod run;
 pub mod status;
 pub mod supervise;
-pub mod watch;
 
 pub use config::AgentConfig;
 pub use run::run;

@@ -5,10 +5,10 @@
 
 use crate::config::AgentConfig;
 use crate::dataplane::{self, DataplaneError};
-use crate::node;
 use crate::supervise::{Reconcile, Stop, drive, supervise};
-use crate::watch::{self, Change, Store};
 use flatnet_kernel::Netlink;
+use flatnet_kube::node::{self, REASON_PEERS_PENDING, REASON_UP};
+use flatnet_kube::watch::{self, Change, Store};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use std::sync::Arc;
@@ -142,13 +142,8 @@ impl Reconcile for NodeSync {
 }
 
 async fn client(cfg: &AgentConfig) -> Result<kube::Client, AgentError> {
-    crate::watch::client(cfg.kubeconfig.as_deref()).await.map_err(AgentError::Client)
+    watch::client(cfg.kubeconfig.as_deref()).await.map_err(AgentError::Client)
 }
-
-/// The NetworkUnavailable=False reasons: every peer routed, or some left out (named in
-/// the message).
-pub const REASON_UP: &str = "FlatnetIsUp";
-pub const REASON_PEERS_PENDING: &str = "FlatnetPeersPending";
 
 /// One reconcile pass; returns a one-line summary and whether every peer is routed.
 async fn pass(
@@ -160,7 +155,7 @@ async fn pass(
 ) -> Result<(String, bool), AgentError> {
     let (internal_ip, iface) = (node::internal_ip(me), cfg.underlay_iface.clone());
     let underlay = blocking(move |nl| dataplane::find_underlay(nl, iface.as_deref(), internal_ip)).await?;
-    let want = node::desired_annotations(cfg, underlay.addr.addr());
+    let want = desired_annotations(cfg, underlay.addr.addr());
     if let Some(patch) = node::annotation_patch(me, &want) {
         api.patch(&cfg.node_name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -250,4 +245,22 @@ async fn report(api: &Api<Node>, me: &Node, unavailable: bool, reason: &str, mes
     if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
         warn!("could not report the network condition on node {name}: {e}");
     }
+}
+
+/// The annotations this node must carry.
+pub fn desired_annotations(
+    cfg: &AgentConfig,
+    underlay_ip: std::net::Ipv4Addr,
+) -> std::collections::BTreeMap<&'static str, String> {
+    let mut want = std::collections::BTreeMap::from([
+        (flatnet_model::node_network::annotations::BACKEND, cfg.backend.to_string()),
+        (flatnet_model::node_network::annotations::UNDERLAY_IP, underlay_ip.to_string()),
+    ]);
+    if cfg.backend == flatnet_model::node_network::Backend::Vxlan {
+        want.insert(
+            flatnet_model::node_network::annotations::VTEP_MAC,
+            flatnet_model::names::format_mac(&cfg.vtep_mac()),
+        );
+    }
+    want
 }

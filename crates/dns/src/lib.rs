@@ -10,7 +10,7 @@ pub mod server;
 
 use arc_swap::ArcSwap;
 use cluster::{Event, World};
-use flatnet_agent::watch;
+use flatnet_kube::watch;
 use flatnet_model::dns::ZoneConfig;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -74,9 +74,19 @@ pub async fn run(cfg: DnsConfig, shutdown: impl std::future::Future<Output = ()>
         Source::Api { kubeconfig } => {
             let client = watch::client(kubeconfig.as_deref()).await.map_err(DnsError::Client)?;
             watches = vec![
-                watch::spawn(Api::<Service>::all(client.clone()), cluster::service_of, Event::Service, tx.clone()),
-                watch::spawn(Api::<EndpointSlice>::all(client.clone()), cluster::slice_of, Event::Slice, tx.clone()),
-                watch::spawn(Api::<Pod>::all(client), cluster::pod_of, Event::Pod, tx),
+                watch::spawn(
+                    Api::<Service>::all(client.clone()),
+                    flatnet_kube::dns::service_of,
+                    Event::Service,
+                    tx.clone(),
+                ),
+                watch::spawn(
+                    Api::<EndpointSlice>::all(client.clone()),
+                    flatnet_kube::dns::slice_of,
+                    Event::Slice,
+                    tx.clone(),
+                ),
+                watch::spawn(Api::<Pod>::all(client), flatnet_kube::dns::pod_of, Event::Pod, tx),
             ];
             World::default()
         }

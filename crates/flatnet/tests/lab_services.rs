@@ -209,8 +209,55 @@ fn services_end_to_end() {
             assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{what}: {e}");
             assert!(t.elapsed() < Duration::from_secs(1), "{what}: took {:?}", t.elapsed());
         }
+        rolling_update_with_affinity_and_local_policy(&lab, &client_ns, &ips[1], &ips[2], &cluster_ip);
         lab.down_and_check_clean();
     });
+}
+
+/// The moment of a rolling update that used to kill the proxy: ClientIP affinity and
+/// internalTrafficPolicy Local, this node's only endpoint terminating (still serving) and
+/// another node's ready. The node's own endpoint keeps serving, and no reconciler fails.
+fn rolling_update_with_affinity_and_local_policy(
+    lab: &Lab,
+    client_ns: &Path,
+    web1_ip: &str,
+    web2_ip: &str,
+    cluster_ip: &dyn Fn(&str) -> String,
+) {
+    lab.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: rolling}}
+spec: {{sessionAffinity: ClientIP, internalTrafficPolicy: Local, ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: rolling-1, labels: {{kubernetes.io/service-name: rolling}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+- {{addresses: ["{web1_ip}"], nodeName: node-1, conditions: {{ready: false, serving: true, terminating: true}}}}
+- {{addresses: ["{web2_ip}"], nodeName: node-2, conditions: {{ready: true, serving: true, terminating: false}}}}
+"#
+    ));
+    let rolling = cluster_ip("rolling");
+    converges("the terminating local endpoint serves the rolling Service", Duration::from_secs(20), || {
+        let body = http_get_at(client_ns, addr(&rolling, 80)).map_err(|e| e.to_string())?;
+        match seen_pod(&body).as_str() {
+            "web-1" => Ok(()),
+            other => Err(format!("answered by {other:?}")),
+        }
+    });
+    let metrics = SocketAddr::from(([127, 0, 0, 1], 9402));
+    let status = common::lab::http_get_path(&lab.ns("node-1"), metrics, "/status").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    for r in ["node", "proxy", "policy"] {
+        let rec = &v["reconcilers"][r];
+        assert!(rec["last_error"].is_null() && rec["restarts"] == 0, "{r} is failing on node-1: {v:#}");
+    }
+    let ready = common::lab::http_get_path(&lab.ns("node-1"), metrics, "/readyz");
+    assert!(ready.is_ok(), "node-1's agent is not ready: {ready:?}");
 }
 
 const UDP_MANIFEST: &str = r#"

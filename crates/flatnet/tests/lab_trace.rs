@@ -104,7 +104,7 @@ fn host_veth(lab: &Lab, pod: &str, node: &str) -> String {
 
 fn node_ip(nodes: &[Node], name: &str) -> String {
     let n = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(name)).unwrap();
-    flatnet_agent::node::internal_ip(n).unwrap().to_string()
+    flatnet_kube::node::internal_ip(n).unwrap().to_string()
 }
 
 /// `flatnet lab doctor --json` (with extra environment), as node → checks.
@@ -423,7 +423,7 @@ fn doctor_finds_each_fault(lab: &Lab, nodes: &[Node]) {
     in_node(lab, "node-1", "echo 1 > /proc/sys/net/ipv4/ip_forward");
 
     // A missing FDB entry, repaired with the fix doctor prints.
-    let mac = flatnet_agent::node::peer(nodes.iter().find(|n| n.metadata.name.as_deref() == Some("node-2")).unwrap())
+    let mac = flatnet_kube::node::peer(nodes.iter().find(|n| n.metadata.name.as_deref() == Some("node-2")).unwrap())
         .vtep_mac
         .map(|m| flatnet_model::names::format_mac(&m))
         .unwrap();

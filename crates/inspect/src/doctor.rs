@@ -36,7 +36,7 @@ fn read(ns: &Path, me: &str, nodes: &[Node], opts: &Options) -> anyhow::Result<F
     let routes = gather::routes(&mut nl)?;
     let (neighbours, fdb) = gather::neighbours(&mut nl, &links)?;
     let node = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(me));
-    let backend = node.map(flatnet_agent::node::peer).and_then(|p| p.backend).unwrap_or(Backend::Vxlan);
+    let backend = node.map(flatnet_kube::node::peer).and_then(|p| p.backend).unwrap_or(Backend::Vxlan);
     let nft = nft::version();
     let ruleset = if nft.is_ok() { nft::list_ruleset().ok() } else { None };
     let bridge_nf = sysctl::read("net.bridge.bridge-nf-call-iptables").ok().map(|v| v == "1");
@@ -52,11 +52,11 @@ fn read(ns: &Path, me: &str, nodes: &[Node], opts: &Options) -> anyhow::Result<F
         routes,
         neighbours,
         fdb,
-        underlay_ip: node.and_then(flatnet_agent::node::internal_ip),
-        pod_cidr: node.and_then(flatnet_agent::node::pod_cidr),
+        underlay_ip: node.and_then(flatnet_kube::node::internal_ip),
+        pod_cidr: node.and_then(flatnet_kube::node::pod_cidr),
         peers: nodes
             .iter()
-            .map(flatnet_agent::node::peer)
+            .map(flatnet_kube::node::peer)
             .map(|p| PeerFacts { name: p.name, underlay_ip: p.underlay_ip, pod_cidr: p.pod_cidr, vtep_mac: p.vtep_mac })
             .collect(),
         ruleset,
@@ -80,7 +80,7 @@ fn read(ns: &Path, me: &str, nodes: &[Node], opts: &Options) -> anyhow::Result<F
 /// $KUBECONFIG), for the checks that need this node's peers.
 pub fn cluster_nodes(kubeconfig: Option<&Path>) -> anyhow::Result<Vec<Node>> {
     connect::runtime()?.block_on(async {
-        let client = flatnet_agent::watch::client(kubeconfig).await.map_err(anyhow::Error::msg)?;
+        let client = flatnet_kube::watch::client(kubeconfig).await.map_err(anyhow::Error::msg)?;
         anyhow::Ok(kube::Api::<Node>::all(client).list(&Default::default()).await?.items)
     })
 }

@@ -1,7 +1,7 @@
 //! The lab's nodes as `lab status` shows them: address, pod CIDR, readiness, their pods,
 //! and the network their agent reports.
 
-use crate::node_network::{Network, network_condition};
+use flatnet_kube::node::{Network, network_state as network_condition};
 use flatnet_lab::layout::Layout;
 use flatnet_lab::lifecycle::connect;
 use flatnet_lab::lifecycle::scenario::pod_ready;
@@ -33,7 +33,7 @@ pub fn read(layout: &Layout) -> anyhow::Result<Vec<NodeRow>> {
             let on_node: Vec<&Pod> =
                 pods.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&name)).collect();
             NodeRow {
-                ip: flatnet_agent::node::internal_ip(n),
+                ip: flatnet_kube::node::internal_ip(n),
                 pod_cidr: n.spec.as_ref().and_then(|s| s.pod_cidr.clone()),
                 ready: node_ready(n),
                 pods_ready: on_node.iter().filter(|p| pod_ready(p)).count(),

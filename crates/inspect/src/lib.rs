@@ -7,7 +7,6 @@ pub mod doctor;
 pub mod gather;
 pub mod lab_demo;
 pub mod lab_nodes;
-pub mod node_network;
 pub mod probe;
 pub mod status;
 pub mod trace;

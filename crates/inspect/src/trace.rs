@@ -217,12 +217,12 @@ pub fn run(
     world.node_ips = api
         .nodes
         .iter()
-        .filter_map(|n| Some((flatnet_agent::node::internal_ip(n)?, n.metadata.name.clone()?)))
+        .filter_map(|n| Some((flatnet_kube::node::internal_ip(n)?, n.metadata.name.clone()?)))
         .collect();
     let by_name: BTreeMap<&str, &Node> =
         api.nodes.iter().filter_map(|n| Some((n.metadata.name.as_deref()?, n))).collect();
     for (name, path) in &nodes {
-        let underlay = by_name.get(name.as_str()).and_then(|n| flatnet_agent::node::internal_ip(n));
+        let underlay = by_name.get(name.as_str()).and_then(|n| flatnet_kube::node::internal_ip(n));
         let facts = flatnet_kernel::netns::run_in(path, || gather::node(name, underlay, src_ip, dst_ip))?
             .with_context(|| format!("read {name}'s network state"))?;
         world.nodes.insert(name.clone(), facts);
@@ -309,7 +309,7 @@ pub fn node(
     req: &Request,
 ) -> anyhow::Result<trace::Trace> {
     let rt = connect::runtime()?;
-    let client = rt.block_on(flatnet_agent::watch::client(kubeconfig)).map_err(anyhow::Error::msg)?;
+    let client = rt.block_on(flatnet_kube::watch::client(kubeconfig)).map_err(anyhow::Error::msg)?;
     run(&Scope::Node(me, pod_netns_dirs), &rt, client, req)
 }
 

@@ -2,7 +2,7 @@
 //! the agent's own words when it is not.
 
 use flatnet_inspect::lab_nodes;
-use flatnet_inspect::node_network::Network;
+use flatnet_kube::node::Network;
 use flatnet_lab::layout::Layout;
 use flatnet_lab::lifecycle::settings;
 

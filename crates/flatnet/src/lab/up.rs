@@ -10,7 +10,7 @@ use std::time::Instant;
 /// Brings the lab up, showing each step, then what it runs and how to use it.
 pub fn up(args: &UpArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let summary = lab_up::up(&args.config(), flatnet_inspect::node_network::reading, &mut show)?;
+    let summary = lab_up::up(&args.config(), &mut show)?;
     print_summary(args, &summary, started);
     Ok(())
 }

@@ -148,10 +148,19 @@ pub fn admit(
     if key.resource == "services" {
         service_ips(cfg, all, key, obj, old)?;
     }
-    if key.resource == "networkpolicies.networking.k8s.io"
-        && let Err((field, why)) = network_policy(&obj["spec"])
-    {
-        return Err(ApiError::invalid("NetworkPolicy", &key.name, &field, why));
+    if key.resource == "networkpolicies.networking.k8s.io" {
+        let enforced = || {
+            // What passes the API's checks must also be what the agent enforces as
+            // written: the agent's own reading of it reports nothing.
+            let np = serde_json::from_value(obj.clone()).map_err(|e| ("spec".to_string(), e.to_string()))?;
+            match flatnet_kube::policy::policy_of(&np).1.as_slice() {
+                [] => Ok(()),
+                problems => Err(("spec".to_string(), problems.join("; "))),
+            }
+        };
+        if let Err((field, why)) = network_policy(&obj["spec"]).and_then(|()| enforced()) {
+            return Err(ApiError::invalid("NetworkPolicy", &key.name, &field, why));
+        }
     }
     if key.resource == "nodes"
         && let Some(prev) = old.and_then(|o| o["spec"]["podCIDR"].as_str()).filter(|p| !p.is_empty())

@@ -35,11 +35,6 @@ pub enum Progress<'a> {
     Done(Duration),
 }
 
-/// How a node's network reads from its Node object: `Ok(message)` when its agent reports
-/// it up with every peer routed, else `Err(why not)`. The agent writes that record, so
-/// the caller, who knows the agent, supplies the reading.
-pub type NetworkReading = fn(&Node) -> Result<String, String>;
-
 /// A node as `lab up` reports it.
 pub struct NodeSummary {
     pub name: String,
@@ -49,11 +44,7 @@ pub struct NodeSummary {
 }
 
 /// Builds (or completes) the lab and waits until every node's network is up.
-pub fn up(
-    cfg: &UpConfig,
-    network: NetworkReading,
-    progress: &mut dyn FnMut(Progress<'_>),
-) -> anyhow::Result<Vec<NodeSummary>> {
+pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Result<Vec<NodeSummary>> {
     if cfg.nodes == 0 || cfg.nodes > nodes::MAX_NODES {
         bail!("--nodes must be between 1 and {}", nodes::MAX_NODES);
     }
@@ -107,7 +98,7 @@ pub fn up(
     let t = Instant::now();
     progress(Progress::Step("waiting for every node's network (podCIDR, routes to peers)"));
     let rt = super::connect::runtime()?;
-    let summary = rt.block_on(wait_nodes_ready(layout, cfg.nodes, network, Duration::from_secs(60)))?;
+    let summary = rt.block_on(wait_nodes_ready(layout, cfg.nodes, Duration::from_secs(60)))?;
     progress(Progress::Done(t.elapsed()));
     let t = Instant::now();
     progress(Progress::Step(&format!("cluster DNS: kube-dns {} → 2 flatnet dns pods", super::cluster_dns::SERVICE_IP)));
@@ -182,20 +173,9 @@ fn wait_listening(addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The address the Node reports as its InternalIP.
-fn internal_ip(node: &Node) -> Option<&str> {
-    let addresses = node.status.as_ref()?.addresses.as_ref()?;
-    Some(addresses.iter().find(|a| a.type_ == "InternalIP")?.address.as_str())
-}
-
 /// Waits until `count` nodes are registered, have a podCIDR, and their agent reports
 /// the network up (NetworkUnavailable=False).
-async fn wait_nodes_ready(
-    layout: &Layout,
-    count: usize,
-    network: NetworkReading,
-    within: Duration,
-) -> anyhow::Result<Vec<NodeSummary>> {
+async fn wait_nodes_ready(layout: &Layout, count: usize, within: Duration) -> anyhow::Result<Vec<NodeSummary>> {
     let api: kube::Api<Node> = kube::Api::all(super::connect::client(layout).await?);
     let deadline = Instant::now() + within;
     loop {
@@ -212,16 +192,13 @@ async fn wait_nodes_ready(
             .iter()
             .filter(|n| n.metadata.name.as_ref().is_some_and(|x| wanted.contains(x)))
             .map(|n| {
-                let message = network(n).unwrap_or_else(|why| {
+                let message = flatnet_kube::node::network_up(n).unwrap_or_else(|why| {
                     problems.push(format!("{}: {why}", n.metadata.name.as_deref().unwrap_or("")));
                     why
                 });
                 NodeSummary {
                     name: n.metadata.name.clone().unwrap_or_default(),
-                    ip: internal_ip(n)
-                        .and_then(|i| i.parse::<Ipv4Addr>().ok())
-                        .map(|i| i.to_string())
-                        .unwrap_or_default(),
+                    ip: flatnet_kube::node::internal_ip(n).map(|i| i.to_string()).unwrap_or_default(),
                     pod_cidr: n.spec.as_ref().and_then(|s| s.pod_cidr.clone()).unwrap_or_default(),
                     network: message,
                 }

@@ -1,13 +1,16 @@
 //! Reading Nodes the way the planner needs them, and what the agent writes back on its
 //! own Node: the annotations peers route by, and the NetworkUnavailable condition.
 
-use crate::config::AgentConfig;
-use flatnet_model::names::format_mac;
 use flatnet_model::node_network::{Peer, annotations, parse_mac};
 use k8s_openapi::api::core::v1::Node;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+
+/// The NetworkUnavailable=False reasons the agent sets: every peer routed, or some left
+/// out (named in the message).
+pub const REASON_UP: &str = "FlatnetIsUp";
+pub const REASON_PEERS_PENDING: &str = "FlatnetPeersPending";
 
 pub fn pod_cidr(node: &Node) -> Option<ipnet::Ipv4Net> {
     node.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()
@@ -17,7 +20,7 @@ pub fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
     node.status.as_ref()?.addresses.as_ref()?.iter().find(|a| a.type_ == "InternalIP")?.address.parse().ok()
 }
 
-fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+pub fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
     node.metadata.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
@@ -29,18 +32,6 @@ pub fn peer(node: &Node) -> Peer {
         backend: annotation(node, annotations::BACKEND).and_then(|s| s.parse().ok()),
         vtep_mac: annotation(node, annotations::VTEP_MAC).and_then(parse_mac),
     }
-}
-
-/// The annotations this node must carry.
-pub fn desired_annotations(cfg: &AgentConfig, underlay_ip: Ipv4Addr) -> BTreeMap<&'static str, String> {
-    let mut want = BTreeMap::from([
-        (annotations::BACKEND, cfg.backend.to_string()),
-        (annotations::UNDERLAY_IP, underlay_ip.to_string()),
-    ]);
-    if cfg.backend == flatnet_model::node_network::Backend::Vxlan {
-        want.insert(annotations::VTEP_MAC, format_mac(&cfg.vtep_mac()));
-    }
-    want
 }
 
 /// A merge patch that sets the annotations that differ (removing the VTEP MAC when the
@@ -80,4 +71,32 @@ pub fn condition_patch(unavailable: bool, reason: &str, message: &str, transitio
         c["lastTransitionTime"] = json!(now);
     }
     json!({"status": {"conditions": [c]}})
+}
+
+/// A node's network as its agent reports it (the NetworkUnavailable condition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// Up, every peer routed.
+    Up,
+    /// Up, some peers not routed (the message says which and why).
+    Partial,
+    Down,
+}
+
+/// The node's network, and the agent's message about it.
+pub fn network_state(node: &Node) -> (Network, String) {
+    match network_condition(node) {
+        Some((s, r, m)) if s == "False" && r == REASON_UP => (Network::Up, m),
+        Some((s, _, m)) if s == "False" => (Network::Partial, m),
+        Some((_, _, m)) => (Network::Down, m),
+        None => (Network::Down, "the agent has not reported yet".into()),
+    }
+}
+
+/// The agent's message, as `Ok` only when the node's network is up with every peer routed.
+pub fn network_up(node: &Node) -> Result<String, String> {
+    match network_state(node) {
+        (Network::Up, m) => Ok(m),
+        (_, m) => Err(m),
+    }
 }
