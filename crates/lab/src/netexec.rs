@@ -6,14 +6,9 @@
 //! → the pod name, `GET /clientip` → `IP:PORT`. Anything else on TCP, and any UDP
 //! datagram, gets the `/` line.
 
+use flatnet_model::l4::Proto;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
 
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -59,24 +54,22 @@ impl Identity {
 }
 
 /// Parses `80/TCP`, `53/UDP`, `8080` (TCP).
-pub fn parse_port(s: &str) -> Result<(u16, Protocol), String> {
+pub fn parse_port(s: &str) -> Result<(u16, Proto), String> {
     let (port, proto) = s.split_once('/').unwrap_or((s, "TCP"));
     let port = port.parse().map_err(|_| format!("{s:?}: not a port number"))?;
-    let proto = match proto.to_ascii_uppercase().as_str() {
-        "TCP" => Protocol::Tcp,
-        "UDP" => Protocol::Udp,
-        other => return Err(format!("{s:?}: protocol {other} is not served (TCP or UDP)")),
-    };
-    Ok((port, proto))
+    match Proto::parse(&proto.to_ascii_uppercase()) {
+        Some(p @ (Proto::Tcp | Proto::Udp)) => Ok((port, p)),
+        _ => Err(format!("{s:?}: protocol {proto} is not served (TCP or UDP)")),
+    }
 }
 
 /// Serves every port until the process is killed.
-pub async fn serve(id: Identity, ports: Vec<(u16, Protocol)>) -> std::io::Result<()> {
+pub async fn serve(id: Identity, ports: Vec<(u16, Proto)>) -> std::io::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for (port, proto) in ports {
         let id = id.clone();
         match proto {
-            Protocol::Tcp => {
+            Proto::Tcp => {
                 let l = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
                 tasks.spawn(async move {
                     loop {
@@ -103,7 +96,7 @@ pub async fn serve(id: Identity, ports: Vec<(u16, Protocol)>) -> std::io::Result
                     }
                 });
             }
-            Protocol::Udp => {
+            Proto::Udp => {
                 let sock = tokio::net::UdpSocket::bind(("0.0.0.0", port)).await?;
                 tasks.spawn(async move {
                     let mut buf = vec![0u8; 2048];
@@ -115,6 +108,9 @@ pub async fn serve(id: Identity, ports: Vec<(u16, Protocol)>) -> std::io::Result
                         let _ = sock.send_to(&id.answer(&buf[..n], local, client), client).await;
                     }
                 });
+            }
+            other @ (Proto::Sctp | Proto::Icmp) => {
+                return Err(std::io::Error::other(format!("port {port}: {} is not served", other.word())));
             }
         }
     }
@@ -145,8 +141,8 @@ mod tests {
         assert!(ip.ends_with("\r\n\r\n10.244.1.7:41000\n"));
         let raw = String::from_utf8(id.answer(b"hello", local, client)).unwrap();
         assert!(raw.starts_with("pod=web "));
-        assert_eq!(parse_port("53/udp"), Ok((53, Protocol::Udp)));
-        assert_eq!(parse_port("8080"), Ok((8080, Protocol::Tcp)));
+        assert_eq!(parse_port("53/udp"), Ok((53, Proto::Udp)));
+        assert_eq!(parse_port("8080"), Ok((8080, Proto::Tcp)));
         assert!(parse_port("80/SCTP").unwrap_err().contains("SCTP"));
         assert!(parse_port("http").is_err());
     }
