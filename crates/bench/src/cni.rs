@@ -1,9 +1,11 @@
 //! ADD then DEL for N pods, sequentially and K at a time, for flatnet and for the
-//! reference `bridge` + `host-local` plugins on an equivalent config, in one run inside
-//! a private network namespace. Rounds alternate between the two so drift in the
-//! machine's speed hits both alike.
+//! reference `bridge` + `host-local` plugins on an equivalent config (Debian's 1.1.1 and
+//! the current release that `scripts/peers` builds), in one run inside a private network
+//! namespace. Rounds alternate between them so drift in the machine's speed hits all
+//! alike. DEL is also timed until the host veths are really gone: flatnet defers the
+//! kernel's teardown, so its DEL returning early is not the whole cost.
 
-use super::stats::{ms, summarize};
+use super::stats::{median, ms, summarize};
 use anyhow::{Context, bail};
 use flatnet_cni::exec::{self, Attachment};
 use flatnet_kernel::sandbox::{self, Sandbox};
@@ -28,10 +30,21 @@ pub struct CniBenchArgs {
     /// Where the reference plugins live (Debian: containernetworking-plugins).
     #[arg(long, default_value = "/usr/lib/cni")]
     reference_dir: PathBuf,
+    /// Where the current reference plugins live (default: what `scripts/peers` builds).
+    #[arg(long)]
+    current_dir: Option<PathBuf>,
+}
+
+/// The current reference plugins, where `scripts/peers` builds them.
+fn current_plugins(given: Option<&Path>) -> Option<PathBuf> {
+    let cache = std::env::var_os("FLATNET_PEERS_CACHE")
+        .map_or_else(|| PathBuf::from("/var/cache/flatnet/peers"), PathBuf::from);
+    let dir = given.map_or_else(|| cache.join("plugins-v1.10.0"), Path::to_path_buf);
+    (dir.join("bridge").is_file() && dir.join("host-local").is_file()).then_some(dir)
 }
 
 struct Contender {
-    label: &'static str,
+    label: String,
     binary: PathBuf,
     dirs: Vec<PathBuf>,
     config: Value,
@@ -41,6 +54,8 @@ struct Contender {
 struct Samples {
     add: Vec<Duration>,
     del: Vec<Duration>,
+    /// Per round: from the first DEL to the last of its host veths gone, per pod.
+    teardown: Vec<f64>,
 }
 
 pub fn run(args: CniBenchArgs) -> anyhow::Result<()> {
@@ -61,24 +76,36 @@ pub fn run(args: CniBenchArgs) -> anyhow::Result<()> {
     sandbox::run(|sb| bench(sb, &args, &me))?
 }
 
+fn reference(label: &str, dir: &Path, bridge: &str, subnet: &str, ipam: PathBuf) -> Contender {
+    Contender {
+        label: label.into(),
+        binary: dir.join("bridge"),
+        dirs: vec![dir.to_path_buf()],
+        config: json!({"cniVersion": "1.0.0", "name": "bench", "type": "bridge", "bridge": bridge,
+            "isGateway": true, "hairpinMode": true,
+            "ipam": {"type": "host-local", "subnet": subnet, "dataDir": ipam}}),
+    }
+}
+
 fn bench(sb: &Sandbox, args: &CniBenchArgs, flatnet: &Path) -> anyhow::Result<()> {
-    let contenders = [
+    let mut contenders = vec![
         Contender {
-            label: "flatnet",
+            label: "flatnet".into(),
             binary: flatnet.to_path_buf(),
-            dirs: vec![flatnet.parent().expect("a binary has a directory").to_path_buf()],
+            dirs: flatnet.parent().map(Path::to_path_buf).into_iter().collect(),
             config: json!({"cniVersion": "1.0.0", "name": "bench", "type": "flatnet", "bridge": "cni0",
                 "subnet": "10.244.1.0/24", "dataDir": sb.dir().join("flatnet-ipam")}),
         },
-        Contender {
-            label: "bridge+host-local",
-            binary: args.reference_dir.join("bridge"),
-            dirs: vec![args.reference_dir.clone()],
-            config: json!({"cniVersion": "1.0.0", "name": "bench", "type": "bridge", "bridge": "cni1",
-                "isGateway": true, "hairpinMode": true,
-                "ipam": {"type": "host-local", "subnet": "10.244.2.0/24", "dataDir": sb.dir().join("ref-ipam")}}),
-        },
+        reference("debian 1.1.1", &args.reference_dir, "cni1", "10.244.2.0/24", sb.dir().join("ref-ipam")),
     ];
+    match current_plugins(args.current_dir.as_deref()) {
+        Some(dir) => {
+            contenders.push(reference("current 1.10.0", &dir, "cni2", "10.244.3.0/24", sb.dir().join("cur-ipam")))
+        }
+        None => println!(
+            "the current reference plugins are not built (run scripts/peers plugins): compared with Debian's only"
+        ),
+    }
     let pods: Vec<PathBuf> = (0..args.pods).map(|i| sb.create_netns(&format!("pod{i}"))).collect::<Result<_, _>>()?;
     println!(
         "CNI ADD/DEL latency, {} pods per round, {} rounds, sequential and {} at a time (wall time of each plugin process)",
@@ -89,43 +116,54 @@ fn bench(sb: &Sandbox, args: &CniBenchArgs, flatnet: &Path) -> anyhow::Result<()
         let mut samples: Vec<Samples> = contenders.iter().map(|_| Samples::default()).collect();
         for round in 0..args.rounds {
             for (c, s) in contenders.iter().zip(samples.iter_mut()) {
-                let (add, del) =
-                    round_trip(c, &pods, width, round).with_context(|| format!("{} {mode} round {round}", c.label))?;
-                s.add.extend(add);
-                s.del.extend(del);
+                round_trip(c, &pods, width, round, s).with_context(|| format!("{} {mode} round {round}", c.label))?;
             }
         }
         results.push((mode, samples));
     }
-    println!(
-        "{:<11} {:<4} {:>20} {:>20} {:>9}",
-        "mode", "verb", "flatnet p50/p99 ms", "reference p50/p99 ms", "p50 ratio"
-    );
+    let mut head = format!("{:<11} {:<13}", "mode", "verb");
+    for c in &contenders {
+        head.push_str(&format!(" {:>22}", format!("{} p50/p99 ms", c.label)));
+    }
+    for c in &contenders[1..] {
+        head.push_str(&format!(" {:>24}", format!("flatnet/{} p50", c.label)));
+    }
+    println!("{head}");
     for (mode, samples) in &results {
         for (verb, pick) in [("ADD", 0), ("DEL", 1)] {
-            let get = |s: &Samples| summarize(if pick == 0 { &s.add } else { &s.del }).expect("samples");
-            let (f, r) = (get(&samples[0]), get(&samples[1]));
-            println!(
-                "{:<11} {:<4} {:>20} {:>20} {:>9.3}",
-                mode,
-                verb,
-                format!("{:.2} / {:.2}", ms(f.p50), ms(f.p99)),
-                format!("{:.2} / {:.2}", ms(r.p50), ms(r.p99)),
-                ms(f.p50) / ms(r.p50)
-            );
+            let sums: Vec<_> = samples
+                .iter()
+                .map(|s| summarize(if pick == 0 { &s.add } else { &s.del }).context("no samples"))
+                .collect::<anyhow::Result<_>>()?;
+            let mut line = format!("{mode:<11} {verb:<13}");
+            for x in &sums {
+                line.push_str(&format!(" {:>22}", format!("{:.2} / {:.2}", ms(x.p50), ms(x.p99))));
+            }
+            for x in &sums[1..] {
+                line.push_str(&format!(" {:>24.3}", ms(sums[0].p50) / ms(x.p50)));
+            }
+            println!("{line}");
         }
+        let teardown: Vec<f64> = samples.iter().map(|s| median(&s.teardown)).collect();
+        let mut line = format!("{mode:<11} {:<13}", "DEL+teardown");
+        for x in &teardown {
+            line.push_str(&format!(" {:>22}", format!("{x:.2} per pod")));
+        }
+        for x in &teardown[1..] {
+            line.push_str(&format!(" {:>24.3}", teardown[0] / x));
+        }
+        println!("{line}");
     }
-    println!("ratio = flatnet p50 / reference p50 (target: at most 0.25)");
+    println!(
+        "ratio = flatnet / reference (targets: ADD p50 at most 0.25 of the current release, DEL with teardown at most 0.5);\n\
+         DEL+teardown = the DEL phase from its first call to the last host veth gone, per pod (median of rounds)"
+    );
     Ok(())
 }
 
-/// ADD every pod, then DEL every pod, `width` at a time; returns the per-call durations.
-fn round_trip(
-    c: &Contender,
-    pods: &[PathBuf],
-    width: usize,
-    round: usize,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+/// ADD every pod, then DEL every pod, `width` at a time, into `s`: the per-call
+/// durations, and the DEL phase until the bridge has no port left.
+fn round_trip(c: &Contender, pods: &[PathBuf], width: usize, round: usize, s: &mut Samples) -> anyhow::Result<()> {
     let atts: Vec<Attachment> = pods
         .iter()
         .enumerate()
@@ -136,12 +174,14 @@ fn round_trip(
             args: vec![],
         })
         .collect();
-    let add = timed_calls(c, &atts, width, "ADD")?;
-    let del = timed_calls(c, &atts, width, "DEL")?;
-    // flatnet's DEL leaves the kernel's veth teardown to a detached child: wait for it,
-    // so it cannot slow the next contender's round.
+    s.add.extend(timed_calls(c, &atts, width, "ADD")?);
+    let start = Instant::now();
+    s.del.extend(timed_calls(c, &atts, width, "DEL")?);
+    // flatnet's DEL leaves the kernel's veth teardown to a detached child: the phase
+    // ends when it is done (which also keeps it from slowing the next contender's round).
     wait_for_no_ports(c.config["bridge"].as_str().unwrap_or("cni0"))?;
-    Ok((add, del))
+    s.teardown.push(ms(start.elapsed()) / pods.len() as f64);
+    Ok(())
 }
 
 fn timed_calls(c: &Contender, atts: &[Attachment], width: usize, verb: &str) -> anyhow::Result<Vec<Duration>> {

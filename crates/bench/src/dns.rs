@@ -1,7 +1,9 @@
-//! Cluster DNS against NSD, side by side in one run (in a sandbox, on loopback):
+//! Cluster DNS against CoreDNS and NSD, side by side in one run (in a sandbox, on loopback):
 //! - a synthetic cluster (1,000 Services, a tenth headless, 10,000 pods, their
-//!   EndpointSlices) served by `flatnet dns --from-file`, and the same records written
-//!   as a zone file for NSD (Debian `nsd`), an authoritative server built for speed;
+//!   EndpointSlices) in a lab API server, read by `flatnet dns` and by CoreDNS with its
+//!   kubernetes plugin (the Corefile a kubeadm cluster ships; built by `scripts/peers`,
+//!   left out with a note when it is not), and the same records written as a zone file
+//!   for NSD (Debian `nsd`), an authoritative server built for speed;
 //! - the same query mix for both (Service A, headless A, SRV, pod A, PTR, AAAA with no
 //!   data, and NXDOMAIN for search-path misses, as `ndots:5` causes), after a check that
 //!   both give the same rcode and answers for every query of the mix;
@@ -9,10 +11,12 @@
 //!   to the other; queries per second, and per CPU-second the server used;
 //! - latency: p50 and p99 at a fixed offered rate, from dnsperf's per-query report;
 //! - memory: the server's RSS with the cluster loaded, less its RSS with an empty one,
-//!   per 1,000 objects.
+//!   per 1,000 objects (flatnet and CoreDNS; NSD has no API side);
+//! - freshness: from a Service created in the API to its name answering.
 //!
 //! Rounds alternate between the servers; the report gives medians and the ratio.
 
+use super::api_server::ApiServer;
 use super::stats::{median, memory_kib, ms, summarize};
 use anyhow::{Context, bail};
 use flatnet_kernel::sandbox;
@@ -38,6 +42,17 @@ pub struct DnsBenchArgs {
     /// The offered rate of the latency windows, queries/s.
     #[arg(long, default_value_t = 20_000)]
     latency_qps: u32,
+    /// The CoreDNS binary (default: the one `scripts/peers` builds).
+    #[arg(long)]
+    coredns: Option<PathBuf>,
+}
+
+/// Where `scripts/peers` puts CoreDNS.
+fn coredns_binary(given: Option<&Path>) -> Option<PathBuf> {
+    let cache = std::env::var_os("FLATNET_PEERS_CACHE")
+        .map_or_else(|| PathBuf::from("/var/cache/flatnet/peers"), PathBuf::from);
+    let p = given.map_or_else(|| cache.join("coredns-v1.15.0/coredns"), Path::to_path_buf);
+    p.is_file().then_some(p)
 }
 
 const NAMESPACES: usize = 20;
@@ -90,9 +105,11 @@ fn cluster(services: usize, pods: usize) -> Cluster {
     for i in 0..pods {
         let ns = format!("ns-{}", i % NAMESPACES);
         let ip = pod_ip(i);
-        objects
-            .push(json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": format!("pod-{i}"), "namespace": ns},
-                            "status": {"podIP": ip, "podIPs": [{"ip": ip}]}}));
+        objects.push(
+            json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": format!("pod-{i}"), "namespace": ns},
+                            "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+                            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}),
+        );
         let _ = writeln!(zone, "{}.{ns}.pod IN A {ip}", ip.replace('.', "-"));
     }
     for j in 0..services {
@@ -208,22 +225,156 @@ fn wait_answering(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()
     Ok(())
 }
 
-fn start_flatnet(dir: &Path, objects: &Path) -> anyhow::Result<Server> {
+fn start_flatnet(api: &ApiServer) -> anyhow::Result<Server> {
     let port = free_udp_port()?;
-    let resolv = dir.join("no-upstream.conf");
-    std::fs::write(&resolv, "# none\n")?;
     let mut child = Command::new("taskset")
         .args(["-c", "1"])
         .arg(std::env::current_exe()?)
-        .args(["dns", "--from-file"])
-        .arg(objects)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--udp-threads", "1", "--upstream-resolv-conf"])
-        .arg(&resolv)
+        .args(["dns", "--kubeconfig"])
+        .arg(&api.kubeconfig_path)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--udp-threads", "1", "--metrics-addr", "none"])
+        .args(["--upstream-resolv-conf", "/dev/null"])
         .stderr(Stdio::null())
         .spawn()
         .context("start flatnet dns")?;
     wait_answering(port, &mut child, "flatnet dns")?;
     Ok(Server { name: "flatnet dns", child, port })
+}
+
+/// CoreDNS on one core with the Corefile kubeadm ships (forwarding to an upstream that
+/// is not there: the benchmark asks only the cluster's names).
+fn start_coredns(binary: &Path, dir: &Path, api: &ApiServer) -> anyhow::Result<Server> {
+    let port = free_udp_port()?;
+    let corefile = format!(
+        ".:{port} {{
+    bind 127.0.0.1
+    errors
+    health 127.0.0.1:{health} {{
+       lameduck 5s
+    }}
+    ready 127.0.0.1:{ready}
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+       kubeconfig {kubeconfig}
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 5
+    }}
+    prometheus 127.0.0.1:{metrics}
+    forward . 127.0.0.2:53 {{
+       max_concurrent 1000
+    }}
+    cache 30 {{
+       disable success cluster.local
+       disable denial cluster.local
+    }}
+    loop
+    reload
+    loadbalance
+}}
+",
+        health = free_udp_port()?,
+        ready = free_udp_port()?,
+        metrics = free_udp_port()?,
+        kubeconfig = api.kubeconfig_path.display()
+    );
+    let path = dir.join("Corefile");
+    std::fs::write(&path, corefile)?;
+    let log = std::fs::File::create(dir.join("coredns.log"))?;
+    let mut child = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(binary)
+        .arg("-conf")
+        .arg(&path)
+        .env("GOMAXPROCS", "1")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("start CoreDNS")?;
+    wait_answering(port, &mut child, "CoreDNS").with_context(|| {
+        format!("CoreDNS's log: {}", std::fs::read_to_string(dir.join("coredns.log")).unwrap_or_default())
+    })?;
+    Ok(Server { name: "coredns", child, port })
+}
+
+/// Creates every object of `c` through the API, `in_flight` requests at a time; pods'
+/// addresses go through the status subresource, as a kubelet reports them.
+async fn load(api: &ApiServer, c: &Cluster, in_flight: usize) -> anyhow::Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+    use kube::discovery::ApiResource;
+    let client = api.client().await?;
+    let resource = |kind: &str| -> ApiResource {
+        let (group, version, plural) = match kind {
+            "Service" => ("", "v1", "services"),
+            "EndpointSlice" => ("discovery.k8s.io", "v1", "endpointslices"),
+            _ => ("", "v1", "pods"),
+        };
+        ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: if group.is_empty() { version.into() } else { format!("{group}/{version}") },
+            kind: kind.into(),
+            plural: plural.into(),
+        }
+    };
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    for i in 0..NAMESPACES {
+        let ns = serde_json::from_value(json!({"metadata": {"name": format!("ns-{i}")}}))?;
+        namespaces.create(&PostParams::default(), &ns).await?;
+    }
+    futures::stream::iter(c.objects.iter())
+        .map(|o| {
+            let client = client.clone();
+            let ar = resource(o["kind"].as_str().unwrap_or(""));
+            async move {
+                let ns = o["metadata"]["namespace"].as_str().unwrap_or("default");
+                let api: Api<DynamicObject> = Api::namespaced_with(client, ns, &ar);
+                let obj: DynamicObject = serde_json::from_value(o.clone())?;
+                api.create(&PostParams::default(), &obj).await?;
+                if ar.kind == "Pod" {
+                    let name = o["metadata"]["name"].as_str().unwrap_or("");
+                    let status = json!({"status": o["status"]});
+                    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await?;
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(in_flight)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+/// From a Service created in the API to each server answering its name: the median of
+/// `n` Services, per server.
+async fn freshness(api: &ApiServer, servers: &[&Server], n: usize) -> anyhow::Result<Vec<f64>> {
+    use kube::api::{Api, PostParams};
+    let client = api.client().await?;
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client, "ns-0");
+    let mut took: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
+    for k in 0..n {
+        let (name, ip) = (format!("late-{k}"), format!("10.100.250.{}", k + 1));
+        let svc = serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}))?;
+        let fqdn = format!("{name}.ns-0.svc.cluster.local.");
+        let start = Instant::now();
+        services.create(&PostParams::default(), &svc).await?;
+        let mut left: Vec<usize> = (0..servers.len()).collect();
+        while !left.is_empty() {
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("{fqdn} not answered within 30 s");
+            }
+            left.retain(|&i| match ask(servers[i].port, &fqdn, "A") {
+                Ok((_, data)) if data.contains(&ip) => {
+                    took[i].push(ms(start.elapsed()));
+                    false
+                }
+                _ => true,
+            });
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    Ok(took.iter().map(|t| median(t)).collect())
 }
 
 fn start_nsd(dir: &Path) -> anyhow::Result<Server> {
@@ -320,10 +471,6 @@ fn round(s: &Server, queries: &Path, args: &DnsBenchArgs) -> anyhow::Result<Roun
 fn bench(args: &DnsBenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let c = cluster(args.services, args.pods);
-    let objects = dir.path().join("objects.json");
-    std::fs::write(&objects, serde_json::to_string(&json!({"kind": "List", "items": c.objects}))?)?;
-    let empty = dir.path().join("empty.json");
-    std::fs::write(&empty, r#"{"kind": "List", "items": []}"#)?;
     std::fs::write(dir.path().join("cluster.local.zone"), &c.zone)?;
     std::fs::write(dir.path().join("10.in-addr.arpa.zone"), &c.reverse)?;
     let queries = dir.path().join("queries.txt");
@@ -336,33 +483,66 @@ fn bench(args: &DnsBenchArgs) -> anyhow::Result<()> {
         c.objects.len(),
         c.queries.len()
     );
+    let coredns = coredns_binary(args.coredns.as_deref());
+    if coredns.is_none() {
+        println!("CoreDNS: not built (run scripts/peers coredns, or give --coredns): compared with NSD only");
+    }
+    let api_dir = dir.path().join("api");
+    std::fs::create_dir_all(&api_dir)?;
+    let api = ApiServer::start(&api_dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
 
-    // Memory: the loaded server against an empty one.
-    let baseline = {
-        let s = start_flatnet(dir.path(), &empty)?;
-        memory_kib(s.child.id(), "VmRSS:")
-    };
-    let flatnet = start_flatnet(dir.path(), &objects)?;
-    let nsd = start_nsd(dir.path())?;
-    // Same answers, query by query.
-    let mut differ = 0;
-    for q in &c.queries {
-        let (name, t) = q.rsplit_once(' ').context("query line")?;
-        let name = format!("{name}.");
-        let a = ask(flatnet.port, &name, t).with_context(|| format!("flatnet dns, {q}"))?;
-        let b = ask(nsd.port, &name, t).with_context(|| format!("nsd, {q}"))?;
-        if a != b {
-            if differ < 5 {
-                println!("  differs: {q}: flatnet {a:?}, nsd {b:?}");
+    // Both API readers start on an empty cluster (memory baseline), then it is loaded.
+    let flatnet = start_flatnet(&api)?;
+    let core = coredns.as_deref().map(|b| start_coredns(b, dir.path(), &api)).transpose()?;
+    let readers: Vec<&Server> = std::iter::once(&flatnet).chain(core.as_ref()).collect();
+    let empty: Vec<u64> = readers.iter().map(|s| memory_kib(s.child.id(), "VmRSS:")).collect();
+    let t = Instant::now();
+    rt.block_on(load(&api, &c, 64))?;
+    // Loaded once every reader answers the last Service.
+    let j = args.services.saturating_sub(1);
+    let last = format!("svc-{j}.ns-{}.svc.cluster.local.", j % NAMESPACES);
+    for s in &readers {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !ask(s.port, &last, "A").is_ok_and(|(_, d)| !d.is_empty()) {
+            if Instant::now() > deadline {
+                bail!("{} never answered {last}", s.name);
             }
-            differ += 1;
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
-    println!("answers compared: {} queries, {differ} differ", c.queries.len());
+    println!("loaded {} objects through the API in {:.1} s", c.objects.len(), t.elapsed().as_secs_f64());
+    let nsd = start_nsd(dir.path())?;
+    let servers: Vec<&Server> = readers.iter().copied().chain([&nsd]).collect();
 
-    let mut rounds: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
+    // Same answers, query by query, against flatnet's.
+    for other in &servers[1..] {
+        let mut differ = 0;
+        for q in &c.queries {
+            let (name, t) = q.rsplit_once(' ').context("query line")?;
+            let name = format!("{name}.");
+            let a = ask(flatnet.port, &name, t).with_context(|| format!("flatnet dns, {q}"))?;
+            let b = ask(other.port, &name, t).with_context(|| format!("{}, {q}", other.name))?;
+            if a != b {
+                if differ < 3 {
+                    println!("  differs: {q}: flatnet {a:?}, {} {b:?}", other.name);
+                }
+                differ += 1;
+            }
+        }
+        println!("answers compared with {}: {} queries, {differ} differ", other.name, c.queries.len());
+    }
+    if core.is_some() {
+        println!(
+            "  (CoreDNS differs by design where kubeadm's `pods insecure` answers any dashed address in any \
+             namespace, and where a UDP answer over 512 bytes is cut: CoreDNS keeps the records that fit, \
+             flatnet and NSD send none, with TC set)"
+        );
+    }
+
+    let mut rounds: Vec<Vec<Round>> = servers.iter().map(|_| Vec::new()).collect();
     for r in 0..args.rounds {
-        for (i, s) in [&flatnet, &nsd].into_iter().enumerate() {
+        for (i, s) in servers.iter().enumerate() {
             let x = round(s, &queries, args)?;
             println!(
                 "  round {} {:<12} {:>9.0} q/s  {:>9.0} q/CPU-s  lost {:>5.0}  p50 {:.3} ms  p99 {:.3} ms (at {} q/s)",
@@ -378,10 +558,18 @@ fn bench(args: &DnsBenchArgs) -> anyhow::Result<()> {
             rounds[i].push(x);
         }
     }
-    let loaded = memory_kib(flatnet.child.id(), "VmRSS:");
+    let loaded: Vec<u64> = readers.iter().map(|s| memory_kib(s.child.id(), "VmRSS:")).collect();
+    let fresh = rt.block_on(freshness(&api, &readers, 5))?;
     let m = |i: usize, f: fn(&Round) -> f64| median(&rounds[i].iter().map(f).collect::<Vec<_>>());
-    println!("\nmedians of {} rounds (server on CPU 1, dnsperf on CPU 0):", args.rounds);
-    println!("  {:<30} {:>12} {:>12} {:>8}", "", "flatnet dns", "nsd", "ratio");
+    println!("\nmedians of {} rounds (each server on CPU 1, dnsperf on CPU 0):", args.rounds);
+    let mut head = format!("  {:<30}", "");
+    for s in &servers {
+        head.push_str(&format!(" {:>12}", s.name));
+    }
+    for s in &servers[1..] {
+        head.push_str(&format!(" {:>14}", format!("flatnet/{}", s.name)));
+    }
+    println!("{head}");
     type Measure = fn(&Round) -> f64;
     let rows: [(&str, Measure); 4] = [
         ("queries/s (one core)", |r| r.qps),
@@ -390,15 +578,42 @@ fn bench(args: &DnsBenchArgs) -> anyhow::Result<()> {
         ("p99 latency, ms", |r| r.p99_ms),
     ];
     for (label, f) in rows {
-        let (a, b) = (m(0, f), m(1, f));
-        println!("  {label:<30} {a:>12.3} {b:>12.3} {:>8.2}", a / b);
+        let v: Vec<f64> = (0..servers.len()).map(|i| m(i, f)).collect();
+        let mut line = format!("  {label:<30}");
+        for x in &v {
+            line.push_str(&format!(" {x:>12.3}"));
+        }
+        for x in &v[1..] {
+            line.push_str(&format!(" {:>14.2}", v[0] / x));
+        }
+        println!("{line}");
     }
     let objects_k = c.objects.len() as f64 / 1000.0;
-    println!(
-        "  memory: RSS {:.1} MiB loaded, {:.1} MiB empty: {:.3} MiB per 1,000 objects",
-        loaded as f64 / 1024.0,
-        baseline as f64 / 1024.0,
-        (loaded.saturating_sub(baseline)) as f64 / 1024.0 / objects_k
-    );
+    let per_k: Vec<f64> =
+        loaded.iter().zip(&empty).map(|(l, e)| l.saturating_sub(*e) as f64 / 1024.0 / objects_k).collect();
+    let mut line = format!("  {:<30}", "MiB per 1,000 objects");
+    for x in &per_k {
+        line.push_str(&format!(" {x:>12.3}"));
+    }
+    line.push_str(&format!(" {:>12}", "-"));
+    if per_k.len() > 1 {
+        line.push_str(&format!(" {:>14.2}", per_k[0] / per_k[1]));
+    }
+    println!("{line}");
+    let mut line = format!("  {:<30}", "Service created → answered, ms");
+    for x in &fresh {
+        line.push_str(&format!(" {x:>12.1}"));
+    }
+    line.push_str(&format!(" {:>12}", "-"));
+    if fresh.len() > 1 {
+        line.push_str(&format!(" {:>14.2}", fresh[0] / fresh[1]));
+    }
+    println!("{line}");
+    let rss: Vec<String> = readers
+        .iter()
+        .zip(loaded.iter().zip(&empty))
+        .map(|(s, (l, e))| format!("{} {:.1} (empty {:.1})", s.name, *l as f64 / 1024.0, *e as f64 / 1024.0))
+        .collect();
+    println!("  RSS loaded, MiB: {}", rss.join(", "));
     Ok(())
 }

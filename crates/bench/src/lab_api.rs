@@ -28,37 +28,13 @@ pub fn run(args: LabApiBenchArgs) -> anyhow::Result<()> {
         bail!("--services and --concurrency must be at least 1");
     }
     let dir = tempfile::tempdir()?;
-    let token = flatnet_lab::kubeconfig::new_token();
-    std::fs::write(dir.path().join("token"), &token)?;
-    let pki = flatnet_lab::tls::load_or_create(dir.path())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut server = std::process::Command::new(std::env::current_exe()?)
-        .args(["lab", "serve", "--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
-        .arg(dir.path())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("start the API server")?;
-    let pid = server.id();
-    let result = (|| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("the API server did not start");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let kubeconfig = flatnet_lab::kubeconfig::render(&format!("https://127.0.0.1:{port}"), &pki.ca_pem, &token);
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        rt.block_on(load(&args, &kubeconfig, pid))
-    })();
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
-    let _ = server.wait();
-    result
+    let server = super::api_server::ApiServer::start(dir.path())?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(load(&args, &server))
 }
 
-async fn load(args: &LabApiBenchArgs, kubeconfig: &str, pid: u32) -> anyhow::Result<()> {
-    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig)?;
-    let client = kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?;
+async fn load(args: &LabApiBenchArgs, server: &super::api_server::ApiServer) -> anyhow::Result<()> {
+    let (client, pid) = (server.client().await?, server.pid());
     let nss: Api<Namespace> = Api::all(client.clone());
     nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "bench"}}))?).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "bench");

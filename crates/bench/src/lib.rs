@@ -1,6 +1,7 @@
 //! `flatnet bench …`: benchmarks that compare flatnet with a named reference side by
 //! side in one run and report medians and ratios (the machines are shared and noisy).
 
+mod api_server;
 mod cni;
 mod dns;
 mod lab_api;
