@@ -1,0 +1,76 @@
+//! Smoke runs of the benchmarks that compare flatnet with its peers (small sizes,
+//! seconds), so the comparison code cannot rot: `bench cni` beside Debian's and the
+//! current reference plugins, `bench dns` beside CoreDNS and NSD. The peers come from
+//! `scripts/peers` (CI builds them); without them the test says SKIPPED.
+
+mod common;
+
+use common::lab::flatnet;
+use common::sandboxed;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn peers() -> PathBuf {
+    std::env::var_os("FLATNET_PEERS_CACHE").map_or_else(|| PathBuf::from("/var/cache/flatnet/peers"), PathBuf::from)
+}
+
+fn bench(args: &[&str]) -> String {
+    let out = Command::new(flatnet()).arg("bench").args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "flatnet bench {args:?} failed:\n{text}");
+    text
+}
+
+/// The table row starting with `label`, as numbers.
+fn row(text: &str, label: &str) -> Vec<f64> {
+    let line =
+        text.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| panic!("no {label:?} row:\n{text}"));
+    line.split_whitespace().filter_map(|w| w.parse().ok()).collect()
+}
+
+#[test]
+fn bench_cni_compares_flatnet_with_debians_and_the_current_reference_plugins() {
+    let test = "bench_cni_compares_flatnet_with_debians_and_the_current_reference_plugins";
+    if !peers().join("plugins-v1.10.0/bridge").is_file() {
+        eprintln!("SKIPPED {test}: the current reference plugins are not built (scripts/peers plugins)");
+        return;
+    }
+    sandboxed(test, |_| {
+        let text = bench(&["cni", "--pods", "4", "--rounds", "1", "--parallel", "2"]);
+        assert!(text.contains("current 1.10.0 p50/p99 ms") && text.contains("debian 1.1.1 p50/p99 ms"), "{text}");
+        for mode in ["sequential", "parallel"] {
+            let line = text.lines().find(|l| l.starts_with(mode) && l.contains("DEL+teardown")).unwrap();
+            assert_eq!(line.matches("per pod").count(), 3, "a teardown time for each plugin: {line}");
+        }
+    });
+}
+
+#[test]
+fn bench_dns_compares_flatnet_with_coredns_and_nsd() {
+    let test = "bench_dns_compares_flatnet_with_coredns_and_nsd";
+    if !peers().join("coredns-v1.15.0/coredns").is_file() {
+        eprintln!("SKIPPED {test}: CoreDNS is not built (scripts/peers coredns)");
+        return;
+    }
+    sandboxed(test, |_| {
+        let text = bench(&[
+            "dns",
+            "--services",
+            "20",
+            "--pods",
+            "100",
+            "--seconds",
+            "1",
+            "--rounds",
+            "1",
+            "--latency-qps",
+            "1000",
+        ]);
+        assert!(text.contains("answers compared with nsd: ") && text.contains(", 0 differ"), "{text}");
+        // flatnet, CoreDNS, NSD, and the two ratios.
+        assert_eq!(row(&text, "queries/s (one core)").len(), 5, "{text}");
+        let fresh = row(&text, "Service created → answered, ms");
+        assert!(fresh.len() == 3 && fresh[..2].iter().all(|ms| *ms > 0.0), "{text}");
+        assert_eq!(row(&text, "MiB per 1,000 objects").len(), 3, "{text}");
+    });
+}
