@@ -1,7 +1,7 @@
 //! The terminal diagram of a trace: one block per place (pod, node), the hops inside it
 //! with the kernel state behind each, and the tunnel between nodes drawn as such.
 
-use super::{HopKind, Seen, Step, Trace, Verdict};
+use super::hop::{HopKind, Seen, Step, Trace, Verdict};
 use std::fmt::Write;
 
 fn mark(step: &Step) -> &'static str {

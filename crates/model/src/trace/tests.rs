@@ -3,6 +3,7 @@
 
 use super::*;
 use serde_json::json;
+use std::net::Ipv4Addr;
 
 const CLIENT: &str = "10.244.1.5";
 const SERVER: &str = "10.244.2.7";
