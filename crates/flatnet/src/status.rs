@@ -62,8 +62,12 @@ pub fn text(name: &str, s: &NodeStatus) -> String {
             None if rec.last_success.is_some() => "in sync".to_string(),
             None => "not synced yet".to_string(),
         };
+        let restarts = match rec.restarts {
+            0 => String::new(),
+            n => format!(", restarted {n} time(s)"),
+        };
         out.push_str(&format!(
-            "  sync      {r:<7} {state}; last {} ({} ms), {} sync(s), {} error(s)\n",
+            "  sync      {r:<7} {state}; last {} ({} ms), {} sync(s), {} error(s){restarts}\n",
             ago(rec.last_sync),
             rec.last_duration_ms.map_or_else(|| "-".into(), |m| format!("{m:.1}")),
             rec.syncs,
