@@ -106,6 +106,11 @@ impl Reconcile for NodeSync {
         self.cfg.resync
     }
 
+    /// A Node change (this node registered, its podCIDR assigned) is retried at once.
+    fn retry_on_change(&self) -> bool {
+        true
+    }
+
     fn sync(&mut self, _full: bool) -> Result<String, String> {
         self.changed = false;
         let runtime = self.runtime.clone();

@@ -133,6 +133,12 @@ pub trait Reconcile: Send + 'static {
     fn resync(&self) -> Duration {
         FULL_SYNC_EVERY
     }
+    /// Whether a change of its input is worth a retry before the back-off ends (at most
+    /// every 0.5 s): for a reconciler whose failures usually wait on the cluster (no
+    /// podCIDR yet), whose events are few.
+    fn retry_on_change(&self) -> bool {
+        false
+    }
     /// Whether something waits on a sync (it is then tried at least every 0.5 s).
     fn waiting(&self) -> bool {
         false
@@ -174,6 +180,7 @@ pub async fn drive<R: Reconcile>(
     let mut last_full = Instant::now();
     let mut backoff = Backoff::default();
     let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut last_failure: Option<tokio::time::Instant> = None;
     loop {
         let now = tokio::time::Instant::now();
         let wake = match retry_at {
@@ -191,6 +198,10 @@ pub async fn drive<R: Reconcile>(
                 // Take every event already queued: one sync for the batch.
                 while let Ok((_, ev)) = rx.try_recv() {
                     need_full |= !r.apply(ev);
+                }
+                if r.retry_on_change() {
+                    let soon = last_failure.map(|t| t + Duration::from_millis(500));
+                    retry_at = retry_at.zip(soon).map(|(a, b)| a.min(b));
                 }
             }
             () = tokio::time::sleep_until(wake) => {}
@@ -239,7 +250,8 @@ pub async fn drive<R: Reconcile>(
                 let wait = backoff.next_wait();
                 status.synced(R::NAME, started.elapsed(), Err(&e));
                 warn!("{} sync failed, a full sync follows in {wait:?}: {e}", R::NAME);
-                retry_at = Some(tokio::time::Instant::now() + wait);
+                last_failure = Some(tokio::time::Instant::now());
+                retry_at = last_failure.map(|t| t + wait);
             }
         }
     }
