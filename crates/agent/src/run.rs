@@ -67,6 +67,7 @@ async fn run_node(cfg: AgentConfig, client: kube::Client, status: Arc<crate::sta
         status: status.clone(),
         base_checked: None,
         changed: true,
+        last_summary: None,
         runtime: tokio::runtime::Handle::current(),
     };
     drive(sync, rx, status, stop).await;
@@ -79,6 +80,7 @@ struct NodeSync {
     status: Arc<crate::status::Status>,
     base_checked: Option<Instant>,
     changed: bool,
+    last_summary: Option<String>,
     /// The sync runs on a blocking thread; its API calls run here.
     runtime: tokio::runtime::Handle,
 }
@@ -142,7 +144,18 @@ impl Reconcile for NodeSync {
             };
             runtime.block_on(report(&self.api, me, unavailable, reason, &text));
         }
-        result.map(|(summary, _)| summary).map_err(|e| e.to_string())
+        // Logged (and shown) when it changes, not every second.
+        match result {
+            Ok((summary, _)) if self.last_summary.as_ref() == Some(&summary) => Ok(String::new()),
+            Ok((summary, _)) => {
+                self.last_summary = Some(summary.clone());
+                Ok(summary)
+            }
+            Err(e) => {
+                self.last_summary = None;
+                Err(e.to_string())
+            }
+        }
     }
 }
 

@@ -232,6 +232,9 @@ pub async fn drive<R: Reconcile>(
         r = back;
         match result {
             Ok(summary) => {
+                if last_failure.take().is_some() {
+                    info!("{} recovered", R::NAME);
+                }
                 need_full = false;
                 backoff.reset();
                 if full {
