@@ -47,9 +47,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
     s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
     let mut out = String::new();
     s.read_to_string(&mut out).map_err(|e| format!("{addr}: {e}"))?;
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string();
     match out.split(' ').nth(1) {
-        Some("200") => Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()),
-        _ => Err(format!("{addr}{path} answered {:?}", out.lines().next().unwrap_or(""))),
+        Some("200") => Ok(body),
+        _ => Err(format!("{addr}{path} answered {:?}: {body}", out.lines().next().unwrap_or(""))),
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Facts {
     pub tunnel: Vec<(String, bool)>,
     /// The agent's /healthz: Ok, or what went wrong.
     pub agent: Option<Result<(), String>>,
+    /// The agent's /readyz: Ok, or which reconciler is failing and why.
+    pub agent_ready: Option<Result<(), String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -56,7 +58,7 @@ pub enum Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
     /// A stable identifier: `nft`, `forwarding`, `br-netfilter`, `bridge`, `vxlan-device`,
-    /// `fdb`, `routes` (host-gw), `mtu`, `vxlan-port`, `tunnel`, `agent`.
+    /// `fdb`, `routes` (host-gw), `mtu`, `vxlan-port`, `tunnel`, `agent`, `reconcilers`.
     pub check: &'static str,
     pub status: Status,
     pub detail: String,
@@ -178,6 +180,17 @@ pub fn diagnose(f: &Facts) -> Vec<Check> {
         ),
         None => warn("agent", "the agent's health was not checked", "pass --metrics-addr"),
     });
+    if let (Some(Ok(())), Some(ready)) = (&f.agent, &f.agent_ready) {
+        out.push(match ready {
+            Ok(()) => ok("reconcilers", "every reconciler of the agent (node, proxy, policy) is in sync"),
+            Err(e) => fail(
+                "reconcilers",
+                format!("the agent runs but is not ready: {e}"),
+                "read the agent's log: the failing reconciler retries with back-off, and `flatnet status` shows \
+                 its last error; one that keeps restarting after a panic is a bug: report it with that log",
+            ),
+        });
+    }
     out
 }
 
@@ -426,6 +439,7 @@ mod tests {
             ruleset: Some(json!({"nftables": []})),
             tunnel: vec![("node-2".into(), true)],
             agent: Some(Ok(())),
+            agent_ready: Some(Ok(())),
         }
     }
 
@@ -496,5 +510,11 @@ mod tests {
         f.tunnel = vec![("node-2".into(), false)];
         f.agent = Some(Err("connection refused".into()));
         assert_eq!(failing(&f), ["tunnel", "agent"]);
+
+        let mut f = healthy();
+        f.agent_ready = Some(Err("not ready: proxy: the proxy reconciler stopped: it panicked".into()));
+        assert_eq!(failing(&f), ["reconcilers"]);
+        let c = diagnose(&f).into_iter().find(|c| c.check == "reconcilers").unwrap();
+        assert!(c.detail.contains("proxy: the proxy reconciler stopped"), "{c:?}");
     }
 }
