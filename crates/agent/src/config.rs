@@ -29,6 +29,9 @@ pub struct AgentConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// How often the kernel is compared with the plan even when the API is quiet.
     pub resync: Duration,
+    /// Whether the agent is the node's Service proxy (false: another one, kube-proxy,
+    /// carries Services; the agent still connects nodes and enforces NetworkPolicy).
+    pub service_proxy: bool,
 }
 
 impl AgentConfig {
@@ -45,6 +48,7 @@ impl AgentConfig {
             policy_socket: Some(flatnet_model::cni::config::DEFAULT_AGENT_SOCKET.into()),
             metrics_addr: Some(DEFAULT_METRICS_ADDR.parse().expect("literal")),
             resync: Duration::from_secs(1),
+            service_proxy: true,
         }
     }
 

@@ -30,7 +30,9 @@ const BASE_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// Runs until `shutdown` resolves.
 pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
     let client = client(&cfg).await?;
-    let status = Arc::new(crate::status::Status::new(&cfg.node_name, &cfg.backend.to_string()));
+    let reconcilers: Vec<&str> =
+        crate::status::RECONCILERS.into_iter().filter(|r| cfg.service_proxy || *r != "proxy").collect();
+    let status = Arc::new(crate::status::Status::new(&cfg.node_name, &cfg.backend.to_string(), &reconcilers));
     let _metrics = cfg.metrics_addr.map(|a| watch::Task::spawn(crate::metrics::serve(a, status.clone())));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     info!(node = %cfg.node_name, backend = %cfg.backend, "flatnet agent starting");
@@ -38,14 +40,24 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
     let node =
         supervise("node", status.clone(), stop.clone(), move |stop| run_node(c.clone(), k.clone(), s.clone(), stop));
     let (c, k, s) = (cfg.clone(), client.clone(), status.clone());
-    let proxy = supervise("proxy", status.clone(), stop.clone(), move |stop| {
-        crate::proxy::run(c.clone(), k.clone(), s.clone(), stop)
+    let proxy = cfg.service_proxy.then(|| {
+        supervise("proxy", status.clone(), stop.clone(), move |stop| {
+            crate::proxy::run(c.clone(), k.clone(), s.clone(), stop)
+        })
     });
+    if !cfg.service_proxy {
+        info!("not the Service proxy (--service-proxy none): another proxy carries Services on this node");
+    }
     let (c, k, s) = (cfg.clone(), client, status.clone());
     let policy = supervise("policy", status.clone(), stop, move |stop| {
         crate::policy::run(c.node_name.clone(), k.clone(), c.policy_socket.clone(), s.clone(), stop)
     });
     let all = tokio::spawn(async move {
+        let proxy = async move {
+            if let Some(p) = proxy {
+                p.await;
+            }
+        };
         tokio::join!(node, proxy, policy);
     });
     shutdown.await;

@@ -90,11 +90,12 @@ fn now() -> f64 {
 }
 
 impl Status {
-    pub fn new(node: &str, backend: &str) -> Self {
+    /// The status of an agent running `reconcilers` (readiness waits for each of them).
+    pub fn new(node: &str, backend: &str, reconcilers: &[&str]) -> Self {
         let snapshot = Snapshot {
             node: node.into(),
             backend: backend.into(),
-            reconcilers: RECONCILERS.iter().map(|r| (r.to_string(), Record::default())).collect(),
+            reconcilers: reconcilers.iter().map(|r| (r.to_string(), Record::default())).collect(),
             ..Default::default()
         };
         Status { snapshot: Mutex::new(snapshot), durations: Family::new_with_constructor(reconcile_histogram) }
@@ -188,7 +189,7 @@ mod tests {
 
     #[test]
     fn a_failed_sync_is_recorded_until_one_succeeds() {
-        let s = Status::new("node-1", "vxlan");
+        let s = Status::new("node-1", "vxlan", &RECONCILERS);
         s.synced("proxy", Duration::from_millis(3), Ok("full sync: 2 Service(s)"));
         s.synced("proxy", Duration::from_millis(5), Err("nft refused the transaction: boom"));
         let snap = s.snapshot();

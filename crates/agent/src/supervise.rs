@@ -340,7 +340,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_panicking_reconciler_is_restarted_with_backoff_while_the_others_go_on() {
-        let status = Arc::new(Status::new("node-1", "vxlan"));
+        let status = Arc::new(Status::new("node-1", "vxlan", &crate::status::RECONCILERS));
         let (stop_tx, stop) = watch::channel(false);
         let starts = Arc::new(AtomicU32::new(0));
         let (s, n) = (status.clone(), starts.clone());

@@ -25,11 +25,17 @@ impl Drop for BenchLab {
 
 impl BenchLab {
     pub fn up(nodes: usize, backend: &str) -> anyhow::Result<Self> {
+        Self::up_with(nodes, backend, &[])
+    }
+
+    /// `up` with more `lab up` arguments (e.g. `--kube-proxy node-2`).
+    pub fn up_with(nodes: usize, backend: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let me = std::env::current_exe()?;
         let out = Command::new(me)
             .args(["lab", "up", "--nodes", &nodes.to_string(), "--backend", backend])
+            .args(extra)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
             .arg(dir.path())
             .output()?;

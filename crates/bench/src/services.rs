@@ -12,6 +12,14 @@
 //!
 //! The figures for the agent come from its own log, which times each sync from the
 //! watch event it received to `nft` returning.
+//!
+//! Side by side, in the same run and from the same API: upstream kube-proxy v1.37.2 in
+//! nftables mode (built by `scripts/kubernetes`, default settings) carries the Services
+//! of a second, identical node (`lab up --kube-proxy node-2`: the agent there only
+//! connects the node). Its figures come from its own metrics: the end of each rules sync
+//! (`kubeproxy_sync_proxy_rules_last_timestamp_seconds`), the sync's duration, its RSS.
+//! An endpoint change is timed for both from the API write to the rules in the kernel,
+//! 1.1 s apart (kube-proxy's default minimum sync period is 1 s).
 
 use super::lab_harness::BenchLab;
 use super::stats::{ms, summarize};
@@ -41,6 +49,54 @@ pub struct ServicesBenchArgs {
     /// Seconds per connection-rate window (three windows per case).
     #[arg(long, default_value_t = 2)]
     seconds: u64,
+    /// Measure flatnet alone, without kube-proxy beside it.
+    #[arg(long)]
+    no_kube_proxy: bool,
+}
+
+/// kube-proxy's metrics on a lab node (it listens on the node's loopback).
+fn kube_proxy_metrics(node_ns: &Path) -> anyhow::Result<String> {
+    netns::run_in(node_ns, || -> anyhow::Result<String> {
+        let mut s = TcpStream::connect_timeout(&"127.0.0.1:10249".parse()?, Duration::from_secs(2))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })?
+}
+
+/// A sample's value in a Prometheus exposition text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+const KP_LAST_SYNC: &str = "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}";
+const KP_SYNC_SUM: &str = "kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family=\"IPv4\"}";
+const KP_SYNC_COUNT: &str = "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}";
+
+fn epoch_secs(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The wall time (seconds since the epoch) at the start of an agent log line.
+fn log_time(line: &str) -> Option<f64> {
+    let ts: jiff::Timestamp = line.split_whitespace().next()?.parse().ok()?;
+    Some(ts.as_microsecond() as f64 / 1e6)
+}
+
+/// Kills kube-proxy on `node` (its kubelet starts it again) and returns the new one's
+/// first rules sync (its own timing, ms) and peak RSS (MiB).
+fn restart_kube_proxy(lab: &BenchLab, node: &str) -> anyhow::Result<(f64, f64)> {
+    let ns = lab.layout.state.join("netns").join(node);
+    let old = lab.layout.kube_proxy(node).context("kube-proxy's pid")?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), nix::sys::signal::Signal::SIGKILL)?;
+    let pid =
+        wait_for("the new kube-proxy", Duration::from_secs(20), || lab.layout.kube_proxy(node).filter(|p| *p != old))?;
+    let took = wait_for("kube-proxy's first sync", Duration::from_secs(300), || {
+        let m = kube_proxy_metrics(&ns).ok()?;
+        (sample(&m, KP_SYNC_COUNT)? >= 1.0).then(|| sample(&m, KP_SYNC_SUM))?
+    })?;
+    Ok((took * 1e3, super::stats::memory_mib(pid as u32, "VmHWM:")))
 }
 
 pub fn run(args: ServicesBenchArgs) -> anyhow::Result<()> {
@@ -163,55 +219,105 @@ fn restart_agent(lab: &BenchLab, log: &Path) -> anyhow::Result<(f64, f64, String
     Ok((line.1, super::stats::memory_mib(pid as u32, "VmHWM:"), line.0))
 }
 
+/// One Service proxy under test: where its client pod runs and what it reaches.
+struct Side {
+    name: &'static str,
+    node: &'static str,
+    client: std::path::PathBuf,
+    to: SocketAddr,
+}
+
 fn one(args: &ServicesBenchArgs) -> anyhow::Result<()> {
+    let kube_proxy = match (args.no_kube_proxy, flatnet_lab::upstream::binary("kube-proxy")) {
+        (true, _) => false,
+        (false, Ok(_)) => true,
+        (false, Err(why)) => {
+            println!("kube-proxy: {why}; measuring flatnet alone");
+            false
+        }
+    };
     println!(
-        "Services: 1 node; {} Services × {} endpoints at scale; {} endpoint changes; connection rate over 3 × {} s",
-        args.services, args.endpoints, args.changes, args.seconds
+        "Services: {} node(s); {} Services × {} endpoints at scale; {} endpoint changes; connection rate over 3 × {} s",
+        1 + usize::from(kube_proxy),
+        args.services,
+        args.endpoints,
+        args.changes,
+        args.seconds
     );
-    let lab = BenchLab::up(1, "vxlan")?;
-    lab.pod("server", Some("node-1"), true)?;
-    lab.pod("client", Some("node-1"), false)?;
-    lab.wait_ready(2, Duration::from_secs(60))?;
+    let lab = if kube_proxy {
+        BenchLab::up_with(2, "vxlan", &["--kube-proxy", "node-2"])?
+    } else {
+        BenchLab::up(1, "vxlan")?
+    };
+    let nodes: &[(&'static str, &'static str)] =
+        if kube_proxy { &[("flatnet", "node-1"), ("kube-proxy", "node-2")] } else { &[("flatnet", "node-1")] };
     let svcs: Api<Service> = Api::namespaced(lab.client.clone(), "default");
-    let target = lab
-        .rt
-        .block_on(svcs.create(&PostParams::default(), &serde_json::from_value(service("target", Some("server")))?))?;
-    let ip = target.spec.and_then(|s| s.cluster_ip).context("the target Service's ClusterIP")?;
-    let to: SocketAddr = format!("{ip}:80").parse()?;
-    let client = lab.pod_netns("client")?;
+    let mut sides = Vec::new();
+    for (i, (_, node)) in nodes.iter().enumerate() {
+        lab.pod(&format!("server-{}", i + 1), Some(node), true)?;
+        lab.pod(&format!("client-{}", i + 1), Some(node), false)?;
+    }
+    lab.wait_ready(2 * nodes.len(), Duration::from_secs(60))?;
+    for (i, (name, node)) in nodes.iter().enumerate() {
+        let svc = service(&format!("target-{}", i + 1), Some(&format!("server-{}", i + 1)));
+        let target = lab.rt.block_on(svcs.create(&PostParams::default(), &serde_json::from_value(svc)?))?;
+        let ip = target.spec.and_then(|s| s.cluster_ip).context("the target Service's ClusterIP")?;
+        sides.push(Side {
+            name,
+            node,
+            client: lab.pod_netns(&format!("client-{}", i + 1))?,
+            to: format!("{ip}:80").parse()?,
+        });
+    }
     let log = lab.layout.state.join("nodes/node-1/agent.log");
-    // 10 Services: the target, `kubernetes`, and 8 synthetic ones.
-    create_synthetic(&lab, 0, 8, args.endpoints)?;
-    wait_for("the target Service to answer", Duration::from_secs(30), || connection_rate(&client, to, 0).ok())?;
-    let (small, small_all) = median_rate(&client, to, args.seconds)?;
-    println!("  10 Services: {small:.0} connections/s (runs: {small_all:.0?})");
+    // 10 Services: the targets, `kubernetes`, and synthetic ones.
+    let fixed = 1 + sides.len();
+    create_synthetic(&lab, 0, 10 - fixed, args.endpoints)?;
+    let mut small = Vec::new();
+    for s in &sides {
+        wait_for(&format!("{} to carry the target Service", s.name), Duration::from_secs(60), || {
+            connection_rate(&s.client, s.to, 0).ok()
+        })?;
+        let (rate, all) = median_rate(&s.client, s.to, args.seconds)?;
+        println!("  10 Services, {}: {rate:.0} connections/s (runs: {all:.0?})", s.name);
+        small.push(rate);
+    }
 
     let t = Instant::now();
-    create_synthetic(&lab, 8, args.services - 2, args.endpoints)?;
+    create_synthetic(&lab, 10 - fixed, args.services - fixed, args.endpoints)?;
     println!("  created {} more Services and EndpointSlices in {:.1} s", args.services - 10, t.elapsed().as_secs_f64());
-    let node = lab.layout.state.join("netns/node-1");
     let want = args.services;
-    wait_for("the agent to program every Service", Duration::from_secs(600), || {
-        let n = netns::run_in(&node, || {
-            flatnet_kernel::nft::set_elements(nftables::types::NfFamily::IP, "flatnet", "map", "service-ips")
-                .ok()
-                .flatten()
-                .map_or(0, |e| e.len())
-        })
-        .unwrap_or(0);
-        (n >= want).then_some(())
-    })?;
-    let (large, large_all) = median_rate(&client, to, args.seconds)?;
-    println!("  {} Services: {large:.0} connections/s (runs: {large_all:.0?})", args.services);
+    for s in &sides {
+        let node = lab.layout.state.join("netns").join(s.node);
+        let table = if s.name == "flatnet" { "flatnet" } else { "kube-proxy" };
+        wait_for(&format!("{} to program every Service", s.name), Duration::from_secs(600), || {
+            let n = netns::run_in(&node, || {
+                flatnet_kernel::nft::set_elements(nftables::types::NfFamily::IP, table, "map", "service-ips")
+                    .ok()
+                    .flatten()
+                    .map_or(0, |e| e.len())
+            })
+            .unwrap_or(0);
+            (n >= want).then_some(())
+        })?;
+    }
+    let mut large = Vec::new();
+    for s in &sides {
+        let (rate, all) = median_rate(&s.client, s.to, args.seconds)?;
+        println!("  {} Services, {}: {rate:.0} connections/s (runs: {all:.0?})", args.services, s.name);
+        large.push(rate);
+    }
 
-    // One endpoint change at scale, from the watch event to the kernel.
+    // Endpoint changes at scale: flatnet's own event → kernel, and for both the API write
+    // → rules in the kernel.
     let slices: Api<EndpointSlice> = Api::namespaced(lab.client.clone(), "default");
-    let mut changes = Vec::new();
-    let mut nft_part = Vec::new();
+    let kp_ns = lab.layout.state.join("netns/node-2");
+    let (mut changes, mut nft_part, mut write_to_kernel) = (Vec::new(), Vec::new(), vec![Vec::new(); sides.len()]);
     for c in 0..args.changes {
         let mark = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         let i = 100 + c;
         let patch = slice(&format!("bench-{i:05}"), i, args.endpoints, 1_000_000 + c);
+        let written = epoch_secs(std::time::SystemTime::now());
         lab.rt.block_on(slices.patch(
             &format!("bench-{i:05}-bench"),
             &PatchParams::default(),
@@ -221,40 +327,109 @@ fn one(args: &ServicesBenchArgs) -> anyhow::Result<()> {
             logged_ms(&log, mark, "Service(s) updated").into_iter().find(|(l, _)| !l.contains(" 0 element(s) changed"))
         })?;
         changes.push(Duration::from_secs_f64(took / 1e3));
+        if let Some(at) = log_time(&line) {
+            write_to_kernel[0].push(Duration::from_secs_f64((at - written).max(0.0)));
+        }
         if let Some(nft) =
             line.split_once("nft ").and_then(|(_, r)| r.split_once(" ms")).and_then(|(v, _)| v.parse::<f64>().ok())
         {
             nft_part.push(Duration::from_secs_f64(nft / 1e3));
         }
+        if kube_proxy {
+            let synced = wait_for("kube-proxy to apply the change", Duration::from_secs(30), || {
+                let m = kube_proxy_metrics(&kp_ns).ok()?;
+                sample(&m, KP_LAST_SYNC).filter(|t| *t > written)
+            })?;
+            write_to_kernel[1].push(Duration::from_secs_f64(synced - written));
+        }
+        // kube-proxy syncs at most once a second by default: give each change its own sync.
+        std::thread::sleep(Duration::from_millis(1100));
     }
     let ch = summarize(&changes).context("no changes timed")?;
     let nft_ch = summarize(&nft_part);
+    let w2k: Vec<_> = write_to_kernel.iter().map(|v| summarize(v)).collect();
 
-    // A restarted agent's full sync: table already right, then table deleted (cold).
+    // Restarts: tables already right, then deleted (cold).
+    let node = lab.layout.state.join("netns/node-1");
     let (warm, warm_rss, warm_line) = restart_agent(&lab, &log)?;
-    let deleted = netns::run_in(&node, || flatnet_kernel::nft::delete_table(nftables::types::NfFamily::IP, "flatnet"))?;
-    deleted?;
+    let kp_warm = if kube_proxy { Some(restart_kube_proxy(&lab, "node-2")?) } else { None };
+    netns::run_in(&node, || flatnet_kernel::nft::delete_table(nftables::types::NfFamily::IP, "flatnet"))??;
     let (cold, cold_rss, cold_line) = restart_agent(&lab, &log)?;
+    let kp_cold = if kube_proxy {
+        netns::run_in(&kp_ns, || {
+            flatnet_kernel::nft::delete_table(nftables::types::NfFamily::IP, "kube-proxy")?;
+            flatnet_kernel::nft::delete_table(nftables::types::NfFamily::IP6, "kube-proxy")
+        })??;
+        Some(restart_kube_proxy(&lab, "node-2")?)
+    } else {
+        None
+    };
     println!("  restart: {}", warm_line.split_once("full sync:").map_or("", |x| x.1).trim());
     println!("  cold:    {}", cold_line.split_once("full sync:").map_or("", |x| x.1).trim());
+    // The agent's own sync work in a full sync: kernel read, plan and nft.
+    let sync_work = |line: &str| -> f64 {
+        ["kernel read ", "plan ", "nft "]
+            .iter()
+            .filter_map(|k| line.split_once(k)?.1.split_once(" ms")?.0.parse::<f64>().ok())
+            .sum()
+    };
 
     println!();
-    println!("{:<58} {:>12} {:>10}", "measure", "median", "target");
-    println!("{:<58} {:>10.0}/s {:>10}", "new connections/s through a ClusterIP, 10 Services", small, "");
-    println!("{:<58} {:>10.0}/s {:>10}", format!("new connections/s, {} Services", args.services), large, "");
-    println!("{:<58} {:>12.3} {:>10}", "ratio (10 Services / at scale: cost per connection)", small / large, "≤ 1.1");
-    println!(
-        "{:<58} {:>9.1} ms {:>10}",
-        format!("endpoint change at scale, event → kernel (p99 {:.1} ms)", ms(ch.p99)),
+    if kube_proxy {
+        println!("{:<58} {:>12} {:>12} {:>8} {:>10}", "measure (medians)", "flatnet", "kube-proxy", "ratio", "target");
+    } else {
+        println!("{:<58} {:>12} {:>10}", "measure (medians)", "flatnet", "target");
+    }
+    let row = |label: &str, f: f64, k: Option<f64>, unit: &str, target: &str| match k {
+        Some(k) if kube_proxy => {
+            println!(
+                "{label:<58} {:>12} {:>12} {:>8.2} {target:>10}",
+                format!("{f:.1}{unit}"),
+                format!("{k:.1}{unit}"),
+                f / k
+            )
+        }
+        _ if kube_proxy => println!("{label:<58} {:>12} {:>12} {:>8} {target:>10}", format!("{f:.1}{unit}"), "-", "-"),
+        _ => println!("{label:<58} {:>12} {target:>10}", format!("{f:.1}{unit}")),
+    };
+    row("new connections/s through a ClusterIP, 10 Services", small[0], small.get(1).copied(), "/s", "");
+    row(&format!("new connections/s, {} Services", args.services), large[0], large.get(1).copied(), "/s", "");
+    row(
+        "ratio 10 Services / at scale (cost per connection)",
+        small[0] / large[0],
+        small.get(1).zip(large.get(1)).map(|(a, b)| a / b),
+        "",
+        "≤ 1.1",
+    );
+    row(
+        &format!("endpoint change, agent's event → kernel (p99 {:.1} ms)", ms(ch.p99)),
         ms(ch.p50),
-        "≤ 20 ms"
+        None,
+        " ms",
+        "≤ 20 ms",
     );
     if let Some(n) = nft_ch {
-        println!("{:<58} {:>9.1} ms {:>10}", "  of which the nft run (spawn, cache, transaction)", ms(n.p50), "");
+        row("  of which the nft run (spawn, cache, transaction)", ms(n.p50), None, " ms", "");
     }
-    println!("{:<58} {:>9.0} ms {:>10}", "full sync after a restart (table already right)", warm, "");
-    println!("{:<58} {:>9.0} ms {:>10}", "full sync, cold (table deleted)", cold, "≤ 2000 ms");
-    println!("{:<58} {:>8.1} MiB {:>10}", "agent peak RSS (after the cold sync)", cold_rss, "≤ 50 MB");
-    println!("{:<58} {:>8.1} MiB {:>10}", "agent peak RSS (after the restart sync)", warm_rss, "");
+    if let Some(Some(f)) = w2k.first() {
+        let k = w2k.get(1).and_then(|k| k.as_ref());
+        row(
+            &format!(
+                "endpoint change, API write → kernel (p99 {:.1}{})",
+                ms(f.p99),
+                k.map_or(String::new(), |k| format!(" / {:.1}", ms(k.p99)))
+            ),
+            ms(f.p50),
+            k.map(|k| ms(k.p50)),
+            " ms",
+            "≤ 0.5×",
+        );
+    }
+    row("full sync after a restart, the proxy's own sync work", sync_work(&warm_line), kp_warm.map(|k| k.0), " ms", "");
+    row("full sync after a restart, from the watch lists", warm, None, " ms", "");
+    row("full sync cold (table deleted), the sync work", sync_work(&cold_line), kp_cold.map(|k| k.0), " ms", "≤ 0.5×");
+    row("full sync cold, from the watch lists", cold, None, " ms", "≤ 2000 ms");
+    row("peak RSS after the cold sync", cold_rss, kp_cold.map(|k| k.1), " MiB", "≤ 50 MB");
+    row("peak RSS after the restart sync", warm_rss, kp_warm.map(|k| k.1), " MiB", "");
     Ok(())
 }

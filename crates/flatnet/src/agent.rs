@@ -43,6 +43,10 @@ pub struct AgentArgs {
     /// to serve nothing.
     #[arg(long, default_value = flatnet_agent::config::DEFAULT_METRICS_ADDR)]
     metrics_addr: String,
+    /// Who carries Services on this node: flatnet (the agent, on nftables) or none (another
+    /// proxy such as kube-proxy does; the agent still connects nodes and enforces policy).
+    #[arg(long, default_value = "flatnet", value_parser = ["flatnet", "none"])]
+    service_proxy: String,
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -55,6 +59,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     cfg.cluster_cidr = args.cluster_cidr;
     cfg.service_cidr = args.service_cidr;
     cfg.subnet_file = args.subnet_file;
+    cfg.service_proxy = args.service_proxy == "flatnet";
     cfg.metrics_addr = match args.metrics_addr.as_str() {
         "none" => None,
         a => Some(a.parse().map_err(|_| anyhow::anyhow!("--metrics-addr {a:?} is not an address:port (or none)"))?),
@@ -79,6 +84,12 @@ pub fn this_node(flag: Option<String>) -> anyhow::Result<String> {
 /// Logs to stderr; `RUST_LOG` overrides the default `info`.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
+    // Colours for a person at a terminal; plain text in log files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

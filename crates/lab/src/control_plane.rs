@@ -94,6 +94,18 @@ async fn bootstrap(store: &Store, cluster: &ClusterConfig, api_port: u16) {
                "spec": {"ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": api_port}]}}),
     )
     .await;
+    // The default Service range, as kube-apiserver publishes it.
+    ensure(
+        store,
+        cluster,
+        "ServiceCIDR",
+        "",
+        json!({"metadata": {"name": "kubernetes"}, "spec": {"cidrs": [cluster.service_cidr.to_string()]},
+               "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "",
+                   "message": "Kubernetes default Service CIDR is ready",
+                   "lastTransitionTime": jiff::Timestamp::now().round(jiff::Unit::Second).map(|t| t.to_string()).unwrap_or_default()}]}}),
+    )
+    .await;
     // Its endpoint is the control plane on the underlay, as a real API server publishes itself.
     ensure(
         store,

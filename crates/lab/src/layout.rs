@@ -93,4 +93,9 @@ impl Layout {
     pub fn agent(&self, node: &str) -> Option<i32> {
         running_pid(&self.agent_pid(node), &["agent", &self.node_kubeconfig(node).to_string_lossy()])
     }
+
+    /// The pid of kube-proxy on a node whose Services it carries.
+    pub fn kube_proxy(&self, node: &str) -> Option<i32> {
+        running_pid(&self.node_dir(node).join("kube-proxy.pid"), &["--hostname-override", node])
+    }
 }

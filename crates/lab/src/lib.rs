@@ -17,6 +17,7 @@ pub mod nodes;
 pub mod store;
 pub mod tls;
 pub mod underlay;
+pub mod upstream;
 pub mod upstream_dns;
 
 /// Writes `text` to `path` with permission `mode` (0o600 for secrets: keys, tokens,

@@ -44,6 +44,10 @@ pub struct UpArgs {
     /// How pods on different nodes reach each other: vxlan or host-gw.
     #[arg(long, default_value = "vxlan")]
     pub backend: Backend,
+    /// Nodes whose Services upstream kube-proxy (nftables mode, built by
+    /// scripts/kubernetes) carries instead of the flatnet agent; repeat or separate with commas.
+    #[arg(long = "kube-proxy", value_delimiter = ',')]
+    pub kube_proxy_nodes: Vec<String>,
 }
 
 impl UpArgs {
@@ -53,6 +57,7 @@ impl UpArgs {
             listen: self.listen,
             nodes: self.nodes,
             backend: self.backend,
+            kube_proxy_nodes: self.kube_proxy_nodes.clone(),
         }
     }
 }
@@ -126,6 +131,9 @@ pub enum LabCmd {
         node_ip: std::net::Ipv4Addr,
         #[arg(long, default_value = "vxlan")]
         backend: Backend,
+        /// kube-proxy, when it carries this node's Services instead of the agent.
+        #[arg(long)]
+        kube_proxy: Option<PathBuf>,
     },
     /// Enters a pod and executes a command (what the kubelet starts containers with).
     #[command(hide = true)]
@@ -178,9 +186,16 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
         LabCmd::Serve { state, listen, underlay_netns } => {
             processes::serve(&state.layout(), listen, underlay_netns.as_deref(), crate::shutdown::requested)
         }
-        LabCmd::Kubelet { state, node, node_ip, backend } => {
+        LabCmd::Kubelet { state, node, node_ip, backend, kube_proxy } => {
             crate::agent::init_logging();
-            processes::kubelet(&state.layout(), &node, node_ip, backend, crate::shutdown::requested)
+            processes::kubelet(
+                &state.layout(),
+                &node,
+                node_ip,
+                backend,
+                kube_proxy.as_deref(),
+                crate::shutdown::requested,
+            )
         }
         LabCmd::Enter { netns, resolv_conf, hosts, hostname, command } => {
             let ctx = flatnet_kernel::enter::PodContext { netns, resolv_conf, hosts, hostname };

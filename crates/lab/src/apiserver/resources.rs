@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -110,6 +110,19 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["netpol"],
         status: false,
         schema: schema::<NetworkPolicy>,
+        label_names: false,
+    },
+    // The cluster's Service ranges, as kube-apiserver serves them (kube-proxy watches them).
+    Resource {
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "ServiceCIDR",
+        plural: "servicecidrs",
+        singular: "servicecidr",
+        namespaced: false,
+        short_names: &[],
+        status: true,
+        schema: schema::<ServiceCIDR>,
         label_names: false,
     },
 ];

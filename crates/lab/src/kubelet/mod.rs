@@ -29,6 +29,8 @@ pub struct KubeletConfig {
     pub kubeconfig: PathBuf,
     /// The agent's command line (run and restarted by the kubelet); None runs no agent.
     pub agent: Option<Vec<String>>,
+    /// kube-proxy's command line, on a node whose Services it carries instead of the agent.
+    pub kube_proxy: Option<Vec<String>>,
     pub cluster_dns: String,
     pub cluster_domain: String,
 }
@@ -49,6 +51,14 @@ pub async fn run(cfg: KubeletConfig, shutdown: impl std::future::Future<Output =
             cmd,
             cfg.layout.agent_pid(&cfg.node),
             cfg.layout.node_dir(&cfg.node).join("agent.log"),
+        )
+    });
+    let kube_proxy = cfg.kube_proxy.clone().map(|cmd| {
+        supervisor::Supervisor::start(
+            "kube-proxy",
+            cmd,
+            cfg.layout.node_dir(&cfg.node).join("kube-proxy.pid"),
+            cfg.layout.node_dir(&cfg.node).join("kube-proxy.log"),
         )
     });
     let pods_api: Api<Pod> = Api::all(client.clone());
@@ -82,8 +92,8 @@ pub async fn run(cfg: KubeletConfig, shutdown: impl std::future::Future<Output =
         }
     }
     watch.abort();
-    if let Some(a) = agent {
-        a.detach();
+    for s in agent.into_iter().chain(kube_proxy) {
+        s.detach();
     }
     Ok(())
 }

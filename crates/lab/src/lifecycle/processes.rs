@@ -83,6 +83,7 @@ pub fn kubelet<F: Future<Output = ()>>(
     node: &str,
     ip: Ipv4Addr,
     backend: Backend,
+    kube_proxy: Option<&Path>,
     stop: impl FnOnce() -> std::io::Result<F>,
 ) -> anyhow::Result<()> {
     let ns = flatnet_kernel::netns::NetNs::open(layout.node_ns(node))
@@ -91,7 +92,7 @@ pub fn kubelet<F: Future<Output = ()>>(
     nix::sched::setns(std::os::fd::AsFd::as_fd(ns.file()), nix::sched::CloneFlags::CLONE_NEWNET)
         .with_context(|| format!("enter node {node}'s namespace"))?;
     let me = std::env::current_exe()?.to_string_lossy().into_owned();
-    let agent = vec![
+    let mut agent = vec![
         me,
         "agent".into(),
         "--node-name".into(),
@@ -107,12 +108,37 @@ pub fn kubelet<F: Future<Output = ()>>(
         "--policy-socket".into(),
         layout.agent_socket(node).to_string_lossy().into_owned(),
     ];
+    // On a kube-proxy node, kube-proxy (nftables mode, as kubeadm would run it) carries
+    // Services and the agent only connects the node and enforces policy.
+    let kube_proxy = kube_proxy.map(|bin| {
+        agent.extend(["--service-proxy".into(), "none".into()]);
+        let s = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+        vec![
+            s(bin.to_path_buf()),
+            "--kubeconfig".into(),
+            s(layout.node_kubeconfig(node)),
+            "--hostname-override".into(),
+            node.into(),
+            "--proxy-mode".into(),
+            "nftables".into(),
+            "--cluster-cidr".into(),
+            "10.244.0.0/16".into(),
+            "--metrics-bind-address".into(),
+            "127.0.0.1:10249".into(),
+            "--healthz-bind-address".into(),
+            "127.0.0.1:10256".into(),
+            // The conntrack table is the host's: a lab node leaves it alone.
+            "--conntrack-max-per-core".into(),
+            "0".into(),
+        ]
+    });
     let cfg = crate::kubelet::KubeletConfig {
         layout: layout.clone(),
         node: node.into(),
         node_ip: ip,
         kubeconfig: layout.node_kubeconfig(node),
         agent: Some(agent),
+        kube_proxy,
         cluster_dns: "10.96.0.10".into(),
         cluster_domain: "cluster.local".into(),
     };

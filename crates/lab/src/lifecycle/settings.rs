@@ -12,6 +12,9 @@ pub struct Settings {
     pub backend: String,
     pub nodes: usize,
     pub listen: SocketAddr,
+    /// Nodes whose Services kube-proxy carries.
+    #[serde(default)]
+    pub kube_proxy: Vec<String>,
 }
 
 /// The settings of the lab at `layout`, when it has been brought up.

@@ -23,6 +23,9 @@ pub struct UpConfig {
     /// How many nodes (node-1 … node-N).
     pub nodes: usize,
     pub backend: Backend,
+    /// Nodes whose Services upstream kube-proxy carries (nftables mode) instead of the
+    /// agent, as on a cluster that runs flatnet beside kube-proxy.
+    pub kube_proxy_nodes: Vec<String>,
 }
 
 /// What `up` is doing, for a progress display.
@@ -48,6 +51,14 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
     if cfg.nodes == 0 || cfg.nodes > nodes::MAX_NODES {
         bail!("--nodes must be between 1 and {}", nodes::MAX_NODES);
     }
+    let kube_proxy = if cfg.kube_proxy_nodes.is_empty() {
+        None
+    } else {
+        if let Some(n) = cfg.kube_proxy_nodes.iter().find(|n| !(1..=cfg.nodes).any(|i| nodes::name(i) == **n)) {
+            bail!("--kube-proxy {n}: the lab's nodes are node-1 … node-{}", cfg.nodes);
+        }
+        Some(crate::upstream::binary("kube-proxy").map_err(anyhow::Error::msg)?)
+    };
     let layout = &cfg.layout;
     if let Some(s) = settings::read(layout)
         && layout.apiserver().is_some()
@@ -79,7 +90,12 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
     start_control_plane(layout, cfg.listen)?;
     let ca = std::fs::read_to_string(layout.state.join("ca.crt")).context("read the lab's CA certificate")?;
     write_private(&layout.kubeconfig(), &crate::kubeconfig::render(&format!("https://{}", cfg.listen), &ca, &token))?;
-    let settings = Settings { backend: cfg.backend.to_string(), nodes: cfg.nodes, listen: cfg.listen };
+    let settings = Settings {
+        backend: cfg.backend.to_string(),
+        nodes: cfg.nodes,
+        listen: cfg.listen,
+        kube_proxy: cfg.kube_proxy_nodes.clone(),
+    };
     std::fs::write(layout.settings(), serde_json::to_string_pretty(&settings)?)?;
     progress(Progress::Done(t.elapsed()));
 
@@ -92,7 +108,8 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
         write_private(&layout.node_kubeconfig(&name), &crate::kubeconfig::render(&node_server, &ca, &token))?;
         nodes::create(&layout.underlay_ns(), &layout.node_ns(&name), &name, ip)
             .with_context(|| format!("create node {name}"))?;
-        start_kubelet(layout, &name, ip, cfg.backend)?;
+        let proxy = kube_proxy.as_deref().filter(|_| cfg.kube_proxy_nodes.contains(&name));
+        start_kubelet(layout, &name, ip, cfg.backend, proxy)?;
         progress(Progress::Done(t.elapsed()));
     }
     let t = Instant::now();
@@ -143,15 +160,30 @@ fn start_control_plane(layout: &Layout, listen: SocketAddr) -> anyhow::Result<()
     })
 }
 
-fn start_kubelet(layout: &Layout, node: &str, ip: Ipv4Addr, backend: Backend) -> anyhow::Result<()> {
+fn start_kubelet(
+    layout: &Layout,
+    node: &str,
+    ip: Ipv4Addr,
+    backend: Backend,
+    kube_proxy: Option<&Path>,
+) -> anyhow::Result<()> {
     if layout.kubelet(node).is_some() {
         return Ok(());
     }
     let log = std::fs::OpenOptions::new().create(true).append(true).open(layout.node_dir(node).join("kubelet.log"))?;
-    let child = std::process::Command::new(std::env::current_exe()?)
-        .args(["lab", "kubelet", "--state-dir"])
-        .arg(&layout.state)
-        .args(["--node", node, "--node-ip", &ip.to_string(), "--backend", &backend.to_string()])
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(["lab", "kubelet", "--state-dir"]).arg(&layout.state).args([
+        "--node",
+        node,
+        "--node-ip",
+        &ip.to_string(),
+        "--backend",
+        &backend.to_string(),
+    ]);
+    if let Some(bin) = kube_proxy {
+        cmd.arg("--kube-proxy").arg(bin);
+    }
+    let child = cmd
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
