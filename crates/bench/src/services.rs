@@ -100,6 +100,9 @@ fn restart_kube_proxy(lab: &BenchLab, node: &str) -> anyhow::Result<(f64, f64)> 
 }
 
 pub fn run(args: ServicesBenchArgs) -> anyhow::Result<()> {
+    if args.services < 20 {
+        bail!("--services must be at least 20 (10 for the small case, and more at scale)");
+    }
     if let Some(why) = sandbox::unavailable_reason() {
         bail!("the Services benchmark {why}");
     }
@@ -315,7 +318,9 @@ fn one(args: &ServicesBenchArgs) -> anyhow::Result<()> {
     let (mut changes, mut nft_part, mut write_to_kernel) = (Vec::new(), Vec::new(), vec![Vec::new(); sides.len()]);
     for c in 0..args.changes {
         let mark = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        let i = 100 + c;
+        // A synthetic Service from the middle of them, a different one each time.
+        let synthetic = args.services - fixed;
+        let i = synthetic / 2 + c % (synthetic - synthetic / 2);
         let patch = slice(&format!("bench-{i:05}"), i, args.endpoints, 1_000_000 + c);
         let written = epoch_secs(std::time::SystemTime::now());
         lab.rt.block_on(slices.patch(

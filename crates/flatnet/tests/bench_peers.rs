@@ -1,7 +1,8 @@
 //! Smoke runs of the benchmarks that compare flatnet with its peers (small sizes,
 //! seconds), so the comparison code cannot rot: `bench cni` beside Debian's and the
-//! current reference plugins, `bench dns` beside CoreDNS and NSD. The peers come from
-//! `scripts/peers` (CI builds them); without them the test says SKIPPED.
+//! current reference plugins, `bench dns` beside CoreDNS and NSD, `bench services` beside
+//! kube-proxy. The peers come from `scripts/peers` and `scripts/kubernetes` (CI builds
+//! them); without them the test says SKIPPED.
 
 mod common;
 
@@ -21,11 +22,14 @@ fn bench(args: &[&str]) -> String {
     text
 }
 
-/// The table row starting with `label`, as numbers.
+/// The numbers of the table row starting with `label` (after it; units dropped).
 fn row(text: &str, label: &str) -> Vec<f64> {
     let line =
         text.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| panic!("no {label:?} row:\n{text}"));
-    line.split_whitespace().filter_map(|w| w.parse().ok()).collect()
+    let rest = &line.trim_start()[label.len()..];
+    rest.split_whitespace()
+        .filter_map(|w| w.trim_end_matches(|c: char| c.is_alphabetic() || c == '/').parse().ok())
+        .collect()
 }
 
 #[test]
@@ -72,5 +76,24 @@ fn bench_dns_compares_flatnet_with_coredns_and_nsd() {
         let fresh = row(&text, "Service created → answered, ms");
         assert!(fresh.len() == 3 && fresh[..2].iter().all(|ms| *ms > 0.0), "{text}");
         assert_eq!(row(&text, "MiB per 1,000 objects").len(), 3, "{text}");
+    });
+}
+
+#[test]
+fn bench_services_compares_flatnet_with_kube_proxy() {
+    let test = "bench_services_compares_flatnet_with_kube_proxy";
+    if let Err(why) = flatnet_lab::upstream::binary("kube-proxy") {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    sandboxed(test, |_| {
+        let text = bench(&["services", "--services", "60", "--endpoints", "2", "--changes", "2", "--seconds", "1"]);
+        assert!(text.contains("flatnet   kube-proxy"), "{text}");
+        // Both sides measured: flatnet, kube-proxy, ratio.
+        assert_eq!(row(&text, "new connections/s, 60 Services").len(), 3, "{text}");
+        assert!(row(&text, "endpoint change, API write → kernel").len() >= 3, "{text}");
+        // flatnet, kube-proxy, the ratio (then the target).
+        assert!(row(&text, "full sync cold (table deleted), the sync work").len() >= 3, "{text}");
+        assert!(row(&text, "peak RSS after the cold sync").len() >= 3, "{text}");
     });
 }
