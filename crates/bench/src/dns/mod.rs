@@ -193,24 +193,20 @@ fn bench(args: &DnsBenchArgs) -> anyhow::Result<()> {
     let objects_k = c.objects.len() as f64 / 1000.0;
     let per_k: Vec<f64> =
         loaded.iter().zip(&empty).map(|(l, e)| l.saturating_sub(*e) as f64 / 1024.0 / objects_k).collect();
-    let mut line = format!("  {:<30}", "MiB per 1,000 objects");
-    for x in &per_k {
-        line.push_str(&format!(" {x:>12.3}"));
-    }
-    line.push_str(&format!(" {:>12}", "-"));
-    if per_k.len() > 1 {
-        line.push_str(&format!(" {:>14.2}", per_k[0] / per_k[1]));
-    }
-    println!("{line}");
-    let mut line = format!("  {:<30}", "Service created → answered, ms");
-    for x in &fresh {
-        line.push_str(&format!(" {x:>12.1}"));
-    }
-    line.push_str(&format!(" {:>12}", "-"));
-    if fresh.len() > 1 {
-        line.push_str(&format!(" {:>14.2}", fresh[0] / fresh[1]));
-    }
-    println!("{line}");
+    // Rows only the API readers have (NSD: "-"), with flatnet / CoreDNS.
+    let readers_row = |label: &str, v: &[f64], decimals: usize| {
+        let mut line = format!("  {label:<30}");
+        for x in v {
+            line.push_str(&format!(" {x:>12.decimals$}"));
+        }
+        line.push_str(&format!(" {:>12}", "-"));
+        if v.len() > 1 {
+            line.push_str(&format!(" {:>14.2}", v[0] / v[1]));
+        }
+        println!("{line}");
+    };
+    readers_row("MiB per 1,000 objects", &per_k, 3);
+    readers_row("Service created → answered, ms", &fresh, 1);
     let rss: Vec<String> = readers
         .iter()
         .zip(loaded.iter().zip(&empty))
