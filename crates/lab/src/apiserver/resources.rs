@@ -112,6 +112,20 @@ pub static RESOURCES: &[Resource] = &[
         schema: schema::<NetworkPolicy>,
         label_names: false,
     },
+    // Events as components post them today (kube-proxy, controllers); `kubectl get
+    // events` reads the core ones.
+    Resource {
+        group: "events.k8s.io",
+        version: "v1",
+        kind: "Event",
+        plural: "events",
+        singular: "event",
+        namespaced: true,
+        short_names: &[],
+        status: false,
+        schema: schema::<k8s_openapi::api::events::v1::Event>,
+        label_names: false,
+    },
     // The cluster's Service ranges, as kube-apiserver serves them (kube-proxy watches them).
     Resource {
         group: "networking.k8s.io",
@@ -152,8 +166,13 @@ pub fn by_kind(kind: &str) -> Option<&'static Resource> {
 
 /// The API groups served under /apis, in order.
 pub fn groups() -> Vec<&'static str> {
-    let mut g: Vec<&str> = RESOURCES.iter().map(|r| r.group).filter(|g| !g.is_empty()).collect();
-    g.dedup();
+    let mut g: Vec<&str> = Vec::new();
+    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+        // Each once, in the order served, wherever its resources stand in the table.
+        if !g.contains(&r.group) {
+            g.push(r.group);
+        }
+    }
     g
 }
 
@@ -205,6 +224,7 @@ mod tests {
             find("discovery.k8s.io", "v1", "endpointslices").unwrap().store_name(),
             "endpointslices.discovery.k8s.io"
         );
-        assert_eq!(groups(), vec!["discovery.k8s.io", "networking.k8s.io"]);
+        // networking.k8s.io's resources are not next to each other in the table: still once.
+        assert_eq!(groups(), vec!["discovery.k8s.io", "networking.k8s.io", "events.k8s.io"]);
     }
 }
