@@ -19,7 +19,8 @@
 //! connects the node). Its figures come from its own metrics: the end of each rules sync
 //! (`kubeproxy_sync_proxy_rules_last_timestamp_seconds`), the sync's duration, its RSS.
 //! An endpoint change is timed for both from the API write to the rules in the kernel,
-//! 1.1 s apart (kube-proxy's default minimum sync period is 1 s).
+//! each proxy while the other is paused (the two share the machine's cores), kube-proxy's
+//! changes 1.1 s apart (its default minimum sync period is 1 s).
 
 use super::lab_harness::BenchLab;
 use super::stats::{ms, summarize};
@@ -312,43 +313,66 @@ fn one(args: &ServicesBenchArgs) -> anyhow::Result<()> {
     }
 
     // Endpoint changes at scale: flatnet's own event → kernel, and for both the API write
-    // → rules in the kernel.
+    // → rules in the kernel. Each proxy is timed while the other is paused (SIGSTOP), so
+    // neither's sync of the same change takes the other's CPU; a different Service each time.
     let slices: Api<EndpointSlice> = Api::namespaced(lab.client.clone(), "default");
     let kp_ns = lab.layout.state.join("netns/node-2");
     let (mut changes, mut nft_part, mut write_to_kernel) = (Vec::new(), Vec::new(), vec![Vec::new(); sides.len()]);
-    for c in 0..args.changes {
-        let mark = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        // A synthetic Service from the middle of them, a different one each time.
-        let synthetic = args.services - fixed;
-        let i = synthetic / 2 + c % (synthetic - synthetic / 2);
-        let patch = slice(&format!("bench-{i:05}"), i, args.endpoints, 1_000_000 + c);
-        let written = epoch_secs(std::time::SystemTime::now());
-        lab.rt.block_on(slices.patch(
-            &format!("bench-{i:05}-bench"),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"endpoints": patch["endpoints"]})),
-        ))?;
-        let (line, took) = wait_for("the agent to apply the change", Duration::from_secs(30), || {
-            logged_ms(&log, mark, "Service(s) updated").into_iter().find(|(l, _)| !l.contains(" 0 element(s) changed"))
-        })?;
-        changes.push(Duration::from_secs_f64(took / 1e3));
-        if let Some(at) = log_time(&line) {
-            write_to_kernel[0].push(Duration::from_secs_f64((at - written).max(0.0)));
+    let synthetic = args.services - fixed;
+    let pid_of = |side: &Side| {
+        if side.name == "flatnet" { lab.layout.agent(side.node) } else { lab.layout.kube_proxy(side.node) }
+    };
+    let signal = |pid: Option<i32>, sig| {
+        if let Some(p) = pid {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
         }
-        if let Some(nft) =
-            line.split_once("nft ").and_then(|(_, r)| r.split_once(" ms")).and_then(|(v, _)| v.parse::<f64>().ok())
-        {
-            nft_part.push(Duration::from_secs_f64(nft / 1e3));
-        }
-        if kube_proxy {
-            let synced = wait_for("kube-proxy to apply the change", Duration::from_secs(30), || {
-                let m = kube_proxy_metrics(&kp_ns).ok()?;
-                sample(&m, KP_LAST_SYNC).filter(|t| *t > written)
-            })?;
-            write_to_kernel[1].push(Duration::from_secs_f64(synced - written));
-        }
-        // kube-proxy syncs at most once a second by default: give each change its own sync.
-        std::thread::sleep(Duration::from_millis(1100));
+    };
+    for (k, side) in sides.iter().enumerate() {
+        let others: Vec<Option<i32>> = sides.iter().filter(|o| o.name != side.name).map(pid_of).collect();
+        others.iter().for_each(|p| signal(*p, nix::sys::signal::Signal::SIGSTOP));
+        let measured = (|| -> anyhow::Result<()> {
+            for c in 0..args.changes {
+                let n = k * args.changes + c;
+                let i = synthetic / 2 + n % (synthetic - synthetic / 2);
+                let patch = slice(&format!("bench-{i:05}"), i, args.endpoints, 1_000_000 + n);
+                let mark = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+                let written = epoch_secs(std::time::SystemTime::now());
+                lab.rt.block_on(slices.patch(
+                    &format!("bench-{i:05}-bench"),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"endpoints": patch["endpoints"]})),
+                ))?;
+                if side.name == "flatnet" {
+                    let (line, took) = wait_for("the agent to apply the change", Duration::from_secs(30), || {
+                        logged_ms(&log, mark, "Service(s) updated")
+                            .into_iter()
+                            .find(|(l, _)| !l.contains(" 0 element(s) changed"))
+                    })?;
+                    changes.push(Duration::from_secs_f64(took / 1e3));
+                    if let Some(at) = log_time(&line) {
+                        write_to_kernel[k].push(Duration::from_secs_f64((at - written).max(0.0)));
+                    }
+                    let nft = line.split_once("nft ").and_then(|(_, r)| r.split_once(" ms"));
+                    if let Some(nft) = nft.and_then(|(v, _)| v.parse::<f64>().ok()) {
+                        nft_part.push(Duration::from_secs_f64(nft / 1e3));
+                    }
+                } else {
+                    let synced = wait_for("kube-proxy to apply the change", Duration::from_secs(30), || {
+                        let m = kube_proxy_metrics(&kp_ns).ok()?;
+                        sample(&m, KP_LAST_SYNC).filter(|t| *t > written)
+                    })?;
+                    write_to_kernel[k].push(Duration::from_secs_f64(synced - written));
+                    // kube-proxy syncs at most once a second by default: each change its own sync.
+                    std::thread::sleep(Duration::from_millis(1100));
+                }
+            }
+            Ok(())
+        })();
+        others.iter().for_each(|p| signal(*p, nix::sys::signal::Signal::SIGCONT));
+        measured?;
+        // The resumed proxy catches up on what it missed, and its next sync is not held
+        // back by its minimum sync period.
+        std::thread::sleep(Duration::from_secs(2));
     }
     let ch = summarize(&changes).context("no changes timed")?;
     let nft_ch = summarize(&nft_part);
