@@ -195,6 +195,18 @@ impl Reconcile for ProxySync {
     }
 }
 
+/// Applies `t` in one nft transaction (nothing when it is empty), then flushes the UDP
+/// flows of removed endpoints; returns how long nft took.
+fn apply(t: &proxy::Transaction) -> Result<std::time::Duration, nft::NftError> {
+    let started = Instant::now();
+    if !t.is_empty() {
+        nft::apply_objects(&t.objects)?;
+    }
+    let took = started.elapsed();
+    flush_udp(&t.removed_udp_endpoints);
+    Ok(took)
+}
+
 impl ProxySync {
     /// Reads the table, plans every Service, applies the difference in one transaction.
     fn full_sync(&mut self) -> Result<String, nft::NftError> {
@@ -207,12 +219,7 @@ impl ProxySync {
         let plans = world.services.items.keys().filter_map(|k| Some((k.clone(), world.plan(ctx, k)?)));
         let t = self.proxier.full_sync(&actual, plans);
         let planned = t0.elapsed();
-        let t2 = Instant::now();
-        if !t.is_empty() {
-            nft::apply_objects(&t.objects)?;
-        }
-        let applied = t2.elapsed();
-        flush_udp(&t.removed_udp_endpoints);
+        let applied = apply(&t)?;
         self.dirty.clear();
         let (s, e) = self.proxier.counts();
         Ok(format!(
@@ -241,12 +248,7 @@ impl ProxySync {
         let n = changes.len();
         let t = self.proxier.update(changes);
         let planned = t0.elapsed();
-        let t1 = Instant::now();
-        if !t.is_empty() {
-            nft::apply_objects(&t.objects)?;
-        }
-        let applied = t1.elapsed();
-        flush_udp(&t.removed_udp_endpoints);
+        let applied = apply(&t)?;
         Ok(format!(
             "{n} Service(s) updated: {} chain(s) added, {} removed, {} element(s) changed \
              (plan {:.1} ms, nft {:.1} ms)",
