@@ -156,3 +156,19 @@ fn a_flood_of_forwarded_queries_to_a_silent_upstream_is_shed_and_the_cluster_sti
         drop(silent);
     });
 }
+
+#[test]
+fn a_domain_too_long_for_the_zone_is_refused_before_anything_listens() {
+    // 10 labels of 24 bytes: a valid name, but hostmaster.<it> is over 255 bytes.
+    let domain = vec!["a".repeat(24); 10].join(".");
+    let port = free_port();
+    let out = Command::new(flatnet())
+        .args(["dns", "--domain", &domain, "--upstream-resolv-conf", "/dev/null"])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-addr", "none"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "flatnet dns accepted the domain: {err}");
+    assert!(err.contains("--domain") && err.contains("255 bytes"), "{err}");
+    assert!(std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok(), "the port was taken: something listened");
+}
