@@ -65,6 +65,20 @@ async fn crud_selectors_and_patches() {
     let main =
         pods.patch("a", &PatchParams::default(), &Patch::Merge(json!({"status": {"podIP": "1.2.3.4"}}))).await.unwrap();
     assert_eq!(main.status.unwrap().pod_ip.as_deref(), Some("10.244.0.9"), "status ignored on the main resource");
+    // As on kube-apiserver, a status write carries labels and annotations (Flannel puts
+    // its node annotations this way) but never the spec.
+    let st = pods
+        .patch_status(
+            "a",
+            &PatchParams::default(),
+            &Patch::Strategic(
+                json!({"metadata": {"annotations": {"via": "status"}}, "spec": {"nodeName": "elsewhere"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.metadata.annotations.unwrap()["via"], "status");
+    assert_eq!(st.spec.unwrap().node_name, main.spec.unwrap().node_name, "the spec stays on a status write");
 
     // Optimistic concurrency: an update with a stale resourceVersion is a 409.
     let mut stale = created.clone();

@@ -234,8 +234,21 @@ fn reconcile_update(
         return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
     }
     let mut out = if status_only {
+        // As kube-apiserver's status strategies for built-in kinds: the spec stays, the
+        // status and the labels and annotations are the client's (Flannel writes its
+        // node annotations this way).
         let mut o = current.clone();
         o["status"] = new["status"].take();
+        if let Some(meta) = new["metadata"].as_object_mut() {
+            for k in ["labels", "annotations"] {
+                match meta.remove(k) {
+                    Some(v) => o["metadata"][k] = v,
+                    None => {
+                        o["metadata"].as_object_mut().map(|m| m.remove(k));
+                    }
+                }
+            }
+        }
         o
     } else {
         if r.status {
