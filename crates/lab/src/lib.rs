@@ -14,6 +14,7 @@ pub mod layout;
 pub mod lifecycle;
 pub mod netexec;
 pub mod nodes;
+pub mod pod_network;
 pub mod store;
 pub mod tls;
 pub mod underlay;

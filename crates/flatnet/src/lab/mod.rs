@@ -12,6 +12,7 @@ use clap::Subcommand;
 use flatnet_lab::layout::Layout;
 use flatnet_lab::lifecycle::settings::DEFAULT_STATE_DIR;
 use flatnet_lab::lifecycle::{apply, exec, processes};
+use flatnet_lab::pod_network::PodNetwork;
 use flatnet_model::node_network::Backend;
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -48,6 +49,10 @@ pub struct UpArgs {
     /// scripts/kubernetes) carries instead of the flatnet agent; repeat or separate with commas.
     #[arg(long = "kube-proxy", value_delimiter = ',')]
     pub kube_proxy_nodes: Vec<String>,
+    /// The pod network: flatnet, or flannel (flanneld from scripts/peers in place of the
+    /// agent, pods wired by the reference bridge plugin) to compare the two.
+    #[arg(long, default_value = "flatnet")]
+    pub network: PodNetwork,
 }
 
 impl UpArgs {
@@ -58,6 +63,7 @@ impl UpArgs {
             nodes: self.nodes,
             backend: self.backend,
             kube_proxy_nodes: self.kube_proxy_nodes.clone(),
+            network: self.network,
         }
     }
 }
@@ -134,6 +140,8 @@ pub enum LabCmd {
         /// kube-proxy, when it carries this node's Services instead of the agent.
         #[arg(long)]
         kube_proxy: Option<PathBuf>,
+        #[arg(long, default_value = "flatnet")]
+        network: PodNetwork,
     },
     /// Enters a pod and executes a command (what the kubelet starts containers with).
     #[command(hide = true)]
@@ -186,13 +194,14 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
         LabCmd::Serve { state, listen, underlay_netns } => {
             processes::serve(&state.layout(), listen, underlay_netns.as_deref(), crate::shutdown::requested)
         }
-        LabCmd::Kubelet { state, node, node_ip, backend, kube_proxy } => {
+        LabCmd::Kubelet { state, node, node_ip, backend, kube_proxy, network } => {
             crate::agent::init_logging();
             processes::kubelet(
                 &state.layout(),
                 &node,
                 node_ip,
                 backend,
+                network,
                 kube_proxy.as_deref(),
                 crate::shutdown::requested,
             )

@@ -10,6 +10,7 @@ pub mod supervisor;
 pub mod workload;
 
 use crate::layout::Layout;
+use crate::pod_network::PodNetwork;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -29,10 +30,22 @@ pub struct KubeletConfig {
     pub kubeconfig: PathBuf,
     /// The agent's command line (run and restarted by the kubelet); None runs no agent.
     pub agent: Option<Vec<String>>,
-    /// kube-proxy's command line, on a node whose Services it carries instead of the agent.
-    pub kube_proxy: Option<Vec<String>>,
+    /// Other node-level processes the kubelet keeps running, as it keeps DaemonSet pods
+    /// (kube-proxy on a node whose Services it carries, flanneld on a Flannel lab).
+    pub daemons: Vec<Daemon>,
+    /// Which CNI network wires the pods.
+    pub network: PodNetwork,
     pub cluster_dns: String,
     pub cluster_domain: String,
+}
+
+/// A node-level process: its name (its pid file and log are `<name>.pid`, `<name>.log` in
+/// the node's directory), command line and environment.
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    pub name: &'static str,
+    pub cmd: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 fn now() -> String {
@@ -45,22 +58,18 @@ pub async fn run(cfg: KubeletConfig, shutdown: impl std::future::Future<Output =
         kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(fail)?)
             .map_err(fail)?;
     register(&cfg, &Api::all(client.clone())).await?;
+    let dir = cfg.layout.node_dir(&cfg.node);
     let agent = cfg.agent.clone().map(|cmd| {
-        supervisor::Supervisor::start(
-            "agent",
-            cmd,
-            cfg.layout.agent_pid(&cfg.node),
-            cfg.layout.node_dir(&cfg.node).join("agent.log"),
-        )
+        supervisor::Supervisor::start("agent", cmd, Vec::new(), cfg.layout.agent_pid(&cfg.node), dir.join("agent.log"))
     });
-    let kube_proxy = cfg.kube_proxy.clone().map(|cmd| {
-        supervisor::Supervisor::start(
-            "kube-proxy",
-            cmd,
-            cfg.layout.node_dir(&cfg.node).join("kube-proxy.pid"),
-            cfg.layout.node_dir(&cfg.node).join("kube-proxy.log"),
-        )
-    });
+    let daemons: Vec<_> = cfg
+        .daemons
+        .iter()
+        .map(|d| {
+            let (pid, log) = (dir.join(format!("{}.pid", d.name)), dir.join(format!("{}.log", d.name)));
+            supervisor::Supervisor::start(d.name, d.cmd.clone(), d.env.clone(), pid, log)
+        })
+        .collect();
     let pods_api: Api<Pod> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
     let changed = Arc::new(tokio::sync::Notify::new());
@@ -92,7 +101,7 @@ pub async fn run(cfg: KubeletConfig, shutdown: impl std::future::Future<Output =
         }
     }
     watch.abort();
-    for s in agent.into_iter().chain(kube_proxy) {
+    for s in agent.into_iter().chain(daemons) {
         s.detach();
     }
     Ok(())
@@ -118,7 +127,10 @@ async fn register(cfg: &KubeletConfig, nodes: &Api<Node>) -> Result<(), KubeletE
     });
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": cfg.node, "labels": {"kubernetes.io/hostname": cfg.node, "kubernetes.io/os": "linux"}},
+        // As a kubelet registers it: programs that read Nodes (Flannel among them) count
+        // on the annotation map being there.
+        "metadata": {"name": cfg.node, "labels": {"kubernetes.io/hostname": cfg.node, "kubernetes.io/os": "linux"},
+                     "annotations": {"volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
         "status": status,
     }))
     .map_err(fail)?;

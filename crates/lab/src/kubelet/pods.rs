@@ -219,8 +219,7 @@ fn new_running(pod: &Pod, sandbox: Sandbox) -> Running {
 }
 
 fn start(cfg: &KubeletConfig, pod: &Pod) -> Result<Running, String> {
-    let sb =
-        sandbox::create(&cfg.layout, &cfg.node, pod, &sandbox::cni_dirs(), (&cfg.cluster_dns, &cfg.cluster_domain))?;
+    let sb = sandbox::create(cfg.network, &cfg.layout, &cfg.node, pod, (&cfg.cluster_dns, &cfg.cluster_domain))?;
     let mut r = new_running(pod, sb);
     let specs = pod.spec.clone().unwrap_or_default().containers;
     for (c, spec) in r.containers.iter_mut().zip(&specs) {
@@ -228,7 +227,7 @@ fn start(cfg: &KubeletConfig, pod: &Pod) -> Result<Running, String> {
             let procs: Vec<Process> = r.containers.iter_mut().filter_map(|c| c.process.take()).collect();
             let mut procs = procs;
             sandbox::stop(&mut procs, Duration::ZERO);
-            let _ = sandbox::destroy(&cfg.layout, &cfg.node, &r.sandbox);
+            let _ = sandbox::destroy(cfg.network, &cfg.layout, &cfg.node, &r.sandbox);
             return Err(format!("container {}: {e}", spec.name));
         }
     }
@@ -280,7 +279,7 @@ async fn stop_processes(mut procs: Vec<Process>, grace: Duration) {
 
 async fn destroy(cfg: &KubeletConfig, s: Sandbox) -> Result<(), String> {
     let cfg = cfg.clone();
-    tokio::task::spawn_blocking(move || sandbox::destroy(&cfg.layout, &cfg.node, &s))
+    tokio::task::spawn_blocking(move || sandbox::destroy(cfg.network, &cfg.layout, &cfg.node, &s))
         .await
         .map_err(|e| e.to_string())?
 }

@@ -3,7 +3,8 @@
 //! the pod's resolv.conf and hosts files. Its container processes run inside it.
 
 use crate::layout::Layout;
-use flatnet_cni::exec::{Attachment, ConfList};
+use crate::pod_network::{PodNetwork, conflist};
+use flatnet_cni::exec::Attachment;
 use flatnet_kernel::netns;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Map, Value, json};
@@ -31,22 +32,6 @@ impl Sandbox {
     }
 }
 
-/// The node's CNI network: the flatnet plugin, its store and subnet file under the node's directory.
-pub fn conflist(layout: &Layout, node: &str) -> ConfList {
-    let text = json!({
-        "cniVersion": "1.1.0",
-        "name": "flatnet",
-        "plugins": [{
-            "type": "flatnet",
-            "bridge": "cni0",
-            "subnetFile": layout.subnet_file(node),
-            "dataDir": layout.node_dir(node).join("cni"),
-            "agentSocket": layout.agent_socket(node),
-        }],
-    });
-    ConfList::parse(&text.to_string()).expect("a literal conflist")
-}
-
 fn attachment(uid: &str, namespace: &str, name: &str, netns: &Path) -> Attachment {
     Attachment {
         container_id: uid.to_string(),
@@ -64,10 +49,10 @@ fn attachment(uid: &str, namespace: &str, name: &str, netns: &Path) -> Attachmen
 
 /// Creates the sandbox: namespace, CNI ADD, the pod's files. On failure nothing is left.
 pub fn create(
+    network: PodNetwork,
     layout: &Layout,
     node: &str,
     pod: &Pod,
-    cni_dirs: &[PathBuf],
     dns: (&str, &str),
 ) -> Result<Sandbox, String> {
     let uid = pod.metadata.uid.clone().ok_or("the pod has no uid")?;
@@ -80,7 +65,8 @@ pub fn create(
         netns::create_named(&ns).map_err(|e| format!("create the pod's network namespace: {e}"))?;
     }
     let att = attachment(&uid, &namespace, &name, &ns);
-    let result = conflist(layout, node).add(&att, cni_dirs, &Map::new());
+    let result = conflist(network, layout, node)
+        .and_then(|(conf, dirs)| conf.add(&att, &dirs, &Map::new()).map_err(|e| e.to_string()));
     let ip = match result.as_ref().map(first_ip) {
         Ok(Some(ip)) => ip,
         other => {
@@ -88,7 +74,7 @@ pub fn create(
                 Err(e) => format!("CNI ADD: {e}"),
                 _ => "CNI ADD returned no IP address".to_string(),
             };
-            let _ = destroy_parts(layout, node, &uid, &namespace, &name);
+            let _ = destroy_parts(network, layout, node, &uid, &namespace, &name);
             return Err(why);
         }
     };
@@ -107,14 +93,22 @@ fn first_ip(result: &Value) -> Option<String> {
 }
 
 /// Tears the sandbox down: CNI DEL, the namespace, the pod's files. Idempotent.
-pub fn destroy(layout: &Layout, node: &str, s: &Sandbox) -> Result<(), String> {
-    destroy_parts(layout, node, &s.uid, &s.namespace, &s.name)
+pub fn destroy(network: PodNetwork, layout: &Layout, node: &str, s: &Sandbox) -> Result<(), String> {
+    destroy_parts(network, layout, node, &s.uid, &s.namespace, &s.name)
 }
 
-fn destroy_parts(layout: &Layout, node: &str, uid: &str, namespace: &str, name: &str) -> Result<(), String> {
+fn destroy_parts(
+    network: PodNetwork,
+    layout: &Layout,
+    node: &str,
+    uid: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<(), String> {
     let ns = layout.pod_ns(uid);
     let att = attachment(uid, namespace, name, &ns);
-    conflist(layout, node).del(&att, &cni_dirs(), &Map::new(), &Value::Null).map_err(|e| format!("CNI DEL: {e}"))?;
+    let (conf, dirs) = conflist(network, layout, node).map_err(|e| format!("CNI DEL: {e}"))?;
+    conf.del(&att, &dirs, &Map::new(), &Value::Null).map_err(|e| format!("CNI DEL: {e}"))?;
     netns::remove_named(&ns).map_err(|e| format!("remove the pod's network namespace: {e}"))?;
     let dir = layout.pod_dir(node, uid);
     match std::fs::remove_dir_all(&dir) {
@@ -134,10 +128,6 @@ pub fn adopt(layout: &Layout, node: &str) -> Vec<Sandbox> {
 }
 
 /// Where the CNI plugin lives: next to this binary, which is the plugin.
-pub fn cni_dirs() -> Vec<PathBuf> {
-    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).into_iter().collect()
-}
-
 /// A running container process (the leader of its own process group).
 #[derive(Debug)]
 pub struct Process {

@@ -15,7 +15,13 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn start(name: &'static str, cmd: Vec<String>, pid_file: PathBuf, log: PathBuf) -> Self {
+    pub fn start(
+        name: &'static str,
+        cmd: Vec<String>,
+        env: Vec<(String, String)>,
+        pid_file: PathBuf,
+        log: PathBuf,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         std::thread::spawn(move || {
@@ -28,7 +34,7 @@ impl Supervisor {
                 let Some((program, args)) = cmd.split_first() else { return };
                 let out = std::fs::OpenOptions::new().create(true).append(true).open(&log);
                 let mut c = Command::new(program);
-                c.args(args).stdin(Stdio::null());
+                c.args(args).envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null());
                 if let Ok(out) = out {
                     if let Ok(err) = out.try_clone() {
                         c.stderr(err);

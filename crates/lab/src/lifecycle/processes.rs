@@ -3,7 +3,9 @@
 //! `stop` (called inside its runtime) resolves.
 
 use crate::apiserver::admission::ClusterConfig;
+use crate::kubelet::Daemon;
 use crate::layout::Layout;
+use crate::pod_network::PodNetwork;
 use crate::underlay;
 use anyhow::Context;
 use flatnet_model::node_network::Backend;
@@ -77,12 +79,14 @@ pub fn serve<F: Future<Output = ()>>(
 }
 
 /// The kubelet process: enters the node's namespace, then runs the kubelet (which runs
-/// the agent, as `flatnet agent`). Call it while the process is still single-threaded.
+/// the agent, as `flatnet agent`, or flanneld on a Flannel lab). Call it while the
+/// process is still single-threaded.
 pub fn kubelet<F: Future<Output = ()>>(
     layout: &Layout,
     node: &str,
     ip: Ipv4Addr,
     backend: Backend,
+    network: PodNetwork,
     kube_proxy: Option<&Path>,
     stop: impl FnOnce() -> std::io::Result<F>,
 ) -> anyhow::Result<()> {
@@ -110,10 +114,11 @@ pub fn kubelet<F: Future<Output = ()>>(
     ];
     // On a kube-proxy node, kube-proxy (nftables mode, as kubeadm would run it) carries
     // Services and the agent only connects the node and enforces policy.
-    let kube_proxy = kube_proxy.map(|bin| {
+    let mut daemons = Vec::new();
+    if let Some(bin) = kube_proxy {
         agent.extend(["--service-proxy".into(), "none".into()]);
         let s = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
-        vec![
+        let cmd = vec![
             s(bin.to_path_buf()),
             "--kubeconfig".into(),
             s(layout.node_kubeconfig(node)),
@@ -130,15 +135,23 @@ pub fn kubelet<F: Future<Output = ()>>(
             // The conntrack table is the host's: a lab node leaves it alone.
             "--conntrack-max-per-core".into(),
             "0".into(),
-        ]
-    });
+        ];
+        daemons.push(Daemon { name: "kube-proxy", cmd, env: Vec::new() });
+    }
+    if network == PodNetwork::Flannel {
+        let (flanneld, _) = crate::pod_network::flannel_binaries().map_err(anyhow::Error::msg)?;
+        let (cmd, env) = crate::pod_network::flanneld(layout, node, backend, &flanneld)
+            .with_context(|| format!("write node {node}'s Flannel configuration"))?;
+        daemons.push(Daemon { name: "flanneld", cmd, env });
+    }
     let cfg = crate::kubelet::KubeletConfig {
         layout: layout.clone(),
         node: node.into(),
         node_ip: ip,
         kubeconfig: layout.node_kubeconfig(node),
-        agent: Some(agent),
-        kube_proxy,
+        agent: (network == PodNetwork::Flatnet).then_some(agent),
+        daemons,
+        network,
         cluster_dns: "10.96.0.10".into(),
         cluster_domain: "cluster.local".into(),
     };

@@ -15,6 +15,9 @@ pub struct Settings {
     /// Nodes whose Services kube-proxy carries.
     #[serde(default)]
     pub kube_proxy: Vec<String>,
+    /// The pod network (flatnet unless a benchmark asked for Flannel).
+    #[serde(default)]
+    pub network: crate::pod_network::PodNetwork,
 }
 
 /// The settings of the lab at `layout`, when it has been brought up.

@@ -4,6 +4,7 @@
 
 use super::settings::{self, Settings};
 use crate::layout::Layout;
+use crate::pod_network::PodNetwork;
 use crate::{nodes, underlay};
 use anyhow::{Context, bail};
 use flatnet_model::node_network::Backend;
@@ -26,6 +27,8 @@ pub struct UpConfig {
     /// Nodes whose Services upstream kube-proxy carries (nftables mode) instead of the
     /// agent, as on a cluster that runs flatnet beside kube-proxy.
     pub kube_proxy_nodes: Vec<String>,
+    /// flatnet, or Flannel for side-by-side comparisons (flanneld instead of the agent).
+    pub network: PodNetwork,
 }
 
 /// What `up` is doing, for a progress display.
@@ -59,15 +62,19 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
         }
         Some(crate::upstream::binary("kube-proxy").map_err(anyhow::Error::msg)?)
     };
+    if cfg.network == PodNetwork::Flannel {
+        crate::pod_network::flannel_binaries().map_err(anyhow::Error::msg)?;
+    }
     let layout = &cfg.layout;
     if let Some(s) = settings::read(layout)
         && layout.apiserver().is_some()
-        && (s.backend != cfg.backend.to_string() || s.nodes != cfg.nodes)
+        && (s.backend != cfg.backend.to_string() || s.nodes != cfg.nodes || s.network != cfg.network)
     {
         bail!(
-            "the lab is already up with {} node(s) and backend {}; run `flatnet lab down` first to change that",
+            "the lab is already up with {} node(s), backend {} and pod network {}; run `flatnet lab down` first to change that",
             s.nodes,
-            s.backend
+            s.backend,
+            s.network
         );
     }
     progress(Progress::Lab { nodes: cfg.nodes, backend: cfg.backend });
@@ -95,6 +102,7 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
         nodes: cfg.nodes,
         listen: cfg.listen,
         kube_proxy: cfg.kube_proxy_nodes.clone(),
+        network: cfg.network,
     };
     std::fs::write(layout.settings(), serde_json::to_string_pretty(&settings)?)?;
     progress(Progress::Done(t.elapsed()));
@@ -103,19 +111,20 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
     for i in 1..=cfg.nodes {
         let (name, ip) = (nodes::name(i), nodes::ip(i));
         let t = Instant::now();
-        progress(Progress::Step(&format!("{name}: netns, eth0 {ip} on {}, kubelet, agent", underlay::BRIDGE)));
+        let daemon = if cfg.network == PodNetwork::Flannel { "flanneld" } else { "agent" };
+        progress(Progress::Step(&format!("{name}: netns, eth0 {ip} on {}, kubelet, {daemon}", underlay::BRIDGE)));
         std::fs::create_dir_all(layout.node_dir(&name))?;
         write_private(&layout.node_kubeconfig(&name), &crate::kubeconfig::render(&node_server, &ca, &token))?;
         nodes::create(&layout.underlay_ns(), &layout.node_ns(&name), &name, ip)
             .with_context(|| format!("create node {name}"))?;
         let proxy = kube_proxy.as_deref().filter(|_| cfg.kube_proxy_nodes.contains(&name));
-        start_kubelet(layout, &name, ip, cfg.backend, proxy)?;
+        start_kubelet(layout, &name, ip, cfg, proxy)?;
         progress(Progress::Done(t.elapsed()));
     }
     let t = Instant::now();
     progress(Progress::Step("waiting for every node's network (podCIDR, routes to peers)"));
     let rt = super::connect::runtime()?;
-    let summary = rt.block_on(wait_nodes_ready(layout, cfg.nodes, Duration::from_secs(60)))?;
+    let summary = rt.block_on(wait_nodes_ready(layout, cfg.nodes, cfg.network, Duration::from_secs(60)))?;
     progress(Progress::Done(t.elapsed()));
     let t = Instant::now();
     progress(Progress::Step(&format!("cluster DNS: kube-dns {} → 2 flatnet dns pods", super::cluster_dns::SERVICE_IP)));
@@ -164,7 +173,7 @@ fn start_kubelet(
     layout: &Layout,
     node: &str,
     ip: Ipv4Addr,
-    backend: Backend,
+    cfg: &UpConfig,
     kube_proxy: Option<&Path>,
 ) -> anyhow::Result<()> {
     if layout.kubelet(node).is_some() {
@@ -178,7 +187,9 @@ fn start_kubelet(
         "--node-ip",
         &ip.to_string(),
         "--backend",
-        &backend.to_string(),
+        &cfg.backend.to_string(),
+        "--network",
+        &cfg.network.to_string(),
     ]);
     if let Some(bin) = kube_proxy {
         cmd.arg("--kube-proxy").arg(bin);
@@ -206,8 +217,14 @@ fn wait_listening(addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
 }
 
 /// Waits until `count` nodes are registered, have a podCIDR, and their agent reports
-/// the network up (NetworkUnavailable=False).
-async fn wait_nodes_ready(layout: &Layout, count: usize, within: Duration) -> anyhow::Result<Vec<NodeSummary>> {
+/// the network up (NetworkUnavailable=False; flanneld reports it with a reason of its
+/// own, and no message about peers).
+async fn wait_nodes_ready(
+    layout: &Layout,
+    count: usize,
+    network: PodNetwork,
+    within: Duration,
+) -> anyhow::Result<Vec<NodeSummary>> {
     let api: kube::Api<Node> = kube::Api::all(super::connect::client(layout).await?);
     let deadline = Instant::now() + within;
     loop {
@@ -224,7 +241,14 @@ async fn wait_nodes_ready(layout: &Layout, count: usize, within: Duration) -> an
             .iter()
             .filter(|n| n.metadata.name.as_ref().is_some_and(|x| wanted.contains(x)))
             .map(|n| {
-                let message = flatnet_kube::node::network_up(n).unwrap_or_else(|why| {
+                let up = match network {
+                    PodNetwork::Flatnet => flatnet_kube::node::network_up(n),
+                    PodNetwork::Flannel => match flatnet_kube::node::network_state(n) {
+                        (flatnet_kube::node::Network::Down, m) => Err(m),
+                        (_, m) => Ok(m),
+                    },
+                };
+                let message = up.unwrap_or_else(|why| {
                     problems.push(format!("{}: {why}", n.metadata.name.as_deref().unwrap_or("")));
                     why
                 });
