@@ -1,35 +1,81 @@
-//! Single-stream TCP throughput with iperf3, in one run: pod → pod on one node, across
-//! nodes over VXLAN, across nodes with host-gw, and a bare veth pair between two
-//! namespaces as the baseline. A fifth path is the lab's host-gw topology built by hand
-//! without flatnet (the same veths, bridges and routes): what the topology itself costs.
-//! Rounds interleave the paths so the machine's drift hits them alike; medians and
-//! ratios to the baseline are reported.
+//! Pod-to-pod network performance in one run: single-stream and 8-stream TCP
+//! throughput (iperf3) and TCP request/response rate (one byte each way, as netperf's
+//! TCP_RR), pod → pod on one node, across nodes over VXLAN and host-gw, the same with
+//! Flannel (flanneld and the reference bridge plugin, from `scripts/peers`) on an
+//! identical lab, a bare veth pair between two namespaces as the baseline, and the
+//! lab's host-gw topology built by hand without any CNI (what the topology itself
+//! costs). Rounds interleave the paths so the machine's drift hits them alike; medians,
+//! ratios to the baseline and flatnet's ratio to Flannel are reported.
 
 use super::lab_harness::BenchLab;
 use super::stats::median;
 use anyhow::{Context, bail};
 use flatnet_kernel::sandbox::{self, Sandbox};
 use flatnet_kernel::{Netlink, addr, link, netns};
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct ThroughputBenchArgs {
-    /// Seconds per iperf3 run.
+    /// Seconds per run (each of: 1 stream, 8 streams, request/response).
     #[arg(long, default_value_t = 3)]
     seconds: u32,
-    /// Rounds over the four paths.
+    /// Rounds over the paths.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Leave Flannel out even when scripts/peers has built it.
+    #[arg(long)]
+    no_flannel: bool,
 }
 
 struct Measured {
-    label: &'static str,
+    label: String,
     client: PathBuf,
     server_ip: String,
+    /// The single-stream ratio to the baseline flatnet aims at.
     target: Option<f64>,
+}
+
+/// The TCP port of the request/response server in every server namespace.
+const RR_PORT: u16 = 5202;
+
+/// One lab of two nodes with pods `client` and `cross` (node-1, node-2) and, when
+/// `same`, a pod `same` beside the client.
+struct PathLab {
+    lab: BenchLab,
+    network: &'static str,
+    backend: &'static str,
+}
+
+impl PathLab {
+    fn up(network: &'static str, backend: &'static str, same: bool) -> anyhow::Result<Self> {
+        let lab = BenchLab::up_with(2, backend, &["--network", network])?;
+        lab.pod("client", Some("node-1"), false)?;
+        lab.pod("cross", Some("node-2"), false)?;
+        if same {
+            lab.pod("same", Some("node-1"), false)?;
+        }
+        Ok(Self { lab, network, backend })
+    }
+
+    fn path(&self, pods: &[flatnet_lab::lifecycle::scenario::ReadyPod], to: &str) -> anyhow::Result<Measured> {
+        let ip = pods.iter().find(|p| p.name == to).map(|p| p.ip.clone()).context("the server pod's IP")?;
+        let label = match to {
+            "same" => format!("{} pod → pod, same node", self.network),
+            _ => format!("{} pod → pod, cross node, {}", self.network, self.backend),
+        };
+        let target = match (self.network, self.backend, to) {
+            ("flatnet", "vxlan", "cross") => Some(0.85),
+            ("flatnet", "host-gw", "cross") => Some(0.95),
+            _ => None,
+        };
+        Ok(Measured { label, client: self.lab.pod_netns("client")?, server_ip: ip, target })
+    }
 }
 
 pub fn run(args: ThroughputBenchArgs) -> anyhow::Result<()> {
@@ -45,70 +91,100 @@ pub fn run(args: ThroughputBenchArgs) -> anyhow::Result<()> {
 fn measure(sb: &Sandbox, args: &ThroughputBenchArgs) -> anyhow::Result<()> {
     let (a, b) = veth_pair(sb)?;
     let (hand_client, hand_server) = hand_built(sb)?;
-    let vxlan = BenchLab::up(2, "vxlan")?;
-    let hostgw = BenchLab::up(2, "host-gw")?;
-    for lab in [&vxlan, &hostgw] {
-        lab.pod("client", Some("node-1"), false)?;
-        lab.pod("cross", Some("node-2"), false)?;
-    }
-    vxlan.pod("same", Some("node-1"), false)?;
-    let ip = |pods: &[flatnet_lab::lifecycle::scenario::ReadyPod], n: &str| {
-        pods.iter().find(|p| p.name == n).map(|p| p.ip.clone()).unwrap_or_default()
+    let flannel = match (args.no_flannel, flatnet_lab::pod_network::flannel_binaries()) {
+        (true, _) => false,
+        (false, Ok(_)) => true,
+        (false, Err(why)) => {
+            println!("Flannel is not compared: {why}");
+            false
+        }
     };
-    let vp = vxlan.wait_ready(3, Duration::from_secs(30))?;
-    let hp = hostgw.wait_ready(2, Duration::from_secs(30))?;
-    let mut servers: Vec<Server> = Vec::new();
-    for ns in [b.clone(), vxlan.pod_netns("same")?, vxlan.pod_netns("cross")?, hostgw.pod_netns("cross")?, hand_server]
-    {
-        servers.push(Server::start(&ns)?);
+    let mut labs = vec![PathLab::up("flatnet", "vxlan", true)?, PathLab::up("flatnet", "host-gw", false)?];
+    if flannel {
+        labs.push(PathLab::up("flannel", "vxlan", true)?);
+        labs.push(PathLab::up("flannel", "host-gw", false)?);
     }
-    let paths = [
-        Measured { label: "bare veth pair (baseline)", client: a, server_ip: "10.99.0.2".into(), target: None },
-        Measured {
-            label: "pod → pod, same node",
-            client: vxlan.pod_netns("client")?,
-            server_ip: ip(&vp, "same"),
-            target: None,
-        },
-        Measured {
-            label: "pod → pod, cross node, VXLAN",
-            client: vxlan.pod_netns("client")?,
-            server_ip: ip(&vp, "cross"),
-            target: Some(0.85),
-        },
-        Measured {
-            label: "pod → pod, cross node, host-gw",
-            client: hostgw.pod_netns("client")?,
-            server_ip: ip(&hp, "cross"),
-            target: Some(0.95),
-        },
-        Measured {
-            label: "host-gw topology by hand, no flatnet",
-            client: hand_client,
-            server_ip: "10.97.2.2".into(),
-            target: None,
-        },
-    ];
-    println!("iperf3, one TCP stream, {} s per run, {} rounds interleaved", args.seconds, args.rounds);
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    let mut paths = vec![Measured {
+        label: "bare veth pair (baseline)".into(),
+        client: a,
+        server_ip: "10.99.0.2".into(),
+        target: None,
+    }];
+    let mut server_ns = vec![b];
+    for l in &labs {
+        let pods = l.lab.wait_ready(2 + usize::from(l.backend == "vxlan"), Duration::from_secs(60))?;
+        let targets: &[&str] = if l.backend == "vxlan" { &["same", "cross"] } else { &["cross"] };
+        for to in targets {
+            paths.push(l.path(&pods, to)?);
+            server_ns.push(l.lab.pod_netns(to)?);
+        }
+    }
+    paths.push(Measured {
+        label: "host-gw topology by hand, no CNI".into(),
+        client: hand_client,
+        server_ip: "10.97.2.2".into(),
+        target: None,
+    });
+    server_ns.push(hand_server);
+    let mut servers = Vec::new();
+    for ns in &server_ns {
+        servers.push(Server::start(ns)?);
+        servers.push(Server::rr(ns)?);
+    }
+    println!(
+        "iperf3 (1 and 8 TCP streams) and TCP request/response, {} s per run, {} rounds interleaved",
+        args.seconds, args.rounds
+    );
+    // Per path: single-stream Gb/s, 8-stream Gb/s, transactions/s.
+    let mut samples: Vec<[Vec<f64>; 3]> = paths.iter().map(|_| Default::default()).collect();
     for round in 0..args.rounds {
         for (i, p) in paths.iter().enumerate() {
-            let gbps = iperf(&p.client, &p.server_ip, args.seconds).with_context(|| p.label)?;
-            samples[i].push(gbps);
+            samples[i][0].push(iperf(&p.client, &p.server_ip, args.seconds, 1).with_context(|| p.label.clone())?);
+            samples[i][1].push(iperf(&p.client, &p.server_ip, args.seconds, 8).with_context(|| p.label.clone())?);
+            samples[i][2].push(rr(&p.client, &p.server_ip, args.seconds).with_context(|| p.label.clone())?);
         }
         println!(
             "  round {}: {}",
             round + 1,
-            samples.iter().map(|s| format!("{:.2}", s[round])).collect::<Vec<_>>().join(" / ")
+            samples.iter().map(|s| format!("{:.2}", s[0][round])).collect::<Vec<_>>().join(" / ")
         );
     }
-    let base = median(&samples[0]);
-    println!("\n  {:<38} {:>12} {:>8}  TARGET", "PATH", "MEDIAN Gb/s", "RATIO");
-    for (p, s) in paths.iter().zip(&samples) {
-        let m = median(s);
-        let target =
-            p.target.map(|t| format!("≥ {t:.2} {}", if m / base >= t { "met" } else { "MISSED" })).unwrap_or_default();
-        println!("  {:<38} {:>12.2} {:>8.3}  {target}", p.label, m, m / base);
+    let m: Vec<[f64; 3]> = samples.iter().map(|s| [median(&s[0]), median(&s[1]), median(&s[2])]).collect();
+    let base = m[0];
+    println!(
+        "\n  {:<42} {:>9} {:>6} {:>9} {:>6} {:>9} {:>8}  TARGET (1 stream)",
+        "PATH (medians)", "1× Gb/s", "RATIO", "8× Gb/s", "RATIO", "RR/s", "RR µs"
+    );
+    for (p, m) in paths.iter().zip(&m) {
+        let target = p
+            .target
+            .map(|t| format!("≥ {t:.2} {}", if m[0] / base[0] >= t { "met" } else { "MISSED" }))
+            .unwrap_or_default();
+        println!(
+            "  {:<42} {:>9.2} {:>6.3} {:>9.2} {:>6.3} {:>9.0} {:>8.1}  {target}",
+            p.label,
+            m[0],
+            m[0] / base[0],
+            m[1],
+            m[1] / base[1],
+            m[2],
+            1e6 / m[2]
+        );
+    }
+    if flannel {
+        println!("\n  flatnet ÷ Flannel (goal ≥ 1.00 on each path; for latency ≤ 1.00)");
+        for path in ["same node", "cross node, vxlan", "cross node, host-gw"] {
+            let find = |net: &str| paths.iter().position(|p| p.label == format!("{net} pod → pod, {path}"));
+            if let (Some(f), Some(k)) = (find("flatnet"), find("flannel")) {
+                println!(
+                    "  {:<22} 1 stream {:.3}   8 streams {:.3}   RR latency {:.3}",
+                    path,
+                    m[f][0] / m[k][0],
+                    m[f][1] / m[k][1],
+                    m[k][2] / m[f][2]
+                );
+            }
+        }
     }
     drop(servers);
     Ok(())
@@ -210,7 +286,10 @@ fn veth_pair(sb: &Sandbox) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((a, b))
 }
 
-struct Server(Child);
+enum Server {
+    Iperf(Child),
+    Rr { stop: Arc<AtomicBool>, addr: std::net::SocketAddr, ns: PathBuf },
+}
 
 impl Server {
     /// `iperf3 -s` inside the namespace at `ns`, until dropped.
@@ -222,24 +301,59 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .context("start iperf3 -s")?;
-        Ok(Server(child))
+        Ok(Self::Iperf(child))
+    }
+
+    /// A request/response server on RR_PORT in the namespace at `ns`: it answers every
+    /// byte with one byte, a connection per thread, until dropped.
+    fn rr(ns: &Path) -> anyhow::Result<Self> {
+        let addr = std::net::SocketAddr::from(([0, 0, 0, 0], RR_PORT));
+        let listener = netns::run_in(ns, || std::net::TcpListener::bind(addr))??;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut c) = conn else { continue };
+                std::thread::spawn(move || {
+                    let _ = c.set_nodelay(true);
+                    let mut b = [0u8; 1];
+                    while c.read_exact(&mut b).is_ok() && c.write_all(&b).is_ok() {}
+                });
+            }
+        });
+        Ok(Self::Rr { stop, addr: std::net::SocketAddr::from(([127, 0, 0, 1], RR_PORT)), ns: ns.to_path_buf() })
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        match self {
+            Self::Iperf(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Self::Rr { stop, addr, ns } => {
+                stop.store(true, Ordering::Relaxed);
+                // Wakes the accepting thread, which then sees the flag.
+                let addr = *addr;
+                let _ = netns::run_in(ns, || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)));
+            }
+        }
     }
 }
 
-fn iperf(client: &Path, server: &str, seconds: u32) -> anyhow::Result<f64> {
+/// Gb/s received over `streams` parallel TCP streams.
+fn iperf(client: &Path, server: &str, seconds: u32, streams: u32) -> anyhow::Result<f64> {
     let mut last = String::new();
     // The server may need a moment to listen after it was started.
     for _ in 0..20 {
         let out = Command::new("nsenter")
             .arg(format!("--net={}", client.display()))
-            .args(["iperf3", "-c", server, "-t", &seconds.to_string(), "-J"])
+            .args(["iperf3", "-c", server, "--connect-timeout", "3000", "-t", &seconds.to_string()])
+            .args(["-P", &streams.to_string(), "-J"])
             .output()?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
@@ -249,4 +363,23 @@ fn iperf(client: &Path, server: &str, seconds: u32) -> anyhow::Result<f64> {
         std::thread::sleep(Duration::from_millis(100));
     }
     bail!("iperf3 to {server} failed: {last}")
+}
+
+/// Transactions per second: one byte to the server and one back, one at a time over
+/// one TCP connection (netperf's TCP_RR).
+fn rr(client: &Path, server: &str, seconds: u32) -> anyhow::Result<f64> {
+    let addr = std::net::SocketAddr::new(server.parse()?, RR_PORT);
+    let mut c = netns::run_in(client, || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)))?
+        .with_context(|| format!("connect to {addr}"))?;
+    c.set_nodelay(true)?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let (mut b, mut n) = ([1u8; 1], 0u64);
+    let start = Instant::now();
+    let until = Duration::from_secs(seconds.into());
+    while start.elapsed() < until {
+        c.write_all(&b)?;
+        c.read_exact(&mut b).context("the server's answer")?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
