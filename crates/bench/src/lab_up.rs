@@ -1,6 +1,8 @@
 //! How long until a fresh lab runs pods: `lab up` with N nodes, then M pods created
 //! through the API (placed by the scheduler), until every pod is Ready and answers HTTP
-//! from node-1 (most of them across nodes). Medians over a few runs, in a sandbox.
+//! from node-1 (most of them across nodes). Medians over a few runs, in a sandbox, for
+//! flatnet and for Flannel (flanneld and the reference bridge, from `scripts/peers`)
+//! interleaved, with the ratio.
 
 use super::lab_harness::BenchLab;
 use anyhow::bail;
@@ -17,6 +19,9 @@ pub struct LabUpBenchArgs {
     runs: usize,
     #[arg(long, default_value = "vxlan")]
     backend: String,
+    /// Leave Flannel out even when scripts/peers has built it.
+    #[arg(long)]
+    no_flannel: bool,
 }
 
 struct Run {
@@ -29,40 +34,67 @@ pub fn run(args: LabUpBenchArgs) -> anyhow::Result<()> {
     if let Some(why) = sandbox::unavailable_reason() {
         bail!("the lab benchmark {why}");
     }
-    println!(
-        "lab up: {} nodes ({}), then {} pods until Ready and reachable; {} runs",
-        args.nodes, args.backend, args.pods, args.runs
-    );
-    let mut runs = Vec::new();
-    for i in 0..args.runs {
-        let r = sandbox::run(|_| one(&args))??;
-        println!(
-            "  run {}: lab up {:.2} s, all pods Ready {:.2} s, all reachable {:.2} s",
-            i + 1,
-            r.up.as_secs_f64(),
-            r.ready.as_secs_f64(),
-            r.reachable.as_secs_f64()
-        );
-        runs.push(r);
+    let mut networks = vec!["flatnet"];
+    match (args.no_flannel, flatnet_lab::pod_network::flannel_binaries()) {
+        (true, _) => {}
+        (false, Ok(_)) => networks.push("flannel"),
+        (false, Err(why)) => println!("Flannel is not compared: {why}"),
     }
-    let median = |f: fn(&Run) -> Duration| {
+    println!(
+        "lab up: {} nodes ({}), then {} pods until Ready and reachable; {} runs of {}, interleaved",
+        args.nodes,
+        args.backend,
+        args.pods,
+        args.runs,
+        networks.join(" and ")
+    );
+    let mut runs: Vec<Vec<Run>> = networks.iter().map(|_| Vec::new()).collect();
+    for i in 0..args.runs {
+        for (n, network) in networks.iter().enumerate() {
+            let r = sandbox::run(|_| one(&args, network))??;
+            println!(
+                "  run {} {network:<8} lab up {:.2} s, all pods Ready {:.2} s, all reachable {:.2} s",
+                i + 1,
+                r.up.as_secs_f64(),
+                r.ready.as_secs_f64(),
+                r.reachable.as_secs_f64()
+            );
+            runs[n].push(r);
+        }
+    }
+    let median = |runs: &[Run], f: fn(&Run) -> Duration| {
         let mut v: Vec<Duration> = runs.iter().map(f).collect();
         v.sort();
         v[v.len() / 2].as_secs_f64()
     };
+    let figures: Vec<[f64; 3]> = runs
+        .iter()
+        .map(|r| [median(r, |r| r.up), median(r, |r| r.ready - r.up), median(r, |r| r.reachable - r.up)])
+        .collect();
     println!(
-        "median: lab up {:.2} s; {} pods Ready {:.2} s and reachable {:.2} s after the start",
-        median(|r| r.up),
-        args.pods,
-        median(|r| r.ready),
-        median(|r| r.reachable)
+        "\n  {:<10} {:>10} {:>22} {:>26}",
+        "MEDIANS", "LAB UP s", "PODS READY s (after up)", "PODS REACHABLE s (after up)"
     );
+    for (network, f) in networks.iter().zip(&figures) {
+        println!("  {network:<10} {:>10.2} {:>22.2} {:>26.2}", f[0], f[1], f[2]);
+    }
+    if let [f, k] = figures[..] {
+        let ready = f[1] / k[1];
+        println!(
+            "  {:<10} {:>10.2} {:>22.2} {:>26.2}   pods Ready: goal ≤ 0.50 {}",
+            "ratio",
+            f[0] / k[0],
+            ready,
+            f[2] / k[2],
+            if ready <= 0.5 { "met" } else { "MISSED" }
+        );
+    }
     Ok(())
 }
 
-fn one(args: &LabUpBenchArgs) -> anyhow::Result<Run> {
+fn one(args: &LabUpBenchArgs, network: &str) -> anyhow::Result<Run> {
     let start = Instant::now();
-    let lab = BenchLab::up(args.nodes, &args.backend)?;
+    let lab = BenchLab::up_with(args.nodes, &args.backend, &["--network", network])?;
     let up = start.elapsed();
     for i in 0..args.pods {
         lab.pod(&format!("web-{i}"), None, true)?;
@@ -76,7 +108,7 @@ fn one(args: &LabUpBenchArgs) -> anyhow::Result<Run> {
         pending =
             flatnet_kernel::netns::run_in(&node1, || pending.iter().filter(|ip| !answers(ip)).cloned().collect())?;
         if Instant::now() > deadline {
-            bail!("pods not reachable from node-1: {pending:?}");
+            bail!("{network}: pods not reachable from node-1: {pending:?}");
         }
     }
     Ok(Run { up, ready, reachable: start.elapsed() })

@@ -86,12 +86,7 @@ pub type Env = Vec<(String, String)>;
 
 /// Writes the node's net-conf.json (what the kube-flannel ConfigMap holds) and returns
 /// flanneld's command line and environment, as the kube-flannel DaemonSet runs it.
-pub fn flanneld(
-    layout: &Layout,
-    node: &str,
-    backend: Backend,
-    bin: &Path,
-) -> std::io::Result<(Vec<String>, Env)> {
+pub fn flanneld(layout: &Layout, node: &str, backend: Backend, bin: &Path) -> std::io::Result<(Vec<String>, Env)> {
     let dir = flannel_dir(layout, node);
     std::fs::create_dir_all(&dir)?;
     let kind = match backend {
