@@ -177,7 +177,7 @@ fn measure(sb: &Sandbox, args: &ThroughputBenchArgs) -> anyhow::Result<()> {
             let find = |net: &str| paths.iter().position(|p| p.label == format!("{net} pod → pod, {path}"));
             if let (Some(f), Some(k)) = (find("flatnet"), find("flannel")) {
                 println!(
-                    "  {:<22} 1 stream {:.3}   8 streams {:.3}   RR latency {:.3}",
+                    "  {:<22} one stream {:.3}   eight streams {:.3}   RR latency {:.3}",
                     path,
                     m[f][0] / m[k][0],
                     m[f][1] / m[k][1],

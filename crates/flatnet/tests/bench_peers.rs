@@ -1,7 +1,7 @@
 //! Smoke runs of the benchmarks that compare flatnet with its peers (small sizes,
 //! seconds), so the comparison code cannot rot: `bench cni` beside Debian's and the
 //! current reference plugins, `bench dns` beside CoreDNS and NSD, `bench services` beside
-//! kube-proxy. The peers come from `scripts/peers` and `scripts/kubernetes` (CI builds
+//! kube-proxy, `bench throughput` and `bench lab-up` beside Flannel. The peers come from `scripts/peers` and `scripts/kubernetes` (CI builds
 //! them); without them the test says SKIPPED.
 
 mod common;
@@ -95,5 +95,48 @@ fn bench_services_compares_flatnet_with_kube_proxy() {
         // flatnet, kube-proxy, the ratio (then the target).
         assert!(row(&text, "full sync cold (table deleted), the sync work").len() >= 3, "{text}");
         assert!(row(&text, "peak RSS after the cold sync").len() >= 3, "{text}");
+    });
+}
+
+fn flannel_missing() -> Option<String> {
+    flatnet_lab::pod_network::flannel_binaries().err()
+}
+
+#[test]
+fn bench_throughput_compares_flatnet_with_flannel() {
+    let test = "bench_throughput_compares_flatnet_with_flannel";
+    if let Some(why) = flannel_missing() {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    sandboxed(test, |_| {
+        let text = bench(&["throughput", "--seconds", "1", "--rounds", "1"]);
+        for network in ["flatnet", "flannel"] {
+            for path in ["same node", "cross node, vxlan", "cross node, host-gw"] {
+                // 1 stream and ratio, 8 streams and ratio, transactions/s and µs each.
+                let r = row(&text, &format!("{network} pod → pod, {path}"));
+                assert!(r.len() >= 6 && r[..6].iter().all(|x| *x > 0.0), "{network} {path}: {r:?}\n{text}");
+            }
+        }
+        for path in ["same node", "cross node, vxlan", "cross node, host-gw"] {
+            assert_eq!(row(&text, path).len(), 3, "flatnet ÷ Flannel on {path}:\n{text}");
+        }
+    });
+}
+
+#[test]
+fn bench_lab_up_compares_flatnet_with_flannel() {
+    let test = "bench_lab_up_compares_flatnet_with_flannel";
+    if let Some(why) = flannel_missing() {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    sandboxed(test, |_| {
+        let text = bench(&["lab-up", "--nodes", "2", "--pods", "4", "--runs", "1"]);
+        for network in ["flatnet", "flannel"] {
+            let r = row(&text, &format!("{network}  "));
+            assert!(r.len() == 3 && r.iter().all(|s| *s > 0.0), "{network}: {r:?}\n{text}");
+        }
+        assert!(row(&text, "ratio").len() >= 3, "{text}");
     });
 }
