@@ -94,6 +94,7 @@ impl PodManager {
                 }
             }
         }
+        self.begin(cfg, client, pods).await;
         for pod in pods {
             let Some(uid) = pod.metadata.uid.clone() else { continue };
             if pod.metadata.deletion_timestamp.is_some() {
@@ -102,10 +103,7 @@ impl PodManager {
                 }
                 continue;
             }
-            if !self.running.contains_key(&uid) && !self.begin(cfg, client, pod, &uid).await {
-                continue;
-            }
-            let r = self.running.get_mut(&uid).expect("present");
+            let Some(r) = self.running.get_mut(&uid) else { continue };
             tend(cfg, pod, r);
             let status = pod_status(cfg, r);
             if r.last_status.as_ref() != Some(&status) {
@@ -124,42 +122,50 @@ impl PodManager {
         }
     }
 
-    /// Starts (or resumes) the pod; false when it is not running after this pass.
-    async fn begin(&mut self, cfg: &KubeletConfig, client: &kube::Client, pod: &Pod, uid: &str) -> bool {
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        let resumed = self.adopted.remove(uid);
-        if resumed.is_none() && matches!(phase, Some("Succeeded" | "Failed")) {
-            return false;
-        }
-        if self.backoff.get(uid).is_some_and(|(_, at)| Instant::now() < *at) {
-            return false;
-        }
-        let (cfg2, pod2) = (cfg.clone(), pod.clone());
-        let started = tokio::task::spawn_blocking(move || match resumed {
-            Some(s) => Ok(resume(&cfg2, &pod2, s)),
-            None => start(&cfg2, &pod2),
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-        let name = format!(
-            "{}/{}",
-            pod.metadata.namespace.as_deref().unwrap_or(""),
-            pod.metadata.name.as_deref().unwrap_or("")
-        );
-        match started {
-            Ok(r) => {
-                info!("running pod {name} at {}", r.sandbox.ip);
-                self.backoff.remove(uid);
-                self.running.insert(uid.to_string(), r);
-                true
+    /// Starts (or resumes) the pods not running yet, side by side as a kubelet's pod
+    /// workers do (as many at once as the runtime's blocking threads).
+    async fn begin(&mut self, cfg: &KubeletConfig, client: &kube::Client, pods: &[Arc<Pod>]) {
+        let mut starts = Vec::new();
+        for pod in pods {
+            let Some(uid) = pod.metadata.uid.clone() else { continue };
+            if pod.metadata.deletion_timestamp.is_some() || self.running.contains_key(&uid) {
+                continue;
             }
-            Err(e) => {
-                let attempts = self.backoff.get(uid).map_or(0, |b| b.0) + 1;
-                let delay = backoff_delay(attempts);
-                warn!("pod {name}: {e}; retrying in {delay:?}");
-                self.backoff.insert(uid.to_string(), (attempts, Instant::now() + delay));
-                report_failure(client, pod, &e).await;
-                false
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            if !self.adopted.contains_key(&uid) && matches!(phase, Some("Succeeded" | "Failed")) {
+                continue;
+            }
+            if self.backoff.get(&uid).is_some_and(|(_, at)| Instant::now() < *at) {
+                continue;
+            }
+            let resumed = self.adopted.remove(&uid);
+            let (cfg2, pod2) = (cfg.clone(), pod.clone());
+            let work = tokio::task::spawn_blocking(move || match resumed {
+                Some(s) => Ok(resume(&cfg2, &pod2, s)),
+                None => start(&cfg2, &pod2),
+            });
+            starts.push((pod, uid, work));
+        }
+        for (pod, uid, work) in starts {
+            let started = work.await.unwrap_or_else(|e| Err(e.to_string()));
+            let name = format!(
+                "{}/{}",
+                pod.metadata.namespace.as_deref().unwrap_or(""),
+                pod.metadata.name.as_deref().unwrap_or("")
+            );
+            match started {
+                Ok(r) => {
+                    info!("running pod {name} at {}", r.sandbox.ip);
+                    self.backoff.remove(&uid);
+                    self.running.insert(uid, r);
+                }
+                Err(e) => {
+                    let attempts = self.backoff.get(&uid).map_or(0, |b| b.0) + 1;
+                    let delay = backoff_delay(attempts);
+                    warn!("pod {name}: {e}; retrying in {delay:?}");
+                    self.backoff.insert(uid, (attempts, Instant::now() + delay));
+                    report_failure(client, pod, &e).await;
+                }
             }
         }
     }
