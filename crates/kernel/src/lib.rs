@@ -12,6 +12,7 @@ pub mod link;
 pub mod neigh;
 pub mod netlink;
 pub mod netns;
+pub mod nf_tables;
 pub mod nft;
 pub mod probe;
 pub mod route;

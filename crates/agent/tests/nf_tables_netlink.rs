@@ -1,0 +1,148 @@
+//! The netlink writer against `nft` itself: the same transactions (the proxy's base, a
+//! full sync of Services of every shape, an endpoint change, a Service deleted) applied
+//! through `nft` in one namespace and over netlink in another must list the same. Runs
+//! as root in namespaces of its own; says SKIPPED otherwise.
+
+use flatnet_kernel::nf_tables::{self, SetShape};
+use flatnet_kernel::sandbox;
+use flatnet_kernel::{netns, nft};
+use flatnet_model::proxy::{self, Context, Endpoint, Proto, Proxier, Service, ServicePort, Slice, plan_service};
+use std::path::Path;
+
+fn ctx() -> Context {
+    Context {
+        node: "node-1".into(),
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        service_cidr: "10.96.0.0/12".parse().unwrap(),
+    }
+}
+
+fn service(name: &str, ip: &str, proto: Proto, node_port: Option<u16>) -> Service {
+    Service {
+        namespace: "default".into(),
+        name: name.into(),
+        cluster_ip: Some(ip.parse().unwrap()),
+        ports: vec![ServicePort { name: String::new(), protocol: proto, port: 80, node_port }],
+        ..Default::default()
+    }
+}
+
+fn slice(ips: &[&str], proto: Proto, node: &str) -> Slice {
+    Slice {
+        ports: vec![(String::new(), proto, 8080)],
+        endpoints: ips
+            .iter()
+            .map(|ip| Endpoint {
+                ip: ip.parse().unwrap(),
+                node: Some(node.into()),
+                ready: true,
+                serving: true,
+                terminating: false,
+            })
+            .collect(),
+    }
+}
+
+/// The base's sets, as the agent knows them.
+fn known() -> Vec<(String, SetShape)> {
+    [
+        ("service-ips", &["ipv4_addr", "inet_proto", "inet_service"][..], true),
+        ("service-nodeports", &["inet_proto", "inet_service"], true),
+        ("no-endpoint-services", &["ipv4_addr", "inet_proto", "inet_service"], false),
+        ("no-endpoint-nodeports", &["inet_proto", "inet_service"], false),
+        ("hairpin", &["ipv4_addr", "ipv4_addr"], false),
+    ]
+    .iter()
+    .map(|(n, t, m)| (n.to_string(), SetShape::new(t, *m).unwrap()))
+    .collect()
+}
+
+fn listing(ns: &Path) -> String {
+    netns::run_in(ns, || {
+        let out = std::process::Command::new("nft").args(["list", "table", "ip", proxy::TABLE]).output().unwrap();
+        assert!(out.status.success(), "nft list: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    })
+    .unwrap()
+}
+
+#[test]
+fn the_netlink_writer_lists_exactly_as_nft_wrote_it() {
+    if let Some(why) = sandbox::unavailable_reason() {
+        eprintln!("SKIPPED the_netlink_writer_lists_exactly_as_nft_wrote_it: {why}");
+        return;
+    }
+    sandbox::run(|sb| {
+        let by_nft = sb.create_netns("by-nft").unwrap();
+        let by_netlink = sb.create_netns("by-netlink").unwrap();
+        let apply_both = |what: &str, objects: &[String]| {
+            netns::run_in(&by_nft, || nft::apply_objects(objects))
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{what} by nft: {e}"));
+            netns::run_in(&by_netlink, || nf_tables::apply(objects, known()))
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{what} over netlink: {e}"));
+            let (a, b) = (listing(&by_nft), listing(&by_netlink));
+            if a != b {
+                let diff: Vec<String> = a
+                    .lines()
+                    .zip(b.lines())
+                    .filter(|(x, y)| x != y)
+                    .take(10)
+                    .map(|(x, y)| format!("nft:     {x}\nnetlink: {y}"))
+                    .collect();
+                panic!(
+                    "{what}: the listings differ ({} vs {} lines):\n{}",
+                    a.lines().count(),
+                    b.lines().count(),
+                    diff.join("\n")
+                );
+            }
+        };
+        let base: Vec<String> =
+            proxy::base_transaction(ctx().cluster_cidr, ctx().service_cidr).iter().map(|o| o.to_string()).collect();
+        apply_both("the base", &base);
+
+        let mut sticky = service("sticky", "10.96.0.11", Proto::Tcp, None);
+        sticky.affinity_timeout = Some(600);
+        let mut local = service("local", "10.96.0.12", Proto::Tcp, Some(30080));
+        local.external_local = true;
+        local.external_ips = vec!["203.0.113.7".parse().unwrap()];
+        let plans = vec![
+            (
+                "web",
+                plan_service(
+                    &ctx(),
+                    &service("web", "10.96.0.10", Proto::Tcp, Some(30001)),
+                    &[slice(&["10.244.1.2", "10.244.2.3", "10.244.3.4"], Proto::Tcp, "node-2")],
+                ),
+            ),
+            (
+                "dns",
+                plan_service(
+                    &ctx(),
+                    &service("dns", "10.96.0.53", Proto::Udp, None),
+                    &[slice(&["10.244.1.9"], Proto::Udp, "node-1")],
+                ),
+            ),
+            ("sticky", plan_service(&ctx(), &sticky, &[slice(&["10.244.1.5", "10.244.2.5"], Proto::Tcp, "node-1")])),
+            ("local", plan_service(&ctx(), &local, &[slice(&["10.244.1.6", "10.244.2.6"], Proto::Tcp, "node-1")])),
+            ("empty", plan_service(&ctx(), &service("empty", "10.96.0.13", Proto::Tcp, Some(30002)), &[])),
+        ];
+        let mut p = Proxier::new();
+        let key = |n: &str| ("default".to_string(), n.to_string());
+        let t = p.full_sync(&proxy::Actual::default(), plans.into_iter().map(|(n, f)| (key(n), f)));
+        apply_both("a full sync", &t.objects);
+
+        let moved = plan_service(
+            &ctx(),
+            &service("web", "10.96.0.10", Proto::Tcp, Some(30001)),
+            &[slice(&["10.244.1.2", "10.244.2.7"], Proto::Tcp, "node-2")],
+        );
+        let t = p.update(vec![(key("web"), Some(moved))]);
+        apply_both("an endpoint change", &t.objects);
+        let t = p.update(vec![(key("sticky"), None), (key("dns"), None)]);
+        apply_both("Services deleted", &t.objects);
+    })
+    .unwrap();
+}

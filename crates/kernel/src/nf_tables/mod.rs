@@ -1,0 +1,112 @@
+//! nf_tables over netlink: flatnet's nft JSON commands compiled to one batch of
+//! messages, which the kernel commits whole or not at all. No `nft` process runs; `nft
+//! list` shows what was written exactly as if `nft` had written it.
+
+mod compile;
+mod wire;
+
+pub use compile::{SetShape, Unsupported};
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::time::TimeVal;
+use serde_json::Value;
+
+const NETLINK_NETFILTER: isize = 12;
+const NLMSG_ERROR: u16 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A command the encoder does not know (the caller may hand it to `nft`).
+    #[error(transparent)]
+    Unsupported(#[from] Unsupported),
+    /// The kernel refused the transaction; nothing of it was applied.
+    #[error("the kernel refused the nf_tables transaction: {0}")]
+    Refused(String),
+    #[error("nf_tables netlink: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Compiles `objects` (each one or more nft JSON commands, comma-separated, as the
+/// planners render them) into one batch. `known` gives the key types of sets that
+/// already exist, for their elements; sets the batch adds are known from their
+/// definition. Returns the batch and each command's text, for errors.
+fn compile<S: AsRef<str>>(
+    objects: impl IntoIterator<Item = S>,
+    known: impl IntoIterator<Item = (String, SetShape)>,
+) -> Result<(compile::Batch, Vec<Value>), Error> {
+    let mut batch = compile::Batch::new(known);
+    let mut commands = Vec::new();
+    for o in objects {
+        let parsed: Vec<Value> = serde_json::from_str(&format!("[{}]", o.as_ref()))
+            .map_err(|e| Unsupported(format!("not nft JSON ({e}): {}", o.as_ref())))?;
+        for cmd in parsed {
+            batch.command(commands.len(), &cmd)?;
+            commands.push(cmd);
+        }
+    }
+    Ok((batch.finish(), commands))
+}
+
+/// Applies `objects` as one transaction in the calling thread's network namespace.
+pub fn apply<S: AsRef<str>>(
+    objects: impl IntoIterator<Item = S>,
+    known: impl IntoIterator<Item = (String, SetShape)>,
+) -> Result<(), Error> {
+    let (batch, commands) = compile(objects, known)?;
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut socket = netlink_sys::Socket::new(NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    // Room for the whole batch in one message (the kernel takes a batch in one piece).
+    let room = usize::try_from(i32::MAX).unwrap_or(usize::MAX).min(batch.bytes.len() + (1 << 16));
+    setsockopt(&socket, sockopt::SndBufForce, &room).map_err(std::io::Error::from)?;
+    setsockopt(&socket, sockopt::RcvBufForce, &(4 << 20)).map_err(std::io::Error::from)?;
+    setsockopt(&socket, sockopt::ReceiveTimeout, &TimeVal::new(30, 0)).map_err(std::io::Error::from)?;
+    let sent = socket.send(&batch.bytes, 0)?;
+    if sent != batch.bytes.len() {
+        return Err(Error::Refused(format!("the kernel took {sent} of {} bytes of the batch", batch.bytes.len())));
+    }
+    // The kernel answers errors (and the last command's acknowledgement) in order.
+    let mut errors = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = socket.recv(&mut &mut buf[..], 0)?;
+        let mut at = 0;
+        while at + 16 <= n {
+            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+            let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+            if len < 16 || at + len > n {
+                break;
+            }
+            if kind == NLMSG_ERROR && len >= 16 + 4 + 16 {
+                let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4 bytes"));
+                let seq = u32::from_ne_bytes(buf[at + 28..at + 32].try_into().expect("4 bytes"));
+                if code != 0 {
+                    let what = batch
+                        .origins
+                        .iter()
+                        .find(|(s, _)| *s == seq)
+                        .and_then(|(_, i)| commands.get(*i))
+                        .map(|c| short(&c.to_string()))
+                        .unwrap_or_else(|| "the batch".into());
+                    errors.push(format!("{} (in {what})", std::io::Error::from_raw_os_error(-code)));
+                }
+                if seq == batch.last_seq {
+                    return if errors.is_empty() { Ok(()) } else { Err(Error::Refused(errors.join("; "))) };
+                }
+            }
+            at += len.next_multiple_of(4);
+        }
+    }
+}
+
+fn short(s: &str) -> String {
+    if s.len() <= 300 {
+        return s.to_string();
+    }
+    let mut end = 300;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
