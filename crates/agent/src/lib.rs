@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod run;
 pub mod status;
 pub mod supervise;
+pub mod tables;
 
 pub use config::AgentConfig;
 pub use run::run;

@@ -6,14 +6,13 @@
 
 use crate::config::AgentConfig;
 use crate::supervise::{Reconcile, Stop, drive};
-use flatnet_kernel::{conntrack, nft};
+use flatnet_kernel::{conntrack, nf_tables, nft};
 use flatnet_kube::proxy::{service_of, slice_of};
 use flatnet_kube::watch::{self, Change, Store};
 use flatnet_model::proxy::{self, Actual, Context, Proxier, ServiceKey, Slice};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
-use nftables::types::NfFamily;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Instant;
@@ -115,27 +114,24 @@ impl World {
 /// marker on it says it differs. Cheap when nothing changed: one listing of one chain.
 pub fn ensure_base(cfg: &AgentConfig) -> Result<bool, nft::NftError> {
     let marker = proxy::base_marker(cfg.cluster_cidr, cfg.service_cidr);
-    let comments = nft::chain_rule_comments(NfFamily::IP, proxy::TABLE, "services")?;
+    let comments = nf_tables::rule_comments(proxy::TABLE, "services")?;
     if comments.as_ref().and_then(|c| c.first()) == Some(&marker) {
         return Ok(false);
     }
-    nft::apply_objects(proxy::base_transaction(cfg.cluster_cidr, cfg.service_cidr).iter().map(|o| o.to_string()))?;
+    let base: Vec<String> =
+        proxy::base_transaction(cfg.cluster_cidr, cfg.service_cidr).iter().map(|o| o.to_string()).collect();
+    crate::tables::write(&base, crate::tables::proxy_sets())?;
     Ok(true)
 }
 
 /// What table `ip flatnet` holds, as a full sync reads it (chain and set names, the
-/// base maps' elements).
+/// base maps' elements), by netlink dumps.
 pub fn read_actual() -> Result<Actual, nft::NftError> {
-    let (chains, sets) = nft::table_names(NfFamily::IP, proxy::TABLE)?;
-    let mut elements: HashMap<&str, Vec<serde_json::Value>> = HashMap::new();
-    for (name, kind) in [
-        ("service-ips", "map"),
-        ("service-nodeports", "map"),
-        ("no-endpoint-services", "set"),
-        ("no-endpoint-nodeports", "set"),
-        ("hairpin", "set"),
-    ] {
-        elements.insert(name, nft::set_elements(NfFamily::IP, proxy::TABLE, kind, name)?.unwrap_or_default());
+    let (chains, sets) = nf_tables::table_names(proxy::TABLE)?.unwrap_or_default();
+    let mut elements: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
+    for (name, shape) in crate::tables::proxy_sets() {
+        let listed = nf_tables::set_elements(proxy::TABLE, &name, &shape)?.unwrap_or_default();
+        elements.insert(name, listed);
     }
     Ok(Actual::from_listing(chains, sets, &|n| elements.get(n).cloned().unwrap_or_default()))
 }
@@ -195,12 +191,12 @@ impl Reconcile for ProxySync {
     }
 }
 
-/// Applies `t` in one nft transaction (nothing when it is empty), then flushes the UDP
-/// flows of removed endpoints; returns how long nft took.
+/// Applies `t` in one nf_tables transaction over netlink (nothing when it is empty),
+/// then flushes the UDP flows of removed endpoints; returns how long the kernel took.
 fn apply(t: &proxy::Transaction) -> Result<std::time::Duration, nft::NftError> {
     let started = Instant::now();
     if !t.is_empty() {
-        nft::apply_objects(&t.objects)?;
+        crate::tables::write(&t.objects, crate::tables::proxy_sets())?;
     }
     let took = started.elapsed();
     flush_udp(&t.removed_udp_endpoints);
@@ -224,7 +220,7 @@ impl ProxySync {
         let (s, e) = self.proxier.counts();
         Ok(format!(
             "full sync: {s} Service(s), {e} endpoint(s); {} chain(s) added, {} removed, {} element(s) changed \
-             (kernel read {:.0} ms, plan {:.0} ms, nft {:.0} ms)",
+             (kernel read {:.0} ms, plan {:.0} ms, kernel write {:.0} ms)",
             t.chains_added,
             t.chains_removed,
             t.elements_changed,
@@ -251,7 +247,7 @@ impl ProxySync {
         let applied = apply(&t)?;
         Ok(format!(
             "{n} Service(s) updated: {} chain(s) added, {} removed, {} element(s) changed \
-             (plan {:.1} ms, nft {:.1} ms)",
+             (plan {:.1} ms, kernel write {:.1} ms)",
             t.chains_added,
             t.chains_removed,
             t.elements_changed,

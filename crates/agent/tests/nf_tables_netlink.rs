@@ -6,7 +6,9 @@
 use flatnet_kernel::nf_tables::{self, SetShape};
 use flatnet_kernel::sandbox;
 use flatnet_kernel::{netns, nft};
+use flatnet_model::policy;
 use flatnet_model::proxy::{self, Context, Endpoint, Proto, Proxier, Service, ServicePort, Slice, plan_service};
+use nftables::types::NfFamily;
 use std::path::Path;
 
 fn ctx() -> Context {
@@ -82,6 +84,34 @@ fn the_netlink_writer_lists_exactly_as_nft_wrote_it() {
             netns::run_in(&by_netlink, || nf_tables::apply(objects, known()))
                 .unwrap()
                 .unwrap_or_else(|e| panic!("{what} over netlink: {e}"));
+            // What the agent reads back over netlink is what nft reads.
+            netns::run_in(&by_netlink, || {
+                let (chains, sets) = nf_tables::table_names(proxy::TABLE).unwrap().unwrap();
+                let (mut nft_chains, mut nft_sets) = nft::table_names(NfFamily::IP, proxy::TABLE).unwrap();
+                // nft lists maps apart from sets; netlink names both.
+                let maps = nft::list_objects(NfFamily::IP, "maps", proxy::TABLE).unwrap();
+                nft_sets.extend(maps.iter().filter_map(|m| Some(m["map"]["name"].as_str()?.to_string())));
+                let (mut chains, mut sets) = (chains, sets);
+                for v in [&mut chains, &mut sets, &mut nft_chains, &mut nft_sets] {
+                    v.sort();
+                }
+                assert_eq!((chains, sets), (nft_chains, nft_sets), "{what}: names");
+                for (name, shape) in known() {
+                    let kind = if proxy::BASE_SETS.iter().any(|(n, _, m)| *n == name && *m) { "map" } else { "set" };
+                    let mut ours = nf_tables::set_elements(proxy::TABLE, &name, &shape).unwrap().unwrap();
+                    let mut theirs = nft::set_elements(NfFamily::IP, proxy::TABLE, kind, &name).unwrap().unwrap();
+                    ours.sort_by_key(|v| v.to_string());
+                    theirs.sort_by_key(|v| v.to_string());
+                    assert_eq!(ours, theirs, "{what}: the elements of {name}");
+                }
+                assert_eq!(
+                    nf_tables::rule_comments(proxy::TABLE, "services").unwrap(),
+                    nft::chain_rule_comments(NfFamily::IP, proxy::TABLE, "services").unwrap(),
+                    "{what}: the comments of the services chain"
+                );
+                assert_eq!(nf_tables::rule_comments(proxy::TABLE, "no-such-chain").unwrap(), None);
+            })
+            .unwrap();
             let (a, b) = (listing(&by_nft), listing(&by_netlink));
             if a != b {
                 let diff: Vec<String> = a
@@ -99,6 +129,7 @@ fn the_netlink_writer_lists_exactly_as_nft_wrote_it() {
                 );
             }
         };
+        netns::run_in(&by_netlink, || assert_eq!(nf_tables::table_names(proxy::TABLE).unwrap(), None)).unwrap();
         let base: Vec<String> =
             proxy::base_transaction(ctx().cluster_cidr, ctx().service_cidr).iter().map(|o| o.to_string()).collect();
         apply_both("the base", &base);
@@ -143,6 +174,62 @@ fn the_netlink_writer_lists_exactly_as_nft_wrote_it() {
         apply_both("an endpoint change", &t.objects);
         let t = p.update(vec![(key("sticky"), None), (key("dns"), None)]);
         apply_both("Services deleted", &t.objects);
+    })
+    .unwrap();
+}
+
+fn policy_listing(ns: &Path) -> String {
+    netns::run_in(ns, || {
+        let out = std::process::Command::new("nft").args(["list", "table", "ip", policy::TABLE]).output().unwrap();
+        assert!(out.status.success(), "nft list: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    })
+    .unwrap()
+}
+
+/// The policy table as nft JSON lists it, read back as the planner's state.
+fn policy_state(ns: &Path) -> policy::State {
+    netns::run_in(ns, || {
+        let out =
+            std::process::Command::new("nft").args(["-j", "list", "table", "ip", policy::TABLE]).output().unwrap();
+        policy::State::from_listing(&serde_json::from_slice(&out.stdout).unwrap())
+    })
+    .unwrap()
+}
+
+#[test]
+fn the_policy_ruleset_written_over_netlink_lists_as_nft_wrote_it() {
+    if let Some(why) = sandbox::unavailable_reason() {
+        eprintln!("SKIPPED the_policy_ruleset_written_over_netlink_lists_as_nft_wrote_it: {why}");
+        return;
+    }
+    sandbox::run(|sb| {
+        let by_nft = sb.create_netns("by-nft").unwrap();
+        let by_netlink = sb.create_netns("by-netlink").unwrap();
+        let apply_both = |what: &str, objects: &[String], known: Vec<(String, SetShape)>| {
+            netns::run_in(&by_nft, || nft::apply_objects(objects))
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{what} by nft: {e}"));
+            netns::run_in(&by_netlink, || nf_tables::apply(objects, known))
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{what} over netlink: {e}"));
+            let (a, b) = (policy_listing(&by_nft), policy_listing(&by_netlink));
+            assert!(a == b, "{what}: the listings differ:\nnft:\n{a}\nnetlink:\n{b}");
+        };
+        // The planner's golden ruleset: the base, pod and port sets, an address block
+        // with an except cut out, named and ranged ports, counters, verdict maps.
+        let golden: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../model/tests/golden/policy.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        let all: Vec<String> = golden["nftables"].as_array().unwrap().iter().map(|o| o.to_string()).collect();
+        apply_both("the golden policy ruleset", &all, Vec::new());
+        // Everything taken away again, element by element and chain by chain.
+        let state = policy_state(&by_nft);
+        assert!(!state.pod_sets.is_empty() && !state.block_sets.is_empty() && !state.counters.is_empty());
+        let (removal, _) = policy::diff(&state, &policy::State::default());
+        apply_both("the policies removed", &removal, flatnet_agent::tables::policy_sets(&state));
     })
     .unwrap();
 }

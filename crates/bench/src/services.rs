@@ -352,7 +352,7 @@ fn one(args: &ServicesBenchArgs) -> anyhow::Result<()> {
                     if let Some(at) = log_time(&line) {
                         write_to_kernel[k].push(Duration::from_secs_f64((at - written).max(0.0)));
                     }
-                    let nft = line.split_once("nft ").and_then(|(_, r)| r.split_once(" ms"));
+                    let nft = line.split_once("kernel write ").and_then(|(_, r)| r.split_once(" ms"));
                     if let Some(nft) = nft.and_then(|(v, _)| v.parse::<f64>().ok()) {
                         nft_part.push(Duration::from_secs_f64(nft / 1e3));
                     }
@@ -395,9 +395,9 @@ fn one(args: &ServicesBenchArgs) -> anyhow::Result<()> {
     };
     println!("  restart: {}", warm_line.split_once("full sync:").map_or("", |x| x.1).trim());
     println!("  cold:    {}", cold_line.split_once("full sync:").map_or("", |x| x.1).trim());
-    // The agent's own sync work in a full sync: kernel read, plan and nft.
+    // The agent's own sync work in a full sync: kernel read, plan and kernel write.
     let sync_work = |line: &str| -> f64 {
-        ["kernel read ", "plan ", "nft "]
+        ["kernel read ", "plan ", "kernel write "]
             .iter()
             .filter_map(|k| line.split_once(k)?.1.split_once(" ms")?.0.parse::<f64>().ok())
             .sum()
@@ -438,7 +438,7 @@ fn one(args: &ServicesBenchArgs) -> anyhow::Result<()> {
         "≤ 20 ms",
     );
     if let Some(n) = nft_ch {
-        row("  of which the nft run (spawn, cache, transaction)", ms(n.p50), None, " ms", "");
+        row("  of which the kernel write (one netlink transaction)", ms(n.p50), None, " ms", "");
     }
     if let Some(Some(f)) = w2k.first() {
         let k = w2k.get(1).and_then(|k| k.as_ref());

@@ -7,7 +7,7 @@ use std::io::Write;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
-    #[error("nft refused the transaction: {stderr}")]
+    #[error("nftables refused the transaction: {stderr}")]
     Refused { stderr: String },
     #[error("could not run nft (install the nftables package): {0}")]
     Unavailable(String),

@@ -14,7 +14,6 @@ pub use table::{Drops, drop_counters, read_actual};
 pub use world::Registration;
 
 use crate::supervise::{Reconcile, Stop, drive};
-use flatnet_kernel::nft;
 use flatnet_kube::policy::{pod_of, policy_of};
 use flatnet_kube::watch;
 use flatnet_model::policy::{self, State};
@@ -80,10 +79,10 @@ impl Reconcile for PolicySync {
         let (objects, counts) = policy::diff(&old, &desired);
         let t1 = Instant::now();
         if !objects.is_empty() {
-            nft::apply_objects(&objects).map_err(|e| e.to_string())?;
+            crate::tables::write(&objects, crate::tables::policy_sets(&old)).map_err(|e| e.to_string())?;
         }
         let what = format!(
-            "{}{} policies, {}; {} chain(s) added, {} removed, {} set(s) added, {} removed, {} element(s) changed (plan {:.1} ms, nft {:.1} ms)",
+            "{}{} policies, {}; {} chain(s) added, {} removed, {} set(s) added, {} removed, {} element(s) changed (plan {:.1} ms, kernel write {:.1} ms)",
             if full { "policy sync (full): " } else { "policy sync: " },
             cluster.policies.len(),
             desired.summary(),

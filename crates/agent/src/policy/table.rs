@@ -16,7 +16,8 @@ pub(super) fn ensure_base() -> Result<(), nft::NftError> {
     if right {
         return Ok(());
     }
-    nft::apply_objects(policy::base_transaction().iter().map(|o| o.to_string()))
+    let base: Vec<String> = policy::base_transaction().iter().map(|o| o.to_string()).collect();
+    crate::tables::write(&base, Vec::new())
 }
 
 /// The policy table as the kernel has it: chain names, sets and maps with their

@@ -67,6 +67,8 @@ type Result<T> = std::result::Result<T, Unsupported>;
 pub struct SetShape {
     key: Ty,
     verdict_map: bool,
+    /// An interval set: each element a start, and an end flagged as such.
+    interval: bool,
 }
 
 impl SetShape {
@@ -74,7 +76,44 @@ impl SetShape {
     pub fn new(types: &[&str], verdict_map: bool) -> Option<Self> {
         let tys: Vec<Ty> = types.iter().map(|t| Ty::of_set_type(t).map(|(ty, _)| ty)).collect::<Option<_>>()?;
         let key = if tys.len() == 1 { tys.into_iter().next()? } else { Ty::Concat(tys) };
-        Some(Self { key, verdict_map })
+        Some(Self { key, verdict_map, interval: false })
+    }
+
+    /// An interval set of `types` (e.g. address ranges).
+    pub fn intervals(types: &[&str]) -> Option<Self> {
+        Some(Self { interval: true, ..Self::new(types, false)? })
+    }
+
+    /// A key's bytes as `nft -j` shows it (an address, a protocol word, a port, or a
+    /// `{"concat": […]}` of them).
+    pub fn json(&self, bytes: &[u8]) -> Option<Value> {
+        fn one(ty: &Ty, b: &[u8]) -> Option<Value> {
+            Some(match ty {
+                Ty::Ipv4 => Value::String(Ipv4Addr::from(<[u8; 4]>::try_from(b.get(..4)?).ok()?).to_string()),
+                Ty::Proto => match *b.first()? {
+                    6 => Value::from("tcp"),
+                    17 => Value::from("udp"),
+                    132 => Value::from("sctp"),
+                    1 => Value::from("icmp"),
+                    n => Value::from(n),
+                },
+                Ty::Port => Value::from(u16::from_be_bytes(b.get(..2)?.try_into().ok()?)),
+                Ty::Host32 => Value::from(u32::from_ne_bytes(b.get(..4)?.try_into().ok()?)),
+                Ty::AddrType | Ty::CtState | Ty::Concat(_) => return None,
+            })
+        }
+        match &self.key {
+            Ty::Concat(parts) => {
+                let mut at = 0;
+                let mut out = Vec::new();
+                for p in parts {
+                    out.push(one(p, bytes.get(at..)?)?);
+                    at += p.len().next_multiple_of(4);
+                }
+                Some(serde_json::json!({ "concat": out }))
+            }
+            ty => one(ty, bytes),
+        }
     }
 }
 
@@ -142,6 +181,12 @@ fn load(e: &mut Exprs, v: &Value, slot: usize) -> Result<Ty> {
             (Some("ip"), Some("daddr")) => (1, 16, 4, Ty::Ipv4),
             (Some("th"), Some("sport")) => (2, 0, 2, Ty::Port),
             (Some("th"), Some("dport")) => (2, 2, 2, Ty::Port),
+            (Some(proto @ ("tcp" | "udp" | "sctp")), Some(f @ ("sport" | "dport"))) => {
+                // As nft: the protocol first (the dependency of a `tcp dport` match).
+                e.push("meta", Attrs::new().be32(1, dreg).be32(2, 16));
+                e.cmp(CMP_EQ, &constant(&Ty::Proto, &Value::from(proto))?);
+                (2, if f == "sport" { 0 } else { 2 }, 2, Ty::Port)
+            }
             _ => return Err(unsupported("this payload", v)),
         };
         e.payload(base, offset, len, dreg);
@@ -304,6 +349,15 @@ fn statement(e: &mut Exprs, s: &Value) -> Result<()> {
                     l = l.be32(5, 1);
                 }
                 e.push("lookup", l);
+            } else if let Some([from, to]) = right.get("range").and_then(Value::as_array).map(Vec::as_slice) {
+                e.push(
+                    "range",
+                    Attrs::new()
+                        .be32(1, 1)
+                        .be32(2, op)
+                        .nested(3, Attrs::new().bytes(1, &constant(&ty, from)?))
+                        .nested(4, Attrs::new().bytes(1, &constant(&ty, to)?)),
+                );
             } else if let Some((net, mask)) = prefix(right).filter(|_| ty == Ty::Ipv4) {
                 e.bitwise(4, &mask, &[0; 4]);
                 e.cmp(op, &net);
@@ -329,7 +383,11 @@ fn statement(e: &mut Exprs, s: &Value) -> Result<()> {
         "accept" => e.verdict(1, None),
         "drop" => e.verdict(0, None),
         "return" => e.verdict(-5, None),
-        "counter" => e.push("counter", Attrs::new().be64(1, 0).be64(2, 0)),
+        // A named counter object, or a counter of the rule's own.
+        "counter" => match body.as_str() {
+            Some(name) => e.push("objref", Attrs::new().be32(1, 1).str(2, name)),
+            None => e.push("counter", Attrs::new().be64(1, 0).be64(2, 0)),
+        },
         "mangle" => {
             if body["key"].get("meta").and_then(|m| field(m, "key")) != Some("mark") {
                 return Err(unsupported("this mangle", s));
@@ -447,11 +505,15 @@ impl Batch {
         self.seq
     }
 
-    fn msg(&mut self, index: usize, msg: u16, flags: u16, attrs: &Attrs) {
+    fn msg(&mut self, index: usize, msg: u16, flags: u16, attrs: &Attrs) -> Result<()> {
+        if attrs.oversized() {
+            return Err(Unsupported(format!("command {index} holds an attribute over 64 KiB")));
+        }
         let seq = self.next_seq();
         wire::nft_message(&mut self.bytes, msg, flags, seq, attrs);
         self.origins.push((seq, index));
         self.last_seq = seq;
+        Ok(())
     }
 
     /// Compiles one command (`{"add": {"rule": …}}` and the like), numbered `index`.
@@ -468,8 +530,8 @@ impl Batch {
         let table = || field(body, "table").ok_or_else(|| unsupported("a command without a table", cmd));
         let name = || field(body, "name").ok_or_else(|| unsupported("a command without a name", cmd));
         match (op.as_str(), kind.as_str()) {
-            ("add", "table") => self.msg(index, wire::NEWTABLE, wire::F_CREATE, &Attrs::new().str(1, name()?)),
-            ("delete", "table") => self.msg(index, wire::DELTABLE, 0, &Attrs::new().str(1, name()?)),
+            ("add", "table") => self.msg(index, wire::NEWTABLE, wire::F_CREATE, &Attrs::new().str(1, name()?))?,
+            ("delete", "table") => self.msg(index, wire::DELTABLE, 0, &Attrs::new().str(1, name()?))?,
             ("add", "chain") => {
                 let mut a = Attrs::new().str(1, table()?).str(3, name()?);
                 if let Some(hook) = field(body, "hook") {
@@ -493,10 +555,12 @@ impl Batch {
                         .be32(5, policy)
                         .str(7, field(body, "type").unwrap_or("filter"));
                 }
-                self.msg(index, wire::NEWCHAIN, wire::F_CREATE, &a);
+                self.msg(index, wire::NEWCHAIN, wire::F_CREATE, &a)?;
             }
-            ("flush", "chain") => self.msg(index, wire::DELRULE, 0, &Attrs::new().str(1, table()?).str(2, name()?)),
-            ("delete", "chain") => self.msg(index, wire::DELCHAIN, 0, &Attrs::new().str(1, table()?).str(3, name()?)),
+            ("flush", "chain") => self.msg(index, wire::DELRULE, 0, &Attrs::new().str(1, table()?).str(2, name()?))?,
+            ("delete", "chain") => {
+                self.msg(index, wire::DELCHAIN, 0, &Attrs::new().str(1, table()?).str(3, name()?))?
+            }
             ("add", "rule") => {
                 let chain = field(body, "chain").ok_or_else(|| unsupported("a rule without a chain", cmd))?;
                 let mut e = Exprs::default();
@@ -513,11 +577,19 @@ impl Batch {
                 if let Some(c) = field(body, "comment") {
                     a = a.bytes(7, &comment_udata(c)?);
                 }
-                self.msg(index, wire::NEWRULE, wire::F_CREATE | wire::F_APPEND, &a);
+                self.msg(index, wire::NEWRULE, wire::F_CREATE | wire::F_APPEND, &a)?;
             }
             ("add", "set" | "map") => self.add_set(index, cmd, kind == "map", table()?, name()?, body)?,
             ("delete", "set" | "map") => {
-                self.msg(index, wire::DELSET, 0, &Attrs::new().str(1, table()?).str(2, name()?))
+                self.msg(index, wire::DELSET, 0, &Attrs::new().str(1, table()?).str(2, name()?))?
+            }
+            ("add", "counter") => {
+                let data = Attrs::new().be64(1, 0).be64(2, 0);
+                let a = Attrs::new().str(1, table()?).str(2, name()?).be32(3, 1).nested(4, data);
+                self.msg(index, wire::NEWOBJ, wire::F_CREATE, &a)?;
+            }
+            ("delete", "counter") => {
+                self.msg(index, wire::DELOBJ, 0, &Attrs::new().str(1, table()?).str(2, name()?).be32(3, 1))?;
             }
             ("add" | "delete", "element") => {
                 let set = name()?;
@@ -526,14 +598,35 @@ impl Batch {
                     .get(set)
                     .cloned()
                     .ok_or_else(|| unsupported("an element of a set of unknown type", cmd))?;
-                let mut list = Attrs::new();
-                for el in body.get("elem").and_then(Value::as_array).into_iter().flatten() {
-                    list = list
-                        .nested(1, element(&shape, el, op == "add").ok_or_else(|| unsupported("this element", el))?);
-                }
-                let a = Attrs::new().str(1, table()?).str(2, set).nested(3, list);
                 let (msg, flags) = if op == "add" { (wire::NEWSETELEM, wire::F_CREATE) } else { (wire::DELSETELEM, 0) };
-                self.msg(index, msg, flags, &a);
+                let table = table()?;
+                // Elements go in messages of under 64 KiB each, as nft sends them.
+                let mut list = Attrs::new();
+                let flush = |b: &mut Self, list: Attrs| -> Result<()> {
+                    if list.0.is_empty() {
+                        return Ok(());
+                    }
+                    b.msg(index, msg, flags, &Attrs::new().str(1, table).str(2, set).nested(3, list))
+                };
+                for el in body.get("elem").and_then(Value::as_array).into_iter().flatten() {
+                    let mut one = Vec::new();
+                    if shape.interval {
+                        let (start, end) = interval(el).ok_or_else(|| unsupported("this interval", el))?;
+                        one.push(Attrs::new().nested(1, Attrs::new().bytes(1, &start)));
+                        if let Some(end) = end {
+                            one.push(Attrs::new().nested(1, Attrs::new().bytes(1, &end)).be32(3, 1));
+                        }
+                    } else {
+                        one.push(element(&shape, el, op == "add").ok_or_else(|| unsupported("this element", el))?);
+                    }
+                    for e in one {
+                        if list.0.len() + e.0.len() > 60_000 {
+                            flush(self, std::mem::take(&mut list))?;
+                        }
+                        list = list.nested(1, e);
+                    }
+                }
+                flush(self, list)?;
             }
             _ => return Err(unsupported("this command", cmd)),
         }
@@ -555,7 +648,7 @@ impl Batch {
             .map(|t| Ty::of_set_type(t))
             .collect::<Option<_>>()
             .ok_or_else(|| unsupported("this set type", cmd))?;
-        let shape = SetShape::new(&types, verdict).ok_or_else(|| unsupported("this set type", cmd))?;
+        let mut shape = SetShape::new(&types, verdict).ok_or_else(|| unsupported("this set type", cmd))?;
         let mut flags = 0u32;
         for f in body.get("flags").and_then(Value::as_array).into_iter().flatten() {
             flags |= match f.as_str() {
@@ -567,6 +660,10 @@ impl Batch {
         }
         if verdict {
             flags |= 0x8;
+        }
+        shape.interval = flags & 0x4 != 0;
+        if shape.interval && parts.len() > 1 {
+            return Err(unsupported("an interval set of concatenations", cmd));
         }
         if parts.len() > 1 {
             flags |= 0x80;
@@ -593,7 +690,7 @@ impl Batch {
             }
             a = a.nested(9, Attrs::new().nested(2, fields));
         }
-        self.msg(index, wire::NEWSET, wire::F_CREATE, &a);
+        self.msg(index, wire::NEWSET, wire::F_CREATE, &a)?;
         self.sets.insert(name.to_string(), shape);
         self.new_set_flags.insert(name.to_string(), flags_at);
         Ok(())
@@ -629,6 +726,22 @@ fn last_message_start(bytes: &[u8]) -> Option<usize> {
     }
     // The batch-begin marker is not a command.
     last.filter(|l| *l > 0)
+}
+
+/// An address, range or prefix of an interval set: its first address and the one after
+/// its last (None past 255.255.255.255), as the kernel keeps intervals.
+fn interval(el: &Value) -> Option<([u8; 4], Option<[u8; 4]>)> {
+    let addr = |v: &Value| v.as_str()?.parse::<Ipv4Addr>().ok().map(u32::from);
+    let (first, last) = if let Some(a) = addr(el) {
+        (a, a)
+    } else if let Some([a, b]) = el.get("range").and_then(Value::as_array).map(Vec::as_slice) {
+        (addr(a)?, addr(b)?)
+    } else {
+        let (net, mask) = prefix(el)?;
+        let net = u32::from_be_bytes(net);
+        (net, net | !u32::from_be_bytes(mask))
+    };
+    (first <= last).then(|| (first.to_be_bytes(), last.checked_add(1).map(u32::to_be_bytes)))
 }
 
 /// One element: its key, and for a verdict map its verdict.
@@ -694,6 +807,27 @@ mod tests {
         let bad = json!({"add": {"element": {"family": "ip", "table": "t", "name": "m",
             "elem": [[{"concat": ["not an address", "udp", 53]}, {"goto": {"target": "svc"}}]]}}});
         assert!(b.command(1, &bad).is_err());
+    }
+
+    #[test]
+    fn ten_thousand_elements_go_in_messages_under_64_kib() {
+        let shape = SetShape::new(&["ipv4_addr", "inet_proto", "inet_service"], true).unwrap();
+        let mut b = Batch::new([("m".to_string(), shape)]);
+        let elems: Vec<Value> = (0..10_000u32)
+            .map(|i| {
+                let ip = std::net::Ipv4Addr::from(0x0a60_0000 + i).to_string();
+                json!([{"concat": [ip, "tcp", 80]}, {"goto": {"target": format!("svc-{i}")}}])
+            })
+            .collect();
+        b.command(0, &json!({"add": {"element": {"family": "ip", "table": "t", "name": "m", "elem": elems}}})).unwrap();
+        assert!(b.origins.len() > 5, "{} messages", b.origins.len());
+        // Every message (and so every attribute in it) is under 64 KiB.
+        let mut at = 20;
+        while at < b.bytes.len() {
+            let len = u32::from_ne_bytes(b.bytes[at..at + 4].try_into().unwrap()) as usize;
+            assert!(len < 65_536);
+            at += len;
+        }
     }
 
     #[test]

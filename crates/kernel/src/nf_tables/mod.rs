@@ -3,11 +3,13 @@
 //! list` shows what was written exactly as if `nft` had written it.
 
 mod compile;
+mod read;
 mod wire;
 
 pub use compile::{SetShape, Unsupported};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
+pub use read::{rule_comments, set_elements, table_names};
 use serde_json::Value;
 
 const NETLINK_NETFILTER: isize = 12;
@@ -26,42 +28,33 @@ pub enum Error {
 }
 
 /// Compiles `objects` (each one or more nft JSON commands, comma-separated, as the
-/// planners render them) into one batch. `known` gives the key types of sets that
-/// already exist, for their elements; sets the batch adds are known from their
-/// definition. Returns the batch and each command's text, for errors.
+/// planners render them) into one batch, one object at a time (nothing parsed is kept:
+/// a full sync is a hundred thousand commands). `known` gives the key types of sets
+/// that already exist, for their elements; sets the batch adds are known from their
+/// definition. A message's origin is the index of its object.
 fn compile<S: AsRef<str>>(
-    objects: impl IntoIterator<Item = S>,
+    objects: &[S],
     known: impl IntoIterator<Item = (String, SetShape)>,
-) -> Result<(compile::Batch, Vec<Value>), Error> {
+) -> Result<compile::Batch, Error> {
     let mut batch = compile::Batch::new(known);
-    let mut commands = Vec::new();
-    for o in objects {
+    for (i, o) in objects.iter().enumerate() {
         let parsed: Vec<Value> = serde_json::from_str(&format!("[{}]", o.as_ref()))
-            .map_err(|e| Unsupported(format!("not nft JSON ({e}): {}", o.as_ref())))?;
-        for cmd in parsed {
-            batch.command(commands.len(), &cmd)?;
-            commands.push(cmd);
+            .map_err(|e| Unsupported(format!("not nft JSON ({e}): {}", short(o.as_ref()))))?;
+        for cmd in &parsed {
+            batch.command(i, cmd)?;
         }
     }
-    Ok((batch.finish(), commands))
+    Ok(batch.finish())
 }
 
 /// Applies `objects` as one transaction in the calling thread's network namespace.
-pub fn apply<S: AsRef<str>>(
-    objects: impl IntoIterator<Item = S>,
-    known: impl IntoIterator<Item = (String, SetShape)>,
-) -> Result<(), Error> {
-    let (batch, commands) = compile(objects, known)?;
+pub fn apply<S: AsRef<str>>(objects: &[S], known: impl IntoIterator<Item = (String, SetShape)>) -> Result<(), Error> {
+    let batch = compile(objects, known)?;
     if batch.is_empty() {
         return Ok(());
     }
-    let mut socket = netlink_sys::Socket::new(NETLINK_NETFILTER)?;
-    socket.bind_auto()?;
     // Room for the whole batch in one message (the kernel takes a batch in one piece).
-    let room = usize::try_from(i32::MAX).unwrap_or(usize::MAX).min(batch.bytes.len() + (1 << 16));
-    setsockopt(&socket, sockopt::SndBufForce, &room).map_err(std::io::Error::from)?;
-    setsockopt(&socket, sockopt::RcvBufForce, &(4 << 20)).map_err(std::io::Error::from)?;
-    setsockopt(&socket, sockopt::ReceiveTimeout, &TimeVal::new(30, 0)).map_err(std::io::Error::from)?;
+    let socket = socket(batch.bytes.len() + (1 << 16))?;
     let sent = socket.send(&batch.bytes, 0)?;
     if sent != batch.bytes.len() {
         return Err(Error::Refused(format!("the kernel took {sent} of {} bytes of the batch", batch.bytes.len())));
@@ -86,8 +79,8 @@ pub fn apply<S: AsRef<str>>(
                         .origins
                         .iter()
                         .find(|(s, _)| *s == seq)
-                        .and_then(|(_, i)| commands.get(*i))
-                        .map(|c| short(&c.to_string()))
+                        .and_then(|(_, i)| objects.get(*i))
+                        .map(|o| short(o.as_ref()))
                         .unwrap_or_else(|| "the batch".into());
                     errors.push(format!("{} (in {what})", std::io::Error::from_raw_os_error(-code)));
                 }
@@ -100,6 +93,18 @@ pub fn apply<S: AsRef<str>>(
     }
 }
 
+/// A netfilter netlink socket of the calling thread's namespace that can send `room`
+/// bytes at once, with a bounded wait for answers.
+fn socket(room: usize) -> Result<netlink_sys::Socket, Error> {
+    let mut socket = netlink_sys::Socket::new(NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    let room = usize::try_from(i32::MAX).unwrap_or(usize::MAX).min(room);
+    setsockopt(&socket, sockopt::SndBufForce, &room).map_err(std::io::Error::from)?;
+    setsockopt(&socket, sockopt::RcvBufForce, &(4 << 20)).map_err(std::io::Error::from)?;
+    setsockopt(&socket, sockopt::ReceiveTimeout, &TimeVal::new(30, 0)).map_err(std::io::Error::from)?;
+    Ok(socket)
+}
+
 fn short(s: &str) -> String {
     if s.len() <= 300 {
         return s.to_string();
@@ -109,4 +114,13 @@ fn short(s: &str) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+impl From<Error> for crate::nft::NftError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Refused(why) => Self::Refused { stderr: why },
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
 }

@@ -18,6 +18,8 @@ pub const NEWSET: u16 = 9;
 pub const DELSET: u16 = 11;
 pub const NEWSETELEM: u16 = 12;
 pub const DELSETELEM: u16 = 14;
+pub const NEWOBJ: u16 = 18;
+pub const DELOBJ: u16 = 20;
 
 pub const F_REQUEST: u16 = 0x1;
 pub const F_ACK: u16 = 0x4;
@@ -28,9 +30,10 @@ const NLA_F_NESTED: u16 = 0x8000;
 /// `NFPROTO_IPV4`: the family of an `ip` table.
 pub const FAMILY_IP: u8 = 2;
 
-/// Attributes being written, nested ones included.
+/// Attributes being written, nested ones included. An attribute cannot exceed 64 KiB;
+/// one that would is left out and marks the whole as `oversized`.
 #[derive(Default, Debug, Clone, PartialEq, Eq)]
-pub struct Attrs(pub Vec<u8>);
+pub struct Attrs(pub Vec<u8>, pub bool);
 
 impl Attrs {
     pub fn new() -> Self {
@@ -43,7 +46,10 @@ impl Attrs {
     }
 
     fn put(&mut self, kind: u16, value: &[u8]) {
-        let len = u16::try_from(4 + value.len()).expect("an attribute under 64 KiB");
+        let Ok(len) = u16::try_from(4 + value.len()) else {
+            self.1 = true;
+            return;
+        };
         self.0.extend_from_slice(&len.to_ne_bytes());
         self.0.extend_from_slice(&kind.to_ne_bytes());
         self.0.extend_from_slice(value);
@@ -68,7 +74,12 @@ impl Attrs {
 
     pub fn nested(mut self, kind: u16, inner: Attrs) -> Self {
         self.put(kind | NLA_F_NESTED, &inner.0);
+        self.1 |= inner.1;
         self
+    }
+
+    pub fn oversized(&self) -> bool {
+        self.1
     }
 }
 

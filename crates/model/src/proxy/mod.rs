@@ -23,7 +23,7 @@ pub(crate) mod render;
 mod sync;
 
 pub use plan::{Context, Endpoint, Fragment, Proto, Service, ServicePort, Slice, plan_service};
-pub use render::{BASE_CHAINS, FAMILY, MASQUERADE_MARK, TABLE, base_marker, base_transaction};
+pub use render::{BASE_CHAINS, BASE_SETS, FAMILY, MASQUERADE_MARK, TABLE, base_marker, base_transaction};
 pub use sync::{Actual, Proxier, Transaction};
 
 /// A Service's identity: namespace and name.

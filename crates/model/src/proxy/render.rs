@@ -212,7 +212,7 @@ pub(super) fn add(v: Value) -> Value {
 }
 
 /// The named maps and sets of the base: (name, key types, verdict map?).
-pub(super) const BASE_SETS: &[(&str, &[&str], bool)] = &[
+pub const BASE_SETS: &[(&str, &[&str], bool)] = &[
     ("service-ips", &["ipv4_addr", "inet_proto", "inet_service"], true),
     ("service-nodeports", &["inet_proto", "inet_service"], true),
     ("no-endpoint-services", &["ipv4_addr", "inet_proto", "inet_service"], false),
