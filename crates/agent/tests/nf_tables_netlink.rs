@@ -225,8 +225,14 @@ fn the_policy_ruleset_written_over_netlink_lists_as_nft_wrote_it() {
         .unwrap();
         let all: Vec<String> = golden["nftables"].as_array().unwrap().iter().map(|o| o.to_string()).collect();
         apply_both("the golden policy ruleset", &all, Vec::new());
-        // Everything taken away again, element by element and chain by chain.
+        // What the agent reads back over netlink is the state nft's listing gives.
         let state = policy_state(&by_nft);
+        let read = netns::run_in(&by_netlink, flatnet_agent::policy::read_actual).unwrap().unwrap();
+        assert_eq!(read, state, "the policy table read over netlink");
+        let counters = netns::run_in(&by_netlink, flatnet_agent::policy::drop_counters).unwrap().unwrap();
+        assert_eq!(counters.len(), state.counters.len(), "{counters:?}");
+        assert!(counters.iter().all(|c| c.packets == 0 && !c.policy.is_empty()), "{counters:?}");
+        // Everything taken away again, element by element and chain by chain.
         assert!(!state.pod_sets.is_empty() && !state.block_sets.is_empty() && !state.counters.is_empty());
         let (removal, _) = policy::diff(&state, &policy::State::default());
         apply_both("the policies removed", &removal, flatnet_agent::tables::policy_sets(&state));

@@ -1,16 +1,16 @@
 //! The policy table as the kernel holds it: its base, the state a full sync diffs
-//! against, and the per-policy drop counters the metrics read.
+//! against, and the per-policy drop counters the metrics read; all by netlink.
 
-use flatnet_kernel::nft;
+use flatnet_kernel::{nf_tables, nft};
 use flatnet_model::policy::{self, State};
-use nftables::types::NfFamily;
+use serde_json::json;
 
 /// Makes the table's base when the marker on either base chain says it differs (or
 /// the chain is gone).
 pub(super) fn ensure_base() -> Result<(), nft::NftError> {
     let mut right = true;
     for chain in policy::BASE_CHAIN_NAMES {
-        let comments = nft::chain_rule_comments(NfFamily::IP, policy::TABLE, chain)?;
+        let comments = nf_tables::rule_comments(policy::TABLE, chain)?;
         right &= comments.as_ref().and_then(|c| c.first()) == Some(&policy::base_marker());
     }
     if right {
@@ -21,15 +21,34 @@ pub(super) fn ensure_base() -> Result<(), nft::NftError> {
 }
 
 /// The policy table as the kernel has it: chain names, sets and maps with their
-/// elements, counters (never the rules, which are the bulk of a listing).
+/// elements (address blocks are named by their content and need none), counters; never
+/// the rules, which are the bulk of a table. Read by netlink dumps into the shape `nft
+/// -j` lists, which the planner reads.
 pub fn read_actual() -> Result<State, nft::NftError> {
-    let (chains, _) = nft::table_names(NfFamily::IP, policy::TABLE)?;
+    let Some((chains, sets)) = nf_tables::table_names(policy::TABLE)? else { return Ok(State::default()) };
     let mut objects: Vec<serde_json::Value> =
-        chains.into_iter().map(|c| serde_json::json!({"chain": {"table": policy::TABLE, "name": c}})).collect();
-    for what in ["sets", "maps", "counters"] {
-        objects.extend(nft::list_objects(NfFamily::IP, what, policy::TABLE)?);
+        chains.into_iter().map(|c| json!({"chain": {"table": policy::TABLE, "name": c}})).collect();
+    let mut probe = State::default();
+    for name in &sets {
+        if name.starts_with("pods-") {
+            probe.pod_sets.insert(name.clone(), Default::default());
+        } else if name.starts_with("nport-") {
+            probe.port_sets.insert(name.clone(), Default::default());
+        }
     }
-    Ok(State::from_listing(&serde_json::json!({ "nftables": objects })))
+    let shapes: std::collections::HashMap<String, nf_tables::SetShape> =
+        crate::tables::policy_sets(&probe).into_iter().collect();
+    for name in sets {
+        let elem = match shapes.get(&name) {
+            Some(shape) => nf_tables::set_elements(policy::TABLE, &name, shape)?.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        objects.push(json!({"set": {"table": policy::TABLE, "name": name, "elem": elem}}));
+    }
+    for (name, _, _) in nf_tables::counters(policy::TABLE)? {
+        objects.push(json!({"counter": {"table": policy::TABLE, "name": name}}));
+    }
+    Ok(State::from_listing(&json!({ "nftables": objects })))
 }
 
 /// What one policy dropped on this node, in one direction.
@@ -42,14 +61,13 @@ pub struct Drops {
     pub bytes: u64,
 }
 
-/// The kernel's per-policy drop counters on this node.
+/// The kernel's per-policy drop counters on this node (one netlink dump).
 pub fn drop_counters() -> Result<Vec<Drops>, nft::NftError> {
-    Ok(nft::list_objects(NfFamily::IP, "counters", policy::TABLE)?
-        .iter()
-        .filter_map(|o| {
-            let c = o.get("counter")?;
-            let (direction, namespace, policy) = policy::parse_counter_name(c["name"].as_str()?)?;
-            Some(Drops { direction, namespace, policy, packets: c["packets"].as_u64()?, bytes: c["bytes"].as_u64()? })
+    Ok(nf_tables::counters(policy::TABLE)?
+        .into_iter()
+        .filter_map(|(name, packets, bytes)| {
+            let (direction, namespace, policy) = policy::parse_counter_name(&name)?;
+            Some(Drops { direction, namespace, policy, packets, bytes })
         })
         .collect())
 }

@@ -9,7 +9,7 @@ mod wire;
 pub use compile::{SetShape, Unsupported};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
-pub use read::{rule_comments, set_elements, table_names};
+pub use read::{Names, counters, rule_comments, set_elements, table_names};
 use serde_json::Value;
 
 const NETLINK_NETFILTER: isize = 12;

@@ -16,6 +16,7 @@ const GETCHAIN: u16 = 4;
 const GETRULE: u16 = 7;
 const GETSET: u16 = 10;
 const GETSETELEM: u16 = 13;
+const GETOBJ: u16 = 19;
 
 /// The attributes of one message, (type without flags, value).
 pub(super) fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
@@ -170,4 +171,19 @@ pub fn set_elements(table: &str, set: &str, shape: &SetShape) -> Result<Option<V
         }
     })?;
     Ok(found.map(|()| out))
+}
+
+/// The named counters of table `ip table`: (name, packets, bytes).
+pub fn counters(table: &str) -> Result<Vec<(String, u64, u64)>, Error> {
+    let mut out = Vec::new();
+    dump(GETOBJ, &Attrs::new().str(1, table).be32(3, 1), |m| {
+        let a = attrs(m);
+        if get(&a, 1).is_none_or(|t| string(t) != table) || get(&a, 3) != Some(&1u32.to_be_bytes()[..]) {
+            return;
+        }
+        let data = attrs(get(&a, 4).unwrap_or_default());
+        let n = |k| get(&data, k).and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes);
+        out.push((get(&a, 2).map(string).unwrap_or_default(), n(2), n(1)));
+    })?;
+    Ok(out)
 }
