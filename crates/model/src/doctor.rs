@@ -87,8 +87,11 @@ pub fn diagnose(f: &Facts) -> Vec<Check> {
         Some(Ok(v)) => ok("nft", v.trim().to_string()),
         Some(Err(e)) => fail(
             "nft",
-            format!("nft cannot run ({e}): the agent cannot program Services or NetworkPolicy"),
-            "install nftables 1.0.1 or newer (Debian/Ubuntu: apt install nftables), then restart the agent",
+            format!(
+                "nft cannot run ({e}): doctor and `flatnet trace` read the rulesets with it (the agent \
+                 writes them over netlink and does not need it)"
+            ),
+            "install nftables 1.0.1 or newer (Debian/Ubuntu: apt install nftables)",
         ),
         None => fail("nft", "nft was not checked", "install nftables"),
     });
