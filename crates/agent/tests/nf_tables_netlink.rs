@@ -239,3 +239,37 @@ fn the_policy_ruleset_written_over_netlink_lists_as_nft_wrote_it() {
     })
     .unwrap();
 }
+
+#[test]
+fn a_refused_command_rolls_the_whole_batch_back_and_is_named() {
+    if let Some(why) = sandbox::unavailable_reason() {
+        eprintln!("SKIPPED a_refused_command_rolls_the_whole_batch_back_and_is_named: {why}");
+        return;
+    }
+    sandbox::run(|sb| {
+        let ns = sb.create_netns("refused").unwrap();
+        let base: Vec<String> =
+            proxy::base_transaction(ctx().cluster_cidr, ctx().service_cidr).iter().map(|o| o.to_string()).collect();
+        netns::run_in(&ns, || nf_tables::apply(&base, known())).unwrap().unwrap();
+        let before = listing(&ns);
+        // A new Service chain with its rule, and a map element whose chain does not exist.
+        let batch = |target: &str| -> Vec<String> {
+            vec![
+                r#"{"add":{"chain":{"family":"ip","table":"flatnet","name":"svc-new"}}}"#.to_string(),
+                r#"{"add":{"rule":{"family":"ip","table":"flatnet","chain":"svc-new","expr":[{"match":{"op":"==","left":{"meta":{"key":"l4proto"}},"right":"tcp"}},{"dnat":{"addr":"10.244.1.2","port":8080}}]}}}"#.to_string(),
+                format!(
+                    r#"{{"add":{{"element":{{"family":"ip","table":"flatnet","name":"service-ips","elem":[[{{"concat":["10.96.0.99","tcp",80]}},{{"goto":{{"target":"{target}"}}}}]]}}}}}}"#
+                ),
+            ]
+        };
+        let e = netns::run_in(&ns, || nf_tables::apply(&batch("no-such-chain"), known())).unwrap().unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("refused") && text.contains("no-such-chain"), "the error names the object: {text}");
+        assert_eq!(listing(&ns), before, "nothing of a refused batch is applied");
+        // The next transaction, right this time, goes through whole.
+        netns::run_in(&ns, || nf_tables::apply(&batch("svc-new"), known())).unwrap().unwrap();
+        let after = listing(&ns);
+        assert!(after.contains("chain svc-new") && after.contains("10.96.0.99 . tcp . 80 : goto svc-new"), "{after}");
+    })
+    .unwrap();
+}
