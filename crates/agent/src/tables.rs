@@ -19,8 +19,7 @@ pub fn write<S: AsRef<str>>(objects: &[S], known: Vec<(String, SetShape)>) -> Re
             }
             nft::apply_objects(objects)
         }
-        Err(nf_tables::Error::Refused(why)) => Err(NftError::Refused { stderr: why }),
-        Err(nf_tables::Error::Io(e)) => Err(NftError::Unavailable(format!("nf_tables netlink: {e}"))),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -32,18 +31,27 @@ pub fn proxy_sets() -> Vec<(String, SetShape)> {
         .collect()
 }
 
-/// The policy table's sets and maps that `state` has, as the netlink encoder needs them
-/// for their elements: the base maps and `local-self`, and every pod, port and address
-/// block set.
+/// The key of a set or map of the policy table, by its name (the planner names each
+/// kind with its own prefix).
+pub fn policy_shape(name: &str) -> Option<SetShape> {
+    match name {
+        "ingress" | "egress" => SetShape::new(&["ipv4_addr"], true),
+        "local-self" => SetShape::new(&["ipv4_addr", "ipv4_addr"], false),
+        n if n.starts_with("pods-") => SetShape::new(&["ipv4_addr"], false),
+        n if n.starts_with("nport-") => SetShape::new(&["ipv4_addr", "inet_proto", "inet_service"], false),
+        n if n.starts_with("cidr-") => SetShape::intervals(&["ipv4_addr"]),
+        _ => None,
+    }
+}
+
+/// The policy table's sets and maps that `state` has (and the base's), as the netlink
+/// encoder needs them for their elements.
 pub fn policy_sets(state: &flatnet_model::policy::State) -> Vec<(String, SetShape)> {
-    let shape = |t: &[&str], map: bool| SetShape::new(t, map).expect("known types");
-    let mut out = vec![
-        ("ingress".to_string(), shape(&["ipv4_addr"], true)),
-        ("egress".to_string(), shape(&["ipv4_addr"], true)),
-        ("local-self".to_string(), shape(&["ipv4_addr", "ipv4_addr"], false)),
-    ];
-    out.extend(state.pod_sets.keys().map(|n| (n.clone(), shape(&["ipv4_addr"], false))));
-    out.extend(state.port_sets.keys().map(|n| (n.clone(), shape(&["ipv4_addr", "inet_proto", "inet_service"], false))));
-    out.extend(state.block_sets.keys().map(|n| (n.clone(), SetShape::intervals(&["ipv4_addr"]).expect("known types"))));
-    out
+    let names = ["ingress", "egress", "local-self"].into_iter().map(str::to_string);
+    names
+        .chain(state.pod_sets.keys().cloned())
+        .chain(state.port_sets.keys().cloned())
+        .chain(state.block_sets.keys().cloned())
+        .filter_map(|n| Some((n.clone(), policy_shape(&n)?)))
+        .collect()
 }

@@ -4,43 +4,23 @@
 //! endpoints and is SIGKILLed at moments from just before to after its write; each time
 //! the table holds either none of the Service chains or all of them.
 
+mod common;
+
+use common::{ctx, proxy_base, service, slice};
 use flatnet_agent::tables;
 use flatnet_kernel::{netns, nf_tables, sandbox};
-use flatnet_model::proxy::{self, Context, Endpoint, Proto, Proxier, Service, ServicePort, Slice, plan_service};
+use flatnet_model::proxy::{self, Proto, Proxier, plan_service};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 const SERVICES: usize = 2000;
 
-fn ctx() -> Context {
-    Context {
-        node: "node-1".into(),
-        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-        service_cidr: "10.96.0.0/12".parse().unwrap(),
-    }
-}
-
 /// The child's part: the full sync of SERVICES Services, in the namespace at `ns`.
 fn write_full_sync(ns: &str) {
     let plans = (0..SERVICES).map(|i| {
-        let svc = Service {
-            namespace: "default".into(),
-            name: format!("s{i}"),
-            cluster_ip: Some(std::net::Ipv4Addr::from(0x0a60_0000 + u32::try_from(i).unwrap() + 10)),
-            ports: vec![ServicePort { name: String::new(), protocol: Proto::Tcp, port: 80, node_port: None }],
-            ..Default::default()
-        };
-        let slice = Slice {
-            ports: vec![(String::new(), Proto::Tcp, 8080)],
-            endpoints: (0..10u32)
-                .map(|e| Endpoint {
-                    ip: std::net::Ipv4Addr::from(0x0af4_0000 + u32::try_from(i).unwrap() * 16 + e),
-                    node: Some("node-2".into()),
-                    ready: true,
-                    serving: true,
-                    terminating: false,
-                })
-                .collect(),
-        };
+        let n = u32::try_from(i).unwrap();
+        let svc = service(&format!("s{i}"), Ipv4Addr::from(0x0a60_0000 + n + 10), Proto::Tcp, None);
+        let slice = slice((0..10u32).map(|e| Ipv4Addr::from(0x0af4_0000 + n * 16 + e)), Proto::Tcp, "node-2");
         (("default".to_string(), format!("s{i}")), plan_service(&ctx(), &svc, &[slice]))
     });
     let t = Proxier::new().full_sync(&proxy::Actual::default(), plans);
@@ -71,8 +51,7 @@ fn a_writer_killed_mid_transaction_leaves_the_old_table_or_the_new() {
     }
     sandbox::run(|sb| {
         let ns = sb.create_netns("killed").unwrap();
-        let base: Vec<String> =
-            proxy::base_transaction(ctx().cluster_cidr, ctx().service_cidr).iter().map(|o| o.to_string()).collect();
+        let base = proxy_base();
         let mut outcomes = Vec::new();
         // First left to finish (timing the write), then killed at moments from a tenth
         // of that time to past it.

@@ -1,71 +1,78 @@
 //! The netlink writer against `nft` itself: the same transactions (the proxy's base, a
-//! full sync of Services of every shape, an endpoint change, a Service deleted) applied
-//! through `nft` in one namespace and over netlink in another must list the same. Runs
-//! as root in namespaces of its own; says SKIPPED otherwise.
+//! full sync of Services of every shape, an endpoint change, a Service deleted; the
+//! policy planner's golden ruleset and its removal) applied through `nft` in one
+//! namespace and over netlink in another must list the same. Runs as root in namespaces
+//! of its own; says SKIPPED otherwise.
 
+mod common;
+
+use common::{ctx, ip, ips, listing, policy_golden, proxy_base, service, slice};
+use flatnet_agent::tables::{self, proxy_sets};
 use flatnet_kernel::nf_tables::{self, SetShape};
 use flatnet_kernel::sandbox;
 use flatnet_kernel::{netns, nft};
 use flatnet_model::policy;
-use flatnet_model::proxy::{self, Context, Endpoint, Proto, Proxier, Service, ServicePort, Slice, plan_service};
+use flatnet_model::proxy::{self, Proto, Proxier, plan_service};
 use nftables::types::NfFamily;
 use std::path::Path;
 
-fn ctx() -> Context {
-    Context {
-        node: "node-1".into(),
-        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-        service_cidr: "10.96.0.0/12".parse().unwrap(),
+/// Applies `objects` through nft in `by_nft` and over netlink in `by_netlink`, and
+/// requires the two listings of `table` to be the same.
+fn apply_both(
+    (by_nft, by_netlink): (&Path, &Path),
+    table: &str,
+    what: &str,
+    objects: &[String],
+    known: Vec<(String, SetShape)>,
+) {
+    netns::run_in(by_nft, || nft::apply_objects(objects)).unwrap().unwrap_or_else(|e| panic!("{what} by nft: {e}"));
+    netns::run_in(by_netlink, || nf_tables::apply(objects, known))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{what} over netlink: {e}"));
+    let (a, b) = (listing(by_nft, table), listing(by_netlink, table));
+    if a != b {
+        let diff: Vec<String> = a
+            .lines()
+            .zip(b.lines())
+            .filter(|(x, y)| x != y)
+            .take(10)
+            .map(|(x, y)| format!("nft:     {x}\nnetlink: {y}"))
+            .collect();
+        panic!(
+            "{what}: the listings differ ({} vs {} lines):\n{}",
+            a.lines().count(),
+            b.lines().count(),
+            diff.join("\n")
+        );
     }
 }
 
-fn service(name: &str, ip: &str, proto: Proto, node_port: Option<u16>) -> Service {
-    Service {
-        namespace: "default".into(),
-        name: name.into(),
-        cluster_ip: Some(ip.parse().unwrap()),
-        ports: vec![ServicePort { name: String::new(), protocol: proto, port: 80, node_port }],
-        ..Default::default()
+/// What the agent reads back of the proxy's table over netlink is what nft reads.
+fn reads_as_nft(what: &str) {
+    let (chains, sets) = nf_tables::table_names(proxy::TABLE).unwrap().unwrap();
+    let (mut nft_chains, mut nft_sets) = nft::table_names(NfFamily::IP, proxy::TABLE).unwrap();
+    // nft lists maps apart from sets; netlink names both.
+    let maps = nft::list_objects(NfFamily::IP, "maps", proxy::TABLE).unwrap();
+    nft_sets.extend(maps.iter().filter_map(|m| Some(m["map"]["name"].as_str()?.to_string())));
+    let (mut chains, mut sets) = (chains, sets);
+    for v in [&mut chains, &mut sets, &mut nft_chains, &mut nft_sets] {
+        v.sort();
     }
-}
-
-fn slice(ips: &[&str], proto: Proto, node: &str) -> Slice {
-    Slice {
-        ports: vec![(String::new(), proto, 8080)],
-        endpoints: ips
-            .iter()
-            .map(|ip| Endpoint {
-                ip: ip.parse().unwrap(),
-                node: Some(node.into()),
-                ready: true,
-                serving: true,
-                terminating: false,
-            })
-            .collect(),
+    assert_eq!((chains, sets), (nft_chains, nft_sets), "{what}: names");
+    for (name, shape) in proxy_sets() {
+        let kind = if proxy::BASE_SETS.iter().any(|(n, _, m)| *n == name && *m) { "map" } else { "set" };
+        let mut ours = nf_tables::set_elements(proxy::TABLE, &name, &shape).unwrap().unwrap();
+        let mut theirs = nft::set_elements(NfFamily::IP, proxy::TABLE, kind, &name).unwrap().unwrap();
+        ours.sort_by_key(|v| v.to_string());
+        theirs.sort_by_key(|v| v.to_string());
+        assert_eq!(ours, theirs, "{what}: the elements of {name}");
     }
-}
-
-/// The base's sets, as the agent knows them.
-fn known() -> Vec<(String, SetShape)> {
-    [
-        ("service-ips", &["ipv4_addr", "inet_proto", "inet_service"][..], true),
-        ("service-nodeports", &["inet_proto", "inet_service"], true),
-        ("no-endpoint-services", &["ipv4_addr", "inet_proto", "inet_service"], false),
-        ("no-endpoint-nodeports", &["inet_proto", "inet_service"], false),
-        ("hairpin", &["ipv4_addr", "ipv4_addr"], false),
-    ]
-    .iter()
-    .map(|(n, t, m)| (n.to_string(), SetShape::new(t, *m).unwrap()))
-    .collect()
-}
-
-fn listing(ns: &Path) -> String {
-    netns::run_in(ns, || {
-        let out = std::process::Command::new("nft").args(["list", "table", "ip", proxy::TABLE]).output().unwrap();
-        assert!(out.status.success(), "nft list: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    })
-    .unwrap()
+    assert_eq!(
+        nf_tables::rule_comments(proxy::TABLE, "services").unwrap(),
+        nft::chain_rule_comments(NfFamily::IP, proxy::TABLE, "services").unwrap(),
+        "{what}: the comments of the services chain"
+    );
+    assert_eq!(nf_tables::rule_comments(proxy::TABLE, "no-such-chain").unwrap(), None);
 }
 
 #[test]
@@ -77,66 +84,16 @@ fn the_netlink_writer_lists_exactly_as_nft_wrote_it() {
     sandbox::run(|sb| {
         let by_nft = sb.create_netns("by-nft").unwrap();
         let by_netlink = sb.create_netns("by-netlink").unwrap();
-        let apply_both = |what: &str, objects: &[String]| {
-            netns::run_in(&by_nft, || nft::apply_objects(objects))
-                .unwrap()
-                .unwrap_or_else(|e| panic!("{what} by nft: {e}"));
-            netns::run_in(&by_netlink, || nf_tables::apply(objects, known()))
-                .unwrap()
-                .unwrap_or_else(|e| panic!("{what} over netlink: {e}"));
-            // What the agent reads back over netlink is what nft reads.
-            netns::run_in(&by_netlink, || {
-                let (chains, sets) = nf_tables::table_names(proxy::TABLE).unwrap().unwrap();
-                let (mut nft_chains, mut nft_sets) = nft::table_names(NfFamily::IP, proxy::TABLE).unwrap();
-                // nft lists maps apart from sets; netlink names both.
-                let maps = nft::list_objects(NfFamily::IP, "maps", proxy::TABLE).unwrap();
-                nft_sets.extend(maps.iter().filter_map(|m| Some(m["map"]["name"].as_str()?.to_string())));
-                let (mut chains, mut sets) = (chains, sets);
-                for v in [&mut chains, &mut sets, &mut nft_chains, &mut nft_sets] {
-                    v.sort();
-                }
-                assert_eq!((chains, sets), (nft_chains, nft_sets), "{what}: names");
-                for (name, shape) in known() {
-                    let kind = if proxy::BASE_SETS.iter().any(|(n, _, m)| *n == name && *m) { "map" } else { "set" };
-                    let mut ours = nf_tables::set_elements(proxy::TABLE, &name, &shape).unwrap().unwrap();
-                    let mut theirs = nft::set_elements(NfFamily::IP, proxy::TABLE, kind, &name).unwrap().unwrap();
-                    ours.sort_by_key(|v| v.to_string());
-                    theirs.sort_by_key(|v| v.to_string());
-                    assert_eq!(ours, theirs, "{what}: the elements of {name}");
-                }
-                assert_eq!(
-                    nf_tables::rule_comments(proxy::TABLE, "services").unwrap(),
-                    nft::chain_rule_comments(NfFamily::IP, proxy::TABLE, "services").unwrap(),
-                    "{what}: the comments of the services chain"
-                );
-                assert_eq!(nf_tables::rule_comments(proxy::TABLE, "no-such-chain").unwrap(), None);
-            })
-            .unwrap();
-            let (a, b) = (listing(&by_nft), listing(&by_netlink));
-            if a != b {
-                let diff: Vec<String> = a
-                    .lines()
-                    .zip(b.lines())
-                    .filter(|(x, y)| x != y)
-                    .take(10)
-                    .map(|(x, y)| format!("nft:     {x}\nnetlink: {y}"))
-                    .collect();
-                panic!(
-                    "{what}: the listings differ ({} vs {} lines):\n{}",
-                    a.lines().count(),
-                    b.lines().count(),
-                    diff.join("\n")
-                );
-            }
+        let apply = |what: &str, objects: &[String]| {
+            apply_both((&by_nft, &by_netlink), proxy::TABLE, what, objects, proxy_sets());
+            netns::run_in(&by_netlink, || reads_as_nft(what)).unwrap();
         };
         netns::run_in(&by_netlink, || assert_eq!(nf_tables::table_names(proxy::TABLE).unwrap(), None)).unwrap();
-        let base: Vec<String> =
-            proxy::base_transaction(ctx().cluster_cidr, ctx().service_cidr).iter().map(|o| o.to_string()).collect();
-        apply_both("the base", &base);
+        apply("the base", &proxy_base());
 
-        let mut sticky = service("sticky", "10.96.0.11", Proto::Tcp, None);
+        let mut sticky = service("sticky", ip("10.96.0.11"), Proto::Tcp, None);
         sticky.affinity_timeout = Some(600);
-        let mut local = service("local", "10.96.0.12", Proto::Tcp, Some(30080));
+        let mut local = service("local", ip("10.96.0.12"), Proto::Tcp, Some(30080));
         local.external_local = true;
         local.external_ips = vec!["203.0.113.7".parse().unwrap()];
         let plans = vec![
@@ -144,47 +101,41 @@ fn the_netlink_writer_lists_exactly_as_nft_wrote_it() {
                 "web",
                 plan_service(
                     &ctx(),
-                    &service("web", "10.96.0.10", Proto::Tcp, Some(30001)),
-                    &[slice(&["10.244.1.2", "10.244.2.3", "10.244.3.4"], Proto::Tcp, "node-2")],
+                    &service("web", ip("10.96.0.10"), Proto::Tcp, Some(30001)),
+                    &[slice(ips(&["10.244.1.2", "10.244.2.3", "10.244.3.4"]), Proto::Tcp, "node-2")],
                 ),
             ),
             (
                 "dns",
                 plan_service(
                     &ctx(),
-                    &service("dns", "10.96.0.53", Proto::Udp, None),
-                    &[slice(&["10.244.1.9"], Proto::Udp, "node-1")],
+                    &service("dns", ip("10.96.0.53"), Proto::Udp, None),
+                    &[slice(ips(&["10.244.1.9"]), Proto::Udp, "node-1")],
                 ),
             ),
-            ("sticky", plan_service(&ctx(), &sticky, &[slice(&["10.244.1.5", "10.244.2.5"], Proto::Tcp, "node-1")])),
-            ("local", plan_service(&ctx(), &local, &[slice(&["10.244.1.6", "10.244.2.6"], Proto::Tcp, "node-1")])),
-            ("empty", plan_service(&ctx(), &service("empty", "10.96.0.13", Proto::Tcp, Some(30002)), &[])),
+            (
+                "sticky",
+                plan_service(&ctx(), &sticky, &[slice(ips(&["10.244.1.5", "10.244.2.5"]), Proto::Tcp, "node-1")]),
+            ),
+            ("local", plan_service(&ctx(), &local, &[slice(ips(&["10.244.1.6", "10.244.2.6"]), Proto::Tcp, "node-1")])),
+            ("empty", plan_service(&ctx(), &service("empty", ip("10.96.0.13"), Proto::Tcp, Some(30002)), &[])),
         ];
         let mut p = Proxier::new();
         let key = |n: &str| ("default".to_string(), n.to_string());
         let t = p.full_sync(&proxy::Actual::default(), plans.into_iter().map(|(n, f)| (key(n), f)));
-        apply_both("a full sync", &t.objects);
+        apply("a full sync", &t.objects);
 
         let moved = plan_service(
             &ctx(),
-            &service("web", "10.96.0.10", Proto::Tcp, Some(30001)),
-            &[slice(&["10.244.1.2", "10.244.2.7"], Proto::Tcp, "node-2")],
+            &service("web", ip("10.96.0.10"), Proto::Tcp, Some(30001)),
+            &[slice(ips(&["10.244.1.2", "10.244.2.7"]), Proto::Tcp, "node-2")],
         );
         let t = p.update(vec![(key("web"), Some(moved))]);
-        apply_both("an endpoint change", &t.objects);
+        apply("an endpoint change", &t.objects);
         let t = p.update(vec![(key("sticky"), None), (key("dns"), None)]);
-        apply_both("Services deleted", &t.objects);
+        apply("Services deleted", &t.objects);
     })
     .unwrap();
-}
-
-fn policy_listing(ns: &Path) -> String {
-    netns::run_in(ns, || {
-        let out = std::process::Command::new("nft").args(["list", "table", "ip", policy::TABLE]).output().unwrap();
-        assert!(out.status.success(), "nft list: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    })
-    .unwrap()
 }
 
 /// The policy table as nft JSON lists it, read back as the planner's state.
@@ -206,25 +157,12 @@ fn the_policy_ruleset_written_over_netlink_lists_as_nft_wrote_it() {
     sandbox::run(|sb| {
         let by_nft = sb.create_netns("by-nft").unwrap();
         let by_netlink = sb.create_netns("by-netlink").unwrap();
-        let apply_both = |what: &str, objects: &[String], known: Vec<(String, SetShape)>| {
-            netns::run_in(&by_nft, || nft::apply_objects(objects))
-                .unwrap()
-                .unwrap_or_else(|e| panic!("{what} by nft: {e}"));
-            netns::run_in(&by_netlink, || nf_tables::apply(objects, known))
-                .unwrap()
-                .unwrap_or_else(|e| panic!("{what} over netlink: {e}"));
-            let (a, b) = (policy_listing(&by_nft), policy_listing(&by_netlink));
-            assert!(a == b, "{what}: the listings differ:\nnft:\n{a}\nnetlink:\n{b}");
+        let apply = |what: &str, objects: &[String], known| {
+            apply_both((&by_nft, &by_netlink), policy::TABLE, what, objects, known);
         };
         // The planner's golden ruleset: the base, pod and port sets, an address block
         // with an except cut out, named and ranged ports, counters, verdict maps.
-        let golden: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../model/tests/golden/policy.json"))
-                .unwrap(),
-        )
-        .unwrap();
-        let all: Vec<String> = golden["nftables"].as_array().unwrap().iter().map(|o| o.to_string()).collect();
-        apply_both("the golden policy ruleset", &all, Vec::new());
+        apply("the golden policy ruleset", &policy_golden(), Vec::new());
         // What the agent reads back over netlink is the state nft's listing gives.
         let state = policy_state(&by_nft);
         let read = netns::run_in(&by_netlink, flatnet_agent::policy::read_actual).unwrap().unwrap();
@@ -235,7 +173,7 @@ fn the_policy_ruleset_written_over_netlink_lists_as_nft_wrote_it() {
         // Everything taken away again, element by element and chain by chain.
         assert!(!state.pod_sets.is_empty() && !state.block_sets.is_empty() && !state.counters.is_empty());
         let (removal, _) = policy::diff(&state, &policy::State::default());
-        apply_both("the policies removed", &removal, flatnet_agent::tables::policy_sets(&state));
+        apply("the policies removed", &removal, tables::policy_sets(&state));
     })
     .unwrap();
 }
@@ -248,10 +186,8 @@ fn a_refused_command_rolls_the_whole_batch_back_and_is_named() {
     }
     sandbox::run(|sb| {
         let ns = sb.create_netns("refused").unwrap();
-        let base: Vec<String> =
-            proxy::base_transaction(ctx().cluster_cidr, ctx().service_cidr).iter().map(|o| o.to_string()).collect();
-        netns::run_in(&ns, || nf_tables::apply(&base, known())).unwrap().unwrap();
-        let before = listing(&ns);
+        netns::run_in(&ns, || nf_tables::apply(&proxy_base(), proxy_sets())).unwrap().unwrap();
+        let before = listing(&ns, proxy::TABLE);
         // A new Service chain with its rule, and a map element whose chain does not exist.
         let batch = |target: &str| -> Vec<String> {
             vec![
@@ -262,13 +198,13 @@ fn a_refused_command_rolls_the_whole_batch_back_and_is_named() {
                 ),
             ]
         };
-        let e = netns::run_in(&ns, || nf_tables::apply(&batch("no-such-chain"), known())).unwrap().unwrap_err();
+        let e = netns::run_in(&ns, || nf_tables::apply(&batch("no-such-chain"), proxy_sets())).unwrap().unwrap_err();
         let text = e.to_string();
         assert!(text.contains("refused") && text.contains("no-such-chain"), "the error names the object: {text}");
-        assert_eq!(listing(&ns), before, "nothing of a refused batch is applied");
+        assert_eq!(listing(&ns, proxy::TABLE), before, "nothing of a refused batch is applied");
         // The next transaction, right this time, goes through whole.
-        netns::run_in(&ns, || nf_tables::apply(&batch("svc-new"), known())).unwrap().unwrap();
-        let after = listing(&ns);
+        netns::run_in(&ns, || nf_tables::apply(&batch("svc-new"), proxy_sets())).unwrap().unwrap();
+        let after = listing(&ns, proxy::TABLE);
         assert!(after.contains("chain svc-new") && after.contains("10.96.0.99 . tcp . 80 : goto svc-new"), "{after}");
     })
     .unwrap();

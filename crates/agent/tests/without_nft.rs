@@ -3,10 +3,13 @@
 //! golden ruleset are written, and both tables read back, in a namespace of their own.
 //! The test runs itself again as a child whose PATH holds nothing.
 
+mod common;
+
+use common::{ctx, ip, ips, policy_golden, proxy_base, service, slice};
 use flatnet_agent::tables;
 use flatnet_kernel::{netns, sandbox};
 use flatnet_model::policy;
-use flatnet_model::proxy::{self, Context, Endpoint, Proto, Proxier, Service, ServicePort, Slice, plan_service};
+use flatnet_model::proxy::{Proto, Proxier, plan_service};
 
 #[test]
 fn the_agent_writes_and_reads_its_tables_without_nft() {
@@ -29,45 +32,15 @@ fn the_agent_writes_and_reads_its_tables_without_nft() {
     sandbox::run(|sb| {
         let ns = sb.create_netns("no-nft").unwrap();
         netns::run_in(&ns, || {
-            let ctx = Context {
-                node: "node-1".into(),
-                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-                service_cidr: "10.96.0.0/12".parse().unwrap(),
-            };
-            let base: Vec<String> =
-                proxy::base_transaction(ctx.cluster_cidr, ctx.service_cidr).iter().map(|o| o.to_string()).collect();
-            tables::write(&base, tables::proxy_sets()).unwrap();
-            let svc = Service {
-                namespace: "default".into(),
-                name: "web".into(),
-                cluster_ip: Some("10.96.0.10".parse().unwrap()),
-                ports: vec![ServicePort {
-                    name: String::new(),
-                    protocol: Proto::Tcp,
-                    port: 80,
-                    node_port: Some(30080),
-                }],
-                affinity_timeout: Some(60),
-                ..Default::default()
-            };
-            let slice = Slice {
-                ports: vec![(String::new(), Proto::Tcp, 8080)],
-                endpoints: ["10.244.1.2", "10.244.2.3"]
-                    .iter()
-                    .map(|ip| Endpoint {
-                        ip: ip.parse().unwrap(),
-                        node: Some("node-1".into()),
-                        ready: true,
-                        serving: true,
-                        terminating: false,
-                    })
-                    .collect(),
-            };
+            tables::write(&proxy_base(), tables::proxy_sets()).unwrap();
+            let mut svc = service("web", ip("10.96.0.10"), Proto::Tcp, Some(30080));
+            svc.affinity_timeout = Some(60);
+            let slice = slice(ips(&["10.244.1.2", "10.244.2.3"]), Proto::Tcp, "node-1");
             let mut p = Proxier::new();
             let key = ("default".to_string(), "web".to_string());
             let t = p.full_sync(
                 &flatnet_agent::proxy::read_actual().unwrap(),
-                [(key.clone(), plan_service(&ctx, &svc, &[slice]))],
+                [(key.clone(), plan_service(&ctx(), &svc, &[slice]))],
             );
             tables::write(&t.objects, tables::proxy_sets()).unwrap();
             let actual = flatnet_agent::proxy::read_actual().unwrap();
@@ -75,18 +48,12 @@ fn the_agent_writes_and_reads_its_tables_without_nft() {
             assert_eq!(actual.node_ports.len(), 1, "{actual:?}");
             // A second full sync over what was written finds nothing to do.
             let mut again = Proxier::new();
-            let t = again.full_sync(&actual, [(key, plan_service(&ctx, &svc, &[]))]);
+            let t = again.full_sync(&actual, [(key, plan_service(&ctx(), &svc, &[]))]);
             assert!(!t.is_empty(), "an emptied Service is a change");
 
             let base: Vec<String> = policy::base_transaction().iter().map(|o| o.to_string()).collect();
             tables::write(&base, Vec::new()).unwrap();
-            let golden: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../model/tests/golden/policy.json"))
-                    .unwrap(),
-            )
-            .unwrap();
-            let all: Vec<String> = golden["nftables"].as_array().unwrap().iter().map(|o| o.to_string()).collect();
-            tables::write(&all, Vec::new()).unwrap();
+            tables::write(&policy_golden(), Vec::new()).unwrap();
             let state = flatnet_agent::policy::read_actual().unwrap();
             assert!(!state.pod_sets.is_empty() && !state.counters.is_empty(), "{state:?}");
             assert_eq!(flatnet_agent::policy::drop_counters().unwrap().len(), state.counters.len());

@@ -37,9 +37,10 @@ pub struct CniBenchArgs {
 
 /// The current reference plugins, where `scripts/peers` builds them.
 fn current_plugins(given: Option<&Path>) -> Option<PathBuf> {
-    let cache = std::env::var_os("FLATNET_PEERS_CACHE")
-        .map_or_else(|| PathBuf::from("/var/cache/flatnet/peers"), PathBuf::from);
-    let dir = given.map_or_else(|| cache.join("plugins-v1.10.0"), Path::to_path_buf);
+    let dir = given.map_or_else(
+        || flatnet_lab::upstream::peer_dir("plugins", flatnet_lab::upstream::PLUGINS_VERSION),
+        Path::to_path_buf,
+    );
     (dir.join("bridge").is_file() && dir.join("host-local").is_file()).then_some(dir)
 }
 

@@ -8,12 +8,8 @@ mod common;
 
 use common::lab::flatnet;
 use common::sandboxed;
-use std::path::PathBuf;
+use flatnet_lab::upstream;
 use std::process::Command;
-
-fn peers() -> PathBuf {
-    std::env::var_os("FLATNET_PEERS_CACHE").map_or_else(|| PathBuf::from("/var/cache/flatnet/peers"), PathBuf::from)
-}
 
 fn bench(args: &[&str]) -> String {
     let out = Command::new(flatnet()).arg("bench").args(args).output().unwrap();
@@ -35,7 +31,7 @@ fn row(text: &str, label: &str) -> Vec<f64> {
 #[test]
 fn bench_cni_compares_flatnet_with_debians_and_the_current_reference_plugins() {
     let test = "bench_cni_compares_flatnet_with_debians_and_the_current_reference_plugins";
-    if !peers().join("plugins-v1.10.0/bridge").is_file() {
+    if !upstream::peer_dir("plugins", upstream::PLUGINS_VERSION).join("bridge").is_file() {
         eprintln!("SKIPPED {test}: the current reference plugins are not built (scripts/peers plugins)");
         return;
     }
@@ -52,7 +48,7 @@ fn bench_cni_compares_flatnet_with_debians_and_the_current_reference_plugins() {
 #[test]
 fn bench_dns_compares_flatnet_with_coredns_and_nsd() {
     let test = "bench_dns_compares_flatnet_with_coredns_and_nsd";
-    if !peers().join("coredns-v1.15.0/coredns").is_file() {
+    if !upstream::peer_dir("coredns", upstream::COREDNS_VERSION).join("coredns").is_file() {
         eprintln!("SKIPPED {test}: CoreDNS is not built (scripts/peers coredns)");
         return;
     }

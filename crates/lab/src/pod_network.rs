@@ -11,15 +11,12 @@
 //! Both binaries come from `scripts/peers flannel plugins`.
 
 use crate::layout::Layout;
+use crate::upstream::{FLANNEL_VERSION, PLUGINS_VERSION, peer_dir};
 use flatnet_cni::exec::ConfList;
 use flatnet_model::node_network::Backend;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
-/// The Flannel release `scripts/peers` builds.
-pub const FLANNEL_VERSION: &str = "v0.28.10";
-/// The reference CNI plugins release `scripts/peers` builds.
-pub const PLUGINS_VERSION: &str = "v1.10.0";
 /// Flannel's Pod network (its net-conf.json `Network`): the lab's cluster CIDR.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 
@@ -49,13 +46,6 @@ impl std::str::FromStr for PodNetwork {
             _ => Err(format!("unknown pod network {s:?}: use flatnet or flannel")),
         }
     }
-}
-
-/// Where `scripts/peers` puts `name` at `version`.
-pub fn peer_dir(name: &str, version: &str) -> PathBuf {
-    std::env::var_os("FLATNET_PEERS_CACHE")
-        .map_or_else(|| PathBuf::from("/var/cache/flatnet/peers"), PathBuf::from)
-        .join(format!("{name}-{version}"))
 }
 
 /// `program` of peer `name`, or how to build it.

@@ -1,5 +1,7 @@
-//! The upstream Kubernetes components `scripts/kubernetes` builds, where it puts them
-//! (outside the repository): a lab node may use kube-proxy as its Service proxy.
+//! The upstream programs flatnet is measured and run against, where the scripts that
+//! build them put them (outside the repository): the Kubernetes components of
+//! `scripts/kubernetes` (a lab node may use kube-proxy as its Service proxy), and the
+//! peers of `scripts/peers` (CoreDNS, the reference CNI plugins, Flannel).
 
 use std::path::PathBuf;
 
@@ -19,4 +21,17 @@ pub fn binary(component: &str) -> Result<PathBuf, String> {
             path.display()
         ))
     }
+}
+
+/// The releases `scripts/peers` pins.
+pub const COREDNS_VERSION: &str = "v1.15.0";
+pub const PLUGINS_VERSION: &str = "v1.10.0";
+pub const FLANNEL_VERSION: &str = "v0.28.10";
+
+/// Where `scripts/peers` puts peer `name` at `version` (FLATNET_PEERS_CACHE, or
+/// /var/cache/flatnet/peers, then `<name>-<version>`).
+pub fn peer_dir(name: &str, version: &str) -> PathBuf {
+    std::env::var_os("FLATNET_PEERS_CACHE")
+        .map_or_else(|| PathBuf::from("/var/cache/flatnet/peers"), PathBuf::from)
+        .join(format!("{name}-{version}"))
 }

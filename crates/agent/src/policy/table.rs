@@ -28,19 +28,10 @@ pub fn read_actual() -> Result<State, nft::NftError> {
     let Some((chains, sets)) = nf_tables::table_names(policy::TABLE)? else { return Ok(State::default()) };
     let mut objects: Vec<serde_json::Value> =
         chains.into_iter().map(|c| json!({"chain": {"table": policy::TABLE, "name": c}})).collect();
-    let mut probe = State::default();
-    for name in &sets {
-        if name.starts_with("pods-") {
-            probe.pod_sets.insert(name.clone(), Default::default());
-        } else if name.starts_with("nport-") {
-            probe.port_sets.insert(name.clone(), Default::default());
-        }
-    }
-    let shapes: std::collections::HashMap<String, nf_tables::SetShape> =
-        crate::tables::policy_sets(&probe).into_iter().collect();
     for name in sets {
-        let elem = match shapes.get(&name) {
-            Some(shape) => nf_tables::set_elements(policy::TABLE, &name, shape)?.unwrap_or_default(),
+        // Address blocks (interval sets) are named by their content: their elements are not needed.
+        let elem = match crate::tables::policy_shape(&name).filter(|s| !s.is_interval()) {
+            Some(shape) => nf_tables::set_elements(policy::TABLE, &name, &shape)?.unwrap_or_default(),
             None => Vec::new(),
         };
         objects.push(json!({"set": {"table": policy::TABLE, "name": name, "elem": elem}}));

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 /// Where `scripts/peers` puts CoreDNS.
 pub(super) fn coredns_binary(given: Option<&Path>) -> Option<PathBuf> {
-    let cache = std::env::var_os("FLATNET_PEERS_CACHE")
-        .map_or_else(|| PathBuf::from("/var/cache/flatnet/peers"), PathBuf::from);
-    let p = given.map_or_else(|| cache.join("coredns-v1.15.0/coredns"), Path::to_path_buf);
+    let p = given.map_or_else(
+        || flatnet_lab::upstream::peer_dir("coredns", flatnet_lab::upstream::COREDNS_VERSION).join("coredns"),
+        Path::to_path_buf,
+    );
     p.is_file().then_some(p)
 }
 

@@ -79,6 +79,11 @@ impl SetShape {
         Some(Self { key, verdict_map, interval: false })
     }
 
+    /// Whether it is an interval set (whose elements read back as bare bounds).
+    pub fn is_interval(&self) -> bool {
+        self.interval
+    }
+
     /// An interval set of `types` (e.g. address ranges).
     pub fn intervals(types: &[&str]) -> Option<Self> {
         Some(Self { interval: true, ..Self::new(types, false)? })
@@ -472,6 +477,8 @@ pub struct Batch {
     /// (sequence number, index of the command) for each message.
     pub origins: Vec<(u32, usize)>,
     pub last_seq: u32,
+    /// Where the last command's message starts in `bytes`.
+    last_at: Option<usize>,
     seq: u32,
     set_id: u32,
     sets: HashMap<String, SetShape>,
@@ -490,6 +497,7 @@ impl Batch {
             bytes: Vec::new(),
             origins: Vec::new(),
             last_seq: 0,
+            last_at: None,
             seq,
             set_id: 1,
             sets: known.into_iter().collect(),
@@ -510,6 +518,7 @@ impl Batch {
             return Err(Unsupported(format!("command {index} holds an attribute over 64 KiB")));
         }
         let seq = self.next_seq();
+        self.last_at = Some(self.bytes.len());
         wire::nft_message(&mut self.bytes, msg, flags, seq, attrs);
         self.origins.push((seq, index));
         self.last_seq = seq;
@@ -700,7 +709,7 @@ impl Batch {
     /// knows when the transaction is done).
     pub fn finish(mut self) -> Self {
         // The ACK flag of the last command: its flags are bytes 6..8 of its header.
-        if let Some(start) = last_message_start(&self.bytes) {
+        if let Some(start) = self.last_at {
             let flags = u16::from_ne_bytes([self.bytes[start + 6], self.bytes[start + 7]]) | wire::F_ACK;
             self.bytes[start + 6..start + 8].copy_from_slice(&flags.to_ne_bytes());
         }
@@ -712,20 +721,6 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.origins.is_empty()
     }
-}
-
-fn last_message_start(bytes: &[u8]) -> Option<usize> {
-    let (mut at, mut last) = (0, None);
-    while at + 4 <= bytes.len() {
-        let len = u32::from_ne_bytes(bytes[at..at + 4].try_into().ok()?) as usize;
-        if len < 16 {
-            return None;
-        }
-        last = Some(at);
-        at += len.next_multiple_of(4);
-    }
-    // The batch-begin marker is not a command.
-    last.filter(|l| *l > 0)
 }
 
 /// An address, range or prefix of an interval set: its first address and the one after

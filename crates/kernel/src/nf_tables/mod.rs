@@ -13,7 +13,6 @@ pub use read::{Names, counters, rule_comments, set_elements, table_names};
 use serde_json::Value;
 
 const NETLINK_NETFILTER: isize = 12;
-const NLMSG_ERROR: u16 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -61,34 +60,31 @@ pub fn apply<S: AsRef<str>>(objects: &[S], known: impl IntoIterator<Item = (Stri
     }
     // The kernel answers errors (and the last command's acknowledgement) in order.
     let mut errors = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
+    receive(&socket, |kind, body| {
+        let (code, seq) = wire::error_of(body).filter(|_| kind == wire::NLMSG_ERROR)?;
+        if code != 0 {
+            let what = batch
+                .origins
+                .iter()
+                .find(|(s, _)| *s == seq)
+                .and_then(|(_, i)| objects.get(*i))
+                .map_or_else(|| "the batch".into(), |o| short(o.as_ref()));
+            errors.push(format!("{} (in {what})", std::io::Error::from_raw_os_error(-code)));
+        }
+        (seq == batch.last_seq).then_some(())
+    })?;
+    if errors.is_empty() { Ok(()) } else { Err(Error::Refused(errors.join("; "))) }
+}
+
+/// Reads the kernel's answers, message by message, until `handle` has its result.
+fn receive<T>(socket: &netlink_sys::Socket, mut handle: impl FnMut(u16, &[u8]) -> Option<T>) -> Result<T, Error> {
+    let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = socket.recv(&mut &mut buf[..], 0)?;
-        let mut at = 0;
-        while at + 16 <= n {
-            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
-            let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-            if len < 16 || at + len > n {
-                break;
+        for (kind, body) in wire::replies(&buf[..n]) {
+            if let Some(done) = handle(kind, body) {
+                return Ok(done);
             }
-            if kind == NLMSG_ERROR && len >= 16 + 4 + 16 {
-                let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4 bytes"));
-                let seq = u32::from_ne_bytes(buf[at + 28..at + 32].try_into().expect("4 bytes"));
-                if code != 0 {
-                    let what = batch
-                        .origins
-                        .iter()
-                        .find(|(s, _)| *s == seq)
-                        .and_then(|(_, i)| objects.get(*i))
-                        .map(|o| short(o.as_ref()))
-                        .unwrap_or_else(|| "the batch".into());
-                    errors.push(format!("{} (in {what})", std::io::Error::from_raw_os_error(-code)));
-                }
-                if seq == batch.last_seq {
-                    return if errors.is_empty() { Ok(()) } else { Err(Error::Refused(errors.join("; "))) };
-                }
-            }
-            at += len.next_multiple_of(4);
         }
     }
 }

@@ -4,11 +4,9 @@
 
 use super::compile::SetShape;
 use super::wire::{self, Attrs};
-use super::{Error, socket};
+use super::{Error, receive, socket};
 use serde_json::{Value, json};
 
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const F_DUMP: u16 = 0x300;
 
 const GETTABLE: u16 = 1;
@@ -53,34 +51,19 @@ fn talk(msg: u16, flags: u16, request: &Attrs, mut each: impl FnMut(&[u8])) -> R
     let mut out = Vec::new();
     wire::nft_message(&mut out, msg, flags, 1, request);
     socket.send(&out, 0)?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = socket.recv(&mut &mut buf[..], 0)?;
-        let mut at = 0;
-        while at + 16 <= n {
-            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
-            let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-            if len < 16 || at + len > n {
-                break;
-            }
-            match kind {
-                NLMSG_DONE => return Ok(Some(())),
-                NLMSG_ERROR => {
-                    let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4 bytes"));
-                    if code == -libc::ENOENT {
-                        return Ok(None);
-                    }
-                    if code != 0 {
-                        return Err(Error::Io(std::io::Error::from_raw_os_error(-code)));
-                    }
-                    return Ok(Some(()));
-                }
-                _ if len >= 20 => each(&buf[at + 20..at + len]),
-                _ => {}
-            }
-            at += len.next_multiple_of(4);
+    receive(&socket, |kind, body| match kind {
+        wire::NLMSG_DONE => Some(Ok(Some(()))),
+        wire::NLMSG_ERROR => Some(match wire::error_of(body).map_or(0, |(code, _)| code) {
+            0 => Ok(Some(())),
+            code if code == -libc::ENOENT => Ok(None),
+            code => Err(Error::Io(std::io::Error::from_raw_os_error(-code))),
+        }),
+        // After the nfgenmsg header: the attributes.
+        _ => {
+            each(body.get(4..).unwrap_or_default());
+            None
         }
-    }
+    })?
 }
 
 /// Whether table `ip table` exists.

@@ -106,6 +106,29 @@ pub fn batch_marker(out: &mut Vec<u8>, kind: u16, seq: u32) {
     message(out, kind, 0, seq, 0, SUBSYS_NFTABLES, &Attrs::new());
 }
 
+pub const NLMSG_ERROR: u16 = 2;
+pub const NLMSG_DONE: u16 = 3;
+
+/// The messages of one datagram from the kernel: each one's type and what follows its
+/// netlink header.
+pub fn replies(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let len = u32::from_ne_bytes(buf.get(..4)?.try_into().ok()?) as usize;
+        let kind = u16::from_ne_bytes(buf.get(4..6)?.try_into().ok()?);
+        let body = buf.get(16..len)?;
+        buf = buf.get(len.next_multiple_of(4)..).unwrap_or_default();
+        Some((kind, body))
+    })
+}
+
+/// An NLMSG_ERROR's body: (0 or a negative errno, the sequence number it answers).
+pub fn error_of(body: &[u8]) -> Option<(i32, u32)> {
+    let code = i32::from_ne_bytes(body.get(..4)?.try_into().ok()?);
+    // After the code, the header of the message answered: its sequence number at 8.
+    let seq = u32::from_ne_bytes(body.get(12..16)?.try_into().ok()?);
+    Some((code, seq))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
