@@ -254,3 +254,38 @@ fn nodes_reach_the_api_on_the_underlay() {
         assert!(!lab.state().join("token").exists());
     });
 }
+
+#[test]
+fn a_flannel_lab_without_flannel_built_is_refused_before_anything_is_made() {
+    sandboxed("a_flannel_lab_without_flannel_built_is_refused_before_anything_is_made", |_| {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("lab");
+        let out = Command::new(flatnet())
+            .args([
+                "lab",
+                "up",
+                "--network",
+                "flannel",
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+                "--state-dir",
+            ])
+            .arg(&state)
+            .env("FLATNET_PEERS_CACHE", dir.path().join("no-peers"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "lab up went ahead without flanneld");
+        assert!(err.contains("flanneld") && err.contains("scripts/peers flannel"), "the error says what to run: {err}");
+        assert!(!state.exists(), "nothing of the lab was made");
+        // An unknown pod network is refused by name.
+        let out = Command::new(flatnet())
+            .args(["lab", "up", "--network", "weave", "--state-dir"])
+            .arg(&state)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("use flatnet or flannel"), "{err}");
+        assert!(!state.exists());
+    });
+}
