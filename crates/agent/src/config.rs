@@ -15,6 +15,8 @@ pub struct AgentConfig {
     pub kubeconfig: Option<PathBuf>,
     pub backend: Backend,
     pub vxlan: VxlanSettings,
+    /// VXLAN only to peers outside this node's subnet; direct routes inside it.
+    pub cross_subnet: bool,
     /// The device that carries traffic between nodes; None means the one holding the
     /// Node's InternalIP.
     pub underlay_iface: Option<String>,
@@ -41,6 +43,7 @@ impl AgentConfig {
             kubeconfig: None,
             backend: Backend::default(),
             vxlan: VxlanSettings::default(),
+            cross_subnet: false,
             underlay_iface: None,
             cluster_cidr: "10.244.0.0/16".parse().expect("literal"),
             service_cidr: "10.96.0.0/12".parse().expect("literal"),

@@ -4,9 +4,11 @@
 //! `ip flatnet` nftables table.
 
 use crate::config::AgentConfig;
-use flatnet_kernel::route::OwnedRoute;
+use flatnet_kernel::route::{FLATNET_BGP_PROTOCOL, FLATNET_PROTOCOL, OwnedRoute};
 use flatnet_kernel::{KernelError, Netlink, addr, link, neigh, nft, route, sysctl};
-use flatnet_model::node_network::{self, Backend, Local, NodeNetwork, Peer, RouteDevice, Skipped, VXLAN_OVERHEAD};
+use flatnet_model::node_network::{
+    self, Backend, LearnedRoute, Local, NodeNetwork, Peer, RouteDevice, RouteOrigin, Skipped, VXLAN_OVERHEAD,
+};
 use ipnet::{IpNet, Ipv4Net};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -83,7 +85,7 @@ const MIN_POD_MTU: u32 = 576;
 pub fn pod_mtu(backend: Backend, underlay: &Underlay) -> Result<u32, DataplaneError> {
     let mtu = match backend {
         Backend::Vxlan => underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
-        Backend::HostGw => underlay.mtu,
+        Backend::HostGw | Backend::Bgp => underlay.mtu,
     };
     if mtu < MIN_POD_MTU {
         return Err(DataplaneError::NeedsPerson(format!(
@@ -112,6 +114,15 @@ impl Outcome {
     }
 }
 
+/// What the BGP sessions know (backend bgp).
+#[derive(Debug, Clone, Default)]
+pub struct BgpRoutes {
+    pub learned: Vec<LearnedRoute>,
+    /// Every session has sent its full table (or given up): until then, BGP routes a
+    /// previous run left in the kernel stay, so a restart drops no traffic.
+    pub synced: bool,
+}
+
 /// One pass: make the kernel match the plan for `local` and `nodes`.
 pub fn reconcile(
     nl: &mut Netlink,
@@ -119,6 +130,7 @@ pub fn reconcile(
     underlay: &Underlay,
     pod_cidr: Ipv4Net,
     nodes: &[Peer],
+    bgp: &BgpRoutes,
 ) -> Result<Outcome, DataplaneError> {
     let mut out = Outcome::default();
     sysctl::ensure("net.ipv4.ip_forward", "1")?;
@@ -127,16 +139,23 @@ pub fn reconcile(
     if std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
         sysctl::ensure("net.bridge.bridge-nf-call-iptables", "1")?;
     }
-    let local = Local { name: cfg.node_name.clone(), backend: cfg.backend, underlay: underlay.addr, pod_cidr };
-    let (plan, skipped) = node_network::plan(&local, nodes);
+    let local = Local {
+        name: cfg.node_name.clone(),
+        backend: cfg.backend,
+        underlay: underlay.addr,
+        pod_cidr,
+        cross_subnet: cfg.cross_subnet,
+    };
+    let (plan, skipped) = node_network::plan(&local, nodes, &bgp.learned);
     out.skipped = skipped;
     out.peers = plan.routes.len();
     let vxlan_index = match cfg.backend {
         Backend::Vxlan => Some(ensure_vxlan(nl, cfg, underlay, pod_cidr, &mut out.changes)?),
-        Backend::HostGw => None,
+        Backend::HostGw | Backend::Bgp => None,
     };
     remove_stale_devices(nl, cfg, &mut out.changes)?;
-    apply_peers(nl, &plan, underlay.index, vxlan_index, &mut out)?;
+    let keep_bgp = cfg.backend == Backend::Bgp && !bgp.synced;
+    apply_peers(nl, &plan, underlay.index, vxlan_index, keep_bgp, &mut out)?;
     Ok(out)
 }
 
@@ -218,12 +237,14 @@ fn remove_stale_devices(nl: &mut Netlink, cfg: &AgentConfig, changes: &mut Vec<S
 /// FDB and neighbour entries first and routes last when adding, the reverse when
 /// removing: a route never points at a VTEP the device cannot reach. A route whose
 /// destination already has a route flatnet did not make is left out, and a refusal for
-/// one entry does not stop the others.
+/// one entry does not stop the others. With `keep_bgp`, BGP routes already in the
+/// kernel are kept until the sessions have synced.
 fn apply_peers(
     nl: &mut Netlink,
     plan: &NodeNetwork,
     underlay: u32,
     vxlan: Option<u32>,
+    keep_bgp: bool,
     out: &mut Outcome,
 ) -> Result<(), DataplaneError> {
     let mac = flatnet_model::names::format_mac;
@@ -254,9 +275,18 @@ fn apply_peers(
             });
             continue;
         }
-        desired_routes.insert(r.dst, OwnedRoute { dst: r.dst, via: r.via, oif, onlink: r.onlink });
+        let protocol = match r.origin {
+            RouteOrigin::Api => FLATNET_PROTOCOL,
+            RouteOrigin::Bgp => FLATNET_BGP_PROTOCOL,
+        };
+        desired_routes.insert(r.dst, OwnedRoute { dst: r.dst, via: r.via, oif, onlink: r.onlink, protocol });
     }
-    let actual_routes = route::list_owned(nl)?.into_iter().map(|r| (r.dst, r)).collect();
+    let actual_routes: BTreeMap<Ipv4Net, OwnedRoute> = route::list_owned(nl)?.into_iter().map(|r| (r.dst, r)).collect();
+    if keep_bgp {
+        for r in actual_routes.values().filter(|r| r.protocol == FLATNET_BGP_PROTOCOL) {
+            desired_routes.entry(r.dst).or_insert(*r);
+        }
+    }
     let routes = node_network::diff(&desired_routes, &actual_routes);
 
     if let Some((dev, c, _)) = &fdb {
@@ -284,7 +314,8 @@ fn apply_peers(
         }
     }
     for dst in &routes.remove {
-        match route::delete_owned(nl, *dst) {
+        let Some(r) = actual_routes.get(dst) else { continue };
+        match route::delete_owned(nl, *dst, r.protocol) {
             Ok(_) => out.changes.push(format!("removed route {dst}")),
             Err(e) => out.refused(format!("route {dst}"), e),
         }

@@ -203,7 +203,8 @@ async fn pass(
     let peers: Vec<_> = all.iter().map(|n| node::peer(n)).collect();
     let views = peers.clone();
     let cfg2 = cfg.clone();
-    let outcome = blocking(move |nl| dataplane::reconcile(nl, &cfg2, &underlay, pod_cidr, &peers)).await?;
+    let outcome =
+        blocking(move |nl| dataplane::reconcile(nl, &cfg2, &underlay, pod_cidr, &peers, &Default::default())).await?;
     for c in &outcome.changes {
         info!("{c}");
     }

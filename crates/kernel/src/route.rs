@@ -90,21 +90,27 @@ fn entry(r: &RouteMessage) -> RouteEntry {
 /// `proto 70`): the agent only ever reads back, changes or removes routes carrying it.
 pub const FLATNET_PROTOCOL: u8 = 70;
 
-/// A route the agent owns: a destination via a gateway on one device.
+/// The protocol number of the routes the agent learned by BGP (`proto 71`), so that
+/// `ip route` tells them from the routes it planned from the API.
+pub const FLATNET_BGP_PROTOCOL: u8 = 71;
+
+/// A route the agent owns: a destination via a gateway on one device, stamped with one
+/// of flatnet's protocol numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OwnedRoute {
     pub dst: Ipv4Net,
     pub via: Ipv4Addr,
     pub oif: u32,
     pub onlink: bool,
+    pub protocol: u8,
 }
 
-fn owned_message(dst: Ipv4Net) -> RouteMessage {
+fn owned_message(dst: Ipv4Net, protocol: u8) -> RouteMessage {
     let mut m = RouteMessage::default();
     m.header.address_family = AddressFamily::Inet;
     m.header.destination_prefix_length = dst.prefix_len();
     m.header.table = RouteHeader::RT_TABLE_MAIN;
-    m.header.protocol = RouteProtocol::Other(FLATNET_PROTOCOL);
+    m.header.protocol = RouteProtocol::Other(protocol);
     m.header.kind = RouteType::Unicast;
     m.header.scope = RouteScope::Universe;
     m.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(dst.network())));
@@ -113,7 +119,7 @@ fn owned_message(dst: Ipv4Net) -> RouteMessage {
 
 /// Adds the route, or replaces the one to the same destination, in one request.
 pub fn replace_owned(nl: &mut Netlink, r: &OwnedRoute) -> Result<()> {
-    let mut m = owned_message(r.dst);
+    let mut m = owned_message(r.dst, r.protocol);
     m.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(r.via)));
     m.attributes.push(RouteAttribute::Oif(r.oif));
     if r.onlink {
@@ -126,9 +132,10 @@ pub fn replace_owned(nl: &mut Netlink, r: &OwnedRoute) -> Result<()> {
     nl.change(&format!("route {} via {}", r.dst, r.via), Rt::NewRoute(m), flags)
 }
 
-/// Removes flatnet's route to `dst`; Ok(false) when there was none.
-pub fn delete_owned(nl: &mut Netlink, dst: Ipv4Net) -> Result<bool> {
-    match nl.change(&format!("delete route {dst}"), Rt::DelRoute(owned_message(dst)), crate::netlink::CHANGE) {
+/// Removes flatnet's route to `dst` carrying `protocol`; Ok(false) when there was none.
+pub fn delete_owned(nl: &mut Netlink, dst: Ipv4Net, protocol: u8) -> Result<bool> {
+    match nl.change(&format!("delete route {dst}"), Rt::DelRoute(owned_message(dst, protocol)), crate::netlink::CHANGE)
+    {
         Ok(()) => Ok(true),
         Err(e) if e.is_not_found() => Ok(false),
         Err(e) => Err(e),
@@ -149,11 +156,18 @@ fn main_table(nl: &mut Netlink) -> Result<Vec<RouteMessage>> {
         .collect())
 }
 
-fn is_owned(r: &RouteMessage) -> bool {
-    r.header.protocol == RouteProtocol::Other(FLATNET_PROTOCOL)
+fn owned_protocol(r: &RouteMessage) -> Option<u8> {
+    match r.header.protocol {
+        RouteProtocol::Other(p) if p == FLATNET_PROTOCOL || p == FLATNET_BGP_PROTOCOL => Some(p),
+        _ => None,
+    }
 }
 
-/// The IPv4 routes of the main table that carry flatnet's protocol number.
+fn is_owned(r: &RouteMessage) -> bool {
+    owned_protocol(r).is_some()
+}
+
+/// The IPv4 routes of the main table that carry one of flatnet's protocol numbers.
 pub fn list_owned(nl: &mut Netlink) -> Result<Vec<OwnedRoute>> {
     Ok(main_table(nl)?
         .iter()
@@ -163,7 +177,13 @@ pub fn list_owned(nl: &mut Netlink) -> Result<Vec<OwnedRoute>> {
             let (IpNet::V4(dst), Some(IpAddr::V4(via)), Some(oif)) = (e.dst, e.gateway, e.oif) else {
                 return None;
             };
-            Some(OwnedRoute { dst, via, oif, onlink: r.header.flags.contains(RouteFlags::Onlink) })
+            Some(OwnedRoute {
+                dst,
+                via,
+                oif,
+                onlink: r.header.flags.contains(RouteFlags::Onlink),
+                protocol: owned_protocol(r)?,
+            })
         })
         .collect())
 }

@@ -24,6 +24,16 @@ impl Layout {
     pub fn node_ns(&self, node: &str) -> PathBuf {
         self.netns_dir().join(node)
     }
+    pub fn router_ns(&self, rack: usize) -> PathBuf {
+        self.netns_dir().join(crate::racks::router_name(rack))
+    }
+    /// A rack router's BIRD configuration, control socket and log.
+    pub fn router_dir(&self, rack: usize) -> PathBuf {
+        self.state.join("routers").join(crate::racks::router_name(rack))
+    }
+    pub fn router_pid(&self, rack: usize) -> PathBuf {
+        self.router_dir(rack).join("bird.pid")
+    }
     pub fn pod_ns(&self, uid: &str) -> PathBuf {
         self.netns_dir().join(format!("pod-{uid}"))
     }

@@ -15,6 +15,8 @@ pub mod lifecycle;
 pub mod netexec;
 pub mod nodes;
 pub mod pod_network;
+pub mod racks;
+pub mod routers;
 pub mod store;
 pub mod tls;
 pub mod underlay;

@@ -82,6 +82,12 @@ pub fn flanneld(layout: &Layout, node: &str, backend: Backend, bin: &Path) -> st
     let kind = match backend {
         Backend::Vxlan => "vxlan",
         Backend::HostGw => "host-gw",
+        Backend::Bgp => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "Flannel has no bgp backend: use vxlan or host-gw with --network flannel",
+            ));
+        }
     };
     let conf = dir.join("net-conf.json");
     std::fs::write(&conf, json!({"Network": CLUSTER_CIDR, "Backend": {"Type": kind}}).to_string())?;

@@ -290,7 +290,7 @@ fn mtu(f: &Facts, bridge: Option<&LinkFacts>, vx: Option<&LinkFacts>, underlay: 
     };
     let tunnel_max = match f.backend {
         Backend::Vxlan => u.mtu.saturating_sub(VXLAN_OVERHEAD),
-        Backend::HostGw => u.mtu,
+        Backend::HostGw | Backend::Bgp => u.mtu,
     };
     if let Some(d) = vx.filter(|_| f.backend == Backend::Vxlan)
         && d.mtu > tunnel_max

@@ -3,6 +3,7 @@
 //! into desired dataplane state (node routes, the Service proxy's and NetworkPolicy's nftables rulesets). Nothing here does I/O, so all of it
 //! is tested with plain unit tests.
 
+pub mod bgp;
 pub mod cni;
 pub mod dns;
 pub mod doctor;

@@ -16,6 +16,12 @@ pub mod annotations {
     pub const BACKEND: &str = "flatnet.dev/backend";
     pub const UNDERLAY_IP: &str = "flatnet.dev/underlay-ip";
     pub const VTEP_MAC: &str = "flatnet.dev/vtep-mac";
+    /// The node's BGP AS number (backend bgp).
+    pub const BGP_AS: &str = "flatnet.dev/bgp-as";
+    /// The node's BGP router ID (backend bgp).
+    pub const BGP_ROUTER_ID: &str = "flatnet.dev/bgp-router-id";
+    /// The node's BGP peers, `address:AS` separated by commas, or `mesh` (backend bgp).
+    pub const BGP_PEERS: &str = "flatnet.dev/bgp-peers";
 }
 
 /// How packets between nodes travel.
@@ -26,6 +32,9 @@ pub enum Backend {
     Vxlan,
     /// Routed natively: the next hop of a remote Pod CIDR is the node itself.
     HostGw,
+    /// Routed natively by BGP: each node announces its Pod CIDR and installs the routes
+    /// it learns (from the other nodes, or from the network's routers).
+    Bgp,
 }
 
 impl fmt::Display for Backend {
@@ -33,6 +42,7 @@ impl fmt::Display for Backend {
         f.write_str(match self {
             Self::Vxlan => "vxlan",
             Self::HostGw => "host-gw",
+            Self::Bgp => "bgp",
         })
     }
 }
@@ -43,7 +53,8 @@ impl FromStr for Backend {
         match s {
             "vxlan" => Ok(Self::Vxlan),
             "host-gw" => Ok(Self::HostGw),
-            other => Err(format!("unknown backend {other:?}: use vxlan or host-gw")),
+            "bgp" => Ok(Self::Bgp),
+            other => Err(format!("unknown backend {other:?}: use vxlan, host-gw or bgp")),
         }
     }
 }
@@ -90,6 +101,9 @@ pub struct Local {
     /// The underlay address and its connected subnet (host-gw peers must be inside it).
     pub underlay: Ipv4Net,
     pub pod_cidr: Ipv4Net,
+    /// VXLAN only across subnets: a peer on this node's own segment gets a direct route,
+    /// as Flannel's DirectRouting and Calico's CrossSubnet do.
+    pub cross_subnet: bool,
 }
 
 /// Which device a peer route leaves by.
@@ -97,6 +111,16 @@ pub struct Local {
 pub enum RouteDevice {
     Vxlan,
     Underlay,
+}
+
+/// Where a route's knowledge comes from; the kernel tells them apart by protocol number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum RouteOrigin {
+    /// Planned from the Nodes the API lists.
+    #[default]
+    Api,
+    /// Learned from a BGP peer.
+    Bgp,
 }
 
 /// A route to a remote node's Pod CIDR.
@@ -107,6 +131,15 @@ pub struct PeerRoute {
     pub device: RouteDevice,
     /// The gateway is not in any connected subnet (a VTEP address): `onlink`.
     pub onlink: bool,
+    pub origin: RouteOrigin,
+}
+
+/// A route a BGP session brought: a prefix, its next hop, and the peer that sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LearnedRoute {
+    pub prefix: Ipv4Net,
+    pub next_hop: Ipv4Addr,
+    pub peer: String,
 }
 
 /// Everything the node needs for its peers, keyed the way the kernel keys it.
@@ -139,8 +172,16 @@ pub fn vtep_ip(pod_cidr: Ipv4Net) -> Ipv4Addr {
     pod_cidr.network()
 }
 
-/// The desired network for `local` given every node the API lists (itself included).
-pub fn plan(local: &Local, nodes: &[Peer]) -> (NodeNetwork, Vec<Skipped>) {
+fn direct(dst: Ipv4Net, via: Ipv4Addr) -> PeerRoute {
+    PeerRoute { dst, via, device: RouteDevice::Underlay, onlink: false, origin: RouteOrigin::Api }
+}
+
+/// The desired network for `local` given every node the API lists (itself included)
+/// and, with the bgp backend, the routes its BGP sessions learned. The API says which
+/// prefixes are Pod CIDRs; BGP says how to reach them: a learned route is installed only
+/// for a Node's Pod CIDR, and only with a next hop on this node's own segment.
+pub fn plan(local: &Local, nodes: &[Peer], learned: &[LearnedRoute]) -> (NodeNetwork, Vec<Skipped>) {
+    let learned: BTreeMap<Ipv4Net, &LearnedRoute> = learned.iter().map(|r| (r.prefix, r)).collect();
     let mut net = NodeNetwork::default();
     let mut skipped = Vec::new();
     let mut skip = |node: &str, reason: String| skipped.push(Skipped { node: node.into(), reason });
@@ -195,7 +236,29 @@ pub fn plan(local: &Local, nodes: &[Peer]) -> (NodeNetwork, Vec<Skipped>) {
                     );
                     continue;
                 }
-                net.routes.insert(cidr, PeerRoute { dst: cidr, via: ip, device: RouteDevice::Underlay, onlink: false });
+                net.routes.insert(cidr, direct(cidr, ip));
+            }
+            Backend::Vxlan if local.cross_subnet && local.underlay.contains(&ip) => {
+                net.routes.insert(cidr, direct(cidr, ip));
+            }
+            Backend::Bgp => {
+                let Some(r) = learned.get(&cidr) else {
+                    skip(&peer.name, format!("no BGP route to its Pod CIDR {cidr} learned yet"));
+                    continue;
+                };
+                if !local.underlay.contains(&r.next_hop) || r.next_hop == local.underlay.addr() {
+                    skip(
+                        &peer.name,
+                        format!(
+                            "the BGP route to {cidr} from {} has next hop {}, not a neighbour on this node's {}",
+                            r.peer,
+                            r.next_hop,
+                            local.underlay.trunc()
+                        ),
+                    );
+                    continue;
+                }
+                net.routes.insert(cidr, PeerRoute { origin: RouteOrigin::Bgp, ..direct(cidr, r.next_hop) });
             }
             Backend::Vxlan => {
                 let Some(mac) = peer.vtep_mac else {
@@ -207,7 +270,16 @@ pub fn plan(local: &Local, nodes: &[Peer]) -> (NodeNetwork, Vec<Skipped>) {
                     continue;
                 }
                 let vtep = vtep_ip(cidr);
-                net.routes.insert(cidr, PeerRoute { dst: cidr, via: vtep, device: RouteDevice::Vxlan, onlink: true });
+                net.routes.insert(
+                    cidr,
+                    PeerRoute {
+                        dst: cidr,
+                        via: vtep,
+                        device: RouteDevice::Vxlan,
+                        onlink: true,
+                        origin: RouteOrigin::Api,
+                    },
+                );
                 net.neighbours.insert(vtep, mac);
                 net.fdb.insert(mac, ip);
             }
@@ -270,7 +342,13 @@ mod tests {
     }
 
     fn local(backend: Backend) -> Local {
-        Local { name: "node-1".into(), backend, underlay: net("192.168.1.11/24"), pod_cidr: net("10.244.1.0/24") }
+        Local {
+            name: "node-1".into(),
+            backend,
+            underlay: net("192.168.1.11/24"),
+            pod_cidr: net("10.244.1.0/24"),
+            cross_subnet: false,
+        }
     }
 
     #[test]
@@ -280,7 +358,7 @@ mod tests {
             peer("node-2", "192.168.1.12", "10.244.2.0/24", Backend::Vxlan, 2),
             peer("node-3", "10.9.0.13", "10.244.3.0/24", Backend::Vxlan, 3),
         ];
-        let (plan, skipped) = plan(&local(Backend::Vxlan), &nodes);
+        let (plan, skipped) = plan(&local(Backend::Vxlan), &nodes, &[]);
         assert!(skipped.is_empty(), "{skipped:?}");
         assert_eq!(plan.routes.len(), 2, "no route to itself");
         let r = plan.routes[&net("10.244.2.0/24")];
@@ -295,7 +373,7 @@ mod tests {
             peer("node-2", "192.168.1.12", "10.244.2.0/24", Backend::HostGw, 2),
             peer("node-3", "10.9.0.13", "10.244.3.0/24", Backend::HostGw, 3),
         ];
-        let (plan, skipped) = plan(&local(Backend::HostGw), &nodes);
+        let (plan, skipped) = plan(&local(Backend::HostGw), &nodes, &[]);
         let r = plan.routes[&net("10.244.2.0/24")];
         assert_eq!((r.via, r.device, r.onlink), ("192.168.1.12".parse().unwrap(), RouteDevice::Underlay, false));
         assert!(plan.neighbours.is_empty() && plan.fdb.is_empty());
@@ -320,6 +398,7 @@ mod tests {
         let (plan, skipped) = plan(
             &local(Backend::Vxlan),
             &[first, no_cidr, no_mac, other_backend, overlap, dup_cidr, broadcast, me_again],
+            &[],
         );
         assert_eq!(plan.routes.len(), 1);
         let reasons: Vec<String> = skipped.iter().map(ToString::to_string).collect();
@@ -331,6 +410,54 @@ mod tests {
         assert!(reasons[2].contains("backend host-gw"));
         assert!(reasons[3].contains("overlaps"));
         assert!(reasons[4].contains("already routed"));
+    }
+
+    #[test]
+    fn cross_subnet_routes_directly_on_the_segment_and_by_vxlan_elsewhere() {
+        let nodes = vec![
+            peer("node-2", "192.168.1.12", "10.244.2.0/24", Backend::Vxlan, 2),
+            peer("node-3", "192.168.2.13", "10.244.3.0/24", Backend::Vxlan, 3),
+        ];
+        let (plan, skipped) = plan(&Local { cross_subnet: true, ..local(Backend::Vxlan) }, &nodes, &[]);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let same = plan.routes[&net("10.244.2.0/24")];
+        assert_eq!((same.via, same.device), ("192.168.1.12".parse().unwrap(), RouteDevice::Underlay));
+        let other = plan.routes[&net("10.244.3.0/24")];
+        assert_eq!((other.via, other.device), ("10.244.3.0".parse().unwrap(), RouteDevice::Vxlan));
+        assert_eq!(plan.fdb.len(), 1, "only the peer across subnets is reached by VXLAN");
+    }
+
+    #[test]
+    fn bgp_installs_learned_routes_for_pod_cidrs_with_connected_next_hops() {
+        let learned = |prefix: &str, nh: &str| LearnedRoute {
+            prefix: net(prefix),
+            next_hop: nh.parse().unwrap(),
+            peer: "rack-1".into(),
+        };
+        let nodes = vec![
+            peer("node-2", "192.168.2.12", "10.244.2.0/24", Backend::Bgp, 2),
+            peer("node-3", "192.168.1.13", "10.244.3.0/24", Backend::Bgp, 3),
+            peer("node-4", "192.168.1.14", "10.244.4.0/24", Backend::Bgp, 4),
+            peer("node-5", "192.168.1.15", "10.244.5.0/24", Backend::Bgp, 5),
+        ];
+        let routes = [
+            learned("10.244.2.0/24", "192.168.1.254"),
+            learned("10.244.3.0/24", "192.168.1.13"),
+            learned("10.244.4.0/24", "192.168.9.1"),
+            learned("10.244.99.0/24", "192.168.1.254"),
+        ];
+        let (plan, skipped) = plan(&local(Backend::Bgp), &nodes, &routes);
+        let r = plan.routes[&net("10.244.2.0/24")];
+        assert_eq!(
+            (r.via, r.device, r.origin),
+            ("192.168.1.254".parse().unwrap(), RouteDevice::Underlay, RouteOrigin::Bgp)
+        );
+        assert_eq!(plan.routes[&net("10.244.3.0/24")].via, "192.168.1.13".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(plan.routes.len(), 2, "no route for a prefix no Node has, nor via a far next hop");
+        let reasons: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons[0].starts_with("node-4: the BGP route to 10.244.4.0/24 from rack-1 has next hop 192.168.9.1"));
+        assert!(reasons[1].starts_with("node-5: no BGP route to its Pod CIDR 10.244.5.0/24"));
     }
 
     #[test]
@@ -350,7 +477,8 @@ mod tests {
         assert_eq!(parse_mac("0e:00:0a:ff:10:01:02"), None);
         assert_eq!(parse_mac("0e:00:0a:ff:10:zz"), None);
         assert_eq!("host-gw".parse::<Backend>(), Ok(Backend::HostGw));
-        assert!("gre".parse::<Backend>().unwrap_err().contains("vxlan or host-gw"));
+        assert_eq!("bgp".parse::<Backend>(), Ok(Backend::Bgp));
+        assert!("gre".parse::<Backend>().unwrap_err().contains("vxlan, host-gw or bgp"));
         assert_eq!(VxlanSettings::default().device(), "flatnet.1");
     }
 }

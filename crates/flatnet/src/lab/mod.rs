@@ -42,9 +42,18 @@ pub struct UpArgs {
     /// How many nodes (node-1 … node-N).
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
-    /// How pods on different nodes reach each other: vxlan or host-gw.
+    /// How pods on different nodes reach each other: vxlan, host-gw or bgp.
     #[arg(long, default_value = "vxlan")]
     pub backend: Backend,
+    /// Spread the nodes over this many racks: each its own L2 segment and subnet
+    /// (192.168.R.0/24) behind a top-of-rack router running BIRD 2, the routers joined by
+    /// a core. With bgp, nodes peer with their rack's router; on one rack, with each other.
+    #[arg(long, default_value_t = 1)]
+    pub racks: usize,
+    /// With vxlan: route directly to peers on the node's own segment, VXLAN only to
+    /// peers in other subnets (Calico's CrossSubnet, Flannel's DirectRouting).
+    #[arg(long)]
+    pub cross_subnet: bool,
     /// Nodes whose Services upstream kube-proxy (nftables mode, built by
     /// scripts/kubernetes) carries instead of the flatnet agent; repeat or separate with commas.
     #[arg(long = "kube-proxy", value_delimiter = ',')]
@@ -62,6 +71,8 @@ impl UpArgs {
             listen: self.listen,
             nodes: self.nodes,
             backend: self.backend,
+            racks: self.racks,
+            cross_subnet: self.cross_subnet,
             kube_proxy_nodes: self.kube_proxy_nodes.clone(),
             network: self.network,
         }
@@ -142,6 +153,17 @@ pub enum LabCmd {
         kube_proxy: Option<PathBuf>,
         #[arg(long, default_value = "flatnet")]
         network: PodNetwork,
+        /// More flags for the agent (its BGP peers, say).
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
+    },
+    /// Runs BIRD as the router of one rack, inside the router's namespace.
+    #[command(hide = true)]
+    Router {
+        #[command(flatten)]
+        state: StateDir,
+        #[arg(long)]
+        rack: usize,
     },
     /// Enters a pod and executes a command (what the kubelet starts containers with).
     #[command(hide = true)]
@@ -194,7 +216,7 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
         LabCmd::Serve { state, listen, underlay_netns } => {
             processes::serve(&state.layout(), listen, underlay_netns.as_deref(), crate::shutdown::requested)
         }
-        LabCmd::Kubelet { state, node, node_ip, backend, kube_proxy, network } => {
+        LabCmd::Kubelet { state, node, node_ip, backend, kube_proxy, network, agent_args } => {
             crate::agent::init_logging();
             processes::kubelet(
                 &state.layout(),
@@ -203,9 +225,11 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
                 backend,
                 network,
                 kube_proxy.as_deref(),
+                &agent_args,
                 crate::shutdown::requested,
             )
         }
+        LabCmd::Router { state, rack } => processes::router(&state.layout(), rack),
         LabCmd::Enter { netns, resolv_conf, hosts, hostname, command } => {
             let ctx = flatnet_kernel::enter::PodContext { netns, resolv_conf, hosts, hostname };
             Err(flatnet_kernel::enter::exec(&ctx, &command).into())

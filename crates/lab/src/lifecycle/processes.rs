@@ -88,6 +88,7 @@ pub fn kubelet<F: Future<Output = ()>>(
     backend: Backend,
     network: PodNetwork,
     kube_proxy: Option<&Path>,
+    agent_args: &[String],
     stop: impl FnOnce() -> std::io::Result<F>,
 ) -> anyhow::Result<()> {
     let ns = flatnet_kernel::netns::NetNs::open(layout.node_ns(node))
@@ -112,6 +113,7 @@ pub fn kubelet<F: Future<Output = ()>>(
         "--policy-socket".into(),
         layout.agent_socket(node).to_string_lossy().into_owned(),
     ];
+    agent.extend(agent_args.iter().cloned());
     // On a kube-proxy node, kube-proxy (nftables mode, as kubeadm would run it) carries
     // Services and the agent only connects the node and enforces policy.
     let mut daemons = Vec::new();
@@ -161,4 +163,26 @@ pub fn kubelet<F: Future<Output = ()>>(
         let stop = stop()?;
         crate::kubelet::run(cfg, stop).await.map_err(anyhow::Error::from)
     })
+}
+
+/// The router process of `rack`: enters the router's namespace and becomes BIRD, which
+/// runs in the foreground with its configuration, control socket and log in the router's
+/// directory. Call it while the process is still single-threaded.
+pub fn router(layout: &Layout, rack: usize) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let name = crate::racks::router_name(rack);
+    let ns = flatnet_kernel::netns::NetNs::open(layout.router_ns(rack))
+        .with_context(|| format!("open {name}'s namespace"))?;
+    nix::sched::setns(std::os::fd::AsFd::as_fd(ns.file()), nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("enter {name}'s namespace"))?;
+    let bird = crate::racks::bird_binary().map_err(anyhow::Error::msg)?;
+    let dir = layout.router_dir(rack);
+    let err = std::process::Command::new(&bird)
+        .arg("-f")
+        .arg("-c")
+        .arg(dir.join("bird.conf"))
+        .arg("-s")
+        .arg(dir.join("bird.ctl"))
+        .exec();
+    Err(anyhow::Error::new(err).context(format!("run {}", bird.display())))
 }

@@ -18,6 +18,16 @@ pub struct Settings {
     /// The pod network (flatnet unless a benchmark asked for Flannel).
     #[serde(default)]
     pub network: crate::pod_network::PodNetwork,
+    /// How many racks (1: one flat segment).
+    #[serde(default = "one")]
+    pub racks: usize,
+    /// VXLAN only across subnets.
+    #[serde(default)]
+    pub cross_subnet: bool,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The settings of the lab at `layout`, when it has been brought up.

@@ -5,6 +5,7 @@
 use super::settings::{self, Settings};
 use crate::layout::Layout;
 use crate::pod_network::PodNetwork;
+use crate::racks::Racks;
 use crate::{nodes, underlay};
 use anyhow::{Context, bail};
 use flatnet_model::node_network::Backend;
@@ -24,6 +25,10 @@ pub struct UpConfig {
     /// How many nodes (node-1 … node-N).
     pub nodes: usize,
     pub backend: Backend,
+    /// How many racks the nodes spread over (1: one flat segment, no routers).
+    pub racks: usize,
+    /// VXLAN only to peers in other subnets.
+    pub cross_subnet: bool,
     /// Nodes whose Services upstream kube-proxy carries (nftables mode) instead of the
     /// agent, as on a cluster that runs flatnet beside kube-proxy.
     pub kube_proxy_nodes: Vec<String>,
@@ -54,6 +59,19 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
     if cfg.nodes == 0 || cfg.nodes > nodes::MAX_NODES {
         bail!("--nodes must be between 1 and {}", nodes::MAX_NODES);
     }
+    let racks = Racks::new(cfg.racks).map_err(anyhow::Error::msg)?;
+    if racks.routed() {
+        crate::racks::bird_binary().map_err(anyhow::Error::msg)?;
+    }
+    if cfg.cross_subnet && cfg.backend != Backend::Vxlan {
+        bail!("--cross-subnet goes with --backend vxlan (direct routes in a subnet, VXLAN between subnets)");
+    }
+    if cfg.backend == Backend::HostGw && racks.routed() {
+        eprintln!(
+            "note: host-gw needs every node on one L2 segment; across {} racks only same-rack peers get routes (each node says which it skips)",
+            racks.count
+        );
+    }
     let kube_proxy = if cfg.kube_proxy_nodes.is_empty() {
         None
     } else {
@@ -63,17 +81,26 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
         Some(crate::upstream::binary("kube-proxy").map_err(anyhow::Error::msg)?)
     };
     if cfg.network == PodNetwork::Flannel {
+        if cfg.backend == Backend::Bgp {
+            bail!("Flannel has no bgp backend: use --backend vxlan or host-gw with --network flannel");
+        }
         crate::pod_network::flannel_binaries().map_err(anyhow::Error::msg)?;
     }
     let layout = &cfg.layout;
     if let Some(s) = settings::read(layout)
         && layout.apiserver().is_some()
-        && (s.backend != cfg.backend.to_string() || s.nodes != cfg.nodes || s.network != cfg.network)
+        && (s.backend != cfg.backend.to_string()
+            || s.nodes != cfg.nodes
+            || s.network != cfg.network
+            || s.racks != cfg.racks
+            || s.cross_subnet != cfg.cross_subnet)
     {
         bail!(
-            "the lab is already up with {} node(s), backend {} and pod network {}; run `flatnet lab down` first to change that",
+            "the lab is already up with {} node(s) in {} rack(s), backend {}{} and pod network {}; run `flatnet lab down` first to change that",
             s.nodes,
+            s.racks,
             s.backend,
+            if s.cross_subnet { " (cross-subnet)" } else { "" },
             s.network
         );
     }
@@ -103,22 +130,43 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
         listen: cfg.listen,
         kube_proxy: cfg.kube_proxy_nodes.clone(),
         network: cfg.network,
+        racks: cfg.racks,
+        cross_subnet: cfg.cross_subnet,
     };
     std::fs::write(layout.settings(), serde_json::to_string_pretty(&settings)?)?;
     progress(Progress::Done(t.elapsed()));
+    if racks.routed() {
+        let t = Instant::now();
+        progress(Progress::Step(&format!(
+            "{} racks: a segment each, top-of-rack routers running BIRD 2, a core between them",
+            racks.count
+        )));
+        start_routers(layout, racks)?;
+        progress(Progress::Done(t.elapsed()));
+    }
 
     let node_server = node_server(cfg.listen);
     for i in 1..=cfg.nodes {
-        let (name, ip) = (nodes::name(i), nodes::ip(i));
+        let (name, ip) = (nodes::name(i), racks.node_ip(i));
         let t = Instant::now();
         let daemon = if cfg.network == PodNetwork::Flannel { "flanneld" } else { "agent" };
-        progress(Progress::Step(&format!("{name}: netns, eth0 {ip} on {}, kubelet, {daemon}", underlay::BRIDGE)));
+        let bridge = racks.bridge(racks.rack_of(i));
+        progress(Progress::Step(&format!("{name}: netns, eth0 {ip} on {bridge}, kubelet, {daemon}")));
         std::fs::create_dir_all(layout.node_dir(&name))?;
         write_private(&layout.node_kubeconfig(&name), &crate::kubeconfig::render(&node_server, &ca, &token))?;
-        nodes::create(&layout.underlay_ns(), &layout.node_ns(&name), &name, ip)
+        let wiring = nodes::Wiring { bridge: &bridge, addr: racks.node_net(i), gateway: racks.node_gateway(i) };
+        nodes::create(&layout.underlay_ns(), &layout.node_ns(&name), &name, &wiring)
             .with_context(|| format!("create node {name}"))?;
         let proxy = kube_proxy.as_deref().filter(|_| cfg.kube_proxy_nodes.contains(&name));
-        start_kubelet(layout, &name, ip, cfg, proxy)?;
+        let mut agent_args = Vec::new();
+        if cfg.backend == Backend::Bgp {
+            agent_args.extend(racks.agent_bgp_args(i));
+            agent_args.extend(["--bgp-hold-time".into(), LAB_HOLD_TIME.to_string()]);
+        }
+        if cfg.cross_subnet {
+            agent_args.push("--cross-subnet".into());
+        }
+        start_kubelet(layout, &name, ip, cfg, proxy, &agent_args)?;
         progress(Progress::Done(t.elapsed()));
     }
     let t = Instant::now();
@@ -169,12 +217,48 @@ fn start_control_plane(layout: &Layout, listen: SocketAddr) -> anyhow::Result<()
     })
 }
 
+/// The BGP hold time in the lab (routers and agents): a lost node's routes are gone
+/// within it. Keepalives go every third of it.
+pub const LAB_HOLD_TIME: u16 = 9;
+
+/// The rack routers: the segments, each router's namespace, and BIRD in it.
+fn start_routers(layout: &Layout, racks: Racks) -> anyhow::Result<()> {
+    crate::routers::create_segments(&layout.underlay_ns(), racks).context("create the racks' segments")?;
+    for rack in 1..=racks.count {
+        let name = crate::racks::router_name(rack);
+        crate::routers::create(&layout.underlay_ns(), &layout.router_ns(rack), rack, racks)
+            .with_context(|| format!("create {name}"))?;
+        let dir = layout.router_dir(rack);
+        std::fs::create_dir_all(&dir)?;
+        let conf = crate::racks::bird_config(rack, racks, LAB_HOLD_TIME, crate::pod_network::CLUSTER_CIDR.parse()?);
+        std::fs::write(dir.join("bird.conf"), conf)?;
+        // The router process becomes BIRD: known by its configuration file.
+        if crate::layout::running_pid(&layout.router_pid(rack), &[&dir.join("bird.conf").to_string_lossy()]).is_some() {
+            continue;
+        }
+        let log = std::fs::File::create(dir.join("bird.log"))?;
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(["lab", "router", "--state-dir"])
+            .arg(&layout.state)
+            .args(["--rack", &rack.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("start BIRD on {name}"))?;
+        std::fs::write(layout.router_pid(rack), child.id().to_string())?;
+    }
+    Ok(())
+}
+
 fn start_kubelet(
     layout: &Layout,
     node: &str,
     ip: Ipv4Addr,
     cfg: &UpConfig,
     kube_proxy: Option<&Path>,
+    agent_args: &[String],
 ) -> anyhow::Result<()> {
     if layout.kubelet(node).is_some() {
         return Ok(());
@@ -193,6 +277,9 @@ fn start_kubelet(
     ]);
     if let Some(bin) = kube_proxy {
         cmd.arg("--kube-proxy").arg(bin);
+    }
+    for a in agent_args {
+        cmd.arg(format!("--agent-arg={a}"));
     }
     let child = cmd
         .stdin(std::process::Stdio::null())
