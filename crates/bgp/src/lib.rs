@@ -2,4 +2,5 @@
 //! and learns their IPv4 unicast routes; it never passes learned routes on. `wire` is the
 //! codec, `session` the per-peer state machine, `speaker` the tokio driver the agent uses.
 
+pub mod session;
 pub mod wire;
