@@ -3,4 +3,8 @@
 //! codec, `session` the per-peer state machine, `speaker` the tokio driver the agent uses.
 
 pub mod session;
+pub mod speaker;
 pub mod wire;
+
+pub use session::State;
+pub use speaker::{Error, PeerConfig, Route, SessionStatus, Snapshot, Speaker, SpeakerConfig};
