@@ -31,6 +31,13 @@ pub struct AgentConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// How often the kernel is compared with the plan even when the API is quiet.
     pub resync: Duration,
+    /// The bgp backend's defaults: the node's AS and peering, unless its Node's
+    /// annotations say otherwise.
+    pub bgp: flatnet_model::bgp::NodeBgp,
+    /// BGP hold time, seconds (keepalives every third of it).
+    pub bgp_hold_time: u16,
+    /// Where the BGP speaker listens and peers connect (179).
+    pub bgp_port: u16,
     /// Whether the agent is the node's Service proxy (false: another one, kube-proxy,
     /// carries Services; the agent still connects nodes and enforces NetworkPolicy).
     pub service_proxy: bool,
@@ -52,6 +59,9 @@ impl AgentConfig {
             metrics_addr: Some(DEFAULT_METRICS_ADDR.parse().expect("literal")),
             resync: Duration::from_secs(1),
             service_proxy: true,
+            bgp: flatnet_model::bgp::NodeBgp { local_as: 64512, peering: flatnet_model::bgp::Peering::Mesh },
+            bgp_hold_time: 90,
+            bgp_port: 179,
         }
     }
 

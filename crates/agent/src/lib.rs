@@ -5,6 +5,7 @@
 //! Service proxy: Services and EndpointSlices become nftables DNAT (see `proxy`), and
 //! it enforces NetworkPolicy for its pods (see `policy`).
 
+pub mod bgp;
 pub mod config;
 pub mod dataplane;
 pub mod metrics;

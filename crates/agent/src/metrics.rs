@@ -41,6 +41,33 @@ fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
     reg.register(name, help, c);
 }
 
+/// Each BGP session: up or not, since when, prefixes both ways.
+fn bgp_metrics(reg: &mut Registry, bgp: &crate::status::BgpView) {
+    let family = |reg: &mut Registry, name: &str, help: &str| {
+        let f = Family::<Labels, Gauge>::default();
+        reg.register(name, help, f.clone());
+        f
+    };
+    let up = family(reg, "bgp_session_established", "1 when the BGP session with the peer is Established, else 0");
+    let uptime = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    reg.register(
+        "bgp_session_state_seconds",
+        "Seconds the BGP session has been in its current state (its uptime when Established)",
+        uptime.clone(),
+    );
+    let received = family(reg, "bgp_prefixes_received", "Prefixes the peer announced that the speaker holds");
+    let sent = family(reg, "bgp_prefixes_sent", "Prefixes announced to the peer");
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    for s in &bgp.sessions {
+        let l = vec![("peer".to_string(), s.peer.clone()), ("name".to_string(), s.name.clone())];
+        up.get_or_create(&l).set(i64::from(s.state == "Established"));
+        uptime.get_or_create(&l).set((now - s.since).max(0.0));
+        received.get_or_create(&l).set(i64::try_from(s.prefixes_received).unwrap_or(i64::MAX));
+        sent.get_or_create(&l).set(i64::try_from(s.prefixes_sent).unwrap_or(i64::MAX));
+    }
+}
+
 /// The exposition text: the kernel's drop counters read now, and the reconcilers' stats.
 pub fn render(status: &Status) -> Result<String, String> {
     Ok(render_with(status, policy::drop_counters().map_err(|e| e.to_string())?))
@@ -82,6 +109,9 @@ pub fn render_with(status: &Status, drops: Vec<policy::Drops>) -> String {
     let routed = snap.peers.iter().filter(|p| p.routed).count() as i64;
     peers.get_or_create(&vec![("state".to_string(), "routed".to_string())]).set(routed);
     peers.get_or_create(&vec![("state".to_string(), "pending".to_string())]).set(snap.peers.len() as i64 - routed);
+    if let Some(bgp) = &snap.bgp {
+        bgp_metrics(&mut reg, bgp);
+    }
     let packets = counter_family(
         &mut reg,
         "policy_dropped_packets",

@@ -9,6 +9,8 @@ use crate::supervise::{Reconcile, Stop, drive, supervise};
 use flatnet_kernel::Netlink;
 use flatnet_kube::node::{self, REASON_PEERS_PENDING, REASON_UP};
 use flatnet_kube::watch::{self, Change, Store};
+use flatnet_model::bgp::{MeshCandidate, NodeBgp, Peering};
+use flatnet_model::node_network::{Backend, annotations};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use std::sync::Arc;
@@ -67,12 +69,22 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
     Ok(())
 }
 
+/// What wakes the node reconciler: a Node changed, or what BGP learned did.
+enum NodeEvent {
+    Api(Change<(String, String), Node>),
+    Bgp,
+}
+
 /// The node reconciler: a watch of every Node, driven like the others.
 async fn run_node(cfg: AgentConfig, client: kube::Client, status: Arc<crate::status::Status>, stop: Stop) {
     let api: Api<Node> = Api::all(client);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Change<(String, String), Node>)>();
-    let _watch = watch::spawn(api.clone(), |n: &Node| Some(n.clone()), std::convert::identity, tx);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, NodeEvent)>();
+    let bgp_tx = tx.clone();
+    let _watch = watch::spawn(api.clone(), |n: &Node| Some(n.clone()), NodeEvent::Api, tx);
     let sync = NodeSync {
+        bgp: crate::bgp::Bgp::new(move || {
+            let _ = bgp_tx.send((Instant::now(), NodeEvent::Bgp));
+        }),
         cfg,
         api,
         nodes: Store::default(),
@@ -86,6 +98,7 @@ async fn run_node(cfg: AgentConfig, client: kube::Client, status: Arc<crate::sta
 }
 
 struct NodeSync {
+    bgp: crate::bgp::Bgp,
     cfg: AgentConfig,
     api: Api<Node>,
     nodes: Store<Node>,
@@ -98,11 +111,13 @@ struct NodeSync {
 }
 
 impl Reconcile for NodeSync {
-    type Event = Change<(String, String), Node>;
+    type Event = NodeEvent;
     const NAME: &'static str = "node";
 
     fn apply(&mut self, ev: Self::Event) -> bool {
-        self.nodes.apply(ev);
+        if let NodeEvent::Api(ev) = ev {
+            self.nodes.apply(ev);
+        }
         self.changed = true;
         true
     }
@@ -131,7 +146,7 @@ impl Reconcile for NodeSync {
         let me = self.nodes.items.get(&(String::new(), self.cfg.node_name.clone()));
         let all: Vec<&Node> = self.nodes.items.values().collect();
         let result = match me {
-            Some(me) => runtime.block_on(pass(&self.cfg, &self.api, me, &all, &self.status)),
+            Some(me) => runtime.block_on(pass(&self.cfg, &self.api, me, &all, &self.status, &mut self.bgp)),
             None => Err(AgentError::Pass(format!("node {} is not registered with the API yet", self.cfg.node_name))),
         };
         let result = result.and_then(|(summary, complete)| {
@@ -182,10 +197,24 @@ async fn pass(
     me: &Node,
     all: &[&Node],
     status: &crate::status::Status,
+    bgp: &mut crate::bgp::Bgp,
 ) -> Result<(String, bool), AgentError> {
     let (internal_ip, iface) = (node::internal_ip(me), cfg.underlay_iface.clone());
     let underlay = blocking(move |nl| dataplane::find_underlay(nl, iface.as_deref(), internal_ip)).await?;
-    let want = desired_annotations(cfg, underlay.addr.addr());
+    // The node's BGP settings are checked before anything is published or changed.
+    let bgp_settings = (cfg.backend == Backend::Bgp)
+        .then(|| {
+            let none = std::collections::BTreeMap::new();
+            NodeBgp::from_annotations(me.metadata.annotations.as_ref().unwrap_or(&none), &cfg.bgp)
+        })
+        .transpose()
+        .map_err(|e| AgentError::Pass(format!("BGP settings refused, nothing changed: {e}")))?;
+    let mut want = desired_annotations(cfg, underlay.addr.addr());
+    if let Some(b) = &bgp_settings {
+        want.insert(annotations::BGP_AS, b.local_as.to_string());
+        want.insert(annotations::BGP_PEERS, b.peering.to_string());
+        want.insert(annotations::BGP_ROUTER_ID, underlay.addr.addr().to_string());
+    }
     if let Some(patch) = node::annotation_patch(me, &want) {
         api.patch(&cfg.node_name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -201,10 +230,45 @@ async fn pass(
     let mtu = dataplane::pod_mtu(cfg.backend, &underlay).map_err(|e| AgentError::Pass(e.to_string()))?;
     write_subnet_file(cfg, pod_cidr, mtu)?;
     let peers: Vec<_> = all.iter().map(|n| node::peer(n)).collect();
+    let routes = match &bgp_settings {
+        Some(settings) => {
+            let peering = match &settings.peering {
+                Peering::Mesh => {
+                    let none = std::collections::BTreeMap::new();
+                    let candidates: Vec<MeshCandidate<'_>> = peers
+                        .iter()
+                        .zip(all)
+                        .map(|(peer, n)| MeshCandidate {
+                            peer,
+                            annotations: n.metadata.annotations.as_ref().unwrap_or(&none),
+                        })
+                        .collect();
+                    flatnet_model::bgp::mesh_peers(&cfg.node_name, &candidates)
+                }
+                Peering::Peers(p) => p.clone(),
+            };
+            let restarting = blocking(|nl| {
+                Ok(flatnet_kernel::route::list_owned(nl)?
+                    .iter()
+                    .any(|r| r.protocol == flatnet_kernel::route::FLATNET_BGP_PROTOCOL))
+            })
+            .await?;
+            let session = crate::bgp::Session {
+                router_id: underlay.addr.addr(),
+                pod_cidr,
+                hold_time: cfg.bgp_hold_time,
+                port: cfg.bgp_port,
+                restarting,
+            };
+            let routes = bgp.sync(settings, &peering, &session).await.map_err(AgentError::Pass)?;
+            status.set_bgp(bgp.view(settings));
+            routes
+        }
+        None => dataplane::BgpRoutes::default(),
+    };
     let views = peers.clone();
     let cfg2 = cfg.clone();
-    let outcome =
-        blocking(move |nl| dataplane::reconcile(nl, &cfg2, &underlay, pod_cidr, &peers, &Default::default())).await?;
+    let outcome = blocking(move |nl| dataplane::reconcile(nl, &cfg2, &underlay, pod_cidr, &peers, &routes)).await?;
     for c in &outcome.changes {
         info!("{c}");
     }

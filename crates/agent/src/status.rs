@@ -53,6 +53,32 @@ pub struct PodView {
     pub ip: Option<String>,
 }
 
+/// One BGP session as the speaker last reported it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BgpSessionView {
+    pub peer: String,
+    pub name: String,
+    pub remote_as: u32,
+    /// Idle, Connect, Active, OpenSent, OpenConfirm or Established.
+    pub state: String,
+    /// Seconds since the epoch of the last change of state.
+    pub since: f64,
+    pub prefixes_received: u64,
+    pub prefixes_sent: u64,
+    pub graceful_restart: bool,
+    pub last_error: Option<String>,
+}
+
+/// This node's BGP speaker (backend bgp).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BgpView {
+    pub local_as: u32,
+    pub router_id: String,
+    /// `mesh`, or the peers configured.
+    pub peering: String,
+    pub sessions: Vec<BgpSessionView>,
+}
+
 /// The `/status` document.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -69,6 +95,9 @@ pub struct Snapshot {
     pub isolated_ingress: u64,
     pub isolated_egress: u64,
     pub reconcilers: std::collections::BTreeMap<String, Record>,
+    /// The BGP speaker, with the bgp backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpView>,
 }
 
 pub type Labels = Vec<(String, String)>;
@@ -160,6 +189,10 @@ impl Status {
             s.mtu = mtu;
             s.peers = peers;
         });
+    }
+
+    pub fn set_bgp(&self, bgp: Option<BgpView>) {
+        self.with(|s| s.bgp = bgp);
     }
 
     /// What the proxy has programmed.

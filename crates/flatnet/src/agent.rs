@@ -13,10 +13,27 @@ pub struct AgentArgs {
     /// A kubeconfig; without it, the in-cluster service account (or $KUBECONFIG).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
-    /// How packets cross between nodes: vxlan (encapsulated) or host-gw (direct routes,
-    /// every node on one L2 segment).
+    /// How packets cross between nodes: vxlan (encapsulated), host-gw (direct routes,
+    /// every node on one L2 segment) or bgp (each node announces its Pod CIDR over BGP and
+    /// installs what it learns as plain routes).
     #[arg(long, default_value = "vxlan")]
     backend: Backend,
+    /// With vxlan: direct routes to peers in this node's subnet, VXLAN to the others.
+    #[arg(long)]
+    cross_subnet: bool,
+    /// bgp: this node's AS (a private one by default), unless its Node's annotation
+    /// flatnet.dev/bgp-as says otherwise.
+    #[arg(long, default_value = "64512", value_parser = flatnet_model::bgp::parse_as)]
+    bgp_as: u32,
+    /// bgp: `mesh` (every other bgp node), or peers `[name=]address:AS,…` (the rack's
+    /// router, a route reflector), unless the Node's annotation flatnet.dev/bgp-peers
+    /// says otherwise.
+    #[arg(long, default_value = "mesh", value_parser = flatnet_model::bgp::parse_peering)]
+    bgp_peers: flatnet_model::bgp::Peering,
+    /// bgp: hold time in seconds (keepalives every third of it); a peer silent this long
+    /// loses its routes.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u16).range(3..))]
+    bgp_hold_time: u16,
     #[arg(long, default_value_t = 1)]
     vni: u32,
     /// VXLAN UDP port: 8472 (Linux, Flannel) or 4789 (IANA).
@@ -54,6 +71,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut cfg = AgentConfig::new(this_node(args.node_name)?);
     cfg.kubeconfig = args.kubeconfig;
     cfg.backend = args.backend;
+    cfg.cross_subnet = args.cross_subnet;
+    if cfg.cross_subnet && cfg.backend != Backend::Vxlan {
+        anyhow::bail!("--cross-subnet goes with --backend vxlan");
+    }
+    cfg.bgp = flatnet_model::bgp::NodeBgp { local_as: args.bgp_as, peering: args.bgp_peers };
+    cfg.bgp_hold_time = args.bgp_hold_time;
     cfg.vxlan = VxlanSettings { vni: args.vni, port: args.vxlan_port };
     cfg.underlay_iface = args.iface;
     cfg.cluster_cidr = args.cluster_cidr;

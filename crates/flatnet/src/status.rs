@@ -52,6 +52,26 @@ pub fn text(name: &str, s: &NodeStatus) -> String {
         };
         out.push_str(&format!("  peer      {:<8} {:<15} {state}\n", t.peer, t.underlay_ip.as_deref().unwrap_or("-")));
     }
+    if let Some(b) = &snap.bgp {
+        out.push_str(&format!("  bgp       AS {}, router ID {}, peers: {}\n", b.local_as, b.router_id, b.peering));
+        for x in &b.sessions {
+            let state = if x.state == "Established" {
+                format!("Established for {}", ago(Some(x.since)).trim_end_matches(" ago"))
+            } else {
+                format!("{} since {}", x.state.to_uppercase(), ago(Some(x.since)))
+            };
+            out.push_str(&format!(
+                "  session   {:<8} {:<15} AS {:<10} {state}, {} prefix(es) received, {} sent{}{}\n",
+                x.name,
+                x.peer,
+                x.remote_as,
+                x.prefixes_received,
+                x.prefixes_sent,
+                if x.graceful_restart { ", graceful restart" } else { "" },
+                x.last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default()
+            ));
+        }
+    }
     out.push_str(&format!("  pods      {}\n", snap.pods.len()));
     for p in &snap.pods {
         out.push_str(&format!("            {}/{} {}\n", p.namespace, p.name, p.ip.as_deref().unwrap_or("-")));

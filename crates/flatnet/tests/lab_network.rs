@@ -7,14 +7,14 @@
 
 mod common;
 
-use common::lab::{Lab, flatnet, http_get, run, seen_client_ip};
+use common::lab::{Capture, Lab, flatnet, http_get, run, seen_client_ip};
 use common::{converges, eventually, sandboxed};
 use flatnet_kernel::{Netlink, link, neigh, netns, route};
 use k8s_openapi::api::core::v1::Pod;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -56,39 +56,6 @@ spec:
     - containerPort: 80
 "#;
 
-/// tcpdump on the underlay bridge, started and ready to see packets.
-struct Capture(Child);
-
-impl Capture {
-    fn start(underlay: &Path, filter: &str) -> Self {
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", underlay.display()))
-            .args(["tcpdump", "-i", "lab0", "-nn", "-l", "-T", "vxlan", filter])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump (scripts/setup installs it)");
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        while err.read_line(&mut line).unwrap() > 0 && !line.contains("listening on") {
-            line.clear();
-        }
-        assert!(line.contains("listening on"), "tcpdump did not start: {line}");
-        Capture(child)
-    }
-
-    fn stop(mut self) -> String {
-        // A moment for the last packets to reach tcpdump's line-buffered output.
-        std::thread::sleep(Duration::from_millis(200));
-        let _ =
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGINT);
-        let mut out = String::new();
-        self.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-        let _ = self.0.wait();
-        out
-    }
-}
-
 fn routes(node_ns: &Path) -> Vec<String> {
     netns::run_in(node_ns, || {
         let mut nl = Netlink::open().unwrap();
@@ -121,14 +88,14 @@ fn vxlan_cluster_end_to_end() {
         let underlay = lab.ns("underlay");
 
         // Same node: over the bridge; the underlay carries none of it.
-        let cap = Capture::start(&underlay, "udp port 8472 or net 10.244.0.0/16");
+        let cap = Capture::start(&underlay, "lab0", "udp port 8472 or net 10.244.0.0/16");
         let body = http_get(&client_ns, neighbor_ip).unwrap();
         let seen = cap.stop();
         assert_eq!(seen_client_ip(&body), *client_ip, "{body}");
         assert!(seen.trim().is_empty(), "same-node traffic crossed the underlay:\n{seen}");
 
         // Cross node, as every tutorial does it: wget from the client pod.
-        let cap = Capture::start(&underlay, "udp port 8472");
+        let cap = Capture::start(&underlay, "lab0", "udp port 8472");
         let out = lab.exec("client", &["wget", "-qO-", "-T", "3", &format!("http://{server_ip}")]);
         let seen = cap.stop();
         let body = String::from_utf8_lossy(&out.stdout).to_string();
@@ -296,7 +263,7 @@ fn host_gw_cluster_routes_pod_ips_unencapsulated() {
         let ips = lab.ready_ips(&["client", "server"]);
         let (client_ip, server_ip) = (&ips[0], &ips[1]);
         let client_ns = lab.pod_netns("client");
-        let cap = Capture::start(&lab.ns("underlay"), "udp port 8472 or net 10.244.0.0/16");
+        let cap = Capture::start(&lab.ns("underlay"), "lab0", "udp port 8472 or net 10.244.0.0/16");
         let body = http_get(&client_ns, server_ip).unwrap();
         let seen = cap.stop();
         assert_eq!(seen_client_ip(&body), *client_ip, "{body}");

@@ -79,6 +79,24 @@ pub fn ping(ns: &Path, local: std::net::Ipv4Addr, peer_vtep: std::net::Ipv4Addr,
     }
 }
 
+/// The agent's BGP sessions, as its /status gives them (none when it does not answer).
+pub fn bgp_sessions(metrics: SocketAddr) -> Vec<flatnet_model::doctor::BgpSessionFacts> {
+    let Ok(snap) = get_status(metrics) else { return Vec::new() };
+    snap.bgp
+        .map(|b| {
+            b.sessions
+                .into_iter()
+                .map(|s| flatnet_model::doctor::BgpSessionFacts {
+                    name: s.name,
+                    peer: s.peer,
+                    state: s.state,
+                    last_error: s.last_error,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The node's status, read in the namespace at `ns` (its agent answers on its loopback).
 pub fn read(ns: &Path, metrics: SocketAddr) -> anyhow::Result<NodeStatus> {
     netns::run_in(ns, || -> anyhow::Result<NodeStatus> {

@@ -154,7 +154,7 @@ protocol bgp node from flatnet_nodes {{
 
 template bgp core {{
   local {me} as {asn};
-  hold time {hold_time}; keepalive time {keepalive}; connect retry time 1;
+  hold time {hold_time}; keepalive time {keepalive}; connect delay time 1; connect retry time 1;
   graceful restart on;
   ipv4 {{ import filter pods_and_racks; export filter pods_and_racks; }};
 }}

@@ -45,6 +45,17 @@ pub struct Facts {
     pub agent: Option<Result<(), String>>,
     /// The agent's /readyz: Ok, or which reconciler is failing and why.
     pub agent_ready: Option<Result<(), String>>,
+    /// The BGP sessions as the agent reports them (backend bgp).
+    pub bgp_sessions: Vec<BgpSessionFacts>,
+}
+
+/// One BGP session: the peer, its state, and the last error the speaker saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BgpSessionFacts {
+    pub name: String,
+    pub peer: String,
+    pub state: String,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -183,6 +194,9 @@ pub fn diagnose(f: &Facts) -> Vec<Check> {
         ),
         None => warn("agent", "the agent's health was not checked", "pass --metrics-addr"),
     });
+    if f.backend == Backend::Bgp {
+        out.extend(bgp_sessions(f));
+    }
     if let (Some(Ok(())), Some(ready)) = (&f.agent, &f.agent_ready) {
         out.push(match ready {
             Ok(()) => ok("reconcilers", "every reconciler of the agent (node, proxy, policy) is in sync"),
@@ -195,6 +209,41 @@ pub fn diagnose(f: &Facts) -> Vec<Check> {
         });
     }
     out
+}
+
+/// A check per BGP session that is down, naming why and what to do; one ok otherwise.
+fn bgp_sessions(f: &Facts) -> Vec<Check> {
+    if f.bgp_sessions.is_empty() {
+        return vec![warn(
+            "bgp",
+            "the agent reports no BGP session: no peer is configured, or no other node is in the mesh yet",
+            "flatnet status shows the node's peering; set peers with --bgp-peers or the flatnet.dev/bgp-peers annotation",
+        )];
+    }
+    let down: Vec<&BgpSessionFacts> = f.bgp_sessions.iter().filter(|s| s.state != "Established").collect();
+    if down.is_empty() {
+        return vec![ok("bgp", format!("{} BGP session(s) Established", f.bgp_sessions.len()))];
+    }
+    down.into_iter()
+        .map(|s| {
+            let why = s.last_error.as_deref().unwrap_or("it has not come up yet");
+            let lower = why.to_lowercase();
+            let fix = if lower.contains("refused") {
+                format!("nothing accepts BGP on {}:179: is the peer's BGP running, or is TCP port 179 blocked between the two?", s.peer)
+            } else if lower.contains("no route") || lower.contains("unreachable") {
+                format!("this node has no route to {}: check the underlay's routing to the peer", s.peer)
+            } else if lower.contains("as mismatch") || lower.contains("bad peer as") {
+                "the AS numbers disagree: make the peer's configured AS and its own AS the same (--bgp-peers, flatnet.dev/bgp-as)".into()
+            } else if lower.contains("hold timer") {
+                format!("{} stopped answering (keepalives lost): is it up, and is the path to it dropping packets?", s.peer)
+            } else if lower.contains("timed out") {
+                format!("connecting to {}:179 times out: a firewall drops it, or the peer is down", s.peer)
+            } else {
+                format!("read the agent's log and the peer's for the session with {}", s.peer)
+            };
+            fail("bgp", format!("BGP session with {} ({}) is {}: {why}", s.name, s.peer, s.state), fix)
+        })
+        .collect()
 }
 
 fn vxlan_device(f: &Facts, vx: Option<&LinkFacts>) -> Check {
@@ -443,7 +492,38 @@ mod tests {
             tunnel: vec![("node-2".into(), true)],
             agent: Some(Ok(())),
             agent_ready: Some(Ok(())),
+            bgp_sessions: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_bgp_session_down_is_named_with_its_cause() {
+        let mut f = healthy();
+        f.backend = Backend::Bgp;
+        f.bgp_sessions = vec![
+            BgpSessionFacts {
+                name: "rack-1".into(),
+                peer: "192.168.1.254".into(),
+                state: "Established".into(),
+                last_error: None,
+            },
+            BgpSessionFacts {
+                name: "node-3".into(),
+                peer: "192.168.1.13".into(),
+                state: "Active".into(),
+                last_error: Some("hold timer expired (no message for 9 s)".into()),
+            },
+        ];
+        let checks: Vec<Check> = diagnose(&f).into_iter().filter(|c| c.check == "bgp").collect();
+        assert_eq!(checks.len(), 1, "{checks:?}");
+        assert_eq!(checks[0].status, Status::Fail);
+        assert!(
+            checks[0].detail.contains("node-3 (192.168.1.13) is Active: hold timer expired"),
+            "{}",
+            checks[0].detail
+        );
+        f.bgp_sessions.truncate(1);
+        assert!(diagnose(&f).iter().any(|c| c.check == "bgp" && c.status == Status::Ok));
     }
 
     fn failing(f: &Facts) -> Vec<&'static str> {

@@ -4,10 +4,10 @@
 use super::eventually;
 use flatnet_kernel::netns;
 use k8s_openapi::api::core::v1::Pod;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 pub fn flatnet() -> PathBuf {
@@ -42,12 +42,31 @@ impl Drop for Lab {
 
 impl Lab {
     pub fn up(nodes: usize, backend: &str) -> Self {
+        Self::up_with(nodes, &["--backend", backend])
+    }
+
+    /// A lab of `nodes` nodes brought up with more `lab up` flags.
+    pub fn up_with(nodes: usize, flags: &[&str]) -> Self {
         let lab = Lab { dir: tempfile::tempdir().unwrap(), port: free_port() };
         run(Command::new(flatnet())
-            .args(["lab", "up", "--nodes", &nodes.to_string(), "--backend", backend])
+            .args(["lab", "up", "--nodes", &nodes.to_string()])
+            .args(flags)
             .args(["--listen", &format!("127.0.0.1:{}", lab.port), "--state-dir"])
             .arg(lab.state()));
         lab
+    }
+
+    /// `ip …` inside a lab namespace (a node, a router, the underlay); its stdout.
+    pub fn ip(&self, ns: &str, args: &[&str]) -> String {
+        let out = run(Command::new("nsenter").arg(format!("--net={}", self.ns(ns).display())).arg("ip").args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `birdc show …` on the router of `rack`; its stdout.
+    pub fn birdc(&self, rack: usize, args: &[&str]) -> String {
+        let sock = self.state().join(format!("routers/router-{rack}/bird.ctl"));
+        let out = run(Command::new("birdc").arg("-s").arg(sock).args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn state(&self) -> &Path {
@@ -232,4 +251,37 @@ pub fn seen_pod(body: &str) -> String {
 pub fn seen_client_ip(body: &str) -> String {
     let c = body.split_whitespace().find_map(|w| w.strip_prefix("client=")).unwrap_or("");
     c.rsplit_once(':').map_or(c, |(ip, _)| ip).to_string()
+}
+
+/// tcpdump on an underlay bridge, started and ready to see packets.
+pub struct Capture(Child);
+
+impl Capture {
+    pub fn start(underlay: &Path, iface: &str, filter: &str) -> Self {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", underlay.display()))
+            .args(["tcpdump", "-i", iface, "-nn", "-l", "-T", "vxlan", filter])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump (scripts/setup installs it)");
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while err.read_line(&mut line).unwrap() > 0 && !line.contains("listening on") {
+            line.clear();
+        }
+        assert!(line.contains("listening on"), "tcpdump did not start: {line}");
+        Capture(child)
+    }
+
+    pub fn stop(mut self) -> String {
+        // A moment for the last packets to reach tcpdump's line-buffered output.
+        std::thread::sleep(Duration::from_millis(200));
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGINT);
+        let mut out = String::new();
+        self.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        let _ = self.0.wait();
+        out
+    }
 }

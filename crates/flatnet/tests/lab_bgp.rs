@@ -1,0 +1,260 @@
+//! Native routing with BGP on a real lab: nodes in two racks behind BIRD 2 top-of-rack
+//! routers, each agent announcing its Pod CIDR to its rack's router; pods cross racks as
+//! plain routed packets with the client's pod IP; agents restart under traffic without a
+//! failed request; a node that disappears is withdrawn within the hold time. On one
+//! segment, the agents peer in a full mesh, repair routes deleted by hand, and refuse bad
+//! settings without changing anything.
+
+mod common;
+
+use common::lab::{Capture, Lab, http_get, seen_client_ip};
+use common::{converges, sandboxed};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn pods(client_node: &str, server_node: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: {client_node}
+  containers: [{{name: busybox, image: busybox:1.36, command: ["sleep", "3600"]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: server}}
+spec:
+  nodeName: {server_node}
+  containers: [{{name: web, image: nginx:1.25, ports: [{{containerPort: 80}}]}}]
+"#
+    )
+}
+
+/// Requests from `client_ns` to `ip` until stopped: (answered, failed with their errors).
+struct Stream {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    handle: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Stream {
+    fn start(client_ns: std::path::PathBuf, ip: String) -> Self {
+        let (stop, ok) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let (s, o) = (stop.clone(), ok.clone());
+        let handle = std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                match http_get(&client_ns, &ip) {
+                    Ok(_) => {
+                        o.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            errors
+        });
+        Self { stop, ok, handle }
+    }
+
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let errors = self.handle.join().unwrap();
+        (self.ok.load(Ordering::Relaxed), errors)
+    }
+}
+
+fn kill(pid: i32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+/// The BGP routes (proto 71) on a node: `dst via gateway` lines.
+fn bgp_routes(lab: &Lab, node: &str) -> String {
+    lab.ip(node, &["route", "show", "proto", "71"])
+}
+
+#[test]
+fn bgp_routes_pods_natively_across_racks() {
+    sandboxed("bgp_routes_pods_natively_across_racks", |_| {
+        let lab = Lab::up_with(3, &["--backend", "bgp", "--racks", "2"]);
+        let cidr: Vec<String> = (1..=3).map(|i| lab.pod_cidr(&format!("node-{i}"))).collect();
+
+        // Each router holds every node's Pod CIDR; its own rack's with the node as next hop.
+        converges("the routers to hold every Pod CIDR", Duration::from_secs(15), || {
+            let (r1, r2) = (lab.birdc(1, &["show", "route"]), lab.birdc(2, &["show", "route"]));
+            let want = [
+                (&r1, &cidr[0], "via 192.168.1.11"),
+                (&r1, &cidr[2], "via 192.168.1.13"),
+                (&r2, &cidr[1], "via 192.168.2.12"),
+                (&r1, &cidr[1], "via 192.168.0.2"),
+                (&r2, &cidr[0], "via 192.168.0.1"),
+            ];
+            for (table, prefix, via) in want {
+                let block = table.split(prefix.as_str()).nth(1).unwrap_or("");
+                if !block.lines().take(2).any(|l| l.contains(via)) {
+                    return Err(format!("{prefix} {via} missing:\nrouter-1:\n{r1}\nrouter-2:\n{r2}"));
+                }
+            }
+            Ok(())
+        });
+        // node-1's routes: node-3 (same rack) directly, node-2 (other rack) via its router;
+        // plain routes, learned by BGP, no tunnel device.
+        converges("node-1's BGP routes", Duration::from_secs(10), || {
+            let r = bgp_routes(&lab, "node-1");
+            let ok = r.contains(&format!("{} via 192.168.1.254 dev eth0", cidr[1]))
+                && r.contains(&format!("{} via 192.168.1.13 dev eth0", cidr[2]));
+            if ok { Ok(()) } else { Err(format!("{r}\n{}", lab.dump(&["node-1"]))) }
+        });
+        assert!(!lab.ip("node-1", &["link"]).contains("flatnet.1"), "no VXLAN device with bgp");
+
+        // Across racks: the server sees the client's pod IP; the core carries plain pod IPs.
+        lab.apply(&pods("node-1", "node-2"));
+        let ips = lab.ready_ips(&["client", "server"]);
+        let underlay = lab.ns("underlay");
+        let cap = Capture::start(&underlay, "core0", "udp port 8472 or net 10.244.0.0/16");
+        let body = http_get(&lab.pod_netns("client"), &ips[1]).unwrap();
+        let seen = cap.stop();
+        assert_eq!(seen_client_ip(&body), ips[0], "the server must see the client's pod IP: {body}");
+        assert!(!seen.contains(".8472"), "VXLAN on the core:\n{seen}");
+        assert!(seen.contains(&format!("{}.", ips[0])) && seen.contains(&format!("> {}.80", ips[1])), "{seen}");
+
+        // `flatnet status`: the session with the rack's router.
+        let status = lab.status();
+        assert!(
+            status.contains("bgp       AS 64513, router ID 192.168.1.11, peers: rack-1=192.168.1.254:65001"),
+            "{status}"
+        );
+        assert!(status.contains("rack-1") && status.contains("Established"), "{status}");
+
+        // Agents SIGKILLed and restarted under a stream across racks: no request fails
+        // (graceful restart: the routers keep their routes, the agents keep the kernel's).
+        let stream = Stream::start(lab.pod_netns("client"), ips[1].clone());
+        for node in ["node-1", "node-2"] {
+            let pid = lab.agent_pid(node);
+            kill(pid);
+            converges(&format!("{node}'s agent to come back and re-establish"), Duration::from_secs(15), || {
+                let now = lab.agent_pid(node);
+                let established = lab.birdc(if node == "node-1" { 1 } else { 2 }, &["show", "protocols"]);
+                if now != pid
+                    && established.lines().filter(|l| l.starts_with("node")).all(|l| l.contains("Established"))
+                {
+                    Ok(())
+                } else {
+                    Err(established)
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(1)); // traffic after the new sessions' first updates
+        let (ok, errors) = stream.finish();
+        assert!(ok > 20, "too few requests made: {ok}");
+        assert!(errors.is_empty(), "requests failed while agents restarted: {errors:?}");
+
+        // node-3 disappears (its link cut, its processes gone, no goodbye): its prefix is
+        // withdrawn everywhere within the hold time (9 s).
+        let t = Instant::now();
+        lab.ip("node-3", &["link", "set", "eth0", "down"]);
+        let kubelet: i32 =
+            std::fs::read_to_string(lab.state().join("nodes/node-3/kubelet.pid")).unwrap().trim().parse().unwrap();
+        kill(kubelet);
+        kill(lab.agent_pid("node-3"));
+        converges("node-3's Pod CIDR to be withdrawn everywhere", Duration::from_secs(15), || {
+            let seen = [
+                lab.birdc(1, &["show", "route"]),
+                lab.birdc(2, &["show", "route"]),
+                bgp_routes(&lab, "node-1"),
+                bgp_routes(&lab, "node-2"),
+            ];
+            match seen.iter().find(|s| s.contains(cidr[2].as_str())) {
+                Some(s) => Err(s.clone()),
+                None => Ok(()),
+            }
+        });
+        let took = t.elapsed();
+        assert!(took < Duration::from_secs(13), "withdrawn after {took:?}, hold time 9 s");
+        lab.down_and_check_clean();
+    });
+}
+
+#[test]
+fn bgp_full_mesh_on_one_segment() {
+    sandboxed("bgp_full_mesh_on_one_segment", |_| {
+        let lab = Lab::up_with(3, &["--backend", "bgp"]);
+        let cidr: Vec<String> = (1..=3).map(|i| lab.pod_cidr(&format!("node-{i}"))).collect();
+        converges("node-1 to learn both peers' Pod CIDRs", Duration::from_secs(10), || {
+            let r = bgp_routes(&lab, "node-1");
+            let ok = r.contains(&format!("{} via 192.168.1.12 dev eth0", cidr[1]))
+                && r.contains(&format!("{} via 192.168.1.13 dev eth0", cidr[2]));
+            if ok { Ok(()) } else { Err(r) }
+        });
+        let status = lab.status();
+        assert!(status.contains("AS 64512, router ID 192.168.1.11, peers: mesh"), "{status}");
+        assert_eq!(status.matches("Established").count(), 6, "3 nodes, 2 sessions each:\n{status}");
+
+        lab.apply(&pods("node-1", "node-3"));
+        let ips = lab.ready_ips(&["client", "server"]);
+        let body = http_get(&lab.pod_netns("client"), &ips[1]).unwrap();
+        assert_eq!(seen_client_ip(&body), ips[0], "{body}");
+
+        // A route deleted by hand comes back.
+        lab.ip("node-1", &["route", "del", &cidr[2]]);
+        converges("the deleted route to come back", Duration::from_secs(5), || {
+            let r = bgp_routes(&lab, "node-1");
+            if r.contains(&cidr[2]) { Ok(()) } else { Err(r) }
+        });
+
+        // Bad settings on the Node: refused with the reason, nothing else changes.
+        let before = bgp_routes(&lab, "node-2");
+        let kubectl = |args: &[&str]| {
+            Command::new("kubectl").env("KUBECONFIG", lab.state().join("kubeconfig")).args(args).output().unwrap()
+        };
+        let out = kubectl(&["annotate", "--overwrite", "node", "node-2", "flatnet.dev/bgp-as=0"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        converges("node-2's condition to name the bad AS", Duration::from_secs(10), || {
+            let out = kubectl(&[
+                "get",
+                "node",
+                "node-2",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='NetworkUnavailable')].message}",
+            ]);
+            let msg = String::from_utf8_lossy(&out.stdout).into_owned();
+            if msg.contains("flatnet.dev/bgp-as: AS 0 is reserved") { Ok(()) } else { Err(msg) }
+        });
+        assert_eq!(bgp_routes(&lab, "node-2"), before, "a refused setting changes nothing");
+        let out = kubectl(&["annotate", "--overwrite", "node", "node-2", "flatnet.dev/bgp-peers=300.1.1.1:65001"]);
+        assert!(out.status.success());
+        converges("node-2's condition to name the bad peer", Duration::from_secs(10), || {
+            let out = kubectl(&[
+                "get",
+                "node",
+                "node-2",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='NetworkUnavailable')].message}",
+            ]);
+            let msg = String::from_utf8_lossy(&out.stdout).into_owned();
+            // The AS is still the first complaint; both are refused.
+            if msg.contains("flatnet.dev/bgp") { Ok(()) } else { Err(msg) }
+        });
+        assert_eq!(bgp_routes(&lab, "node-2"), before, "a refused setting changes nothing");
+        lab.down_and_check_clean();
+    });
+}
+
+#[test]
+fn cross_subnet_vxlan_routes_directly_within_a_rack() {
+    sandboxed("cross_subnet_vxlan_routes_directly_within_a_rack", |_| {
+        let lab = Lab::up_with(3, &["--backend", "vxlan", "--racks", "2", "--cross-subnet"]);
+        let cidr: Vec<String> = (1..=3).map(|i| lab.pod_cidr(&format!("node-{i}"))).collect();
+        let r = lab.ip("node-1", &["route"]);
+        assert!(r.contains(&format!("{} via 192.168.1.13 dev eth0", cidr[2])), "same rack: direct\n{r}");
+        assert!(r.contains(&format!("{} via", cidr[1])) && r.contains("dev flatnet.1"), "other rack: VXLAN\n{r}");
+        lab.apply(&pods("node-1", "node-2"));
+        let ips = lab.ready_ips(&["client", "server"]);
+        let body = http_get(&lab.pod_netns("client"), &ips[1]).unwrap();
+        assert_eq!(seen_client_ip(&body), ips[0], "{body}");
+        lab.down_and_check_clean();
+    });
+}
