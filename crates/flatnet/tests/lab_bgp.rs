@@ -139,7 +139,11 @@ fn bgp_routes_pods_natively_across_racks() {
                 let now = lab.agent_pid(node);
                 let established = lab.birdc(if node == "node-1" { 1 } else { 2 }, &["show", "protocols"]);
                 if now != pid
-                    && established.lines().filter(|l| l.starts_with("node")).all(|l| l.contains("Established"))
+                    && established
+                        .lines()
+                        // Each node's session (node1, node2, …), not the passive template "node".
+                        .filter(|l| l.strip_prefix("node").is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit())))
+                        .all(|l| l.contains("Established"))
                 {
                     Ok(())
                 } else {
