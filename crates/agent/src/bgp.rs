@@ -4,7 +4,7 @@
 //! announces this node's Pod CIDR and nothing else.
 
 use crate::dataplane::BgpRoutes;
-use crate::status::{BgpSessionView, BgpView};
+use crate::status::{BgpRouteView, BgpSessionView, BgpView};
 use flatnet_bgp::{PeerConfig, Snapshot, Speaker, SpeakerConfig};
 use flatnet_model::bgp::{NodeBgp, PeerSpec};
 use flatnet_model::node_network::LearnedRoute;
@@ -133,6 +133,17 @@ impl Bgp {
                     prefixes_sent: s.prefixes_sent as u64,
                     graceful_restart: s.graceful_restart,
                     last_error: s.last_error.clone(),
+                })
+                .collect(),
+            routes: snap
+                .routes
+                .values()
+                .map(|r| BgpRouteView {
+                    prefix: r.prefix.to_string(),
+                    next_hop: r.next_hop.to_string(),
+                    peer: r.peer_name.clone(),
+                    as_path: r.as_path.clone(),
+                    stale: r.stale,
                 })
                 .collect(),
         })

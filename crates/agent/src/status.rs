@@ -77,6 +77,21 @@ pub struct BgpView {
     /// `mesh`, or the peers configured.
     pub peering: String,
     pub sessions: Vec<BgpSessionView>,
+    /// The best route per prefix the speaker learned.
+    #[serde(default)]
+    pub routes: Vec<BgpRouteView>,
+}
+
+/// A route the speaker learned.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BgpRouteView {
+    pub prefix: String,
+    pub next_hop: String,
+    /// The peer's name.
+    pub peer: String,
+    pub as_path: Vec<u32>,
+    /// Kept from before the peer restarted, not yet confirmed.
+    pub stale: bool,
 }
 
 /// The `/status` document.

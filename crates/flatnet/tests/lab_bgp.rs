@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::lab::{Capture, Lab, http_get, seen_client_ip};
+use common::lab::{Capture, Lab, flatnet, http_get, seen_client_ip};
 use common::{converges, sandboxed};
 use std::process::Command;
 use std::sync::Arc;
@@ -121,6 +121,27 @@ fn bgp_routes_pods_natively_across_racks() {
         assert!(!seen.contains(".8472"), "VXLAN on the core:\n{seen}");
         assert!(seen.contains(&format!("{}.", ips[0])) && seen.contains(&format!("> {}.80", ips[1])), "{seen}");
 
+        // `flatnet trace --probe`: the BGP route on node-1 and the peer it came from, each
+        // router's hop as BIRD has it, no encapsulation; the probe agrees.
+        let out = Command::new(flatnet())
+            .args(["lab", "trace", "client", "server:80", "--probe", "--state-dir"])
+            .arg(lab.state())
+            .output()
+            .unwrap();
+        let trace = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{trace}{}", String::from_utf8_lossy(&out.stderr));
+        for want in [
+            "learned by BGP from rack-1: next hop 192.168.1.254",
+            "┌ router-1",
+            "via 192.168.0.2 on core",
+            "┌ router-2",
+            "via 192.168.2.12 on eth0",
+            "probe agrees",
+        ] {
+            assert!(trace.contains(want), "{want:?} missing:\n{trace}");
+        }
+        assert!(!trace.contains("VXLAN"), "{trace}");
+
         // `flatnet status`: the session with the rack's router.
         let status = lab.status();
         assert!(
@@ -209,11 +230,32 @@ fn bgp_full_mesh_on_one_segment() {
             if r.contains(&cidr[2]) { Ok(()) } else { Err(r) }
         });
 
-        // Bad settings on the Node: refused with the reason, nothing else changes.
-        let before = bgp_routes(&lab, "node-2");
+        // A peer that is not there: `doctor` names the session and why it is down.
         let kubectl = |args: &[&str]| {
             Command::new("kubectl").env("KUBECONFIG", lab.state().join("kubeconfig")).args(args).output().unwrap()
         };
+        let out =
+            kubectl(&["annotate", "--overwrite", "node", "node-2", "flatnet.dev/bgp-peers=ghost=192.168.1.99:65001"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        converges("doctor to name the ghost session", Duration::from_secs(20), || {
+            let out = Command::new(flatnet())
+                .args(["lab", "doctor", "--node", "node-2", "--state-dir"])
+                .arg(lab.state())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let line = text.lines().find(|l| l.contains("BGP session with ghost (192.168.1.99)")).unwrap_or("");
+            if line.contains("no route to host") || line.contains("timed out") { Ok(()) } else { Err(text) }
+        });
+        let out = kubectl(&["annotate", "--overwrite", "node", "node-2", "flatnet.dev/bgp-peers=mesh"]);
+        assert!(out.status.success());
+        converges("node-2 back in the mesh", Duration::from_secs(10), || {
+            let r = bgp_routes(&lab, "node-2");
+            if r.contains(&cidr[0]) && r.contains(&cidr[2]) { Ok(()) } else { Err(r) }
+        });
+
+        // Bad settings on the Node: refused with the reason, nothing else changes.
+        let before = bgp_routes(&lab, "node-2");
         let out = kubectl(&["annotate", "--overwrite", "node", "node-2", "flatnet.dev/bgp-as=0"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         converges("node-2's condition to name the bad AS", Duration::from_secs(10), || {

@@ -54,7 +54,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
     }
 }
 
-fn get_status(addr: SocketAddr) -> Result<Snapshot, String> {
+/// The agent's /status document.
+pub fn get_status(addr: SocketAddr) -> Result<Snapshot, String> {
     serde_json::from_str(&http_get(addr, "/status")?).map_err(|e| format!("{addr}/status: {e}"))
 }
 

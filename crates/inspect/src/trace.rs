@@ -40,6 +40,22 @@ impl Scope {
             Scope::Node(me, _) => (me == node).then(|| PathBuf::from(flatnet_kernel::netns::OWN)),
         }
     }
+    /// The lab's rack routers, read from their namespaces and BIRD (none elsewhere).
+    fn routers(&self) -> Vec<trace::RouterFacts> {
+        let Scope::Lab(l) = self else { return Vec::new() };
+        let racks = flatnet_lab::lifecycle::settings::read(l).map_or(1, |s| s.racks);
+        let Ok(birdc) = flatnet_lab::racks::birdc_binary() else { return Vec::new() };
+        if racks < 2 {
+            return Vec::new();
+        }
+        (1..=racks)
+            .filter_map(|rack| {
+                let name = flatnet_lab::racks::router_name(rack);
+                let sock = l.router_dir(rack).join("bird.ctl");
+                flatnet_kernel::netns::run_in(&l.router_ns(rack), || gather::router(&name, &birdc, &sock)).ok()?.ok()
+            })
+            .collect()
+    }
     fn pod_ns(&self, pod: &Pod, ip: Ipv4Addr) -> Option<PathBuf> {
         match self {
             Scope::Lab(l) => pod.metadata.uid.as_deref().map(|u| l.pod_ns(u)).filter(|p| p.exists()),
@@ -227,6 +243,7 @@ pub fn run(
             .with_context(|| format!("read {name}'s network state"))?;
         world.nodes.insert(name.clone(), facts);
     }
+    world.routers = scope.routers();
     // The pods' own side: the source, and every pod the packet may end at.
     let wanted: Vec<Ipv4Addr> = std::iter::once(src_ip)
         .chain(

@@ -2,7 +2,7 @@
 //! and the peer unwraps it; host-gw sends it as it is to the peer node on the shared L2.
 
 use super::hop::{Hop, HopKind};
-use super::world::{NodeFacts, state_word};
+use super::world::{NodeFacts, RouterFacts, state_word};
 use crate::names::format_mac;
 use std::net::Ipv4Addr;
 
@@ -112,9 +112,34 @@ pub(super) fn decap_hop(from: &NodeFacts, dev: u32, rnode: &NodeFacts, rname: &s
     (hop, rd.index)
 }
 
-pub(super) fn direct_hop(at: &str, dev: &str, gw: Ipv4Addr) -> Hop {
+pub(super) fn direct_hop(at: &str, dev: &str, gw: Ipv4Addr, bgp: bool) -> Hop {
     Hop::new(HopKind::Direct, at, format!("sent as it is to {gw} on {dev}: no encapsulation"))
         .fact("device", dev)
         .fact("next_hop", gw)
-        .line("host-gw: every node is on one L2 segment, and each Pod CIDR is routed to its node")
+        .line(if bgp {
+            "bgp: a plain routed packet to the next hop BGP chose (a node, or the rack's router)"
+        } else {
+            "host-gw: every node is on one L2 segment, and each Pod CIDR is routed to its node"
+        })
+}
+
+/// A router on the way: the route its BGP daemon chose for `dst`, and the next hop.
+pub(super) fn router_hop(r: &RouterFacts, dst: Ipv4Addr) -> (Hop, Option<Ipv4Addr>) {
+    let hop = Hop::new(HopKind::Router, &r.name, "routes it on").fact("router", &r.name);
+    let Some(route) = r.routes.iter().filter(|x| x.prefix.contains(&dst)).max_by_key(|x| x.prefix.prefix_len()) else {
+        return (hop.drop(format!("{} has no route to {dst}: BGP brought none", r.name)), None);
+    };
+    let path: Vec<String> = route.as_path.iter().map(u32::to_string).collect();
+    let mut hop = hop.fact("device", &route.dev).line(format!(
+        "birdc show route for {dst}: {} {} on {} [{}{}]",
+        route.prefix,
+        route.via.map(|v| format!("via {v}")).unwrap_or_else(|| "directly connected".into()),
+        route.dev,
+        route.from,
+        if path.is_empty() { String::new() } else { format!(" AS path {}", path.join(" ")) }
+    ));
+    let next = route.via.unwrap_or(dst);
+    hop = hop.fact("next_hop", next);
+    hop.summary = format!("{} via {next} on {} (learned from {})", route.prefix, route.dev, route.from);
+    (hop, Some(next))
 }

@@ -18,6 +18,8 @@ pub enum HopKind {
     PolicyIngress,
     Vxlan,
     Direct,
+    /// A router between the nodes (a rack's top-of-rack router, read from BIRD).
+    Router,
     Decap,
     Deliver,
     Leave,

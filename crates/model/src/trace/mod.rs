@@ -23,7 +23,8 @@ pub use nft::{L4, Packet};
 pub use policy::policy_of_chain;
 pub use walk::build;
 pub use world::{
-    Fdb, LinkFacts, Lookup, LookupKey, Neighbour, NodeFacts, PodFacts, RouteFacts, Target, VxlanFacts, World,
+    BgpRouteFacts, Fdb, LinkFacts, Lookup, LookupKey, Neighbour, NodeFacts, PodFacts, RouteFacts, RouterFacts,
+    RouterRoute, Target, VxlanFacts, World, parse_bird_routes,
 };
 
 #[cfg(test)]

@@ -136,6 +136,8 @@ fn hop_seen(h: &Hop, r: &Report, src_node: &str, reached: Option<&str>) -> Optio
         HopKind::Route | HopKind::Vxlan | HopKind::Leave => seen(packet_with(r, node, dev, false)),
         HopKind::Direct => seen(packet_with(r, node, dev, false)),
         HopKind::Decap => seen(packet_with(r, node, dev, true)),
+        // Routers have no nftables tracing: an answer from beyond them shows the way.
+        HopKind::Router => reached.map(|how| Seen::Seen { evidence: vec![format!("the destination beyond it {how}")] }),
         HopKind::PolicyEgress => policy_seen(r, node, "egress"),
         HopKind::PolicyIngress => policy_seen(r, node, "ingress"),
         HopKind::Deliver => reached.map(|how| Seen::Seen { evidence: vec![format!("the pod {how}")] }),

@@ -50,7 +50,7 @@ pub fn text(t: &Trace, verbose: bool) -> String {
         }
         let probe = h.probe.as_ref().map(|p| format!("  {}", probe_word(p))).unwrap_or_default();
         let _ = writeln!(out, "│ {} {:<15} {}{probe}", mark(&h.step), kind_word(h.kind), h.summary);
-        let always = matches!(h.kind, HopKind::Route | HopKind::Vxlan | HopKind::Dnat);
+        let always = matches!(h.kind, HopKind::Route | HopKind::Vxlan | HopKind::Dnat | HopKind::Router);
         if verbose || always || !matches!(h.step, Step::Pass) {
             for l in &h.state {
                 let _ = writeln!(out, "│     {l}");
@@ -110,6 +110,7 @@ fn kind_word(k: HopKind) -> &'static str {
         HopKind::PolicyIngress => "policy ingress",
         HopKind::Vxlan => "VXLAN encap",
         HopKind::Direct => "direct route",
+        HopKind::Router => "router",
         HopKind::Decap => "VXLAN decap",
         HopKind::Deliver => "deliver",
         HopKind::Leave => "leave",

@@ -31,6 +31,15 @@ pub(super) fn route_hop(node: &NodeFacts, at: &str, p: Packet, iif: Option<u32>)
     ));
     if let Some(r) = node.matched_route(p.dst, l) {
         hop = hop.fact("route", node.route_text(r)).line(format!("matched route: {}", node.route_text(r)));
+        if let Some(b) = node.bgp_routes.iter().find(|b| b.prefix == r.dst) {
+            let path: Vec<String> = b.as_path.iter().map(u32::to_string).collect();
+            hop = hop.fact("bgp_peer", &b.peer).line(format!(
+                "learned by BGP from {}: next hop {}, AS path {} (proto 71)",
+                b.peer,
+                b.next_hop,
+                if path.is_empty() { "(the peer's own AS, iBGP)".to_string() } else { path.join(" ") }
+            ));
+        }
     }
     if node.forwarding == Some(false) {
         return (hop.drop(format!("IP forwarding is off on {at} (net.ipv4.ip_forward=0)")), None);
@@ -66,7 +75,11 @@ pub(super) fn route_hop(node: &NodeFacts, at: &str, p: Packet, iif: Option<u32>)
                     r.oif == Some(oif) && r.gateway == Some(gw) && r.dst.contains(&p.dst) && r.dst.prefix_len() > 0
                 }) =>
             {
-                hop.summary = format!("{} via {gw} dev {name} (direct route to the node)", p.dst);
+                hop.summary = if hop.facts.contains_key("bgp_peer") {
+                    format!("{} via {gw} dev {name} (learned by BGP)", p.dst)
+                } else {
+                    format!("{} via {gw} dev {name} (direct route to the node)", p.dst)
+                };
                 Way::Direct(gw)
             }
             _ => {

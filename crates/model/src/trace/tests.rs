@@ -318,3 +318,84 @@ fn without_the_pods_namespace_the_trace_goes_on_from_the_bridge() {
     assert_eq!(v.facts["bridge"], "cni0");
     assert!(matches!(t.verdict, Verdict::Delivered { .. }), "{}", render::text(&t, true));
 }
+
+#[test]
+fn bgp_across_racks_shows_the_peer_the_route_came_from_and_each_router() {
+    // node-1 (192.168.1.2) reaches node-2's Pod CIDR through rack 1's router and the core.
+    let mut w = world(SERVER, 8080);
+    let n1 = w.nodes.get_mut("node-1").unwrap();
+    n1.links.retain(|l| l.vxlan.is_none());
+    n1.routes[1] =
+        RouteFacts { dst: "10.244.2.0/24".parse().unwrap(), gateway: Some(ip("192.168.1.254")), oif: Some(2) };
+    n1.lookups[0].1 =
+        Lookup { kind: "unicast".into(), oif: Some(2), gateway: Some(ip("192.168.1.254")), prefsrc: None };
+    n1.bgp_routes = vec![BgpRouteFacts {
+        prefix: "10.244.2.0/24".parse().unwrap(),
+        next_hop: ip("192.168.1.254"),
+        peer: "rack-1".into(),
+        as_path: vec![65001, 65002, 64514],
+    }];
+    let n2 = w.nodes.get_mut("node-2").unwrap();
+    n2.underlay_ip = Some(ip("192.168.2.3"));
+    n2.links[0] = link(2, "eth0", "veth", None, &["192.168.2.3/24"]);
+    n2.links.retain(|l| l.vxlan.is_none());
+    n2.lookups = vec![(
+        (Some(ip(CLIENT)), ip(SERVER), Some(2)),
+        Lookup { kind: "unicast".into(), oif: Some(3), gateway: None, prefsrc: None },
+    )];
+    let bird = |text: &str| parse_bird_routes(text);
+    w.routers = vec![
+        RouterFacts {
+            name: "router-1".into(),
+            addrs: vec![ip("192.168.1.254"), ip("192.168.0.1")],
+            routes: bird(
+                "Table master4:\n10.244.2.0/24        unicast [rack2 09:47:00.874] * (100) [AS64514i]\n\tvia 192.168.0.2 on core\n\tType: BGP univ\n\tBGP.as_path: 65002 64514\n",
+            ),
+        },
+        RouterFacts {
+            name: "router-2".into(),
+            addrs: vec![ip("192.168.2.254"), ip("192.168.0.2")],
+            routes: bird(
+                "10.244.2.0/24        unicast [node1 09:47:00.874] * (100) [AS64514i]\n\tvia 192.168.2.3 on eth0\n\tBGP.as_path: 64514\n                     unicast [node9 09:47:00.874] (100) [AS64599i]\n\tvia 192.168.2.9 on eth0\n",
+            ),
+        },
+    ];
+    let t = build(&w);
+    use HopKind::*;
+    assert_eq!(
+        kinds(&t),
+        vec![
+            Pod,
+            Veth,
+            Bridge,
+            Route,
+            PolicyEgress,
+            Direct,
+            Router,
+            Router,
+            Route,
+            PolicyIngress,
+            Bridge,
+            Veth,
+            Deliver
+        ],
+        "{}",
+        render::text(&t, true)
+    );
+    assert_eq!(t.verdict, Verdict::Delivered { to: "pod default/server".into() });
+    let r = hop(&t, Route);
+    assert_eq!(r.facts["bgp_peer"], "rack-1");
+    let text = render::text(&t, true);
+    assert!(text.contains("learned by BGP from rack-1: next hop 192.168.1.254, AS path 65001 65002 64514"), "{text}");
+    assert!(text.contains("10.244.2.0/24 via 192.168.0.2 on core (learned from rack2)"), "{text}");
+    assert!(text.contains("10.244.2.0/24 via 192.168.2.3 on eth0 (learned from node1)"), "{text}");
+    assert!(!text.contains("VXLAN"), "no encapsulation: {text}");
+    // A router without a route drops it, and says so.
+    w.routers[1].routes.clear();
+    let t = build(&w);
+    assert!(
+        matches!(&t.verdict, Verdict::Dropped { by, .. } if by.contains("router-2 has no route")),
+        "{:?}",
+        t.verdict
+    );
+}

@@ -2,7 +2,7 @@
 //! (pod, veth, bridge, Service DNAT, route, policy, the crossing to the next node,
 //! delivery), stopping at the first hop that drops it or cannot be read.
 
-use super::backend::{decap_hop, direct_hop, vxlan_hop};
+use super::backend::{decap_hop, direct_hop, router_hop, vxlan_hop};
 use super::hop::{Hop, HopKind, Step, Trace, Verdict};
 use super::nft::{L4, Packet};
 use super::pod::{bridge_hop, pod_hop, veth_hop};
@@ -12,6 +12,9 @@ use super::service::dnat_hop;
 use super::world::{NodeFacts, Target, World, link_line};
 use crate::policy::Direction;
 use std::net::Ipv4Addr;
+
+/// The most routers a path crosses before the trace gives up (a loop).
+const MAX_ROUTERS: usize = 8;
 
 /// Walks the packet through `w` as the kernel would, a hop at a time, and stops at the
 /// first hop that drops it (or that cannot be read).
@@ -128,10 +131,18 @@ fn walk(w: &World, p: Packet, path: &mut Walk) -> Result<Verdict, Verdict> {
             outer.expect("a passing VXLAN hop names the outer destination")
         }
         Way::Direct(gw) => {
-            let dev =
-                path.hops.iter().rev().find(|h| h.kind == HopKind::Route).and_then(|h| h.facts.get("device").cloned());
-            let dev = dev.unwrap_or_default();
-            path.add(direct_hop(&node_name, &dev, gw))?;
+            let route = path.hops.iter().rev().find(|h| h.kind == HopKind::Route);
+            let dev = route.and_then(|h| h.facts.get("device").cloned()).unwrap_or_default();
+            let bgp = route.is_some_and(|h| h.facts.contains_key("bgp_peer"));
+            path.add(direct_hop(&node_name, &dev, gw, bgp))?;
+            // Through the routers on the way (a rack's, the core's), to the next node.
+            let mut gw = gw;
+            for _ in 0..MAX_ROUTERS {
+                let Some(r) = w.routers.iter().find(|r| r.addrs.contains(&gw)) else { break };
+                let (hop, next) = router_hop(r, dst);
+                path.add(hop)?;
+                gw = next.expect("a passing router hop names its next hop");
+            }
             gw
         }
     };

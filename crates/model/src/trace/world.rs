@@ -85,6 +85,72 @@ pub struct NodeFacts {
     pub proxy: Option<nft::Table>,
     /// Table `ip flatnet-policy`, when present.
     pub policy: Option<nft::Table>,
+    /// What the node's agent learned by BGP (backend bgp).
+    pub bgp_routes: Vec<BgpRouteFacts>,
+}
+
+/// A route a node's agent learned by BGP: from which peer, through which ASes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BgpRouteFacts {
+    pub prefix: Ipv4Net,
+    pub next_hop: Ipv4Addr,
+    pub peer: String,
+    pub as_path: Vec<u32>,
+}
+
+/// A router between nodes (a rack's top-of-rack router): its addresses and the routes
+/// its BGP daemon chose, as `birdc show route all` lists them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RouterFacts {
+    pub name: String,
+    pub addrs: Vec<Ipv4Addr>,
+    pub routes: Vec<RouterRoute>,
+}
+
+/// One of a router's chosen routes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouterRoute {
+    pub prefix: Ipv4Net,
+    /// The next hop, or None for a directly connected subnet.
+    pub via: Option<Ipv4Addr>,
+    pub dev: String,
+    /// The protocol instance it came from (a BGP session's name, `direct1`, …).
+    pub from: String,
+    pub as_path: Vec<u32>,
+}
+
+/// The primary routes in `birdc show route all` output.
+pub fn parse_bird_routes(text: &str) -> Vec<RouterRoute> {
+    let mut out: Vec<RouterRoute> = Vec::new();
+    let mut current: Option<RouterRoute> = None;
+    for line in text.lines() {
+        if !line.starts_with(char::is_whitespace) {
+            // `10.244.0.0/24   unicast [node1 09:46:58.844] * (100) [AS64513i]`: a new prefix.
+            out.extend(current.take());
+            let mut words = line.split_whitespace();
+            let Some(prefix) = words.next().and_then(|w| w.parse::<Ipv4Net>().ok()) else { continue };
+            let from = line.split('[').nth(1).and_then(|x| x.split_whitespace().next()).unwrap_or("").to_string();
+            current = Some(RouterRoute { prefix, via: None, dev: String::new(), from, as_path: Vec::new() });
+            continue;
+        }
+        let Some(r) = current.as_mut() else { continue };
+        let l = line.trim();
+        if let Some(rest) = l.strip_prefix("via ") {
+            // `via 192.168.0.2 on core`
+            let mut w = rest.split_whitespace();
+            r.via = w.next().and_then(|v| v.parse().ok());
+            r.dev = w.nth(1).unwrap_or("").to_string();
+        } else if let Some(dev) = l.strip_prefix("dev ") {
+            r.dev = dev.trim().to_string();
+        } else if let Some(path) = l.strip_prefix("BGP.as_path:") {
+            r.as_path = path.split_whitespace().filter_map(|a| a.parse().ok()).collect();
+        } else if l.starts_with("unicast") {
+            // An alternative route for the same prefix: only the primary is used.
+            out.extend(current.take());
+        }
+    }
+    out.extend(current);
+    out
 }
 
 impl NodeFacts {
@@ -159,6 +225,8 @@ pub struct World {
     pub chosen: Option<(Ipv4Addr, u16)>,
     /// Every node's underlay address, visible or not (from the API).
     pub node_ips: BTreeMap<Ipv4Addr, String>,
+    /// Routers between the nodes, when they can be read (the lab's rack routers).
+    pub routers: Vec<RouterFacts>,
 }
 
 pub(super) fn link_line(l: &LinkFacts) -> String {
