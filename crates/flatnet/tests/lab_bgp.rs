@@ -304,3 +304,28 @@ fn cross_subnet_vxlan_routes_directly_within_a_rack() {
         lab.down_and_check_clean();
     });
 }
+
+/// `lab demo --racks 2 --backend bgp`: every check passes across the racks, and the
+/// routers' tables hold each node's Pod CIDR.
+#[test]
+fn the_demo_across_racks_with_bgp() {
+    sandboxed("the_demo_across_racks_with_bgp", |_| {
+        let dir = tempfile::tempdir().unwrap();
+        let port = common::lab::free_port();
+        let out = Command::new(flatnet())
+            .args(["lab", "demo", "--racks", "2", "--backend", "bgp", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let _ = Command::new(flatnet()).args(["lab", "down", "--state-dir"]).arg(dir.path()).output();
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        let checks: Vec<&str> = text.lines().filter(|l| l.contains(" PASS ") || l.contains(" FAIL ")).collect();
+        assert_eq!(checks.len(), 7, "{text}");
+        assert!(checks.iter().all(|l| l.contains(" PASS ")), "{text}");
+        assert!(text.contains("(proto 71, learned by BGP): routed natively, no encapsulation"), "{text}");
+        let table = text.split("the racks' routers").nth(1).unwrap_or("");
+        assert_eq!(table.lines().filter(|l| l.contains(" via ") && l.contains("AS path")).count(), 6, "{text}");
+    });
+}

@@ -198,3 +198,19 @@ pub fn router(
     let routes = flatnet_model::trace::parse_bird_routes(&String::from_utf8_lossy(&out.stdout));
     Ok(flatnet_model::trace::RouterFacts { name: name.into(), addrs, routes })
 }
+
+/// The lab's rack routers (none on a lab of one segment, or without BIRD's client).
+pub fn lab_routers(layout: &flatnet_lab::layout::Layout) -> Vec<flatnet_model::trace::RouterFacts> {
+    let racks = flatnet_lab::lifecycle::settings::read(layout).map_or(1, |s| s.racks);
+    let Ok(birdc) = flatnet_lab::racks::birdc_binary() else { return Vec::new() };
+    if racks < 2 {
+        return Vec::new();
+    }
+    (1..=racks)
+        .filter_map(|rack| {
+            let name = flatnet_lab::racks::router_name(rack);
+            let sock = layout.router_dir(rack).join("bird.ctl");
+            netns::run_in(&layout.router_ns(rack), || router(&name, &birdc, &sock)).ok()?.ok()
+        })
+        .collect()
+}

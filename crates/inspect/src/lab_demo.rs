@@ -94,9 +94,10 @@ pub fn check(layout: &Layout, backend: &str, d: &Deployed, applied: impl FnMut(&
     let route = peer_route(&node1, server_ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED));
     let path = match backend {
         "vxlan" => format!(
-            "{route}: encapsulated in VXLAN (UDP 8472) to node-2's 192.168.1.12; {} packet(s) through flatnet.1",
+            "{route}: encapsulated in VXLAN (UDP 8472) to node-2; {} packet(s) through flatnet.1",
             after.zip(before).map(|(a, b)| a.saturating_sub(b)).unwrap_or(0)
         ),
+        "bgp" => format!("{route} (proto 71, learned by BGP): routed natively, no encapsulation"),
         _ => format!("{route}: routed as is over the underlay, no encapsulation"),
     };
     rows.push(("client (node-1) → server (node-2)".into(), cross.is_ok(), path));
@@ -254,4 +255,15 @@ fn peer_route(node_ns: &std::path::Path, ip: Ipv4Addr) -> String {
         Some(format!("route {} via {} dev {dev}{}", r.dst, r.via, if r.onlink { " onlink" } else { "" }))
     });
     found.ok().flatten().unwrap_or_else(|| format!("no flatnet route to {ip}"))
+}
+
+/// The lab's rack routers and their routes to Pod CIDRs, as BIRD has them (none on a lab
+/// of one segment).
+pub fn router_tables(layout: &Layout) -> Vec<flatnet_model::trace::RouterFacts> {
+    let Ok(pods) = flatnet_lab::pod_network::CLUSTER_CIDR.parse::<ipnet::Ipv4Net>() else { return Vec::new() };
+    let mut routers = crate::gather::lab_routers(layout);
+    for r in &mut routers {
+        r.routes.retain(|x| pods.contains(&x.prefix));
+    }
+    routers
 }

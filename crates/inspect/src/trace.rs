@@ -42,19 +42,10 @@ impl Scope {
     }
     /// The lab's rack routers, read from their namespaces and BIRD (none elsewhere).
     fn routers(&self) -> Vec<trace::RouterFacts> {
-        let Scope::Lab(l) = self else { return Vec::new() };
-        let racks = flatnet_lab::lifecycle::settings::read(l).map_or(1, |s| s.racks);
-        let Ok(birdc) = flatnet_lab::racks::birdc_binary() else { return Vec::new() };
-        if racks < 2 {
-            return Vec::new();
+        match self {
+            Scope::Lab(l) => gather::lab_routers(l),
+            Scope::Node(..) => Vec::new(),
         }
-        (1..=racks)
-            .filter_map(|rack| {
-                let name = flatnet_lab::racks::router_name(rack);
-                let sock = l.router_dir(rack).join("bird.ctl");
-                flatnet_kernel::netns::run_in(&l.router_ns(rack), || gather::router(&name, &birdc, &sock)).ok()?.ok()
-            })
-            .collect()
     }
     fn pod_ns(&self, pod: &Pod, ip: Ipv4Addr) -> Option<PathBuf> {
         match self {
