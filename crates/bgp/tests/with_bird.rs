@@ -100,7 +100,9 @@ struct Lab {
     dir: tempfile::TempDir,
 }
 
-fn bird_config(restart_time: u16) -> String {
+/// BIRD's configuration: `bird_as` for BIRD's own AS (65001 makes the session iBGP),
+/// `extra` for more lines in the BGP protocol, `channel` for more in its ipv4 channel.
+fn bird_config(bird_as: u32, extra: &str, channel: &str) -> String {
     format!(
         "log stderr all;
 router id {BIRD_IP};
@@ -110,7 +112,7 @@ protocol static static1 {{
   route {BIRD_PREFIX} blackhole;
 }}
 protocol bgp flat {{
-  local {BIRD_IP} as 65000;
+  local {BIRD_IP} as {bird_as};
   neighbor {OUR_IP} as 65001;
   hold time 9;
   keepalive time 3;
@@ -118,8 +120,9 @@ protocol bgp flat {{
   connect retry time 1;
   error wait time 1, 2;
   graceful restart on;
-  graceful restart time {restart_time};
-  ipv4 {{ import all; export all; }};
+  graceful restart time 120;
+{extra}
+  ipv4 {{ import all; export all; {channel} }};
 }}
 "
     )
@@ -127,6 +130,10 @@ protocol bgp flat {{
 
 impl Lab {
     fn new(test: &str) -> Lab {
+        Lab::with_config(test, &bird_config(65000, "", ""))
+    }
+
+    fn with_config(test: &str, config: &str) -> Lab {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let base = format!("fnbgp-{}-{n}-{test}", std::process::id());
@@ -140,7 +147,7 @@ impl Lab {
         run(&["ip", "-n", s, "link", "set", "vs", "up"]);
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("bird.conf");
-        std::fs::write(&conf, bird_config(120)).unwrap();
+        std::fs::write(&conf, config).unwrap();
         let socket = dir.path().join("bird.ctl");
         let log = File::create(dir.path().join("bird.log")).unwrap();
         let child = Command::new("ip")
@@ -154,7 +161,9 @@ impl Lab {
             .expect("start bird");
         let bird = Bird { child, socket };
         let lab = Lab { bird, speaker_ns, _bird_ns: bird_ns, dir };
-        lab.wait_for("BIRD's control socket", 5, || lab.bird.birdc("show status").contains("Daemon is up"));
+        let up = lab.wait(5, || lab.bird.birdc("show status").contains("Daemon is up"));
+        let log = std::fs::read_to_string(lab.dir.path().join("bird.log")).unwrap_or_default();
+        assert!(up, "BIRD did not start:\n{log}");
         lab
     }
 
@@ -178,12 +187,16 @@ impl Lab {
         }
     }
 
-    fn wait_for(&self, what: &str, secs: u64, cond: impl Fn() -> bool) {
+    /// Polls `cond` every 20 ms for up to `secs` seconds; whether it came true.
+    fn wait(&self, secs: u64, cond: impl Fn() -> bool) -> bool {
         let until = Instant::now() + Duration::from_secs(secs);
         while !cond() {
-            assert!(Instant::now() < until, "timed out waiting for {what}");
+            if Instant::now() >= until {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 }
 
@@ -361,6 +374,35 @@ fn graceful_restart_keeps_our_route_in_bird() {
         })
         .await;
         assert!(snap(&rx).routes.contains_key(&net(BIRD_PREFIX)));
+        speaker.shutdown().await;
+    });
+}
+
+#[test]
+fn ibgp_with_a_passive_bird() {
+    skip_unless_able!("ibgp_with_a_passive_bird");
+    // iBGP is multihop to BIRD (next hops resolved recursively) unless marked `direct`.
+    let config = bird_config(65001, "  direct;\n  passive on;", "");
+    let lab = Arc::new(Lab::with_config("ibgp", &config));
+    let l = Arc::clone(&lab);
+    lab.in_speaker_ns(move || async move {
+        let bird = &l.bird;
+        let speaker = Speaker::start(speaker_config(false)).await.unwrap();
+        speaker.set_prefixes(vec![net(OUR_PREFIX)]);
+        speaker.set_peers(bird_peer(65001));
+        let rx = speaker.subscribe();
+        eventually("BIRD's prefix learned over iBGP", 15, || {
+            snap(&rx).routes.get(&net(BIRD_PREFIX)).is_some_and(|r| r.as_path.is_empty() && r.next_hop == BIRD_IP)
+        })
+        .await;
+        eventually("BIRD learns our prefix with LOCAL_PREF 100 and an empty AS path", 5, || {
+            bird.route(OUR_PREFIX).is_some_and(|r| {
+                r.contains("via 10.0.0.2") && r.contains("BGP.local_pref: 100") && r.contains("BGP.as_path: \n")
+            })
+        })
+        .await;
+        let protocol = bird.birdc("show protocols all flat");
+        assert!(protocol.contains("Session:          internal"), "{protocol}");
         speaker.shutdown().await;
     });
 }
