@@ -423,7 +423,9 @@ impl Session {
         if let Some(at) = self.keepalive_at.filter(|t| now >= *t) {
             out.push(Action::Send(Message::Keepalive));
             let interval = keepalive_interval(self.hold_time);
-            self.keepalive_at = Some(at.max(now - interval) + interval);
+            // After a stall, send the next one an interval from now, not a burst to catch up.
+            let next = now.checked_sub(interval).map_or(at, |t| at.max(t)) + interval;
+            self.keepalive_at = Some(next);
         }
     }
 
