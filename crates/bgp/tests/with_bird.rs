@@ -63,6 +63,23 @@ struct Bird {
 }
 
 impl Bird {
+    /// Starts BIRD in namespace `ns` with `dir/bird.conf`, logging to `dir/bird.log`.
+    fn spawn(ns: &str, dir: &Path, extra_args: &[&str]) -> Bird {
+        let socket = dir.join("bird.ctl");
+        let log = File::options().create(true).append(true).open(dir.join("bird.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "bird", "-f", "-c"])
+            .arg(dir.join("bird.conf"))
+            .arg("-s")
+            .arg(&socket)
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start bird");
+        Bird { child, socket }
+    }
+
     fn pid(&self) -> Pid {
         Pid::from_raw(i32::try_from(self.child.id()).unwrap())
     }
@@ -96,7 +113,7 @@ impl Drop for Bird {
 struct Lab {
     bird: Bird,
     speaker_ns: NetNs,
-    _bird_ns: NetNs,
+    bird_ns: NetNs,
     dir: tempfile::TempDir,
 }
 
@@ -148,19 +165,8 @@ impl Lab {
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("bird.conf");
         std::fs::write(&conf, config).unwrap();
-        let socket = dir.path().join("bird.ctl");
-        let log = File::create(dir.path().join("bird.log")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", b, "bird", "-f", "-c"])
-            .arg(&conf)
-            .arg("-s")
-            .arg(&socket)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start bird");
-        let bird = Bird { child, socket };
-        let lab = Lab { bird, speaker_ns, _bird_ns: bird_ns, dir };
+        let bird = Bird::spawn(b, dir.path(), &[]);
+        let lab = Lab { bird, speaker_ns, bird_ns, dir };
         let up = lab.wait(5, || lab.bird.birdc("show status").contains("Daemon is up"));
         let log = std::fs::read_to_string(lab.dir.path().join("bird.log")).unwrap_or_default();
         assert!(up, "BIRD did not start:\n{log}");
@@ -403,6 +409,42 @@ fn ibgp_with_a_passive_bird() {
         .await;
         let protocol = bird.birdc("show protocols all flat");
         assert!(protocol.contains("Session:          internal"), "{protocol}");
+        speaker.shutdown().await;
+    });
+}
+
+#[test]
+fn bird_restart_keeps_its_routes_here_as_stale() {
+    skip_unless_able!("bird_restart_keeps_its_routes_here_as_stale");
+    let lab = Arc::new(Lab::new("birdgr"));
+    let l = Arc::clone(&lab);
+    lab.in_speaker_ns(move || async move {
+        let (speaker, rx) = start(false).await;
+        eventually("BIRD's prefix learned", 15, || {
+            let s = snap(&rx);
+            s.synced && s.routes.contains_key(&net(BIRD_PREFIX))
+        })
+        .await;
+        // BIRD crashes: the kernel closes its connection, no NOTIFICATION.
+        kill(l.bird.pid(), Signal::SIGKILL).unwrap();
+        eventually("BIRD's route kept as stale", 5, || {
+            let s = snap(&rx);
+            s.sessions[0].state != State::Established && s.routes.get(&net(BIRD_PREFIX)).is_some_and(|r| r.stale)
+        })
+        .await;
+        // BIRD comes back in graceful restart recovery (-R): R and F bits in its OPEN.
+        let bird = Bird::spawn(&l.bird_ns.0, l.dir.path(), &["-R"]);
+        eventually("BIRD's route fresh again, never gone in between", 15, || {
+            let s = snap(&rx);
+            let route = s.routes.get(&net(BIRD_PREFIX)).expect("BIRD's route vanished during its restart");
+            s.sessions[0].state == State::Established && !route.stale
+        })
+        .await;
+        // Had BIRD not said it preserved forwarding, we would have dropped the stale route
+        // at its OPEN (RFC 4724 §4.2) rather than waiting for its End-of-RIB.
+        let protocol = bird.birdc("show protocols all flat");
+        let local = protocol.split("Neighbor capabilities").next().unwrap_or_default();
+        assert!(local.contains("Restart recovery") && local.contains("AF preserved: ipv4"), "{protocol}");
         speaker.shutdown().await;
     });
 }
