@@ -2,14 +2,15 @@
 //! I/O and clocks: the driver feeds it `Event`s with the current time and carries out the
 //! `Action`s it returns. It owns the routes learned from its peer.
 
+mod routes;
 mod words;
 
 #[cfg(test)]
 mod tests;
 
 use crate::wire::{
-    AFI_IPV4, AsSegment, Capability, DecodeError, GrFamily, GracefulRestart, Message, Notification, Open, Origin,
-    PathAttributes, SAFI_UNICAST, Update, cease, error_code,
+    AFI_IPV4, Capability, DecodeError, GrFamily, GracefulRestart, Message, Notification, Open, SAFI_UNICAST, Update,
+    cease, error_code,
 };
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,8 +21,6 @@ use tracing::{info, warn};
 
 /// How long to wait for the peer's OPEN once connected (RFC 4271 suggests 4 minutes).
 const OPEN_HOLD: Duration = Duration::from_secs(240);
-/// Prefixes per UPDATE: 400 × 5 bytes stays well under 4096.
-const PREFIXES_PER_UPDATE: usize = 400;
 
 /// What one session is configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -383,24 +382,6 @@ impl Session {
         self.wait_retry(now);
     }
 
-    fn drop_routes(&mut self, out: &mut Vec<Action>) {
-        self.stale_until = None;
-        if !self.routes.is_empty() {
-            self.routes.clear();
-            out.push(Action::RoutesChanged);
-        }
-    }
-
-    fn drop_stale(&mut self, out: &mut Vec<Action>) {
-        self.stale_until = None;
-        let before = self.routes.len();
-        self.routes.retain(|_, r| !r.stale);
-        if self.routes.len() != before {
-            info!(peer = %self.cfg.peer, removed = before - self.routes.len(), "BGP stale routes removed");
-            out.push(Action::RoutesChanged);
-        }
-    }
-
     fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
         if !self.synced && now >= self.sync_deadline() {
             self.synced = true;
@@ -423,7 +404,9 @@ impl Session {
         if let Some(at) = self.keepalive_at.filter(|t| now >= *t) {
             out.push(Action::Send(Message::Keepalive));
             let interval = keepalive_interval(self.hold_time);
-            self.keepalive_at = Some(at.max(now - interval) + interval);
+            // After a stall, send the next one an interval from now, not a burst to catch up.
+            let next = at + interval;
+            self.keepalive_at = Some(if next > now { next } else { now + interval });
         }
     }
 
@@ -519,87 +502,6 @@ impl Session {
             // A peer without graceful restart may never send End-of-RIB.
             self.synced = true;
         }
-    }
-
-    fn update_received(&mut self, update: Update, out: &mut Vec<Action>) {
-        if update.is_end_of_rib() {
-            info!(peer = %self.cfg.peer, "BGP End-of-RIB received");
-            self.synced = true;
-            if self.awaiting_eor {
-                self.awaiting_eor = false;
-                self.drop_stale(out);
-            }
-            return;
-        }
-        let mut changed = false;
-        for prefix in &update.withdrawn {
-            changed |= self.routes.remove(prefix).is_some();
-        }
-        let attrs = &update.attributes;
-        let as_path: Vec<u32> = attrs
-            .as_path
-            .iter()
-            .flatten()
-            .flat_map(|seg| match seg {
-                AsSegment::Sequence(a) | AsSegment::Set(a) => a.iter().copied(),
-            })
-            .collect();
-        let looped = as_path.contains(&self.cfg.local_as);
-        for prefix in &update.nlri {
-            if looped {
-                changed |= self.routes.remove(prefix).is_some();
-            } else if let Some(next_hop) = attrs.next_hop {
-                let route = LearnedRoute { next_hop, as_path: as_path.clone(), stale: false };
-                changed |= self.routes.insert(*prefix, route.clone()) != Some(route);
-            }
-        }
-        if changed {
-            out.push(Action::RoutesChanged);
-        }
-    }
-
-    fn set_prefixes(&mut self, prefixes: BTreeSet<Ipv4Net>, out: &mut Vec<Action>) {
-        if prefixes == self.announce {
-            return;
-        }
-        let hides_learned = |set: &BTreeSet<Ipv4Net>| set.iter().filter(|p| self.routes.contains_key(p)).count();
-        let learned_visibility_changed = hides_learned(&prefixes) != 0 || hides_learned(&self.announce) != 0;
-        self.announce = prefixes;
-        if learned_visibility_changed {
-            out.push(Action::RoutesChanged);
-        }
-        if self.state != State::Established {
-            return;
-        }
-        let gone: Vec<Ipv4Net> = self.sent.difference(&self.announce).copied().collect();
-        let new: Vec<Ipv4Net> = self.announce.difference(&self.sent).copied().collect();
-        for chunk in gone.chunks(PREFIXES_PER_UPDATE) {
-            out.push(Action::Send(Message::Update(Update { withdrawn: chunk.to_vec(), ..Update::default() })));
-        }
-        out.extend(self.announcements(&new).into_iter().map(Action::Send));
-        self.sent = self.announce.clone();
-    }
-
-    /// UPDATEs announcing `prefixes` with next hop self.
-    fn announcements(&self, prefixes: &[Ipv4Net]) -> Vec<Message> {
-        let Some(next_hop) = self.local_addr else {
-            return Vec::new();
-        };
-        let ibgp = self.cfg.local_as == self.cfg.remote_as;
-        let attributes = PathAttributes {
-            origin: Some(Origin::Igp),
-            as_path: Some(if ibgp { Vec::new() } else { vec![AsSegment::Sequence(vec![self.cfg.local_as])] }),
-            next_hop: Some(next_hop),
-            med: None,
-            local_pref: ibgp.then_some(100),
-            other: Vec::new(),
-        };
-        prefixes
-            .chunks(PREFIXES_PER_UPDATE)
-            .map(|chunk| {
-                Message::Update(Update { withdrawn: Vec::new(), attributes: attributes.clone(), nlri: chunk.to_vec() })
-            })
-            .collect()
     }
 }
 

@@ -42,6 +42,22 @@ async fn eventually(rx: &watch::Receiver<Arc<Snapshot>>, secs: u64, what: &str, 
     }
 }
 
+/// TCP connections established between the two speakers, as `ss` lists them.
+fn connections_between(a: SocketAddr, b: SocketAddr) -> usize {
+    let out = std::process::Command::new("ss").args(["-Htn", "state", "established"]).output().expect("run ss");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (a, b) = (a.to_string(), b.to_string());
+    // Each connection is listed once per end; count A's ends: A connected to B's listener,
+    // or B connected to A's.
+    text.lines()
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (local, peer) = (cols[2], cols[3]);
+            peer == b || local == a
+        })
+        .count()
+}
+
 fn established(s: &Snapshot) -> bool {
     !s.sessions.is_empty() && s.sessions.iter().all(|s| s.state == State::Established)
 }
@@ -79,6 +95,7 @@ async fn two_speakers_exchange_routes_and_survive_a_restart() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let s = rx_a.borrow().sessions[0].clone();
     assert_eq!((s.state, s.since, s.prefixes_received, s.prefixes_sent), (State::Established, since, 1, 1));
+    assert_eq!(connections_between(addr_a, addr_b), 1, "collision resolution must leave one connection");
 
     // Withdrawal, then announce again.
     b.set_prefixes(vec![]);

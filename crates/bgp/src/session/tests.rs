@@ -1,7 +1,7 @@
 //! The state machine driven by events alone: no sockets, no clock.
 
 use super::*;
-use crate::wire::{GrFamily, Update};
+use crate::wire::{AsSegment, GrFamily, Origin, PathAttributes, Update};
 use std::time::Duration;
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(192, 168, 2, 10);
@@ -351,4 +351,63 @@ fn synced_after_restart_time_when_the_peer_never_comes_up() {
     assert!(!s.synced());
     s.handle(t0 + Duration::from_secs(60), Event::Tick);
     assert!(s.synced());
+}
+
+mod arbitrary_events {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_event() -> impl Strategy<Value = (u64, Event)> {
+        let event = prop_oneof![
+            Just(Event::Start),
+            Just(Event::TcpConnected { local_addr: LOCAL }),
+            Just(Event::TcpFailed(io::ErrorKind::ConnectionRefused)),
+            Just(Event::TcpClosed),
+            Just(Event::Tick),
+            Just(Event::Stop { subcode: 2 }),
+            Just(Event::SetPrefixes([net("10.244.1.0/24")].into())),
+            Just(Event::SetPrefixes(BTreeSet::new())),
+            Just(Event::Received(Message::Keepalive)),
+            Just(Event::Received(peer_open(65002, 9, gr(30, true)))),
+            Just(Event::Received(peer_open(65002, 0, None))),
+            Just(Event::Received(peer_open(65009, 9, None))),
+            Just(Event::Received(announce("10.244.2.0/24", vec![65002]))),
+            Just(Event::Received(announce("10.244.1.0/24", vec![65002]))),
+            Just(Event::Received(Message::Update(Update::end_of_rib()))),
+            Just(Event::Received(Message::Notification(Notification::new(6, 7)))),
+            Just(Event::Received(Message::RouteRefresh { afi: 1, safi: 1 })),
+        ];
+        (0u64..20_000, event)
+    }
+
+    proptest! {
+        /// Whatever the order of events, the machine does not panic, sends only on a
+        /// connection, never shows a route for a prefix we announce ourselves, and a tick
+        /// leaves nothing due.
+        #[test]
+        fn any_event_sequence_keeps_the_invariants(events in proptest::collection::vec(arb_event(), 0..60)) {
+            let mut now = Instant::now();
+            let mut s = Session::new(cfg(65002), now);
+            for (ms, event) in events {
+                now += Duration::from_millis(ms);
+                let was_connected = s.connected();
+                let tick = event == Event::Tick;
+                let actions = s.handle(now, event);
+                if !was_connected && !s.connected() {
+                    prop_assert!(sent(&actions).is_empty(), "sent without a connection: {actions:?}");
+                }
+                prop_assert!(s.routes().all(|(p, _)| !s.announce.contains(p)));
+                if s.state() == State::Idle {
+                    prop_assert_eq!(s.prefixes_received(), 0);
+                }
+                if s.state() != State::Established {
+                    prop_assert_eq!(s.prefixes_sent(), 0);
+                }
+                if tick {
+                    // A tick handles everything due: the driver never spins.
+                    prop_assert!(s.next_deadline().is_none_or(|d| d > now), "still due after a tick: {s:?}");
+                }
+            }
+        }
+    }
 }
