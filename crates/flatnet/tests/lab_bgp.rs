@@ -325,7 +325,7 @@ fn the_demo_across_racks_with_bgp() {
         assert_eq!(checks.len(), 7, "{text}");
         assert!(checks.iter().all(|l| l.contains(" PASS ")), "{text}");
         assert!(text.contains("(proto 71, learned by BGP): routed natively, no encapsulation"), "{text}");
-        let table = text.split("the racks' routers").nth(1).unwrap_or("");
+        let table = text.split("the racks' routers (BIRD 2)").nth(1).unwrap_or("");
         assert_eq!(table.lines().filter(|l| l.contains(" via ") && l.contains("AS path")).count(), 6, "{text}");
     });
 }

@@ -143,6 +143,8 @@ filter pods_and_racks {{ if net ~ [ {cluster}+, 192.168.0.0/16{{24,24}} ] then a
 template bgp flatnet_nodes {{
   local as {asn};
   hold time {hold_time}; keepalive time {keepalive}; connect retry time 1;
+  # BIRD waits a minute after a session error by default before it tries again.
+  error wait time 1, 2;
   graceful restart on;
   ipv4 {{ import filter pods; export filter pods; }};
 }}
@@ -155,6 +157,7 @@ protocol bgp node from flatnet_nodes {{
 template bgp core {{
   local {me} as {asn};
   hold time {hold_time}; keepalive time {keepalive}; connect delay time 1; connect retry time 1;
+  error wait time 1, 2;
   graceful restart on;
   ipv4 {{ import filter pods_and_racks; export filter pods_and_racks; }};
 }}
