@@ -11,6 +11,8 @@ use std::time::Duration;
 
 pub struct BenchLab {
     _dir: tempfile::TempDir,
+    /// `lab up`'s arguments, to run it again (it starts what is missing).
+    args: Vec<String>,
     pub layout: Layout,
     pub rt: tokio::runtime::Runtime,
     pub client: kube::Client,
@@ -32,13 +34,12 @@ impl BenchLab {
     pub fn up_with(nodes: usize, backend: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let me = std::env::current_exe()?;
-        let out = Command::new(me)
-            .args(["lab", "up", "--nodes", &nodes.to_string(), "--backend", backend])
-            .args(extra)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
-            .arg(dir.path())
-            .output()?;
+        let mut args: Vec<String> =
+            ["lab", "up", "--nodes", &nodes.to_string(), "--backend", backend].map(String::from).to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args.extend(["--listen".into(), format!("127.0.0.1:{port}"), "--state-dir".into()]);
+        args.push(dir.path().to_string_lossy().into_owned());
+        let out = Command::new(std::env::current_exe()?).args(&args).output()?;
         let layout = Layout::new(dir.path());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let client = match out.status.success() {
@@ -50,7 +51,7 @@ impl BenchLab {
             )),
         };
         match client {
-            Ok(client) => Ok(Self { _dir: dir, layout, rt, client }),
+            Ok(client) => Ok(Self { _dir: dir, args, layout, rt, client }),
             Err(e) => {
                 // Whatever it made goes before the directory does.
                 let me = std::env::current_exe()?;
@@ -58,6 +59,16 @@ impl BenchLab {
                 Err(e)
             }
         }
+    }
+
+    /// Starts `lab up` again, in the background: it starts what is missing (a killed
+    /// kubelet, say). Wait for the child to know it finished.
+    pub fn up_again(&self) -> anyhow::Result<std::process::Child> {
+        Ok(Command::new(std::env::current_exe()?)
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?)
     }
 
     /// Creates pod `name` in `default` (on `node`, or wherever the scheduler puts it);

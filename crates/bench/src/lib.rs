@@ -2,6 +2,7 @@
 //! side in one run and report medians and ratios (the machines are shared and noisy).
 
 mod api_server;
+mod bgp;
 mod cni;
 mod dns;
 mod lab_api;
@@ -16,6 +17,9 @@ use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
+    /// Native routing by BGP across racks: iperf3 against VXLAN as ratios to a bare veth
+    /// pair, and convergence (a node lost, a Pod CIDR assigned) in medians.
+    Bgp(bgp::BgpBenchArgs),
     /// CNI ADD and DEL latency: flatnet against the reference bridge + host-local plugins.
     Cni(cni::CniBenchArgs),
     /// Cluster DNS against NSD with the same records: queries/s per core, p50/p99
@@ -37,6 +41,7 @@ pub enum BenchCmd {
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
+        BenchCmd::Bgp(args) => bgp::run(args),
         BenchCmd::Cni(args) => cni::run(args),
         BenchCmd::Dns(args) => dns::run(args),
         BenchCmd::LabApi(args) => lab_api::run(args),

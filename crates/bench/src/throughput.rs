@@ -279,21 +279,21 @@ fn hand_built(sb: &Sandbox) -> anyhow::Result<(PathBuf, PathBuf)> {
 }
 
 /// Two namespaces joined by a bare veth pair, 10.99.0.1 and .2, MTU 1500.
-fn veth_pair(sb: &Sandbox) -> anyhow::Result<(PathBuf, PathBuf)> {
+pub(crate) fn veth_pair(sb: &Sandbox) -> anyhow::Result<(PathBuf, PathBuf)> {
     let [a, b] = namespaces(sb, ["bench-a", "bench-b"])?;
     wire(&a, None, "veth-a", &b, "10.99.0.2/24")?;
     add_address(&a, "veth-a", "10.99.0.1/24")?;
     Ok((a, b))
 }
 
-enum Server {
+pub(crate) enum Server {
     Iperf(Child),
     Rr { stop: Arc<AtomicBool>, addr: std::net::SocketAddr, ns: PathBuf },
 }
 
 impl Server {
     /// `iperf3 -s` inside the namespace at `ns`, until dropped.
-    fn start(ns: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn start(ns: &Path) -> anyhow::Result<Self> {
         let child = Command::new("nsenter")
             .arg(format!("--net={}", ns.display()))
             .args(["iperf3", "-s"])
@@ -306,7 +306,7 @@ impl Server {
 
     /// A request/response server on RR_PORT in the namespace at `ns`: it answers every
     /// byte with one byte, a connection per thread, until dropped.
-    fn rr(ns: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn rr(ns: &Path) -> anyhow::Result<Self> {
         let addr = std::net::SocketAddr::from(([0, 0, 0, 0], RR_PORT));
         let listener = netns::run_in(ns, || std::net::TcpListener::bind(addr))??;
         let stop = Arc::new(AtomicBool::new(false));
@@ -346,7 +346,7 @@ impl Drop for Server {
 }
 
 /// Gb/s received over `streams` parallel TCP streams.
-fn iperf(client: &Path, server: &str, seconds: u32, streams: u32) -> anyhow::Result<f64> {
+pub(crate) fn iperf(client: &Path, server: &str, seconds: u32, streams: u32) -> anyhow::Result<f64> {
     let mut last = String::new();
     // The server may need a moment to listen after it was started.
     for _ in 0..20 {
@@ -367,7 +367,7 @@ fn iperf(client: &Path, server: &str, seconds: u32, streams: u32) -> anyhow::Res
 
 /// Transactions per second: one byte to the server and one back, one at a time over
 /// one TCP connection (netperf's TCP_RR).
-fn rr(client: &Path, server: &str, seconds: u32) -> anyhow::Result<f64> {
+pub(crate) fn rr(client: &Path, server: &str, seconds: u32) -> anyhow::Result<f64> {
     let addr = std::net::SocketAddr::new(server.parse()?, RR_PORT);
     let mut c = netns::run_in(client, || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)))?
         .with_context(|| format!("connect to {addr}"))?;

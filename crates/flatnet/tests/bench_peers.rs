@@ -1,7 +1,7 @@
 //! Smoke runs of the benchmarks that compare flatnet with its peers (small sizes,
 //! seconds), so the comparison code cannot rot: `bench cni` beside Debian's and the
 //! current reference plugins, `bench dns` beside CoreDNS and NSD, `bench services` beside
-//! kube-proxy, `bench throughput` and `bench lab-up` beside Flannel. The peers come from `scripts/peers` and `scripts/kubernetes` (CI builds
+//! kube-proxy, `bench throughput` and `bench lab-up` beside Flannel, `bench bgp` beside VXLAN. The peers come from `scripts/peers` and `scripts/kubernetes` (CI builds
 //! them); without them the test says SKIPPED.
 
 mod common;
@@ -134,5 +134,22 @@ fn bench_lab_up_compares_flatnet_with_flannel() {
             assert!(r.len() == 3 && r.iter().all(|s| *s > 0.0), "{network}: {r:?}\n{text}");
         }
         assert!(row(&text, "ratio").len() >= 3, "{text}");
+    });
+}
+
+#[test]
+fn bench_bgp_compares_native_routes_with_vxlan_and_measures_convergence() {
+    sandboxed("bench_bgp_compares_native_routes_with_vxlan_and_measures_convergence", |_| {
+        let text = bench(&["bgp", "--rounds", "1", "--seconds", "1"]);
+        for label in ["bare veth pair (baseline)", "rack 1 → rack 2, BGP, native routes", "rack 1 → rack 2, VXLAN"]
+        {
+            let v = row(&text, label);
+            assert!(v.len() >= 4 && v[0] > 0.0 && v[1] > 0.0, "{label}: {v:?}\n{text}");
+        }
+        assert!(text.contains("BGP ÷ VXLAN: one stream"), "{text}");
+        let withdrawn = row(&text, "node cut off → its Pod CIDR gone from every router and node: median");
+        assert!(withdrawn[0] > 0.0 && withdrawn[0] < 3.0 * 9.0, "{text}");
+        let routed = row(&text, "Pod CIDR assigned → every other node routes it:");
+        assert!(routed.last().is_some_and(|ms| *ms < 10_000.0), "{text}");
     });
 }

@@ -214,6 +214,13 @@ pub fn set_up(nl: &mut Netlink, index: u32) -> Result<()> {
     nl.change(&format!("bring device #{index} up"), Rt::SetLink(m), CHANGE)
 }
 
+/// Takes a device down (its carrier gone: nothing is sent or received on it).
+pub fn set_down(nl: &mut Netlink, index: u32) -> Result<()> {
+    let mut m = by_index(index);
+    m.header.change_mask = LinkFlags::Up;
+    nl.change(&format!("bring device #{index} down"), Rt::SetLink(m), CHANGE)
+}
+
 /// Deletes a device by name; Ok(false) when it did not exist.
 pub fn delete(nl: &mut Netlink, name: &str) -> Result<bool> {
     match nl.change(&format!("delete device {name}"), Rt::DelLink(by_name(name)), CHANGE) {
