@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::lab::{Capture, Lab, flatnet, http_get, seen_client_ip};
+use common::lab::{Capture, Lab, flatnet, http_get, http_get_path, seen_client_ip};
 use common::{converges, sandboxed};
 use std::process::Command;
 use std::sync::Arc;
@@ -199,6 +199,29 @@ fn bgp_routes_pods_natively_across_racks() {
         });
         let took = t.elapsed();
         assert!(took < Duration::from_secs(13), "withdrawn after {took:?}, hold time 9 s");
+
+        // The node comes back as a new Node (`lab up` starts its kubelet again): its Pod
+        // CIDR is announced and routed everywhere; nothing else restarts.
+        let (agent1, agent2) = (lab.agent_pid("node-1"), lab.agent_pid("node-2"));
+        let kubectl = Command::new("kubectl")
+            .env("KUBECONFIG", lab.state().join("kubeconfig"))
+            .args(["delete", "node", "node-3"])
+            .output()
+            .unwrap();
+        assert!(kubectl.status.success(), "{}", String::from_utf8_lossy(&kubectl.stderr));
+        std::thread::sleep(Duration::from_secs(3)); // BIRD takes a failed neighbour again after its error wait
+        common::lab::run(
+            Command::new(flatnet())
+                .args(["lab", "up", "--nodes", "3", "--backend", "bgp", "--racks", "2"])
+                .args(["--listen", &format!("127.0.0.1:{}", lab.port), "--state-dir"])
+                .arg(lab.state()),
+        );
+        let cidr3 = lab.pod_cidr("node-3");
+        converges("node-3's Pod CIDR routed on node-1 and node-2", Duration::from_secs(10), || {
+            let seen = (bgp_routes(&lab, "node-1"), bgp_routes(&lab, "node-2"));
+            if seen.0.contains(&cidr3) && seen.1.contains(&cidr3) { Ok(()) } else { Err(format!("{seen:?}")) }
+        });
+        assert_eq!((lab.agent_pid("node-1"), lab.agent_pid("node-2")), (agent1, agent2), "no agent restarted");
         lab.down_and_check_clean();
     });
 }
@@ -218,10 +241,56 @@ fn bgp_full_mesh_on_one_segment() {
         assert!(status.contains("AS 64512, router ID 192.168.1.11, peers: mesh"), "{status}");
         assert_eq!(status.matches("Established").count(), 6, "3 nodes, 2 sessions each:\n{status}");
 
+        // Metrics: each session, up, with prefixes both ways.
+        let metrics =
+            http_get_path(&lab.ns("node-1"), "127.0.0.1:9402".parse().unwrap(), "/metrics").unwrap_or_default();
+        for want in [
+            r#"flatnet_bgp_session_established{peer="192.168.1.12",name="node-2"} 1"#,
+            r#"flatnet_bgp_prefixes_received{peer="192.168.1.13",name="node-3"} 1"#,
+            r#"flatnet_bgp_prefixes_sent{peer="192.168.1.12",name="node-2"} 1"#,
+        ] {
+            assert!(metrics.contains(want), "{want} missing:\n{metrics}");
+        }
+
         lab.apply(&pods("node-1", "node-3"));
         let ips = lab.ready_ips(&["client", "server"]);
         let body = http_get(&lab.pod_netns("client"), &ips[1]).unwrap();
         assert_eq!(seen_client_ip(&body), ips[0], "{body}");
+
+        // Port 179 taken on node-3 when its agent starts: the Node's condition says so;
+        // once freed, the agent speaks BGP again.
+        let node3 = lab.ns("node-3");
+        let mut taken = None;
+        for _ in 0..50 {
+            kill(lab.agent_pid("node-3"));
+            if let Ok(Ok(l)) = flatnet_kernel::netns::run_in(&node3, || std::net::TcpListener::bind("0.0.0.0:179")) {
+                taken = Some(l);
+                break;
+            }
+        }
+        let taken = taken.expect("port 179 taken between two agent runs");
+        let condition = |node: &str| {
+            let out = Command::new("kubectl")
+                .env("KUBECONFIG", lab.state().join("kubeconfig"))
+                .args(["get", "node", node, "-o"])
+                .arg("jsonpath={.status.conditions[?(@.type=='NetworkUnavailable')].message}")
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        converges("node-3's condition to say port 179 is taken", Duration::from_secs(15), || {
+            let msg = condition("node-3");
+            if msg.contains("cannot listen for BGP on 0.0.0.0:179: the address is already in use") {
+                Ok(())
+            } else {
+                Err(msg)
+            }
+        });
+        drop(taken);
+        converges("node-3 to speak BGP again", Duration::from_secs(15), || {
+            let msg = condition("node-3");
+            if msg.starts_with("bgp: 2 peer route(s)") { Ok(()) } else { Err(msg) }
+        });
 
         // A route deleted by hand comes back.
         lab.ip("node-1", &["route", "del", &cidr[2]]);
@@ -327,5 +396,20 @@ fn the_demo_across_racks_with_bgp() {
         assert!(text.contains("(proto 71, learned by BGP): routed natively, no encapsulation"), "{text}");
         let table = text.split("the racks' routers (BIRD 2)").nth(1).unwrap_or("");
         assert_eq!(table.lines().filter(|l| l.contains(" via ") && l.contains("AS path")).count(), 6, "{text}");
+    });
+}
+
+#[test]
+fn host_gw_across_racks_routes_only_its_own_rack_and_says_why() {
+    sandboxed("host_gw_across_racks_routes_only_its_own_rack_and_says_why", |_| {
+        let lab = Lab::up_with(3, &["--backend", "host-gw", "--racks", "2"]);
+        let status = lab.status();
+        let node1 = status.split("node-1 (host-gw").nth(1).unwrap_or("");
+        assert!(node1.contains("peer      node-3   192.168.1.13    routed"), "{status}");
+        assert!(
+            node1.contains("NOT ROUTED: host-gw needs every node on one L2 segment, but 192.168.2.12 is outside this node's 192.168.1.0/24"),
+            "{status}"
+        );
+        lab.down_and_check_clean();
     });
 }

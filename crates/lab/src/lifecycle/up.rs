@@ -172,7 +172,10 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
     let t = Instant::now();
     progress(Progress::Step("waiting for every node's network (podCIDR, routes to peers)"));
     let rt = super::connect::runtime()?;
-    let summary = rt.block_on(wait_nodes_ready(layout, cfg.nodes, cfg.network, Duration::from_secs(60)))?;
+    // host-gw across racks can only route within a rack: each node up with the other
+    // racks' peers left out (and why) is as far as it goes.
+    let partial_ok = cfg.backend == Backend::HostGw && racks.routed();
+    let summary = rt.block_on(wait_nodes_ready(layout, cfg.nodes, cfg.network, partial_ok, Duration::from_secs(60)))?;
     progress(Progress::Done(t.elapsed()));
     let t = Instant::now();
     progress(Progress::Step(&format!("cluster DNS: kube-dns {} → 2 flatnet dns pods", super::cluster_dns::SERVICE_IP)));
@@ -310,6 +313,7 @@ async fn wait_nodes_ready(
     layout: &Layout,
     count: usize,
     network: PodNetwork,
+    partial_ok: bool,
     within: Duration,
 ) -> anyhow::Result<Vec<NodeSummary>> {
     let api: kube::Api<Node> = kube::Api::all(super::connect::client(layout).await?);
@@ -329,7 +333,11 @@ async fn wait_nodes_ready(
             .filter(|n| n.metadata.name.as_ref().is_some_and(|x| wanted.contains(x)))
             .map(|n| {
                 let up = match network {
-                    PodNetwork::Flatnet => flatnet_kube::node::network_up(n),
+                    PodNetwork::Flatnet => match flatnet_kube::node::network_state(n) {
+                        (flatnet_kube::node::Network::Up, m) => Ok(m),
+                        (flatnet_kube::node::Network::Partial, m) if partial_ok => Ok(m),
+                        (_, m) => Err(m),
+                    },
                     PodNetwork::Flannel => match flatnet_kube::node::network_state(n) {
                         (flatnet_kube::node::Network::Down, m) => Err(m),
                         (_, m) => Ok(m),
