@@ -71,7 +71,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
 
 /// What wakes the node reconciler: a Node changed, or what BGP learned did.
 enum NodeEvent {
-    Api(Change<(String, String), Node>),
+    Api(Box<Change<(String, String), Node>>),
     Bgp,
 }
 
@@ -80,7 +80,7 @@ async fn run_node(cfg: AgentConfig, client: kube::Client, status: Arc<crate::sta
     let api: Api<Node> = Api::all(client);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, NodeEvent)>();
     let bgp_tx = tx.clone();
-    let _watch = watch::spawn(api.clone(), |n: &Node| Some(n.clone()), NodeEvent::Api, tx);
+    let _watch = watch::spawn(api.clone(), |n: &Node| Some(n.clone()), |c| NodeEvent::Api(Box::new(c)), tx);
     let sync = NodeSync {
         bgp: crate::bgp::Bgp::new(move || {
             let _ = bgp_tx.send((Instant::now(), NodeEvent::Bgp));
@@ -116,7 +116,7 @@ impl Reconcile for NodeSync {
 
     fn apply(&mut self, ev: Self::Event) -> bool {
         if let NodeEvent::Api(ev) = ev {
-            self.nodes.apply(ev);
+            self.nodes.apply(*ev);
         }
         self.changed = true;
         true

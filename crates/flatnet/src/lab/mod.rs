@@ -218,16 +218,15 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
         }
         LabCmd::Kubelet { state, node, node_ip, backend, kube_proxy, network, agent_args } => {
             crate::agent::init_logging();
-            processes::kubelet(
-                &state.layout(),
-                &node,
-                node_ip,
+            let args = processes::KubeletArgs {
+                node: &node,
+                ip: node_ip,
                 backend,
                 network,
-                kube_proxy.as_deref(),
-                &agent_args,
-                crate::shutdown::requested,
-            )
+                kube_proxy: kube_proxy.as_deref(),
+                agent_args: &agent_args,
+            };
+            processes::kubelet(&state.layout(), &args, crate::shutdown::requested)
         }
         LabCmd::Router { state, rack } => processes::router(&state.layout(), rack),
         LabCmd::Enter { netns, resolv_conf, hosts, hostname, command } => {

@@ -78,19 +78,28 @@ pub fn serve<F: Future<Output = ()>>(
     })
 }
 
+/// What one node's kubelet runs with.
+#[derive(Clone, Copy)]
+pub struct KubeletArgs<'a> {
+    pub node: &'a str,
+    pub ip: Ipv4Addr,
+    pub backend: Backend,
+    pub network: PodNetwork,
+    /// kube-proxy, when it carries this node's Services instead of the agent.
+    pub kube_proxy: Option<&'a Path>,
+    /// More flags for the agent (its BGP peers, say).
+    pub agent_args: &'a [String],
+}
+
 /// The kubelet process: enters the node's namespace, then runs the kubelet (which runs
 /// the agent, as `flatnet agent`, or flanneld on a Flannel lab). Call it while the
 /// process is still single-threaded.
 pub fn kubelet<F: Future<Output = ()>>(
     layout: &Layout,
-    node: &str,
-    ip: Ipv4Addr,
-    backend: Backend,
-    network: PodNetwork,
-    kube_proxy: Option<&Path>,
-    agent_args: &[String],
+    k: &KubeletArgs<'_>,
     stop: impl FnOnce() -> std::io::Result<F>,
 ) -> anyhow::Result<()> {
+    let KubeletArgs { node, ip, backend, network, kube_proxy, agent_args } = *k;
     let ns = flatnet_kernel::netns::NetNs::open(layout.node_ns(node))
         .with_context(|| format!("open node {node}'s namespace"))?;
     // Still single-threaded: entering here moves every thread started later.
