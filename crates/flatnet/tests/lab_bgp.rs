@@ -71,6 +71,17 @@ fn kill(pid: i32) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
 }
 
+/// The message of the node's NetworkUnavailable condition, as kubectl reads it.
+fn network_message(lab: &Lab, node: &str) -> String {
+    let out = Command::new("kubectl")
+        .env("KUBECONFIG", lab.state().join("kubeconfig"))
+        .args(["get", "node", node, "-o"])
+        .arg("jsonpath={.status.conditions[?(@.type=='NetworkUnavailable')].message}")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The BGP routes (proto 71) on a node: `dst via gateway` lines.
 fn bgp_routes(lab: &Lab, node: &str) -> String {
     lab.ip(node, &["route", "show", "proto", "71"])
@@ -269,17 +280,8 @@ fn bgp_full_mesh_on_one_segment() {
             }
         }
         let taken = taken.expect("port 179 taken between two agent runs");
-        let condition = |node: &str| {
-            let out = Command::new("kubectl")
-                .env("KUBECONFIG", lab.state().join("kubeconfig"))
-                .args(["get", "node", node, "-o"])
-                .arg("jsonpath={.status.conditions[?(@.type=='NetworkUnavailable')].message}")
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
         converges("node-3's condition to say port 179 is taken", Duration::from_secs(15), || {
-            let msg = condition("node-3");
+            let msg = network_message(&lab, "node-3");
             if msg.contains("cannot listen for BGP on 0.0.0.0:179: the address is already in use") {
                 Ok(())
             } else {
@@ -288,7 +290,7 @@ fn bgp_full_mesh_on_one_segment() {
         });
         drop(taken);
         converges("node-3 to speak BGP again", Duration::from_secs(15), || {
-            let msg = condition("node-3");
+            let msg = network_message(&lab, "node-3");
             if msg.starts_with("bgp: 2 peer route(s)") { Ok(()) } else { Err(msg) }
         });
 
@@ -328,28 +330,14 @@ fn bgp_full_mesh_on_one_segment() {
         let out = kubectl(&["annotate", "--overwrite", "node", "node-2", "flatnet.dev/bgp-as=0"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         converges("node-2's condition to name the bad AS", Duration::from_secs(10), || {
-            let out = kubectl(&[
-                "get",
-                "node",
-                "node-2",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type=='NetworkUnavailable')].message}",
-            ]);
-            let msg = String::from_utf8_lossy(&out.stdout).into_owned();
+            let msg = network_message(&lab, "node-2");
             if msg.contains("flatnet.dev/bgp-as: AS 0 is reserved") { Ok(()) } else { Err(msg) }
         });
         assert_eq!(bgp_routes(&lab, "node-2"), before, "a refused setting changes nothing");
         let out = kubectl(&["annotate", "--overwrite", "node", "node-2", "flatnet.dev/bgp-peers=300.1.1.1:65001"]);
         assert!(out.status.success());
         converges("node-2's condition to name the bad peer", Duration::from_secs(10), || {
-            let out = kubectl(&[
-                "get",
-                "node",
-                "node-2",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type=='NetworkUnavailable')].message}",
-            ]);
-            let msg = String::from_utf8_lossy(&out.stdout).into_owned();
+            let msg = network_message(&lab, "node-2");
             // The AS is still the first complaint; both are refused.
             if msg.contains("flatnet.dev/bgp") { Ok(()) } else { Err(msg) }
         });
