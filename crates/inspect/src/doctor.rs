@@ -61,9 +61,9 @@ fn read(ns: &Path, me: &str, nodes: &[Node], opts: &Options) -> anyhow::Result<F
             .collect(),
         ruleset,
         tunnel: Vec::new(),
-        agent: Some(crate::status::http_get(opts.metrics_addr, "/healthz").map(|_| ())),
-        agent_ready: Some(crate::status::http_get(opts.metrics_addr, "/readyz").map(|_| ())),
-        bgp_sessions: crate::status::bgp_sessions(opts.metrics_addr),
+        agent: Some(crate::agent_api::http_get(opts.metrics_addr, "/healthz").map(|_| ())),
+        agent_ready: Some(crate::agent_api::http_get(opts.metrics_addr, "/readyz").map(|_| ())),
+        bgp_sessions: crate::agent_api::bgp_sessions(opts.metrics_addr),
     };
     // Through the tunnel, from this node's VTEP address to each peer's.
     if backend == Backend::Vxlan

@@ -100,7 +100,7 @@ pub fn node(name: &str, underlay_ip: Option<Ipv4Addr>, src: Ipv4Addr, dst: Ipv4A
     (f.neighbours, f.fdb) = neighbours(&mut nl, &f.links)?;
     f.proxy = table(flatnet_model::proxy::TABLE)?;
     f.policy = table(flatnet_model::policy::TABLE)?;
-    f.bgp_routes = bgp_routes(flatnet_agent::config::DEFAULT_METRICS_ADDR.parse().expect("literal"));
+    f.bgp_routes = crate::agent_api::bgp_routes(flatnet_agent::config::DEFAULT_METRICS_ADDR.parse().expect("literal"));
     // The kernel's own answers: from the pod, the tunnel or the underlay, to each place
     // the packet may end; and the outer packet to each VXLAN peer.
     let bridge = f.links.iter().filter(|l| l.kind.as_deref() == Some("bridge")).map(|l| l.index);
@@ -157,27 +157,6 @@ pub fn find_netns(dirs: &[&Path], ip: Ipv4Addr) -> Option<std::path::PathBuf> {
         }
     }
     None
-}
-
-/// What the node's agent learned by BGP, from its /status (none when it runs another
-/// backend or does not answer).
-pub fn bgp_routes(metrics: std::net::SocketAddr) -> Vec<flatnet_model::trace::BgpRouteFacts> {
-    let Ok(snap) = crate::status::get_status(metrics) else { return Vec::new() };
-    snap.bgp
-        .map(|b| {
-            b.routes
-                .into_iter()
-                .filter_map(|r| {
-                    Some(flatnet_model::trace::BgpRouteFacts {
-                        prefix: r.prefix.parse().ok()?,
-                        next_hop: r.next_hop.parse().ok()?,
-                        peer: r.peer,
-                        as_path: r.as_path,
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// A router's facts, read in the calling thread's namespace (its addresses) and from its

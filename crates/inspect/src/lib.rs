@@ -3,6 +3,7 @@
 //! status and the doctor's checks; the lab's nodes and its demo's path checks. This
 //! gathers; the command line prints.
 
+pub mod agent_api;
 pub mod doctor;
 pub mod gather;
 pub mod lab_demo;

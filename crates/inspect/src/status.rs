@@ -3,14 +3,14 @@
 //! last sync and error) next to what the kernel has (devices, each peer's tunnel, the
 //! ruleset's size).
 
+use crate::agent_api::get_status;
 use flatnet_agent::status::Snapshot;
 use flatnet_kernel::probe::{Answer, Kind, Prober};
 use flatnet_kernel::{Netlink, netns, nft};
 use flatnet_model::node_network::vtep_ip;
 use nftables::types::NfFamily;
 use serde::Serialize;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -40,25 +40,6 @@ pub struct NodeStatus {
     pub ruleset: Vec<Table>,
 }
 
-/// `GET path` on a local HTTP server: the body of a 200 answer, or what went wrong.
-pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| format!("{addr}: {e}"))?;
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string();
-    match out.split(' ').nth(1) {
-        Some("200") => Ok(body),
-        _ => Err(format!("{addr}{path} answered {:?}: {body}", out.lines().next().unwrap_or(""))),
-    }
-}
-
-/// The agent's /status document.
-pub fn get_status(addr: SocketAddr) -> Result<Snapshot, String> {
-    serde_json::from_str(&http_get(addr, "/status")?).map_err(|e| format!("{addr}/status: {e}"))
-}
-
 fn table_size(name: &str) -> Option<Table> {
     let listing = nft::list_table(NfFamily::IP, name).ok()??;
     let objs = listing["nftables"].as_array()?;
@@ -78,24 +59,6 @@ pub fn ping(ns: &Path, local: std::net::Ipv4Addr, peer_vtep: std::net::Ipv4Addr,
         Answer::Answered(_) => Some(t.elapsed().as_secs_f64() * 1e3),
         _ => None,
     }
-}
-
-/// The agent's BGP sessions, as its /status gives them (none when it does not answer).
-pub fn bgp_sessions(metrics: SocketAddr) -> Vec<flatnet_model::doctor::BgpSessionFacts> {
-    let Ok(snap) = get_status(metrics) else { return Vec::new() };
-    snap.bgp
-        .map(|b| {
-            b.sessions
-                .into_iter()
-                .map(|s| flatnet_model::doctor::BgpSessionFacts {
-                    name: s.name,
-                    peer: s.peer,
-                    state: s.state,
-                    last_error: s.last_error,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The node's status, read in the namespace at `ns` (its agent answers on its loopback).
