@@ -395,7 +395,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         let err = refused(Command::new(flatnet()).args(["lab", "up", "--nodes", "0", "--state-dir"]).arg(&state));
         assert!(err.contains("--nodes must be between 1 and 200"), "{err}");
         let err = refused(Command::new(flatnet()).args(["lab", "up", "--backend", "gre", "--state-dir"]).arg(&state));
-        assert!(err.contains("unknown backend \"gre\": use vxlan or host-gw"), "{err}");
+        assert!(err.contains("unknown backend \"gre\": use vxlan, host-gw or bgp"), "{err}");
         let err = refused(Command::new(flatnet()).args(["lab", "status", "--state-dir"]).arg(&state));
         assert!(err.contains("the lab is not up"), "{err}");
         assert!(!state.exists(), "a refused command made the state directory");
