@@ -46,6 +46,15 @@ impl Layout {
     pub fn node_kubeconfig(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("kubeconfig")
     }
+    /// The agent's credentials (on the upstream control plane, a client certificate of
+    /// its own in group flatnet:agents).
+    pub fn agent_kubeconfig(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("agent.kubeconfig")
+    }
+    /// The cluster DNS's credentials.
+    pub fn dns_kubeconfig(&self) -> PathBuf {
+        self.state.join("dns.kubeconfig")
+    }
     pub fn subnet_file(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("subnet.env")
     }
@@ -101,7 +110,7 @@ impl Layout {
         running_pid(&self.kubelet_pid(node), &["kubelet", node, &self.state.to_string_lossy()])
     }
     pub fn agent(&self, node: &str) -> Option<i32> {
-        running_pid(&self.agent_pid(node), &["agent", &self.node_kubeconfig(node).to_string_lossy()])
+        running_pid(&self.agent_pid(node), &["agent", &self.agent_kubeconfig(node).to_string_lossy()])
     }
 
     /// The pid of kube-proxy on a node whose Services it carries.

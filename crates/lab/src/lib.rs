@@ -10,6 +10,7 @@ pub mod control_plane;
 pub mod controllers;
 pub mod kubeconfig;
 pub mod kubelet;
+pub mod kubernetes;
 pub mod layout;
 pub mod lifecycle;
 pub mod netexec;

@@ -62,6 +62,11 @@ pub struct UpArgs {
     /// agent, pods wired by the reference bridge plugin) to compare the two.
     #[arg(long, default_value = "flatnet")]
     pub network: PodNetwork,
+    /// The API: embedded (the lab's own, the default: no Go, sub-second start) or
+    /// kubernetes (kube-apiserver on etcd, kube-controller-manager and kube-scheduler,
+    /// built by scripts/kubernetes).
+    #[arg(long, default_value = "embedded")]
+    pub control_plane: flatnet_lab::kubernetes::ControlPlane,
 }
 
 impl UpArgs {
@@ -75,6 +80,7 @@ impl UpArgs {
             cross_subnet: self.cross_subnet,
             kube_proxy_nodes: self.kube_proxy_nodes.clone(),
             network: self.network,
+            control_plane: self.control_plane,
         }
     }
 }
@@ -136,6 +142,9 @@ pub enum LabCmd {
         /// Also listen on 192.168.1.1 inside this network namespace (the lab underlay).
         #[arg(long)]
         underlay_netns: Option<PathBuf>,
+        /// The embedded API server, or the upstream components in the underlay.
+        #[arg(long, default_value = "embedded")]
+        control_plane: flatnet_lab::kubernetes::ControlPlane,
     },
     /// Runs one node's kubelet (and through it the agent) inside the node's namespace.
     #[command(hide = true)]
@@ -213,9 +222,15 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
             println!("{}", path.display());
             Ok(())
         }
-        LabCmd::Serve { state, listen, underlay_netns } => {
-            processes::serve(&state.layout(), listen, underlay_netns.as_deref(), crate::shutdown::requested)
-        }
+        LabCmd::Serve { state, listen, underlay_netns, control_plane } => match (control_plane, underlay_netns) {
+            (flatnet_lab::kubernetes::ControlPlane::Kubernetes, Some(u)) => {
+                processes::serve_kubernetes(&state.layout(), listen, &u, crate::shutdown::requested)
+            }
+            (flatnet_lab::kubernetes::ControlPlane::Kubernetes, None) => {
+                bail!("--control-plane kubernetes runs in the lab's underlay: give --underlay-netns")
+            }
+            (_, u) => processes::serve(&state.layout(), listen, u.as_deref(), crate::shutdown::requested),
+        },
         LabCmd::Kubelet { state, node, node_ip, backend, kube_proxy, network, agent_args } => {
             crate::agent::init_logging();
             let args = processes::KubeletArgs {

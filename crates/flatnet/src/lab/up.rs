@@ -35,7 +35,7 @@ pub fn print_summary(args: &UpArgs, summary: &[NodeSummary], started: Instant) {
     for n in summary {
         println!("  {:<8} {:<14} {:<15} {}", n.name, n.ip, n.pod_cidr, n.network);
     }
-    println!("  API server  {} (from nodes: {})", args.listen, lab_up::node_server(args.listen));
+    println!("  API server  {} (from nodes: {})", args.listen, lab_up::node_server(args.listen, args.control_plane));
     println!(
         "  DNS         {} (kube-dns; other names go to the lab's upstream {}, which knows {})",
         cluster_dns::SERVICE_IP,

@@ -58,6 +58,7 @@ pub async fn run(cfg: KubeletConfig, shutdown: impl std::future::Future<Output =
         kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(fail)?)
             .map_err(fail)?;
     register(&cfg, &Api::all(client.clone())).await?;
+    let lease = tokio::spawn(renew_lease(client.clone(), cfg.node.clone()));
     let dir = cfg.layout.node_dir(&cfg.node);
     let agent = cfg.agent.clone().map(|cmd| {
         supervisor::Supervisor::start("agent", cmd, Vec::new(), cfg.layout.agent_pid(&cfg.node), dir.join("agent.log"))
@@ -101,6 +102,7 @@ pub async fn run(cfg: KubeletConfig, shutdown: impl std::future::Future<Output =
         }
     }
     watch.abort();
+    lease.abort();
     for s in agent.into_iter().chain(daemons) {
         s.detach();
     }
@@ -121,6 +123,9 @@ async fn register(cfg: &KubeletConfig, nodes: &Api<Node>) -> Result<(), KubeletE
         "addresses": [{"type": "InternalIP", "address": cfg.node_ip.to_string()}, {"type": "Hostname", "address": cfg.node}],
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "flatnet lab kubelet is posting ready status",
                         "lastHeartbeatTime": now(), "lastTransitionTime": now()}],
+        // What the scheduler fits pods against, as a kubelet reports it: this machine's
+        // CPUs and memory, and a kubelet's default of 110 pods.
+        "capacity": resources(), "allocatable": resources(),
         "nodeInfo": {"kubeletVersion": "flatnet-lab", "containerRuntimeVersion": "flatnet-lab://0", "operatingSystem": "linux",
                      "architecture": std::env::consts::ARCH, "osImage": "flatnet lab", "kernelVersion": "", "kubeProxyVersion": "",
                      "machineID": "", "systemUUID": "", "bootID": ""},
@@ -144,6 +149,58 @@ async fn register(cfg: &KubeletConfig, nodes: &Api<Node>) -> Result<(), KubeletE
         .await
         .map_err(|e| fail(format!("report node {} ready: {e}", cfg.node)))?;
     Ok(())
+}
+
+/// The node's resources: every CPU and all the memory of the machine (the lab's nodes
+/// share it), and 110 pods.
+fn resources() -> serde_json::Value {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    json!({"cpu": cpus.to_string(), "memory": format!("{mem_kib}Ki"), "pods": "110", "ephemeral-storage": "10Gi"})
+}
+
+/// How long a node's Lease holds; it is renewed every quarter of it, as a kubelet does.
+const LEASE_SECONDS: i32 = 40;
+
+/// Keeps the node's Lease in `kube-node-lease` renewed: the node lifecycle controller
+/// takes a node whose Lease runs out for dead (NotReady, then its pods evicted). An API
+/// without Leases (the embedded one) is told once and left alone.
+async fn renew_lease(client: kube::Client, node: String) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let api: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    let mut told = false;
+    loop {
+        // A MicroTime: six digits of fraction, as the API parses it.
+        let now = jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%S%.6fZ", jiff::Timestamp::now()).unwrap_or_default();
+        let spec = json!({"holderIdentity": node, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": now});
+        let result = match api.get_opt(&node).await {
+            Ok(Some(_)) => {
+                api.patch(&node, &PatchParams::default(), &Patch::Merge(json!({"spec": spec}))).await.map(drop)
+            }
+            Ok(None) => {
+                let lease: Result<Lease, _> = serde_json::from_value(json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": node, "namespace": "kube-node-lease"}, "spec": spec}));
+                match lease {
+                    Ok(l) => api.create(&PostParams::default(), &l).await.map(drop),
+                    Err(e) => Err(kube::Error::SerdeError(e)),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => told = false,
+            Err(e) if !told => {
+                warn!("could not renew node {node}'s Lease (renewing every {} s): {e}", LEASE_SECONDS / 4);
+                told = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_secs((LEASE_SECONDS / 4) as u64)).await;
+    }
 }
 
 /// Pods the lab kubelet leaves alone: benchmarks create them on a node, with an address

@@ -83,7 +83,18 @@ impl Prepared {
     /// Creates the object, or replaces it when it exists; returns `kind/name created|configured`.
     pub async fn apply(mut self) -> anyhow::Result<String> {
         let what = self.what;
-        match self.api.create(&PostParams::default(), &self.obj).await {
+        // A namespace created a moment ago may not have its `default` ServiceAccount yet
+        // (kube-controller-manager makes it), and kube-apiserver refuses pods until then:
+        // wait for it a few seconds, as a controller's retry would.
+        let mut created = self.api.create(&PostParams::default(), &self.obj).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while matches!(&created, Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains("serviceaccount"))
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            created = self.api.create(&PostParams::default(), &self.obj).await;
+        }
+        match created {
             Ok(_) => Ok(format!("{what} created")),
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 let current = self.api.get(&self.name).await?;

@@ -30,7 +30,7 @@ pub fn objects(layout: &Layout, nodes: usize) -> anyhow::Result<Vec<Value>> {
             me.as_str(),
             "dns",
             "--kubeconfig",
-            &layout.node_kubeconfig(&node).to_string_lossy(),
+            &layout.dns_kubeconfig().to_string_lossy(),
             "--upstream-resolv-conf",
             &upstream_resolv_conf(layout).to_string_lossy(),
             "--allow-forwarding",

@@ -112,7 +112,7 @@ pub fn kubelet<F: Future<Output = ()>>(
         "--node-name".into(),
         node.into(),
         "--kubeconfig".into(),
-        layout.node_kubeconfig(node).to_string_lossy().into_owned(),
+        layout.agent_kubeconfig(node).to_string_lossy().into_owned(),
         "--backend".into(),
         backend.to_string(),
         "--iface".into(),
@@ -194,4 +194,65 @@ pub fn router(layout: &Layout, rack: usize) -> anyhow::Result<()> {
         .arg(dir.join("bird.ctl"))
         .exec();
     Err(anyhow::Error::new(err).context(format!("run {}", bird.display())))
+}
+
+/// The upstream control plane (`lab serve --control-plane kubernetes`): listens on
+/// `listen` on the host, then enters the underlay namespace, where it runs etcd,
+/// kube-apiserver, kube-controller-manager and kube-scheduler (restarting any that
+/// exits) and the stand-in upstream DNS, and forwards each connection from `listen` to
+/// the API server there. Call it while the process is still single-threaded.
+pub fn serve_kubernetes<F: Future<Output = ()>>(
+    layout: &Layout,
+    listen: SocketAddr,
+    underlay: &Path,
+    stop: impl FnOnce() -> std::io::Result<F>,
+) -> anyhow::Result<()> {
+    use crate::kubernetes::components;
+    let host = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("listen on {listen}: is another lab or API server running there?"))?;
+    host.set_nonblocking(true)?;
+    let ns = flatnet_kernel::netns::NetNs::open(underlay).context("open the underlay namespace")?;
+    nix::sched::setns(std::os::fd::AsFd::as_fd(ns.file()), nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("enter the underlay namespace")?;
+    let upstream_dns = crate::upstream_dns::bind_in(underlay, SocketAddr::new(underlay::control_plane_ip().into(), 53))
+        .context("listen on 192.168.1.1:53 (UDP) in the underlay")?;
+    let pki = crate::kubernetes::pki::Pki { dir: components::dir(layout).join("pki") };
+    let dir = components::dir(layout);
+    let supervisors: Vec<_> = components::all(layout, &pki, &crate::upstream::binary)
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .map(|c| {
+            let (pid, log) = (dir.join(format!("{}.pid", c.name)), dir.join(format!("{}.log", c.name)));
+            crate::kubelet::supervisor::Supervisor::start(c.name, c.cmd, Vec::new(), pid, log)
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let host = tokio::net::TcpListener::from_std(host)?;
+        let dns = tokio::spawn(crate::upstream_dns::serve(upstream_dns));
+        eprintln!(
+            "flatnet lab: kube-apiserver on 192.168.1.1:{} in the underlay, forwarded from {listen}",
+            components::PORT
+        );
+        let forward = tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = host.accept().await else { continue };
+                tokio::spawn(async move {
+                    let to = SocketAddr::from(([127, 0, 0, 1], components::PORT));
+                    if let Ok(mut api) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut conn, &mut api).await;
+                    }
+                });
+            }
+        });
+        stop()?.await;
+        forward.abort();
+        dns.abort();
+        anyhow::Ok(())
+    })?;
+    // The components go with the lab's namespaces (`lab down` stops every process in them).
+    for s in supervisors {
+        s.detach();
+    }
+    Ok(())
 }

@@ -24,6 +24,9 @@ pub struct Settings {
     /// VXLAN only across subnets.
     #[serde(default)]
     pub cross_subnet: bool,
+    /// The embedded API server, or the upstream components.
+    #[serde(default)]
+    pub control_plane: crate::kubernetes::ControlPlane,
 }
 
 fn one() -> usize {

@@ -3,6 +3,7 @@
 //! cluster DNS.
 
 use super::settings::{self, Settings};
+use crate::kubernetes::ControlPlane;
 use crate::layout::Layout;
 use crate::pod_network::PodNetwork;
 use crate::racks::Racks;
@@ -34,6 +35,8 @@ pub struct UpConfig {
     pub kube_proxy_nodes: Vec<String>,
     /// flatnet, or Flannel for side-by-side comparisons (flanneld instead of the agent).
     pub network: PodNetwork,
+    /// The embedded API server, or the upstream components (`scripts/kubernetes`).
+    pub control_plane: ControlPlane,
 }
 
 /// What `up` is doing, for a progress display.
@@ -60,6 +63,15 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
         bail!("--nodes must be between 1 and {}", nodes::MAX_NODES);
     }
     let racks = Racks::new(cfg.racks).map_err(anyhow::Error::msg)?;
+    let upstream = cfg.control_plane == ControlPlane::Kubernetes;
+    if upstream {
+        crate::kubernetes::binaries().map_err(anyhow::Error::msg)?;
+        if cfg.network == PodNetwork::Flannel || !cfg.kube_proxy_nodes.is_empty() {
+            bail!(
+                "--control-plane kubernetes runs flatnet's own agent and DNS: leave out --network flannel and --kube-proxy"
+            );
+        }
+    }
     if racks.routed() {
         crate::racks::bird_binary().map_err(anyhow::Error::msg)?;
     }
@@ -93,15 +105,17 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
             || s.nodes != cfg.nodes
             || s.network != cfg.network
             || s.racks != cfg.racks
-            || s.cross_subnet != cfg.cross_subnet)
+            || s.cross_subnet != cfg.cross_subnet
+            || s.control_plane != cfg.control_plane)
     {
         bail!(
-            "the lab is already up with {} node(s) in {} rack(s), backend {}{} and pod network {}; run `flatnet lab down` first to change that",
+            "the lab is already up with {} node(s) in {} rack(s), backend {}{}, pod network {} and the {} control plane; run `flatnet lab down` first to change that",
             s.nodes,
             s.racks,
             s.backend,
             if s.cross_subnet { " (cross-subnet)" } else { "" },
-            s.network
+            s.network,
+            s.control_plane
         );
     }
     progress(Progress::Lab { nodes: cfg.nodes, backend: cfg.backend });
@@ -119,11 +133,33 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
             t
         }
     };
-    crate::tls::load_or_create(&layout.state)?;
+    let ca = if upstream {
+        crate::kubernetes::prepare(layout, &token)?;
+        crate::kubernetes::ca_pem(layout)?
+    } else {
+        crate::tls::load_or_create(&layout.state)?;
+        std::fs::read_to_string(layout.state.join("ca.crt")).context("read the lab's CA certificate")?
+    };
     underlay::create(&layout.underlay_ns()).context("create the lab underlay network namespace (needs root)")?;
-    start_control_plane(layout, cfg.listen)?;
-    let ca = std::fs::read_to_string(layout.state.join("ca.crt")).context("read the lab's CA certificate")?;
+    start_control_plane(layout, cfg.listen, cfg.control_plane)?;
     write_private(&layout.kubeconfig(), &crate::kubeconfig::render(&format!("https://{}", cfg.listen), &ca, &token))?;
+    let rt = super::connect::runtime()?;
+    if upstream {
+        rt.block_on(async {
+            let client = super::connect::client(layout).await?;
+            crate::kubernetes::wait_ready(&client, Duration::from_secs(90))
+                .await
+                .with_context(|| format!("its logs are in {}", crate::kubernetes::components::dir(layout).display()))?;
+            // What the agents and the cluster DNS may do: flatnet's least-privilege roles.
+            for o in super::apply::parse(crate::kubernetes::RBAC)? {
+                super::apply::prepare(&client, o).await?.apply().await?;
+            }
+            anyhow::Ok(())
+        })?;
+    }
+    let credentials = Credentials { layout, upstream, token: &token, ca: &ca };
+    let node_server = node_server(cfg.listen, cfg.control_plane);
+    write_private(&layout.dns_kubeconfig(), &credentials.render(&node_server, None)?)?;
     let settings = Settings {
         backend: cfg.backend.to_string(),
         nodes: cfg.nodes,
@@ -132,6 +168,7 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
         network: cfg.network,
         racks: cfg.racks,
         cross_subnet: cfg.cross_subnet,
+        control_plane: cfg.control_plane,
     };
     std::fs::write(layout.settings(), serde_json::to_string_pretty(&settings)?)?;
     progress(Progress::Done(t.elapsed()));
@@ -145,7 +182,6 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
         progress(Progress::Done(t.elapsed()));
     }
 
-    let node_server = node_server(cfg.listen);
     for i in 1..=cfg.nodes {
         let (name, ip) = (nodes::name(i), racks.node_ip(i));
         let t = Instant::now();
@@ -153,7 +189,11 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
         let bridge = racks.bridge(racks.rack_of(i));
         progress(Progress::Step(&format!("{name}: netns, eth0 {ip} on {bridge}, kubelet, {daemon}")));
         std::fs::create_dir_all(layout.node_dir(&name))?;
-        write_private(&layout.node_kubeconfig(&name), &crate::kubeconfig::render(&node_server, &ca, &token))?;
+        write_private(
+            &layout.node_kubeconfig(&name),
+            &credentials.render(&node_server, Some((&name, Role::Kubelet)))?,
+        )?;
+        write_private(&layout.agent_kubeconfig(&name), &credentials.render(&node_server, Some((&name, Role::Agent)))?)?;
         let wiring = nodes::Wiring { bridge: &bridge, addr: racks.node_net(i), gateway: racks.node_gateway(i) };
         nodes::create(&layout.underlay_ns(), &layout.node_ns(&name), &name, &wiring)
             .with_context(|| format!("create node {name}"))?;
@@ -171,7 +211,6 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
     }
     let t = Instant::now();
     progress(Progress::Step("waiting for every node's network (podCIDR, routes to peers)"));
-    let rt = super::connect::runtime()?;
     // host-gw across racks can only route within a rack: each node up with the other
     // racks' peers left out (and why) is as far as it goes.
     let partial_ok = cfg.backend == Backend::HostGw && racks.routed();
@@ -187,16 +226,53 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
     Ok(summary)
 }
 
-/// The API server's address as the nodes reach it, over the underlay.
-pub fn node_server(listen: SocketAddr) -> String {
-    format!("https://{}:{}", underlay::control_plane_ip(), listen.port())
+/// The API server's address as the nodes reach it, over the underlay (kube-apiserver
+/// listens on its own port there; the embedded one on the port it has on the host).
+pub fn node_server(listen: SocketAddr, control_plane: ControlPlane) -> String {
+    let port = match control_plane {
+        ControlPlane::Embedded => listen.port(),
+        ControlPlane::Kubernetes => crate::kubernetes::components::PORT,
+    };
+    format!("https://{}:{port}", underlay::control_plane_ip())
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     crate::write_file(path, text, 0o600).with_context(|| format!("write {}", path.display()))
 }
 
-fn start_control_plane(layout: &Layout, listen: SocketAddr) -> anyhow::Result<()> {
+/// Which identity a node's kubeconfig is for.
+#[derive(Clone, Copy)]
+enum Role {
+    Kubelet,
+    Agent,
+}
+
+/// The kubeconfigs of the lab's processes: on the embedded control plane the lab's token;
+/// on the upstream one a client certificate each (a kubelet as `system:node:<name>`, an
+/// agent and the DNS in flatnet's groups, which deploy/rbac.yaml binds).
+struct Credentials<'a> {
+    layout: &'a Layout,
+    upstream: bool,
+    token: &'a str,
+    ca: &'a str,
+}
+
+impl Credentials<'_> {
+    /// For `node`'s kubelet or agent, or (None) for the cluster DNS.
+    fn render(&self, server: &str, who: Option<(&str, Role)>) -> anyhow::Result<String> {
+        if !self.upstream {
+            return Ok(crate::kubeconfig::render(server, self.ca, self.token));
+        }
+        let id = match who {
+            Some((node, Role::Kubelet)) => crate::kubernetes::kubelet(node),
+            Some((node, Role::Agent)) => crate::kubernetes::agent(node),
+            None => crate::kubernetes::dns(),
+        };
+        crate::kubernetes::kubeconfig(self.layout, server, &id)
+    }
+}
+
+fn start_control_plane(layout: &Layout, listen: SocketAddr, control_plane: ControlPlane) -> anyhow::Result<()> {
     if layout.apiserver().is_some() {
         return Ok(());
     }
@@ -206,6 +282,8 @@ fn start_control_plane(layout: &Layout, listen: SocketAddr) -> anyhow::Result<()
         .arg(&layout.state)
         .arg("--listen")
         .arg(listen.to_string())
+        .arg("--control-plane")
+        .arg(control_plane.to_string())
         .arg("--underlay-netns")
         .arg(layout.underlay_ns())
         .stdin(std::process::Stdio::null())

@@ -1,0 +1,171 @@
+//! The lab on the upstream control plane (kube-apiserver on etcd, kube-controller-manager,
+//! kube-scheduler, from `scripts/kubernetes`): nodes registered by the lab kubelets with
+//! their own certificates and kept alive by Leases, Pod CIDRs from the controller
+//! manager's node IPAM, the demo's every path (pod to pod, Service, DNS, NetworkPolicy),
+//! kubectl's Deployment workflow, the agents' least privilege, and a clean `lab down`.
+//! Without the components built the tests say SKIPPED (CI builds them).
+
+mod common;
+
+use common::lab::{Lab, flatnet, free_port};
+use common::{converges, sandboxed};
+use std::process::Command;
+use std::time::Duration;
+
+fn built() -> Option<String> {
+    ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+        .iter()
+        .find_map(|c| flatnet_lab::upstream::binary(c).err())
+}
+
+/// kubectl as the lab's admin, from the host; or, with `kubeconfig`, as one of node-1's
+/// processes, from inside node-1 (whose kubeconfigs name the API on the underlay).
+fn kubectl(lab: &Lab, kubeconfig: Option<&std::path::Path>, args: &[&str]) -> std::process::Output {
+    let mut cmd = match kubeconfig {
+        None => {
+            let mut c = Command::new("kubectl");
+            c.env("KUBECONFIG", lab.state().join("kubeconfig"));
+            c
+        }
+        Some(kc) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", lab.ns("node-1").display())).arg("kubectl").env("KUBECONFIG", kc);
+            c
+        }
+    };
+    cmd.args(args).output().unwrap()
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_lab_runs_on_the_upstream_control_plane() {
+    let test = "the_lab_runs_on_the_upstream_control_plane";
+    if let Some(why) = built() {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    sandboxed(test, |_| {
+        let lab = Lab::up_with(3, &["--control-plane", "kubernetes"]);
+        // The real API: its version, Nodes with Pod CIDRs from node IPAM, Leases renewed.
+        let version = ok(kubectl(&lab, None, &["version", "-o", "json"]));
+        assert!(version.contains("\"gitVersion\": \"v1.37.2\""), "{version}");
+        let cidrs = ok(kubectl(&lab, None, &["get", "nodes", "-o", "jsonpath={.items[*].spec.podCIDR}"]));
+        assert_eq!(cidrs.split_whitespace().count(), 3, "{cidrs}");
+        assert!(cidrs.split_whitespace().all(|c| c.starts_with("10.244.") && c.ends_with("/24")), "{cidrs}");
+        let leases = ok(kubectl(&lab, None, &["get", "leases", "-n", "kube-node-lease", "-o", "name"]));
+        assert_eq!(leases.lines().count(), 3, "{leases}");
+
+        // The demo's every path: pod to pod across nodes, the Service, DNS, NetworkPolicy.
+        let out = Command::new(flatnet())
+            .args(["lab", "demo", "--control-plane", "kubernetes", "--listen", &format!("127.0.0.1:{}", lab.port)])
+            .arg("--state-dir")
+            .arg(lab.state())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        let checks: Vec<&str> = text.lines().filter(|l| l.contains(" PASS ") || l.contains(" FAIL ")).collect();
+        assert_eq!(checks.len(), 7, "{text}");
+        assert!(checks.iter().all(|l| l.contains(" PASS ")), "{text}");
+
+        // kubectl's Deployment workflow: the pods spread over the nodes, the Service's
+        // EndpointSlice (from kube-controller-manager) lists them all, and scaling follows.
+        ok(kubectl(&lab, None, &["create", "deployment", "web", "--image=nginx", "--replicas=3"]));
+        ok(kubectl(&lab, None, &["expose", "deployment", "web", "--port=80"]));
+        converges("3 web pods Ready and in the Service's endpoints", Duration::from_secs(60), || {
+            let eps = String::from_utf8_lossy(
+                &kubectl(
+                    &lab,
+                    None,
+                    &[
+                        "get",
+                        "endpointslices",
+                        "-l",
+                        "kubernetes.io/service-name=web",
+                        "-o",
+                        "jsonpath={.items[*].endpoints[*].addresses[*]}",
+                    ],
+                )
+                .stdout,
+            )
+            .into_owned();
+            if eps.split_whitespace().count() == 3 { Ok(()) } else { Err(eps) }
+        });
+        let nodes =
+            ok(kubectl(&lab, None, &["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].spec.nodeName}"]));
+        let distinct: std::collections::BTreeSet<&str> = nodes.split_whitespace().collect();
+        assert!(distinct.len() >= 2, "the scheduler spreads the Deployment: {nodes}");
+        // The Service reaches every one of them, by the name the cluster DNS gives it.
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            let out = Command::new(flatnet())
+                .args(["lab", "exec", "client", "-n", "flatnet-demo", "--state-dir"])
+                .arg(lab.state())
+                .args(["--", "wget", "-qO-", "-T", "2", "http://web.default"])
+                .output()
+                .unwrap();
+            let body = String::from_utf8_lossy(&out.stdout).into_owned();
+            if let Some(pod) = body.split_whitespace().find_map(|w| w.strip_prefix("pod=")) {
+                seen.insert(pod.to_string());
+            }
+            if seen.len() == 3 {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 3, "web.default reached {seen:?}");
+        ok(kubectl(&lab, None, &["scale", "deployment", "web", "--replicas=1"]));
+        converges("one endpoint after scaling down", Duration::from_secs(60), || {
+            let eps = String::from_utf8_lossy(
+                &kubectl(&lab, None, &["get", "endpoints", "web", "-o", "jsonpath={.subsets[*].addresses[*].ip}"])
+                    .stdout,
+            )
+            .into_owned();
+            if eps.split_whitespace().count() == 1 { Ok(()) } else { Err(eps) }
+        });
+
+        // Least privilege: the agent reads what it needs and may write nothing else.
+        let agent = lab.state().join("nodes/node-1/agent.kubeconfig");
+        ok(kubectl(&lab, Some(&agent), &["get", "services", "-A"]));
+        let denied = kubectl(&lab, Some(&agent), &["delete", "service", "web"]);
+        assert!(!denied.status.success(), "the agent deleted a Service");
+        assert!(
+            String::from_utf8_lossy(&denied.stderr).contains("Forbidden"),
+            "{}",
+            String::from_utf8_lossy(&denied.stderr)
+        );
+        let denied = kubectl(&lab, Some(&agent), &["create", "configmap", "x", "--from-literal=a=b"]);
+        assert!(
+            String::from_utf8_lossy(&denied.stderr).contains("forbidden"),
+            "{}",
+            String::from_utf8_lossy(&denied.stderr)
+        );
+        let kubelet = lab.state().join("nodes/node-1/kubeconfig");
+        let denied = kubectl(&lab, Some(&kubelet), &["label", "node", "node-2", "x=y"]);
+        assert!(!denied.status.success(), "node-1's kubelet changed node-2");
+        lab.down_and_check_clean();
+    });
+}
+
+#[test]
+fn the_upstream_control_plane_without_its_components_is_refused_and_nothing_is_made() {
+    sandboxed("the_upstream_control_plane_without_its_components_is_refused_and_nothing_is_made", |_| {
+        let empty = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().join("lab");
+        let out = Command::new(flatnet())
+            .env("FLATNET_KUBERNETES_CACHE", empty.path())
+            .args(["lab", "up", "--control-plane", "kubernetes", "--listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--state-dir")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("run scripts/kubernetes"), "{err}");
+        assert!(!dir.exists(), "nothing made: {}", dir.display());
+    });
+}
