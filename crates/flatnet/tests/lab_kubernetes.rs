@@ -127,6 +127,21 @@ fn the_lab_runs_on_the_upstream_control_plane() {
             if eps.split_whitespace().count() == 1 { Ok(()) } else { Err(eps) }
         });
 
+        // A hostNetwork pod (as a CNI's DaemonSet runs) is in node-2's own namespace, at
+        // node-2's address, with no namespace or CNI call of its own.
+        lab.apply(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: hostweb}\nspec:\n  nodeName: node-2\n  hostNetwork: true\n  containers: [{name: web, image: nginx, ports: [{containerPort: 8080}]}]\n",
+        );
+        assert_eq!(lab.ready_ips(&["hostweb"]), ["192.168.1.12"], "a hostNetwork pod has its node's address");
+        let body = common::lab::http_get_at(&lab.ns("node-1"), "192.168.1.12:8080".parse().unwrap()).unwrap();
+        assert!(body.contains("pod=hostweb"), "{body}");
+        let pins: Vec<String> = std::fs::read_dir(lab.state().join("netns"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let uid = ok(kubectl(&lab, None, &["get", "pod", "hostweb", "-o", "jsonpath={.metadata.uid}"]));
+        assert!(!pins.iter().any(|p| p.contains(&uid)), "no namespace of its own: {pins:?}");
+
         // Least privilege: the agent reads what it needs and may write nothing else.
         let agent = lab.state().join("nodes/node-1/agent.kubeconfig");
         ok(kubectl(&lab, Some(&agent), &["get", "services", "-A"]));

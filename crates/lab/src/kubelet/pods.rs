@@ -225,7 +225,8 @@ fn new_running(pod: &Pod, sandbox: Sandbox) -> Running {
 }
 
 fn start(cfg: &KubeletConfig, pod: &Pod) -> Result<Running, String> {
-    let sb = sandbox::create(cfg.network, &cfg.layout, &cfg.node, pod, (&cfg.cluster_dns, &cfg.cluster_domain))?;
+    let node = (cfg.node.as_str(), cfg.node_ip);
+    let sb = sandbox::create(cfg.network, &cfg.layout, node, pod, (&cfg.cluster_dns, &cfg.cluster_domain))?;
     let mut r = new_running(pod, sb);
     let specs = pod.spec.clone().unwrap_or_default().containers;
     for (c, spec) in r.containers.iter_mut().zip(&specs) {

@@ -21,6 +21,9 @@ pub struct Sandbox {
     pub ip: String,
     pub netns: PathBuf,
     pub dir: PathBuf,
+    /// `hostNetwork: true`: the node's own namespace and address, no CNI call.
+    #[serde(default)]
+    pub host_network: bool,
 }
 
 impl Sandbox {
@@ -47,20 +50,36 @@ fn attachment(uid: &str, namespace: &str, name: &str, netns: &Path) -> Attachmen
     }
 }
 
-/// Creates the sandbox: namespace, CNI ADD, the pod's files. On failure nothing is left.
+/// Creates the sandbox: namespace, CNI ADD, the pod's files; for a `hostNetwork` pod the
+/// node's own namespace and address, as a kubelet does for a CNI's DaemonSet (no CNI
+/// call). On failure nothing is left.
 pub fn create(
     network: PodNetwork,
     layout: &Layout,
-    node: &str,
+    node: (&str, std::net::Ipv4Addr),
     pod: &Pod,
     dns: (&str, &str),
 ) -> Result<Sandbox, String> {
+    let (node, node_ip) = node;
     let uid = pod.metadata.uid.clone().ok_or("the pod has no uid")?;
     let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let name = pod.metadata.name.clone().unwrap_or_default();
     let dir = layout.pod_dir(node, &uid);
-    let ns = layout.pod_ns(&uid);
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        let sandbox = Sandbox {
+            uid,
+            namespace,
+            name,
+            ip: node_ip.to_string(),
+            netns: layout.node_ns(node),
+            dir,
+            host_network: true,
+        };
+        write_files(&sandbox, dns)?;
+        return Ok(sandbox);
+    }
+    let ns = layout.pod_ns(&uid);
     if !netns::NetNs::open(&ns).is_ok_and(|n| n.is_netns()) {
         netns::create_named(&ns).map_err(|e| format!("create the pod's network namespace: {e}"))?;
     }
@@ -78,13 +97,18 @@ pub fn create(
             return Err(why);
         }
     };
-    let sandbox = Sandbox { uid, namespace, name, ip, netns: ns, dir };
+    let sandbox = Sandbox { uid, namespace, name, ip, netns: ns, dir, host_network: false };
+    write_files(&sandbox, dns)?;
+    Ok(sandbox)
+}
+
+/// The pod's resolv.conf and hosts, and the sandbox's record.
+fn write_files(sandbox: &Sandbox, dns: (&str, &str)) -> Result<(), String> {
     let write =
         |path: PathBuf, text: String| std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()));
     write(sandbox.resolv_conf(), super::workload::resolv_conf(&sandbox.namespace, dns.0, dns.1))?;
     write(sandbox.hosts(), super::workload::hosts_file(&sandbox.ip, &sandbox.name))?;
-    write(sandbox.dir.join("sandbox.json"), serde_json::to_string(&sandbox).expect("serializes"))?;
-    Ok(sandbox)
+    write(sandbox.dir.join("sandbox.json"), serde_json::to_string(sandbox).expect("serializes"))
 }
 
 fn first_ip(result: &Value) -> Option<String> {
@@ -94,6 +118,13 @@ fn first_ip(result: &Value) -> Option<String> {
 
 /// Tears the sandbox down: CNI DEL, the namespace, the pod's files. Idempotent.
 pub fn destroy(network: PodNetwork, layout: &Layout, node: &str, s: &Sandbox) -> Result<(), String> {
+    if s.host_network {
+        // The node's namespace is not the pod's to remove: only its files go.
+        return match std::fs::remove_dir_all(&s.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("remove {}: {e}", s.dir.display())),
+            _ => Ok(()),
+        };
+    }
     destroy_parts(network, layout, node, &s.uid, &s.namespace, &s.name)
 }
 
