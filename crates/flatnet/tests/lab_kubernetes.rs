@@ -56,8 +56,10 @@ fn the_lab_runs_on_the_upstream_control_plane() {
         let cidrs = ok(kubectl(&lab, None, &["get", "nodes", "-o", "jsonpath={.items[*].spec.podCIDR}"]));
         assert_eq!(cidrs.split_whitespace().count(), 3, "{cidrs}");
         assert!(cidrs.split_whitespace().all(|c| c.starts_with("10.244.") && c.ends_with("/24")), "{cidrs}");
-        let leases = ok(kubectl(&lab, None, &["get", "leases", "-n", "kube-node-lease", "-o", "name"]));
-        assert_eq!(leases.lines().count(), 3, "{leases}");
+        converges("a Lease per node", Duration::from_secs(15), || {
+            let leases = ok(kubectl(&lab, None, &["get", "leases", "-n", "kube-node-lease", "-o", "name"]));
+            if leases.lines().count() == 3 { Ok(()) } else { Err(leases) }
+        });
 
         // The demo's every path: pod to pod across nodes, the Service, DNS, NetworkPolicy.
         let out = Command::new(flatnet())
@@ -141,6 +143,41 @@ fn the_lab_runs_on_the_upstream_control_plane() {
             .collect();
         let uid = ok(kubectl(&lab, None, &["get", "pod", "hostweb", "-o", "jsonpath={.metadata.uid}"]));
         assert!(!pins.iter().any(|p| p.contains(&uid)), "no namespace of its own: {pins:?}");
+
+        // `kubectl logs` through the API server to the node's kubelet API (TLS, the API
+        // server's client certificate): the whole log, `--tail`, `-c`.
+        ok(kubectl(
+            &lab,
+            None,
+            &[
+                "run",
+                "talker",
+                "--image=busybox",
+                "--restart=Never",
+                "--",
+                "sh",
+                "-c",
+                "for i in 1 2 3; do echo line $i; done; sleep 3600",
+            ],
+        ));
+        converges("talker's log", Duration::from_secs(30), || {
+            let out = kubectl(&lab, None, &["logs", "talker"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text == "line 1\nline 2\nline 3\n" {
+                Ok(())
+            } else {
+                Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+            }
+        });
+        assert_eq!(ok(kubectl(&lab, None, &["logs", "talker", "--tail", "1"])), "line 3\n");
+        assert_eq!(ok(kubectl(&lab, None, &["logs", "talker", "-c", "talker", "--tail=2"])), "line 2\nline 3\n");
+        // The kubelet API lets in the API server only: node-1's kubelet certificate is refused.
+        let direct = Command::new("nsenter")
+            .arg(format!("--net={}", lab.ns("node-1").display()))
+            .args(["curl", "-sk", "--max-time", "5", "https://192.168.1.12:10250/healthz"])
+            .output()
+            .unwrap();
+        assert!(!direct.status.success(), "the kubelet API answered a client without the API server's certificate");
 
         // Least privilege: the agent reads what it needs and may write nothing else.
         let agent = lab.state().join("nodes/node-1/agent.kubeconfig");

@@ -4,6 +4,7 @@
 //! containers' processes in it and reports the pod's IPs and readiness. On delete it
 //! stops the processes and runs CNI DEL.
 
+pub mod api;
 mod pods;
 pub mod sandbox;
 pub mod supervisor;
@@ -37,6 +38,8 @@ pub struct KubeletConfig {
     pub network: PodNetwork,
     pub cluster_dns: String,
     pub cluster_domain: String,
+    /// The kubelet API's TLS (on the upstream control plane; None: not served).
+    pub api: Option<api::ApiTls>,
 }
 
 /// A node-level process: its name (its pid file and log are `<name>.pid`, `<name>.log` in
@@ -59,6 +62,10 @@ pub async fn run(cfg: KubeletConfig, shutdown: impl std::future::Future<Output =
             .map_err(fail)?;
     register(&cfg, &Api::all(client.clone())).await?;
     let lease = tokio::spawn(renew_lease(client.clone(), cfg.node.clone()));
+    let kubelet_api = cfg.api.clone().map(|t| {
+        let addr = std::net::SocketAddr::from((cfg.node_ip, api::PORT));
+        tokio::spawn(api::serve(cfg.layout.clone(), cfg.node.clone(), addr, t))
+    });
     let dir = cfg.layout.node_dir(&cfg.node);
     let agent = cfg.agent.clone().map(|cmd| {
         supervisor::Supervisor::start("agent", cmd, Vec::new(), cfg.layout.agent_pid(&cfg.node), dir.join("agent.log"))
@@ -103,6 +110,9 @@ pub async fn run(cfg: KubeletConfig, shutdown: impl std::future::Future<Output =
     }
     watch.abort();
     lease.abort();
+    if let Some(a) = kubelet_api {
+        a.abort();
+    }
     for s in agent.into_iter().chain(daemons) {
         s.detach();
     }
@@ -126,6 +136,7 @@ async fn register(cfg: &KubeletConfig, nodes: &Api<Node>) -> Result<(), KubeletE
         // What the scheduler fits pods against, as a kubelet reports it: this machine's
         // CPUs and memory, and a kubelet's default of 110 pods.
         "capacity": resources(), "allocatable": resources(),
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": api::PORT}},
         "nodeInfo": {"kubeletVersion": "flatnet-lab", "containerRuntimeVersion": "flatnet-lab://0", "operatingSystem": "linux",
                      "architecture": std::env::consts::ARCH, "osImage": "flatnet lab", "kernelVersion": "", "kubeProxyVersion": "",
                      "machineID": "", "systemUUID": "", "bootID": ""},
@@ -191,15 +202,22 @@ async fn renew_lease(client: kube::Client, node: String) {
             }
             Err(e) => Err(e),
         };
-        match result {
-            Ok(()) => told = false,
-            Err(e) if !told => {
-                warn!("could not renew node {node}'s Lease (renewing every {} s): {e}", LEASE_SECONDS / 4);
-                told = true;
+        let every = Duration::from_secs((LEASE_SECONDS / 4) as u64);
+        let next = match result {
+            Ok(()) => {
+                told = false;
+                every
             }
-            Err(_) => {}
-        }
-        tokio::time::sleep(Duration::from_secs((LEASE_SECONDS / 4) as u64)).await;
+            Err(e) => {
+                if !told {
+                    warn!("could not renew node {node}'s Lease (trying again, then every {every:?}): {e}");
+                    told = true;
+                }
+                // Soon after a failure (the API just starting), then at the usual pace.
+                Duration::from_secs(1).min(every)
+            }
+        };
+        tokio::time::sleep(next).await;
     }
 }
 

@@ -125,3 +125,30 @@ pub async fn wait_ready(client: &kube::Client, within: Duration) -> anyhow::Resu
         }
     }
 }
+
+/// Where a node's kubelet API certificate and key are.
+fn kubelet_serving_files(layout: &Layout, node: &str) -> (PathBuf, PathBuf) {
+    (layout.node_dir(node).join("kubelet.crt"), layout.node_dir(node).join("kubelet.key"))
+}
+
+/// Writes `node`'s kubelet API certificate for its address.
+pub fn write_kubelet_serving(layout: &Layout, node: &str, ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
+    let pki = pki::Pki { dir: components::dir(layout).join("pki") };
+    let (cert, key) = pki.kubelet_serving(node, ip.into())?;
+    let (c, k) = kubelet_serving_files(layout, node);
+    crate::write_file(&c, &cert, 0o644)?;
+    crate::write_file(&k, &key, 0o600)?;
+    Ok(())
+}
+
+/// The kubelet API's TLS for `node`, when the lab runs the upstream control plane.
+pub fn kubelet_api_tls(layout: &Layout, node: &str) -> Option<crate::kubelet::api::ApiTls> {
+    let (cert, key) = kubelet_serving_files(layout, node);
+    let pki = pki::Pki { dir: components::dir(layout).join("pki") };
+    cert.is_file().then(|| crate::kubelet::api::ApiTls {
+        cert,
+        key,
+        ca: pki.ca_cert(),
+        apiserver_client: pki.kubelet_client().0,
+    })
+}

@@ -118,6 +118,17 @@ impl Pki {
         Ok((p.signed_by(&key, issuer)?.pem(), key.serialize_pem()))
     }
 
+    /// A serving certificate and key for a kubelet at `ip` (its API on port 10250), as
+    /// kube-apiserver checks it (`--kubelet-certificate-authority`).
+    pub fn kubelet_serving(&self, node: &str, ip: std::net::IpAddr) -> Result<(String, String), PkiError> {
+        let mut p = CertificateParams::new(vec![node.to_string()])?;
+        p.distinguished_name.push(DnType::CommonName, format!("system:node:{node}"));
+        p.subject_alt_names.push(SanType::IpAddress(ip));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate()?;
+        Ok((p.signed_by(&key, &self.issuer()?)?.pem(), key.serialize_pem()))
+    }
+
     /// A kubeconfig for `user` in `groups`, with a client certificate of its own, for the
     /// API server at `server`.
     pub fn client_kubeconfig(&self, server: &str, user: &str, groups: &[&str]) -> Result<String, PkiError> {

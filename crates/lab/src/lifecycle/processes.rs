@@ -165,6 +165,7 @@ pub fn kubelet<F: Future<Output = ()>>(
         network,
         cluster_dns: "10.96.0.10".into(),
         cluster_domain: "cluster.local".into(),
+        api: crate::kubernetes::kubelet_api_tls(layout, node),
     };
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).max_blocking_threads(8).enable_all().build()?;

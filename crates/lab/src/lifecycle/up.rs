@@ -194,6 +194,9 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
             &credentials.render(&node_server, Some((&name, Role::Kubelet)))?,
         )?;
         write_private(&layout.agent_kubeconfig(&name), &credentials.render(&node_server, Some((&name, Role::Agent)))?)?;
+        if upstream {
+            crate::kubernetes::write_kubelet_serving(layout, &name, ip)?;
+        }
         let wiring = nodes::Wiring { bridge: &bridge, addr: racks.node_net(i), gateway: racks.node_gateway(i) };
         nodes::create(&layout.underlay_ns(), &layout.node_ns(&name), &name, &wiring)
             .with_context(|| format!("create node {name}"))?;
