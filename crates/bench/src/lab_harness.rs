@@ -61,6 +61,12 @@ impl BenchLab {
         }
     }
 
+    /// The `--listen` this lab was brought up with, for more `lab` commands on it.
+    pub fn listen_args(&self) -> Vec<String> {
+        let at = self.args.iter().position(|a| a == "--listen").expect("lab up is given --listen");
+        self.args[at..=at + 1].to_vec()
+    }
+
     /// Starts `lab up` again, in the background: it starts what is missing (a killed
     /// kubelet, say). Wait for the child to know it finished.
     pub fn up_again(&self) -> anyhow::Result<std::process::Child> {

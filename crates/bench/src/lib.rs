@@ -4,6 +4,7 @@
 mod api_server;
 mod bgp;
 mod cni;
+mod control_plane;
 mod dns;
 mod lab_api;
 mod lab_harness;
@@ -20,6 +21,9 @@ pub enum BenchCmd {
     /// Native routing by BGP across racks: iperf3 against VXLAN as ratios to a bare veth
     /// pair, and convergence (a node lost, a Pod CIDR assigned) in medians.
     Bgp(bgp::BgpBenchArgs),
+    /// The embedded control plane against the upstream one (kube-apiserver on etcd,
+    /// kube-controller-manager, kube-scheduler): lab up, the demo, and memory.
+    ControlPlane(control_plane::ControlPlaneBenchArgs),
     /// CNI ADD and DEL latency: flatnet against the reference bridge + host-local plugins.
     Cni(cni::CniBenchArgs),
     /// Cluster DNS against NSD with the same records: queries/s per core, p50/p99
@@ -43,6 +47,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Bgp(args) => bgp::run(args),
         BenchCmd::Cni(args) => cni::run(args),
+        BenchCmd::ControlPlane(args) => control_plane::run(args),
         BenchCmd::Dns(args) => dns::run(args),
         BenchCmd::LabApi(args) => lab_api::run(args),
         BenchCmd::LabUp(args) => lab_up::run(args),

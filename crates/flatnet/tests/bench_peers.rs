@@ -1,7 +1,7 @@
 //! Smoke runs of the benchmarks that compare flatnet with its peers (small sizes,
 //! seconds), so the comparison code cannot rot: `bench cni` beside Debian's and the
 //! current reference plugins, `bench dns` beside CoreDNS and NSD, `bench services` beside
-//! kube-proxy, `bench throughput` and `bench lab-up` beside Flannel, `bench bgp` beside VXLAN. The peers come from `scripts/peers` and `scripts/kubernetes` (CI builds
+//! kube-proxy, `bench throughput` and `bench lab-up` beside Flannel, `bench bgp` beside VXLAN, `bench control-plane` and `bench lab-api` beside kube-apiserver. The peers come from `scripts/peers` and `scripts/kubernetes` (CI builds
 //! them); without them the test says SKIPPED.
 
 mod common;
@@ -151,5 +151,27 @@ fn bench_bgp_compares_native_routes_with_vxlan_and_measures_convergence() {
         assert!(withdrawn[0] > 0.0 && withdrawn[0] < 3.0 * 9.0, "{text}");
         let routed = row(&text, "Pod CIDR assigned → every other node routes it:");
         assert!(routed.last().is_some_and(|ms| *ms < 10_000.0), "{text}");
+    });
+}
+
+#[test]
+fn bench_control_plane_and_lab_api_compare_the_embedded_api_with_kube_apiserver() {
+    let test = "bench_control_plane_and_lab_api_compare_the_embedded_api_with_kube_apiserver";
+    if let Err(why) = flatnet_lab::kubernetes::binaries() {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    sandboxed(test, |_| {
+        let text = bench(&["control-plane", "--runs", "1", "--nodes", "2"]);
+        for label in
+            ["lab up: Nodes Ready, network up, DNS (s)", "lab demo: every path checked (s)", "control plane RSS (MiB)"]
+        {
+            let v = row(&text, label);
+            assert!(v.len() == 3 && v.iter().all(|x| *x > 0.0), "{label}: {v:?}\n{text}");
+        }
+        let text = bench(&["lab-api", "--pods", "200", "--services", "20"]);
+        assert_eq!(row(&text, "embedded").len(), 5, "{text}");
+        assert_eq!(row(&text, "kube-apiserver").len(), 5, "{text}");
+        assert!(text.contains("embedded ÷ kube-apiserver: acknowledged"), "{text}");
     });
 }
