@@ -136,31 +136,8 @@ impl Pki {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let (cert, key) = self.client_pems(&self.issuer()?, user, groups)?;
         let ca = std::fs::read_to_string(self.ca_cert()).map_err(io(&self.ca_cert()))?;
-        Ok(format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: flatnet-lab
-  cluster:
-    server: {server}
-    certificate-authority-data: {ca}
-users:
-- name: {user}
-  user:
-    client-certificate-data: {cert}
-    client-key-data: {key}
-contexts:
-- name: flatnet-lab
-  context:
-    cluster: flatnet-lab
-    user: {user}
-    namespace: default
-current-context: flatnet-lab
-",
-            ca = b64(&ca),
-            cert = b64(&cert),
-            key = b64(&key),
-        ))
+        let credentials = format!("client-certificate-data: {}\nclient-key-data: {}", b64(&cert), b64(&key));
+        Ok(crate::kubeconfig::render_for(server, &ca, user, &credentials))
     }
 }
 
