@@ -50,13 +50,17 @@ impl Bgp {
         Self { running: None, wake: Arc::new(wake) }
     }
 
+    /// Whether the speaker runs, with this AS and router ID.
+    pub fn runs_as(&self, local_as: u32, router_id: Ipv4Addr) -> bool {
+        self.running.as_ref().is_some_and(|r| r.local_as == local_as && r.router_id == router_id)
+    }
+
     /// Makes the speaker match `settings` and `peers`, announcing the node's Pod CIDR, and
     /// returns what it has learned.
     pub async fn sync(&mut self, settings: &NodeBgp, peers: &[PeerSpec], s: &Session) -> Result<BgpRoutes, String> {
         let (router_id, pod_cidr, hold_time, port, restarting) =
             (s.router_id, s.pod_cidr, s.hold_time, s.port, s.restarting);
-        let same = self.running.as_ref().is_some_and(|r| r.local_as == settings.local_as && r.router_id == router_id);
-        if !same {
+        if !self.runs_as(settings.local_as, router_id) {
             if let Some(old) = self.running.take() {
                 info!("BGP: AS or router ID changed; restarting the speaker");
                 old.forward.abort();

@@ -247,12 +247,14 @@ async fn pass(
                 }
                 Peering::Peers(p) => p.clone(),
             };
-            let restarting = blocking(|nl| {
-                Ok(flatnet_kernel::route::list_owned(nl)?
-                    .iter()
-                    .any(|r| r.protocol == flatnet_kernel::route::FLATNET_BGP_PROTOCOL))
-            })
-            .await?;
+            // Read only when the speaker is about to start, not on every pass.
+            let restarting = !bgp.runs_as(settings.local_as, underlay.addr.addr())
+                && blocking(|nl| {
+                    Ok(flatnet_kernel::route::list_owned(nl)?
+                        .iter()
+                        .any(|r| r.protocol == flatnet_kernel::route::FLATNET_BGP_PROTOCOL))
+                })
+                .await?;
             let session = crate::bgp::Session {
                 router_id: underlay.addr.addr(),
                 pod_cidr,

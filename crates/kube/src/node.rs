@@ -92,11 +92,3 @@ pub fn network_state(node: &Node) -> (Network, String) {
         None => (Network::Down, "the agent has not reported yet".into()),
     }
 }
-
-/// The agent's message, as `Ok` only when the node's network is up with every peer routed.
-pub fn network_up(node: &Node) -> Result<String, String> {
-    match network_state(node) {
-        (Network::Up, m) => Ok(m),
-        (_, m) => Err(m),
-    }
-}

@@ -87,38 +87,43 @@ pub fn all(
     };
     let kcm = Component {
         name: "kube-controller-manager",
-        cmd: vec![
-            s(&bin("kube-controller-manager")?),
-            format!("--kubeconfig={}", s(&d.join("controller-manager.kubeconfig"))),
-            format!("--authentication-kubeconfig={}", s(&d.join("controller-manager.kubeconfig"))),
-            format!("--authorization-kubeconfig={}", s(&d.join("controller-manager.kubeconfig"))),
-            "--bind-address=127.0.0.1".into(),
-            "--leader-elect=false".into(),
-            "--allocate-node-cidrs=true".into(),
-            "--cluster-cidr=10.244.0.0/16".into(),
-            "--node-cidr-mask-size=24".into(),
-            "--service-cluster-ip-range=10.96.0.0/12".into(),
-            format!("--cluster-signing-cert-file={}", s(&pki.ca_cert())),
-            format!("--cluster-signing-key-file={}", s(&pki.ca_key())),
-            format!("--root-ca-file={}", s(&pki.ca_cert())),
-            format!("--service-account-private-key-file={}", s(&pki.sa_key())),
-            "--use-service-account-credentials=true".into(),
-            "--profiling=false".into(),
-        ],
+        cmd: [
+            vec![s(&bin("kube-controller-manager")?)],
+            kubeconfig_flags(&d.join("controller-manager.kubeconfig")),
+            vec![
+                "--bind-address=127.0.0.1".into(),
+                "--leader-elect=false".into(),
+                "--allocate-node-cidrs=true".into(),
+                "--cluster-cidr=10.244.0.0/16".into(),
+                "--node-cidr-mask-size=24".into(),
+                "--service-cluster-ip-range=10.96.0.0/12".into(),
+                format!("--cluster-signing-cert-file={}", s(&pki.ca_cert())),
+                format!("--cluster-signing-key-file={}", s(&pki.ca_key())),
+                format!("--root-ca-file={}", s(&pki.ca_cert())),
+                format!("--service-account-private-key-file={}", s(&pki.sa_key())),
+                "--use-service-account-credentials=true".into(),
+                "--profiling=false".into(),
+            ],
+        ]
+        .concat(),
     };
     let scheduler = Component {
         name: "kube-scheduler",
-        cmd: vec![
-            s(&bin("kube-scheduler")?),
-            format!("--kubeconfig={}", s(&d.join("scheduler.kubeconfig"))),
-            format!("--authentication-kubeconfig={}", s(&d.join("scheduler.kubeconfig"))),
-            format!("--authorization-kubeconfig={}", s(&d.join("scheduler.kubeconfig"))),
-            "--bind-address=127.0.0.1".into(),
-            "--leader-elect=false".into(),
-            "--profiling=false".into(),
-        ],
+        cmd: [
+            vec![s(&bin("kube-scheduler")?)],
+            kubeconfig_flags(&d.join("scheduler.kubeconfig")),
+            ["--bind-address=127.0.0.1", "--leader-elect=false", "--profiling=false"].map(String::from).to_vec(),
+        ]
+        .concat(),
     };
     Ok(vec![etcd, apiserver, kcm, scheduler])
+}
+
+/// A controller's credentials, for its API calls and for checking its own clients.
+fn kubeconfig_flags(path: &Path) -> Vec<String> {
+    ["kubeconfig", "authentication-kubeconfig", "authorization-kubeconfig"]
+        .map(|f| format!("--{f}={}", s(path)))
+        .to_vec()
 }
 
 /// The API server's address for the components beside it (the underlay's loopback).

@@ -81,7 +81,7 @@ pub fn dns() -> Identity {
 pub fn prepare(layout: &Layout, token: &str) -> anyhow::Result<pki::Pki> {
     let dir = components::dir(layout);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let pki = pki::Pki::load_or_create(&dir.join("pki"))?;
+    let pki = pki::Pki::load_or_create(&pki::Pki::of(layout).dir)?;
     crate::write_file(
         &components::token_file(layout),
         &format!("{token},flatnet-lab-admin,flatnet-lab-admin,system:masters\n"),
@@ -102,13 +102,13 @@ pub fn prepare(layout: &Layout, token: &str) -> anyhow::Result<pki::Pki> {
 /// A kubeconfig for `who`, for the API server at `server`, with its own client
 /// certificate.
 pub fn kubeconfig(layout: &Layout, server: &str, who: &Identity) -> anyhow::Result<String> {
-    let pki = pki::Pki { dir: components::dir(layout).join("pki") };
+    let pki = pki::Pki::of(layout);
     Ok(pki.client_kubeconfig(server, &who.user, &who.groups)?)
 }
 
 /// The lab's CA as the kubeconfigs name it.
 pub fn ca_pem(layout: &Layout) -> anyhow::Result<String> {
-    let path = components::dir(layout).join("pki").join("ca.crt");
+    let path = pki::Pki::of(layout).ca_cert();
     std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
 }
 
@@ -133,7 +133,7 @@ fn kubelet_serving_files(layout: &Layout, node: &str) -> (PathBuf, PathBuf) {
 
 /// Writes `node`'s kubelet API certificate for its address.
 pub fn write_kubelet_serving(layout: &Layout, node: &str, ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
-    let pki = pki::Pki { dir: components::dir(layout).join("pki") };
+    let pki = pki::Pki::of(layout);
     let (cert, key) = pki.kubelet_serving(node, ip.into())?;
     let (c, k) = kubelet_serving_files(layout, node);
     crate::write_file(&c, &cert, 0o644)?;
@@ -144,7 +144,7 @@ pub fn write_kubelet_serving(layout: &Layout, node: &str, ip: std::net::Ipv4Addr
 /// The kubelet API's TLS for `node`, when the lab runs the upstream control plane.
 pub fn kubelet_api_tls(layout: &Layout, node: &str) -> Option<crate::kubelet::api::ApiTls> {
     let (cert, key) = kubelet_serving_files(layout, node);
-    let pki = pki::Pki { dir: components::dir(layout).join("pki") };
+    let pki = pki::Pki::of(layout);
     cert.is_file().then(|| crate::kubelet::api::ApiTls {
         cert,
         key,

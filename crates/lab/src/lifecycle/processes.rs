@@ -78,6 +78,15 @@ pub fn serve<F: Future<Output = ()>>(
     })
 }
 
+/// Moves this process into the network namespace at `path` (`what` names it in errors).
+/// Call it while the process is still single-threaded: every thread started later is
+/// in the namespace, and so is every child.
+fn enter_for_good(path: &Path, what: &str) -> anyhow::Result<()> {
+    let ns = flatnet_kernel::netns::NetNs::open(path).with_context(|| format!("open {what}'s namespace"))?;
+    nix::sched::setns(std::os::fd::AsFd::as_fd(ns.file()), nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("enter {what}'s namespace"))
+}
+
 /// What one node's kubelet runs with.
 #[derive(Clone, Copy)]
 pub struct KubeletArgs<'a> {
@@ -100,11 +109,7 @@ pub fn kubelet<F: Future<Output = ()>>(
     stop: impl FnOnce() -> std::io::Result<F>,
 ) -> anyhow::Result<()> {
     let KubeletArgs { node, ip, backend, network, kube_proxy, agent_args } = *k;
-    let ns = flatnet_kernel::netns::NetNs::open(layout.node_ns(node))
-        .with_context(|| format!("open node {node}'s namespace"))?;
-    // Still single-threaded: entering here moves every thread started later.
-    nix::sched::setns(std::os::fd::AsFd::as_fd(ns.file()), nix::sched::CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("enter node {node}'s namespace"))?;
+    enter_for_good(&layout.node_ns(node), &format!("node {node}"))?;
     let me = std::env::current_exe()?.to_string_lossy().into_owned();
     let mut agent = vec![
         me,
@@ -181,10 +186,7 @@ pub fn kubelet<F: Future<Output = ()>>(
 pub fn router(layout: &Layout, rack: usize) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let name = crate::racks::router_name(rack);
-    let ns = flatnet_kernel::netns::NetNs::open(layout.router_ns(rack))
-        .with_context(|| format!("open {name}'s namespace"))?;
-    nix::sched::setns(std::os::fd::AsFd::as_fd(ns.file()), nix::sched::CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("enter {name}'s namespace"))?;
+    enter_for_good(&layout.router_ns(rack), &name)?;
     let bird = crate::racks::bird_binary().map_err(anyhow::Error::msg)?;
     let dir = layout.router_dir(rack);
     let err = std::process::Command::new(&bird)
@@ -212,12 +214,10 @@ pub fn serve_kubernetes<F: Future<Output = ()>>(
     let host = std::net::TcpListener::bind(listen)
         .with_context(|| format!("listen on {listen}: is another lab or API server running there?"))?;
     host.set_nonblocking(true)?;
-    let ns = flatnet_kernel::netns::NetNs::open(underlay).context("open the underlay namespace")?;
-    nix::sched::setns(std::os::fd::AsFd::as_fd(ns.file()), nix::sched::CloneFlags::CLONE_NEWNET)
-        .context("enter the underlay namespace")?;
+    enter_for_good(underlay, "the underlay")?;
     let upstream_dns = crate::upstream_dns::bind_in(underlay, SocketAddr::new(underlay::control_plane_ip().into(), 53))
         .context("listen on 192.168.1.1:53 (UDP) in the underlay")?;
-    let pki = crate::kubernetes::pki::Pki { dir: components::dir(layout).join("pki") };
+    let pki = crate::kubernetes::pki::Pki::of(layout);
     let dir = components::dir(layout);
     let supervisors: Vec<_> = components::all(layout, &pki, &crate::upstream::binary)
         .map_err(anyhow::Error::msg)?
