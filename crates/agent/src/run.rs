@@ -140,6 +140,19 @@ impl Reconcile for NodeSync {
         true
     }
 
+    /// This node registered, with a Pod CIDR: on an upstream control plane the node IPAM
+    /// assigns it a moment after the kubelet registers the Node.
+    fn pending(&self) -> Option<String> {
+        match self.nodes.items.get(&(String::new(), self.cfg.node_name.clone())) {
+            None => Some(format!("node {} to be registered with the API", self.cfg.node_name)),
+            Some(me) if node::pod_cidr(me).is_none() => Some(format!(
+                "node {}'s spec.podCIDR from the API's node IPAM (kube-controller-manager --allocate-node-cidrs)",
+                self.cfg.node_name
+            )),
+            Some(_) => None,
+        }
+    }
+
     fn sync(&mut self, _full: bool) -> Result<String, String> {
         self.changed = false;
         let runtime = self.runtime.clone();

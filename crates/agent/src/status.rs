@@ -26,12 +26,16 @@ pub struct Record {
     /// Times its supervisor started it again after it died (a panic).
     #[serde(default)]
     pub restarts: u64,
+    /// What it waits for from the cluster before it can sync at all (this node's Pod
+    /// CIDR from the node IPAM): not ready, and not an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
 }
 
 impl Record {
-    /// Ready: it has synced, and its last sync succeeded.
+    /// Ready: it has synced, its last sync succeeded, and it waits for nothing.
     pub fn ready(&self) -> bool {
-        self.last_success.is_some() && self.last_error.is_none()
+        self.last_success.is_some() && self.last_error.is_none() && self.pending.is_none()
     }
 }
 
@@ -158,6 +162,7 @@ impl Status {
             r.syncs += 1;
             r.last_sync = Some(t);
             r.last_duration_ms = Some(took.as_secs_f64() * 1e3);
+            r.pending = None;
             match result {
                 Ok(summary) => {
                     r.last_success = Some(t);
@@ -172,6 +177,11 @@ impl Status {
                 }
             }
         });
+    }
+
+    /// Records that `reconciler` waits for `what` from the cluster before it can sync.
+    pub fn pending(&self, reconciler: &str, what: &str) {
+        self.with(|s| s.reconcilers.entry(reconciler.into()).or_default().pending = Some(what.into()));
     }
 
     /// Records that `reconciler` died and is being started again (`why`): it is failing
@@ -192,7 +202,9 @@ impl Status {
                 .reconcilers
                 .iter()
                 .filter(|(_, r)| !r.ready())
-                .map(|(n, r)| format!("{n}: {}", r.last_error.as_deref().unwrap_or("not synced yet")))
+                .map(|(n, r)| {
+                    format!("{n}: {}", r.pending.as_deref().or(r.last_error.as_deref()).unwrap_or("not synced yet"))
+                })
                 .collect();
             if not.is_empty() { Ok(()) } else { Err(not.join("; ")) }
         })

@@ -143,6 +143,11 @@ pub trait Reconcile: Send + 'static {
     fn waiting(&self) -> bool {
         false
     }
+    /// What it needs from the cluster before it can sync at all, when it lacks it: no
+    /// sync is tried (nor counted as failed) until an event brings it.
+    fn pending(&self) -> Option<String> {
+        None
+    }
     /// One sync: with `full`, from the kernel's actual state; otherwise what changed since
     /// the last success. Returns a summary for the log ("" when nothing was worth one).
     fn sync(&mut self, full: bool) -> Result<String, String>;
@@ -181,10 +186,15 @@ pub async fn drive<R: Reconcile>(
     let mut backoff = Backoff::default();
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut last_failure: Option<tokio::time::Instant> = None;
+    let mut told_pending: Option<String> = None;
     loop {
         let now = tokio::time::Instant::now();
+        let pending = r.listed().then(|| r.pending()).flatten();
         let wake = match retry_at {
             Some(t) => t,
+            // Nothing to try until an event brings what is missing (said at once).
+            None if pending.is_some() && pending == told_pending => now + r.resync(),
+            None if pending.is_some() => now,
             // Work to do now: the first sync, or the one after a re-list.
             None if r.listed() && (need_full || r.dirty()) => now,
             None if r.waiting() => now + Duration::from_millis(500),
@@ -215,6 +225,16 @@ pub async fn drive<R: Reconcile>(
             continue;
         }
         retry_at = None;
+        if let Some(what) = r.pending() {
+            if told_pending.as_ref() != Some(&what) {
+                info!("{} waits: {what}", R::NAME);
+                status.pending(R::NAME, &what);
+                told_pending = Some(what);
+            }
+            need_full = true;
+            continue;
+        }
+        told_pending = None;
         if !need_full && !r.dirty() {
             if r.waiting() {
                 r = blocking(r, |r| r.after(true)).await.0;
@@ -384,5 +404,53 @@ mod tests {
         assert!(text.contains("flatnet_reconciler_ready{reconciler=\"proxy\"} 1"), "{text}");
         stop_tx.send(true).unwrap();
         let _ = tokio::join!(proxy, policy);
+    }
+
+    /// A node reconciler without its Pod CIDR yet: it has nothing to sync with.
+    struct Waits {
+        cidr: bool,
+        syncs: Arc<AtomicU32>,
+    }
+
+    impl Reconcile for Waits {
+        type Event = ();
+        const NAME: &'static str = "node";
+        fn apply(&mut self, (): ()) -> bool {
+            self.cidr = true;
+            true
+        }
+        fn listed(&self) -> bool {
+            true
+        }
+        fn dirty(&self) -> bool {
+            false
+        }
+        fn pending(&self) -> Option<String> {
+            (!self.cidr).then(|| "node-1's spec.podCIDR".to_string())
+        }
+        fn sync(&mut self, _full: bool) -> Result<String, String> {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            Ok("synced".into())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconciler_waiting_on_the_cluster_is_not_ready_not_failing_and_syncs_once_it_comes() {
+        let status = Arc::new(Status::new("node-1", "vxlan", &["node"]));
+        let (stop_tx, stop) = watch::channel(false);
+        let (tx, rx) = mpsc::unbounded_channel::<(Instant, ())>();
+        let syncs = Arc::new(AtomicU32::new(0));
+        let task = tokio::spawn(drive(Waits { cidr: false, syncs: syncs.clone() }, rx, status.clone(), stop));
+        eventually("the wait to be recorded", || status.snapshot().reconcilers["node"].pending.is_some()).await;
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let rec = status.snapshot().reconcilers["node"].clone();
+        assert_eq!((rec.errors, syncs.load(Ordering::SeqCst)), (0, 0), "no sync tried, none failed: {rec:?}");
+        assert_eq!(status.ready().unwrap_err(), "node: node-1's spec.podCIDR");
+        tx.send((Instant::now(), ())).unwrap();
+        eventually("a sync once the Pod CIDR comes", || status.ready().is_ok()).await;
+        assert_eq!(syncs.load(Ordering::SeqCst), 1);
+        assert_eq!(status.snapshot().reconcilers["node"].pending, None);
+        stop_tx.send(true).unwrap();
+        let _ = task.await;
     }
 }

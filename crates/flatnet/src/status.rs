@@ -77,10 +77,11 @@ pub fn text(name: &str, s: &NodeStatus) -> String {
         out.push_str(&format!("            {}/{} {}\n", p.namespace, p.name, p.ip.as_deref().unwrap_or("-")));
     }
     for (r, rec) in &snap.reconcilers {
-        let state = match &rec.last_error {
-            Some(e) => format!("FAILING: {e}"),
-            None if rec.last_success.is_some() => "in sync".to_string(),
-            None => "not synced yet".to_string(),
+        let state = match (&rec.pending, &rec.last_error) {
+            (Some(what), _) => format!("waiting for {what}"),
+            (None, Some(e)) => format!("FAILING: {e}"),
+            (None, None) if rec.last_success.is_some() => "in sync".to_string(),
+            (None, None) => "not synced yet".to_string(),
         };
         let restarts = match rec.restarts {
             0 => String::new(),
