@@ -15,6 +15,7 @@ pub mod netns;
 pub mod nf_tables;
 pub mod nft;
 pub mod probe;
+pub mod pty;
 pub mod route;
 pub mod sandbox;
 pub mod sysctl;

@@ -185,6 +185,9 @@ pub enum LabCmd {
         hosts: Option<PathBuf>,
         #[arg(long)]
         hostname: Option<String>,
+        /// Standard input is a terminal: make it the controlling one of a new session.
+        #[arg(long)]
+        tty: bool,
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
     },
@@ -244,10 +247,31 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
             processes::kubelet(&state.layout(), &args, crate::shutdown::requested)
         }
         LabCmd::Router { state, rack } => processes::router(&state.layout(), rack),
-        LabCmd::Enter { netns, resolv_conf, hosts, hostname, command } => {
+        LabCmd::Enter { netns, resolv_conf, hosts, hostname, tty, command } => {
+            if tty {
+                use std::os::fd::AsFd;
+                flatnet_kernel::pty::take_controlling(std::io::stdin().as_fd())?;
+            }
+            // A program that is not there is said as a container runtime says it, with a
+            // shell's exit code, which `kubectl exec` passes on.
+            if let Some(program) = command.first()
+                && !program_exists(program)
+            {
+                eprintln!("exec: {:?}: executable file not found in $PATH", program.to_string_lossy());
+                std::process::exit(127);
+            }
             let ctx = flatnet_kernel::enter::PodContext { netns, resolv_conf, hosts, hostname };
             Err(flatnet_kernel::enter::exec(&ctx, &command).into())
         }
         LabCmd::Netexec { pod, namespace, node, ports } => exec::netexec(pod, namespace, node, &ports),
     }
+}
+
+/// `program` is a path to a file, or a name found on `$PATH`.
+fn program_exists(program: &std::ffi::OsStr) -> bool {
+    let p = std::path::Path::new(program);
+    if p.components().count() > 1 {
+        return p.is_file();
+    }
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }

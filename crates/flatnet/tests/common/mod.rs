@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test file uses a different part of the harness")]
 
 pub mod lab;
+pub mod terminal;
 
 use flatnet_cni::exec::{self, Attachment, ExecError};
 use flatnet_kernel::sandbox::{self, Sandbox};

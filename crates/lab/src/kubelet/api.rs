@@ -1,8 +1,9 @@
 //! The kubelet API on the node's address, port 10250, over TLS, as kube-apiserver reaches
 //! it for `kubectl logs`: `GET /containerLogs/{namespace}/{pod}/{container}` with
 //! `tailLines`, `follow` and `timestamps` ignored as the lab keeps no timestamps, read
-//! from the containers' log files. Only the API server's own client certificate
-//! (`--kubelet-client-certificate`) is let in. `exec` and `attach` are not served yet.
+//! from the containers' log files; `exec` over WebSocket (see [`super::exec`]). Only the
+//! API server's own client certificate (`--kubelet-client-certificate`) is let in.
+//! `attach` and `portForward` are not served.
 
 use super::sandbox;
 use crate::layout::Layout;
@@ -113,11 +114,11 @@ impl rustls::server::danger::ClientCertVerifier for OnlyTheApiServer {
 pub async fn serve(layout: Layout, node: String, addr: SocketAddr, t: ApiTls) -> anyhow::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config(&t)?));
     let tcp = tokio::net::TcpListener::bind(addr).await?;
-    info!("kubelet API on https://{addr} (containerLogs)");
+    info!("kubelet API on https://{addr} (containerLogs, exec)");
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
-        .route("/exec/{namespace}/{pod}/{container}", axum::routing::any(not_yet))
+        .route("/exec/{namespace}/{pod}/{container}", axum::routing::any(exec))
         .route("/attach/{namespace}/{pod}/{container}", axum::routing::any(not_yet))
         .route("/portForward/{namespace}/{pod}", axum::routing::any(not_yet))
         .with_state(Ctx { layout, node });
@@ -125,13 +126,23 @@ pub async fn serve(layout: Layout, node: String, addr: SocketAddr, t: ApiTls) ->
     Ok(())
 }
 
-/// What the lab kubelet does not serve yet, said so that kubectl shows it.
+/// What the lab kubelet does not serve, said so that kubectl shows it.
 async fn not_yet() -> Response {
     (
         StatusCode::NOT_IMPLEMENTED,
-        "the flatnet lab kubelet does not serve exec, attach or port-forward yet: use `flatnet lab exec POD -- CMD`",
+        "the flatnet lab kubelet does not serve attach or port-forward: run a command with `kubectl exec`, or reach the pod's address from the lab (`flatnet lab exec POD -- CMD`)",
     )
         .into_response()
+}
+
+async fn exec(
+    State(ctx): State<Ctx>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    ws: Result<axum::extract::ws::WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let sb = sandbox::adopt(&ctx.layout, &ctx.node).into_iter().find(|s| s.namespace == namespace && s.name == pod);
+    super::exec::handle(sb, &container, query.as_deref().unwrap_or(""), ws)
 }
 
 /// The log file of a container of a pod on this node.

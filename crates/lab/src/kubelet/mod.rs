@@ -5,6 +5,7 @@
 //! stops the processes and runs CNI DEL.
 
 pub mod api;
+pub mod exec;
 mod pods;
 pub mod sandbox;
 pub mod supervisor;
@@ -137,6 +138,9 @@ async fn register(cfg: &KubeletConfig, nodes: &Api<Node>) -> Result<(), KubeletE
         // CPUs and memory, and a kubelet's default of 110 pods.
         "capacity": resources(), "allocatable": resources(),
         "daemonEndpoints": {"kubeletEndpoint": {"Port": api::PORT}},
+        // The API server then proxies `kubectl exec`'s WebSocket to us as it is, instead
+        // of translating it to SPDY (which the lab kubelet does not speak).
+        "declaredFeatures": ["ExtendWebSocketsToKubelet"],
         "nodeInfo": {"kubeletVersion": "flatnet-lab", "containerRuntimeVersion": "flatnet-lab://0", "operatingSystem": "linux",
                      "architecture": std::env::consts::ARCH, "osImage": "flatnet lab", "kernelVersion": "", "kubeProxyVersion": "",
                      "machineID": "", "systemUUID": "", "bootID": ""},

@@ -188,6 +188,40 @@ impl Process {
     }
 }
 
+/// `flatnet lab enter` into the sandbox, running `argv` with `env` (over a base PATH,
+/// HOME and HOSTNAME) in `workdir`; `tty`: its standard input is a terminal to take as
+/// the controlling one.
+pub fn enter_command(
+    s: &Sandbox,
+    argv: &[std::ffi::OsString],
+    env: &[(String, String)],
+    workdir: Option<&str>,
+    tty: bool,
+) -> Result<Command, String> {
+    let flatnet = std::env::current_exe().map_err(|e| format!("find the flatnet binary: {e}"))?;
+    let mut cmd = Command::new(flatnet);
+    cmd.args(["lab", "enter", "--netns"])
+        .arg(&s.netns)
+        .arg("--resolv-conf")
+        .arg(s.resolv_conf())
+        .arg("--hosts")
+        .arg(s.hosts())
+        .arg("--hostname")
+        .arg(&s.name);
+    if tty {
+        cmd.arg("--tty");
+    }
+    cmd.arg("--")
+        .args(argv)
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/root")
+        .env("HOSTNAME", &s.name)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(workdir.unwrap_or("/"));
+    Ok(cmd)
+}
+
 /// Starts `argv` inside the sandbox through `flatnet lab enter`, logging to `log`.
 pub fn start(
     s: &Sandbox,
@@ -197,33 +231,14 @@ pub fn start(
     workdir: Option<&str>,
     log: &Path,
 ) -> Result<Process, String> {
-    let flatnet = std::env::current_exe().map_err(|e| format!("find the flatnet binary: {e}"))?;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .map_err(|e| format!("open {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(flatnet);
-    cmd.args(["lab", "enter", "--netns"])
-        .arg(&s.netns)
-        .arg("--resolv-conf")
-        .arg(s.resolv_conf())
-        .arg("--hosts")
-        .arg(s.hosts())
-        .arg("--hostname")
-        .arg(&s.name)
-        .arg("--")
-        .args(argv)
-        .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("HOME", "/root")
-        .env("HOSTNAME", &s.name)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(workdir.unwrap_or("/"))
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
+    let mut cmd = enter_command(s, argv, env, workdir, false)?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let child = cmd.spawn().map_err(|e| format!("start the container: {e}"))?;
     Ok(Process { pid: i32::try_from(child.id()).unwrap_or(i32::MAX), name: Some(name.to_string()), child: Some(child) })
