@@ -210,12 +210,13 @@ fn every_hop_status_metrics_and_doctor() {
         assert!(probed["probe"]["outcome"]["detail"].as_str().unwrap().contains("pod=web-a"), "{probed:#}");
 
         // `flatnet trace` on node-1 itself sees node-1's part of the path, and says where
-        // its view ends; the probe still goes all the way.
+        // its view ends; the probe still goes all the way. It reads the API as the node's
+        // agent (a kubelet's credentials may list only its own node's pods).
         let out = run(Command::new("nsenter")
             .arg(format!("--net={}", lab.ns("node-1").display()))
             .arg(flatnet())
             .args(["trace", "--json", "--probe", "--node-name", "node-1", "--kubeconfig"])
-            .arg(lab.state().join("nodes/node-1/kubeconfig"))
+            .arg(lab.state().join("nodes/node-1/agent.kubeconfig"))
             .arg("--pod-netns-dir")
             .arg(lab.state().join("netns"))
             .args(["default/client", "default/web-a:8080"]));

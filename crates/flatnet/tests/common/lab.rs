@@ -45,12 +45,20 @@ impl Lab {
         Self::up_with(nodes, &["--backend", backend])
     }
 
-    /// A lab of `nodes` nodes brought up with more `lab up` flags.
+    /// A lab of `nodes` nodes brought up with more `lab up` flags. With
+    /// `FLATNET_LAB_CONTROL_PLANE` set (to `kubernetes`), on that control plane unless the
+    /// flags name one: how `scripts/test` runs suites again on the upstream one.
     pub fn up_with(nodes: usize, flags: &[&str]) -> Self {
         let lab = Lab { dir: tempfile::tempdir().unwrap(), port: free_port() };
+        let mut flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        if let Ok(cp) = std::env::var("FLATNET_LAB_CONTROL_PLANE")
+            && !flags.iter().any(|f| f == "--control-plane")
+        {
+            flags.extend(["--control-plane".to_string(), cp]);
+        }
         run(Command::new(flatnet())
             .args(["lab", "up", "--nodes", &nodes.to_string()])
-            .args(flags)
+            .args(&flags)
             .args(["--listen", &format!("127.0.0.1:{}", lab.port), "--state-dir"])
             .arg(lab.state()));
         lab
