@@ -41,6 +41,11 @@ pub struct AgentConfig {
     /// Whether the agent is the node's Service proxy (false: another one, kube-proxy,
     /// carries Services; the agent still connects nodes and enforces NetworkPolicy).
     pub service_proxy: bool,
+    /// The pods' MTU; None: the most the underlay carries with the backend.
+    pub mtu: Option<u32>,
+    /// Where the host's sysctls are written (/proc/sys, or the host's mounted into a
+    /// container).
+    pub proc_sys: PathBuf,
 }
 
 impl AgentConfig {
@@ -62,6 +67,8 @@ impl AgentConfig {
             bgp: flatnet_model::bgp::NodeBgp { local_as: 64512, peering: flatnet_model::bgp::Peering::Mesh },
             bgp_hold_time: 90,
             bgp_port: 179,
+            mtu: None,
+            proc_sys: "/proc/sys".into(),
         }
     }
 

@@ -82,17 +82,22 @@ pub fn find_underlay(
 const MIN_POD_MTU: u32 = 576;
 
 /// The MTU pods get on this node.
-pub fn pod_mtu(backend: Backend, underlay: &Underlay) -> Result<u32, DataplaneError> {
-    let mtu = match backend {
+pub fn pod_mtu(backend: Backend, underlay: &Underlay, wanted: Option<u32>) -> Result<u32, DataplaneError> {
+    let most = match backend {
         Backend::Vxlan => underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
         Backend::HostGw | Backend::Bgp => underlay.mtu,
     };
+    let mtu = wanted.unwrap_or(most);
+    if mtu > most {
+        return Err(DataplaneError::NeedsPerson(format!(
+            "pod MTU {mtu} is more than the underlay {} (MTU {}) carries with {backend}: at most {most} (or leave the MTU setting empty)",
+            underlay.name, underlay.mtu
+        )));
+    }
     if mtu < MIN_POD_MTU {
         return Err(DataplaneError::NeedsPerson(format!(
-            "the underlay {} has MTU {}, too small for pods with {backend} (at least {} needed)",
-            underlay.name,
-            underlay.mtu,
-            MIN_POD_MTU + if backend == Backend::Vxlan { VXLAN_OVERHEAD } else { 0 }
+            "pod MTU {mtu} on the underlay {} (MTU {}) with {backend}: pods need at least {MIN_POD_MTU}",
+            underlay.name, underlay.mtu
         )));
     }
     Ok(mtu)
@@ -133,11 +138,11 @@ pub fn reconcile(
     bgp: &BgpRoutes,
 ) -> Result<Outcome, DataplaneError> {
     let mut out = Outcome::default();
-    sysctl::ensure("net.ipv4.ip_forward", "1")?;
+    sysctl::ensure_in(&cfg.proc_sys, "net.ipv4.ip_forward", "1")?;
     // Bridged pod-to-pod replies must pass conntrack to undo a Service's DNAT (the
     // client and the endpoint on one bridge); the setting exists once br_netfilter is loaded.
-    if std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
-        sysctl::ensure("net.bridge.bridge-nf-call-iptables", "1")?;
+    if cfg.proc_sys.join("net/bridge/bridge-nf-call-iptables").exists() {
+        sysctl::ensure_in(&cfg.proc_sys, "net.bridge.bridge-nf-call-iptables", "1")?;
     }
     let local = Local {
         name: cfg.node_name.clone(),
@@ -177,7 +182,7 @@ fn ensure_vxlan(
         learning: false,
     };
     let mac = cfg.vtep_mac();
-    let mtu = pod_mtu(Backend::Vxlan, underlay)?;
+    let mtu = pod_mtu(Backend::Vxlan, underlay, cfg.mtu)?;
     let existing = link::get(nl, &name)?;
     let dev = match existing {
         Some(l) if l.vxlan.as_ref() == Some(&want) && l.mac == mac => l,
@@ -340,4 +345,24 @@ fn apply_peers(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn underlay(mtu: u32) -> Underlay {
+        Underlay { index: 2, name: "eth0".into(), addr: "192.168.1.11/24".parse().unwrap(), mtu }
+    }
+
+    #[test]
+    fn the_pod_mtu_is_the_underlays_less_vxlan_unless_a_smaller_one_is_set() {
+        assert_eq!(pod_mtu(Backend::Vxlan, &underlay(1500), None).unwrap(), 1450);
+        assert_eq!(pod_mtu(Backend::HostGw, &underlay(9000), None).unwrap(), 9000);
+        assert_eq!(pod_mtu(Backend::Vxlan, &underlay(1500), Some(1400)).unwrap(), 1400);
+        let too_big = pod_mtu(Backend::Vxlan, &underlay(1500), Some(1500)).unwrap_err().to_string();
+        assert!(too_big.contains("at most 1450"), "{too_big}");
+        let too_small = pod_mtu(Backend::Bgp, &underlay(1500), Some(500)).unwrap_err().to_string();
+        assert!(too_small.contains("at least 576"), "{too_small}");
+    }
 }

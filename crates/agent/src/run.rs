@@ -240,7 +240,7 @@ async fn pass(
             cfg.node_name
         ))
     })?;
-    let mtu = dataplane::pod_mtu(cfg.backend, &underlay).map_err(|e| AgentError::Pass(e.to_string()))?;
+    let mtu = dataplane::pod_mtu(cfg.backend, &underlay, cfg.mtu).map_err(|e| AgentError::Pass(e.to_string()))?;
     write_subnet_file(cfg, pod_cidr, mtu)?;
     let peers: Vec<_> = all.iter().map(|n| node::peer(n)).collect();
     let routes = match &bgp_settings {

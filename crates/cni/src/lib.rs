@@ -7,6 +7,7 @@ pub mod check;
 pub mod del;
 pub mod exec;
 pub mod gc;
+pub mod install;
 pub mod plugin;
 pub mod register;
 pub mod status;

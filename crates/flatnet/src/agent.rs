@@ -64,6 +64,24 @@ pub struct AgentArgs {
     /// proxy such as kube-proxy does; the agent still connects nodes and enforces policy).
     #[arg(long, default_value = "flatnet", value_parser = ["flatnet", "none"])]
     service_proxy: String,
+    /// The pods' MTU: `auto` (the underlay's, less 50 bytes with VXLAN) or a number no
+    /// larger than that.
+    #[arg(long, default_value = "auto", value_parser = parse_mtu)]
+    mtu: Mtu,
+    /// Where the host's /proc/sys is (in a container, the host's mounted writable).
+    #[arg(long, default_value = "/proc/sys")]
+    host_proc_sys: PathBuf,
+}
+
+/// `--mtu`: `auto` (None) or a number.
+#[derive(Debug, Clone, Copy)]
+struct Mtu(Option<u32>);
+
+fn parse_mtu(s: &str) -> Result<Mtu, String> {
+    match s {
+        "auto" | "" => Ok(Mtu(None)),
+        n => n.parse().map(|m| Mtu(Some(m))).map_err(|_| format!("{n:?}: an MTU is `auto` or a number of bytes")),
+    }
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -83,6 +101,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     cfg.service_cidr = args.service_cidr;
     cfg.subnet_file = args.subnet_file;
     cfg.service_proxy = args.service_proxy == "flatnet";
+    cfg.mtu = args.mtu.0;
+    cfg.proc_sys = args.host_proc_sys;
     cfg.metrics_addr = match args.metrics_addr.as_str() {
         "none" => None,
         a => Some(a.parse().map_err(|_| anyhow::anyhow!("--metrics-addr {a:?} is not an address:port (or none)"))?),

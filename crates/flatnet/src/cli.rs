@@ -47,6 +47,55 @@ enum Cmd {
         #[arg(long)]
         subnet: Option<String>,
     },
+    /// Installs the plugin on this node (what the DaemonSet's init container runs): this
+    /// binary as `flatnet` in the CNI binary directory and `10-flatnet.conflist` in the
+    /// config directory, each written aside and renamed into place. With `--uninstall`,
+    /// removes both.
+    InstallCni {
+        /// The CNI binary directory (the host's /opt/cni/bin, mounted).
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: std::path::PathBuf,
+        /// The CNI config directory (the host's /etc/cni/net.d, mounted).
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: std::path::PathBuf,
+        /// The network name.
+        #[arg(long, default_value = "flatnet")]
+        name: String,
+        #[arg(long)]
+        uninstall: bool,
+    },
+}
+
+fn install_cni(
+    bin_dir: &std::path::Path,
+    conf_dir: &std::path::Path,
+    name: &str,
+    uninstall: bool,
+) -> anyhow::Result<()> {
+    use flatnet_cni::install;
+    if uninstall {
+        let removed = install::uninstall(bin_dir, conf_dir)?;
+        for p in &removed {
+            println!("removed {}", p.display());
+        }
+        if removed.is_empty() {
+            println!("nothing to remove in {} or {}", bin_dir.display(), conf_dir.display());
+        }
+        return Ok(());
+    }
+    let me = std::env::current_exe()?;
+    let done = install::install(&me, bin_dir, conf_dir, name)?;
+    for p in [&done.binary, &done.conflist] {
+        let how = if done.unchanged.contains(p) { "unchanged" } else { "installed" };
+        println!("{how} {}", p.display());
+    }
+    if !done.portmap {
+        println!(
+            "no portmap plugin in {}: hostPort is not available (install the CNI reference plugins)",
+            bin_dir.display()
+        );
+    }
+    Ok(())
 }
 
 pub fn main() -> i32 {
@@ -61,18 +110,11 @@ pub fn main() -> i32 {
         Cmd::Doctor(args) => crate::doctor::run_node(args),
         Cmd::Status(args) => crate::status::run(args),
         Cmd::CniConfig { name, subnet } => {
-            let mut plugin = serde_json::json!({"type": "flatnet", "bridge": "cni0"});
-            if let Some(s) = subnet {
-                plugin["subnet"] = serde_json::json!(s);
-            }
-            let list = serde_json::json!({
-                "cniVersion": "1.1.0",
-                "name": name,
-                "plugins": [plugin, {"type": "portmap", "capabilities": {"portMappings": true}}],
-            });
+            let list = flatnet_cni::install::conflist(&name, subnet.as_deref(), true);
             println!("{}", serde_json::to_string_pretty(&list).expect("json"));
             Ok(())
         }
+        Cmd::InstallCni { bin_dir, conf_dir, name, uninstall } => install_cni(&bin_dir, &conf_dir, &name, uninstall),
     };
     match out {
         Ok(()) => 0,
