@@ -7,12 +7,11 @@ pub mod cluster;
 pub mod forward;
 pub mod metrics;
 pub mod server;
+pub mod settings;
 
 use arc_swap::ArcSwap;
 use cluster::{Event, World};
 use flatnet_kube::watch;
-use flatnet_model::dns::ZoneConfig;
-use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
@@ -37,9 +36,10 @@ pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9153";
 #[derive(Debug, Clone)]
 pub struct DnsConfig {
     pub listen: SocketAddr,
-    pub zone: ZoneConfig,
-    pub upstreams: Vec<SocketAddr>,
-    pub allow_forwarding: Vec<IpNet>,
+    /// The domain, TTL and upstreams in force at the start.
+    pub settings: settings::Settings,
+    /// A config directory read again when it changes, over the flags in `Base`.
+    pub reload: Option<(PathBuf, settings::Base)>,
     pub udp_threads: usize,
     pub source: Source,
     /// Where to serve Prometheus metrics and health (None: nowhere).
@@ -96,12 +96,13 @@ pub async fn run(cfg: DnsConfig, shutdown: impl std::future::Future<Output = ()>
         world.apply(e);
     }
     let started = Instant::now();
-    let zone = world.zone(&cfg.zone, serial());
+    let mut current = cfg.settings.clone();
+    let zone = world.zone(&current.zone, serial());
     let (names, records) = zone.size();
     let shared = Arc::new(server::Shared {
         zone: ArcSwap::from_pointee(zone),
-        forwarder: forward::Forwarder::new(cfg.upstreams.clone()),
-        allow_forwarding: cfg.allow_forwarding.clone(),
+        forwarder: ArcSwap::from_pointee(forward::Forwarder::new(current.upstreams.clone())),
+        allow_forwarding: ArcSwap::from_pointee(current.allow_forwarding.clone()),
         metrics: Arc::new(metrics::Metrics::new(cfg.udp_threads.max(1) + 1)),
         udp_threads: cfg.udp_threads.max(1),
     });
@@ -117,27 +118,39 @@ pub async fn run(cfg: DnsConfig, shutdown: impl std::future::Future<Output = ()>
     info!(
         "flatnet dns serving {} on {} (UDP and TCP): {names} names, {records} records, built in {} ms; \
          other names go to {:?} for clients in {:?}",
-        cfg.zone.domain,
+        current.zone.domain,
         cfg.listen,
         started.elapsed().as_millis(),
-        shared.forwarder.upstreams(),
-        cfg.allow_forwarding
+        current.upstreams,
+        current.allow_forwarding
     );
+    let (reload_tx, mut reloads) = tokio::sync::mpsc::channel::<settings::Settings>(1);
+    let reloader =
+        cfg.reload.clone().map(|(dir, base)| tokio::spawn(watch_settings(dir, base, current.clone(), reload_tx)));
     tokio::pin!(shutdown);
     loop {
-        let first = tokio::select! {
-            m = rx.recv() => match m { Some((at, e)) => { world.apply(e); at } None => { shutdown.as_mut().await; break } },
+        let (first, mut n) = tokio::select! {
+            m = rx.recv() => match m { Some((at, e)) => { world.apply(e); (at, 1) } None => { shutdown.as_mut().await; break } },
+            Some(s) = reloads.recv() => {
+                info!(
+                    "settings changed: serving {} (TTL {} s); other names go to {:?} for clients in {:?}",
+                    s.zone.domain, s.zone.ttl, s.upstreams, s.allow_forwarding
+                );
+                shared.forwarder.store(Arc::new(forward::Forwarder::new(s.upstreams.clone())));
+                shared.allow_forwarding.store(Arc::new(s.allow_forwarding.clone()));
+                current = s;
+                (Instant::now(), 0)
+            }
             () = &mut shutdown => break,
         };
         // The whole batch already queued, then one rebuild.
-        let mut n = 1;
         while let Ok((_, e)) = rx.try_recv() {
             world.apply(e);
             n += 1;
         }
         let t = Instant::now();
         // Built off the runtime's threads: a zone of 10,000 Services takes milliseconds.
-        let zone_cfg = cfg.zone.clone();
+        let zone_cfg = current.zone.clone();
         let (back, zone) = match tokio::task::spawn_blocking(move || {
             let zone = world.zone(&zone_cfg, serial());
             (world, zone)
@@ -157,9 +170,46 @@ pub async fn run(cfg: DnsConfig, shutdown: impl std::future::Future<Output = ()>
         );
     }
     drop(watches);
+    reloader.iter().for_each(tokio::task::JoinHandle::abort);
     fwd.abort();
     tcp.abort();
     metrics_task.iter().for_each(tokio::task::JoinHandle::abort);
     info!("flatnet dns stopped");
     Ok(())
+}
+
+/// How often the config directory is read again (a ConfigMap volume changes within the
+/// kubelet's sync period, about a minute, of an edit).
+const SETTINGS_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads the config directory every [`SETTINGS_POLL`] and sends settings that differ
+/// from those in force; a change that does not parse is refused and said once.
+async fn watch_settings(
+    dir: PathBuf,
+    base: settings::Base,
+    mut current: settings::Settings,
+    tx: tokio::sync::mpsc::Sender<settings::Settings>,
+) {
+    let mut refused: Option<String> = None;
+    loop {
+        tokio::time::sleep(SETTINGS_POLL).await;
+        let next = settings::read_dir(&dir).and_then(|o| settings::resolve(&base, &o, |p| std::fs::read_to_string(p)));
+        match next {
+            Ok(s) => {
+                refused = None;
+                if s != current {
+                    current = s.clone();
+                    if tx.send(s).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                if refused.as_ref() != Some(&e) {
+                    tracing::warn!("the settings in {} are refused, the ones in force stay: {e}", dir.display());
+                    refused = Some(e);
+                }
+            }
+        }
+    }
 }

@@ -29,10 +29,11 @@ pub fn forward_queue() -> (Sender<ForwardJob>, Receiver<ForwardJob>) {
 
 pub struct Shared {
     pub zone: ArcSwap<Zone>,
-    pub forwarder: Forwarder,
+    /// Replaced whole when the upstreams change.
+    pub forwarder: ArcSwap<Forwarder>,
     /// Clients whose other names we look up upstream; everyone else gets REFUSED for
     /// them, so the server is no open resolver.
-    pub allow_forwarding: Vec<IpNet>,
+    pub allow_forwarding: ArcSwap<Vec<IpNet>>,
     /// Counters, a shard per UDP worker and one (the last) for TCP and forwarding.
     pub metrics: Arc<crate::metrics::Metrics>,
     pub udp_threads: usize,
@@ -44,7 +45,7 @@ impl Shared {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, IpAddr::V4),
             v4 => v4,
         };
-        self.allow_forwarding.iter().any(|n| n.contains(&client))
+        self.allow_forwarding.load().iter().any(|n| n.contains(&client))
     }
 }
 
@@ -151,7 +152,7 @@ pub async fn run_forwarding(sock: UdpSocket, shared: Arc<Shared>, mut jobs: Rece
         let (sock, shared) = (sock.clone(), shared.clone());
         tokio::spawn(async move {
             let reply = match &job.chase {
-                Some((ours, target, qtype)) => shared.forwarder.chase(ours, target, *qtype).await,
+                Some((ours, target, qtype)) => shared.forwarder.load_full().chase(ours, target, *qtype).await,
                 None => forwarded(&shared, &job.query).await,
             };
             let mut out = Vec::new();
@@ -166,7 +167,7 @@ pub async fn run_forwarding(sock: UdpSocket, shared: Arc<Shared>, mut jobs: Rece
 
 /// The upstream's reply, or SERVFAIL when none answered (or too many are upstream).
 async fn forwarded(shared: &Shared, query: &[u8]) -> Vec<u8> {
-    let why = match shared.forwarder.resolve(query).await {
+    let why = match shared.forwarder.load_full().resolve(query).await {
         Ok(r) => return r,
         Err(why) => why,
     };
@@ -227,7 +228,7 @@ async fn tcp_connection(mut conn: tokio::net::TcpStream, client: SocketAddr, sha
             Outcome::Reply => match dns::cname_to_chase(&zone, &out) {
                 Some((target, qtype)) if shared.may_forward(client.ip()) => {
                     forwarded_here = true;
-                    shared.forwarder.chase(&out, &target, qtype).await
+                    shared.forwarder.load_full().chase(&out, &target, qtype).await
                 }
                 _ => std::mem::take(&mut out),
             },

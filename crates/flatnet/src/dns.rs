@@ -1,8 +1,7 @@
 //! `flatnet dns`: the cluster DNS server's command line.
 
-use anyhow::Context;
 use clap::Args;
-use flatnet_dns::{DnsConfig, Source};
+use flatnet_dns::{DnsConfig, Source, settings};
 use flatnet_model::dns::ZoneConfig;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -42,31 +41,39 @@ pub struct DnsArgs {
     /// to serve nothing.
     #[arg(long, default_value = flatnet_dns::DEFAULT_METRICS_ADDR)]
     metrics_addr: String,
+    /// A directory with a file per setting (`domain`, `ttl`, `upstream`: addresses or a
+    /// resolv.conf path, `allow-forwarding`), over the flags: a ConfigMap mounted as a
+    /// volume. Read again when it changes; a change that does not parse is refused.
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
 }
 
 pub fn run(args: DnsArgs) -> anyhow::Result<()> {
     crate::agent::init_logging();
-    let text = std::fs::read_to_string(&args.upstream_resolv_conf).with_context(|| {
-        format!("read the upstream resolvers from {} (see --upstream-resolv-conf)", args.upstream_resolv_conf.display())
-    })?;
-    let mut upstreams = flatnet_dns::forward::upstreams_from_resolv_conf(&text);
-    // Forwarding to ourselves would loop.
-    upstreams.retain(|u| u.ip() != args.nameserver_ip && *u != args.listen);
-    if upstreams.is_empty() {
-        tracing::warn!(
-            "{} names no other nameserver: names outside {} will get SERVFAIL",
-            args.upstream_resolv_conf.display(),
-            args.domain
-        );
+    let base = settings::Base {
+        zone: ZoneConfig { domain: args.domain, ttl: args.ttl, nameserver: Some(args.nameserver_ip) },
+        resolv_conf: args.upstream_resolv_conf,
+        allow_forwarding: args.allow_forwarding,
+        listen: args.listen,
+    };
+    let overrides = match &args.config_dir {
+        Some(dir) => settings::read_dir(dir).map_err(anyhow::Error::msg)?,
+        None => settings::Overrides::new(),
+    };
+    let current =
+        settings::resolve(&base, &overrides, |p| std::fs::read_to_string(p)).map_err(|e| match &args.config_dir {
+            Some(d) => anyhow::anyhow!("the settings in {}: {e}", d.display()),
+            // A setting's error names it: here, as its flag.
+            None if e.starts_with("read ") => anyhow::anyhow!("{e}"),
+            None => anyhow::anyhow!("--{e}"),
+        })?;
+    if current.upstreams.is_empty() {
+        tracing::warn!("no upstream nameserver: names outside {} will get SERVFAIL", current.zone.domain);
     }
-    let zone = ZoneConfig { domain: args.domain, ttl: args.ttl, nameserver: Some(args.nameserver_ip) };
-    zone.check()
-        .map_err(|e| anyhow::anyhow!("--domain {:?}: {e} (names under it must fit in 255 bytes)", zone.domain))?;
     let cfg = DnsConfig {
         listen: args.listen,
-        zone,
-        upstreams,
-        allow_forwarding: args.allow_forwarding,
+        settings: current,
+        reload: args.config_dir.map(|d| (d, base)),
         udp_threads: args.udp_threads,
         metrics_addr: match args.metrics_addr.as_str() {
             "none" => None,

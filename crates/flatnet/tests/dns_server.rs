@@ -34,6 +34,10 @@ fn status(port: u16, args: &[&str]) -> String {
 }
 
 fn start(dir: &std::path::Path, port: u16, allow: &str) -> Server {
+    start_with(dir, port, allow, &[], Stdio::null())
+}
+
+fn start_with(dir: &std::path::Path, port: u16, allow: &str, more: &[&str], stderr: Stdio) -> Server {
     let objects = dir.join("objects.json");
     std::fs::write(&objects, OBJECTS).unwrap();
     // An upstream on loopback where nothing listens: forwarding must fail cleanly.
@@ -45,8 +49,9 @@ fn start(dir: &std::path::Path, port: u16, allow: &str) -> Server {
             .arg(&objects)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream-resolv-conf"])
             .arg(&resolv)
-            .args(["--allow-forwarding", allow])
-            .stderr(Stdio::null())
+            .args(["--allow-forwarding", allow, "--metrics-addr", "none"])
+            .args(more)
+            .stderr(stderr)
             .spawn()
             .unwrap(),
     )
@@ -171,4 +176,67 @@ fn a_domain_too_long_for_the_zone_is_refused_before_anything_listens() {
     assert!(!out.status.success(), "flatnet dns accepted the domain: {err}");
     assert!(err.contains("--domain") && err.contains("255 bytes"), "{err}");
     assert!(std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok(), "the port was taken: something listened");
+}
+
+/// The TTL of the first answer record, or the rcode when there is none.
+fn answer_ttl(port: u16, name: &str) -> String {
+    let out = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=3", "+tries=1", "+noall", "+answer", name])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace().nth(1).map_or_else(|| format!("no answer: {text}"), str::to_string)
+}
+
+/// Writes a ConfigMap volume's key as the kubelet does: aside, then renamed into place.
+fn set_key(dir: &std::path::Path, key: &str, value: &str) {
+    let tmp = dir.join(format!(".{key}.tmp"));
+    std::fs::write(&tmp, value).unwrap();
+    std::fs::rename(&tmp, dir.join(key)).unwrap();
+}
+
+#[test]
+fn settings_from_a_config_directory_apply_while_serving_and_a_bad_change_is_refused() {
+    sandboxed("settings_from_a_config_directory_apply_while_serving_and_a_bad_change_is_refused", |_| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config");
+        std::fs::create_dir(&config).unwrap();
+        set_key(&config, "ttl", "7\n");
+        let log = dir.path().join("dns.log");
+        let port = free_port();
+        let config_arg = config.to_string_lossy().into_owned();
+        let _server = start_with(
+            dir.path(),
+            port,
+            "10.244.0.0/16",
+            &["--config-dir", &config_arg],
+            Stdio::from(std::fs::File::create(&log).unwrap()),
+        );
+        converges("the TTL from the config directory", Duration::from_secs(10), || {
+            match answer_ttl(port, "web.default.svc.cluster.local") {
+                t if t == "7" => Ok(()),
+                t => Err(t),
+            }
+        });
+        // The domain changes while it serves: the new names answer, the old ones are no
+        // longer the cluster's (and this client may not forward).
+        set_key(&config, "domain", "corp.example");
+        converges("the new domain", Duration::from_secs(10), || {
+            match status(port, &["web.default.svc.corp.example"]) {
+                s if s == "NOERROR" => Ok(()),
+                s => Err(s),
+            }
+        });
+        assert_eq!(status(port, &["web.default.svc.cluster.local"]), "REFUSED");
+        // A change that does not parse is refused whole, said in the log, and what was in
+        // force stays.
+        set_key(&config, "ttl", "soon");
+        set_key(&config, "domain", "other.example");
+        converges("the refusal in the log", Duration::from_secs(10), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("refused") && text.contains("ttl \"soon\"") { Ok(()) } else { Err(text) }
+        });
+        assert_eq!(answer_ttl(port, "web.default.svc.corp.example"), "7");
+        assert_eq!(status(port, &["web.default.svc.other.example"]), "REFUSED");
+    });
 }
