@@ -233,6 +233,41 @@ fn the_lab_runs_on_the_upstream_control_plane() {
         let kubelet = lab.state().join("nodes/node-1/kubeconfig");
         let denied = kubectl(&lab, Some(&kubelet), &["label", "node", "node-2", "x=y"]);
         assert!(!denied.status.success(), "node-1's kubelet changed node-2");
+
+        // The install manifest as kube-apiserver validates it (schema, defaults, admission),
+        // and its ServiceAccounts' rights, which `lab up` applied from it: what the agent
+        // and the DNS need, and nothing else.
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/flatnet.yaml");
+        let dry = ok(kubectl(&lab, None, &["apply", "--dry-run=server", "-f", manifest]));
+        for obj in [
+            "daemonset.apps/flatnet-node",
+            "deployment.apps/flatnet-dns",
+            "service/kube-dns",
+            "configmap/flatnet-config",
+        ] {
+            assert!(dry.contains(obj), "{obj} missing from the dry run: {dry}");
+        }
+        let can = |sa: &str, verb: &str, what: &str| {
+            let out = kubectl(
+                &lab,
+                None,
+                &["auth", "can-i", verb, what, &format!("--as=system:serviceaccount:kube-system:{sa}")],
+            );
+            String::from_utf8_lossy(&out.stdout).trim() == "yes"
+        };
+        for (verb, what) in [
+            ("list", "pods"),
+            ("watch", "endpointslices.discovery.k8s.io"),
+            ("patch", "nodes/status"),
+            ("list", "networkpolicies.networking.k8s.io"),
+        ] {
+            assert!(can("flatnet-node", verb, what), "the agent may not {verb} {what}");
+        }
+        for (verb, what) in [("create", "configmaps"), ("get", "secrets"), ("delete", "pods"), ("update", "services")] {
+            assert!(!can("flatnet-node", verb, what), "the agent may {verb} {what}");
+        }
+        assert!(can("flatnet-dns", "watch", "services"));
+        assert!(!can("flatnet-dns", "patch", "nodes"), "the DNS may patch nodes");
         lab.down_and_check_clean();
     });
 }

@@ -12,9 +12,14 @@ use anyhow::Context;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// flatnet's least-privilege ClusterRoles and their bindings (applied by `lab up` on the
-/// upstream control plane; the start of the install manifests).
-pub const RBAC: &str = include_str!("../../../../deploy/rbac.yaml");
+/// flatnet's install manifest: its ServiceAccounts, least-privilege ClusterRoles and
+/// bindings are what `lab up` applies on the upstream control plane.
+pub const MANIFEST: &str = include_str!("../../../../deploy/flatnet.yaml");
+/// The lab's bindings of those roles to its agents' and DNS's certificate groups.
+pub const LAB_RBAC: &str = include_str!("../../../../deploy/rbac.yaml");
+
+/// The kinds of the manifest that `lab up` applies: the identities and their rights.
+pub const RBAC_KINDS: [&str; 3] = ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"];
 
 /// Which API server the lab runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -67,7 +72,7 @@ pub fn kubelet(node: &str) -> Identity {
     Identity { user: format!("system:node:{node}"), groups: vec!["system:nodes"] }
 }
 
-/// A node's agent, bound to the flatnet-agent ClusterRole (deploy/rbac.yaml).
+/// A node's agent, bound to the flatnet-agent ClusterRole (deploy/flatnet.yaml) by deploy/rbac.yaml.
 pub fn agent(node: &str) -> Identity {
     Identity { user: format!("flatnet:agent:{node}"), groups: vec!["flatnet:agents"] }
 }

@@ -150,8 +150,14 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
             crate::kubernetes::wait_ready(&client, Duration::from_secs(90))
                 .await
                 .with_context(|| format!("its logs are in {}", crate::kubernetes::components::dir(layout).display()))?;
-            // What the agents and the cluster DNS may do: flatnet's least-privilege roles.
-            for o in super::apply::parse(crate::kubernetes::RBAC)? {
+            // What the agents and the cluster DNS may do: flatnet's least-privilege roles,
+            // from its install manifest, bound also to the lab's certificate groups.
+            let rbac = super::apply::parse(crate::kubernetes::MANIFEST)?.into_iter().filter(|o| {
+                o.get("kind")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|k| crate::kubernetes::RBAC_KINDS.contains(&k))
+            });
+            for o in rbac.chain(super::apply::parse(crate::kubernetes::LAB_RBAC)?) {
                 super::apply::prepare(&client, o).await?.apply().await?;
             }
             anyhow::Ok(())
