@@ -144,68 +144,8 @@ fn the_lab_runs_on_the_upstream_control_plane() {
         let uid = ok(kubectl(&lab, None, &["get", "pod", "hostweb", "-o", "jsonpath={.metadata.uid}"]));
         assert!(!pins.iter().any(|p| p.contains(&uid)), "no namespace of its own: {pins:?}");
 
-        // `kubectl logs` through the API server to the node's kubelet API (TLS, the API
-        // server's client certificate): the whole log, `--tail`, `-c`.
-        ok(kubectl(
-            &lab,
-            None,
-            &[
-                "run",
-                "talker",
-                "--image=busybox",
-                "--restart=Never",
-                "--",
-                "sh",
-                "-c",
-                "for i in 1 2 3; do echo line $i; done; sleep 3600",
-            ],
-        ));
-        converges("talker's log", Duration::from_secs(30), || {
-            let out = kubectl(&lab, None, &["logs", "talker"]);
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            if text == "line 1\nline 2\nline 3\n" {
-                Ok(())
-            } else {
-                Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
-            }
-        });
-        assert_eq!(ok(kubectl(&lab, None, &["logs", "talker", "--tail", "1"])), "line 3\n");
-        assert_eq!(ok(kubectl(&lab, None, &["logs", "talker", "-c", "talker", "--tail=2"])), "line 2\nline 3\n");
-        // `kubectl exec` through the API server, which proxies its WebSocket to the node's
-        // kubelet API: stdout and stderr apart, the exit code, the container's environment
-        // and hostname, stdin, a program that is not there, and a TTY.
-        let out = kubectl(
-            &lab,
-            None,
-            &["exec", "talker", "--", "sh", "-c", "echo out; echo err >&2; echo $HOSTNAME; exit 3"],
-        );
-        assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\ntalker\n");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.starts_with("err\n") && err.contains("command terminated with exit code 3"), "{err}");
-        let mut cat = Command::new("kubectl")
-            .env("KUBECONFIG", lab.state().join("kubeconfig"))
-            .args(["exec", "-i", "talker", "--", "cat"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut cat.stdin.take().unwrap(), b"through stdin\n").unwrap();
-        assert_eq!(ok(cat.wait_with_output().unwrap()), "through stdin\n");
-        let missing = kubectl(&lab, None, &["exec", "talker", "--", "no-such-program"]);
-        assert_eq!(missing.status.code(), Some(127));
-        assert!(String::from_utf8_lossy(&missing.stderr).contains("executable file not found"));
-        let mut cmd = Command::new("kubectl");
-        cmd.env("KUBECONFIG", lab.state().join("kubeconfig")).args(["exec", "-it", "talker", "--", "sh"]);
-        let mut term = common::terminal::Terminal::start(cmd, flatnet_kernel::pty::Size { cols: 132, rows: 43 });
-        term.expect("# ", Duration::from_secs(20));
-        term.type_line("tty; stty size; echo term=$TERM");
-        term.expect("term=xterm", Duration::from_secs(10));
-        term.type_line("exit 7");
-        let (code, screen) = term.finish(Duration::from_secs(10));
-        assert_eq!(code, 7, "{screen}");
-        assert!(screen.contains("/dev/pts/") && screen.contains("43 132"), "a terminal of the client's size: {screen}");
-
+        // `kubectl logs` and `kubectl exec` through the API server to the node's kubelet API.
+        common::kubectl::logs_and_exec(&lab);
         // The kubelet API lets in the API server only: node-1's kubelet certificate is refused.
         let direct = Command::new("nsenter")
             .arg(format!("--net={}", lab.ns("node-1").display()))

@@ -3,6 +3,7 @@
 //! printed reason when it cannot have them.
 #![allow(dead_code, reason = "each test file uses a different part of the harness")]
 
+pub mod kubectl;
 pub mod lab;
 pub mod terminal;
 

@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod discovery;
 mod handlers;
+pub mod kubelet_proxy;
 pub mod patch;
 mod query;
 pub mod resources;
@@ -27,15 +28,30 @@ pub struct ApiServer {
     pub store: Arc<Store>,
     pub cluster: ClusterConfig,
     token: String,
+    /// How pods' `log` and `exec` reach their kubelets, once the lab's underlay is known.
+    pub kubelets: std::sync::OnceLock<kubelet_proxy::KubeletDialer>,
 }
 
 impl ApiServer {
     pub fn new(store: Arc<Store>, cluster: ClusterConfig, token: String) -> Arc<Self> {
-        Arc::new(Self { store, cluster, token })
+        Arc::new(Self { store, cluster, token, kubelets: std::sync::OnceLock::new() })
+    }
+
+    /// The request carries the lab's bearer token.
+    pub fn authorized(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| t == self.token)
     }
 
     pub fn router(self: &Arc<Self>) -> axum::Router {
-        axum::Router::new().fallback(serve).with_state(self.clone())
+        let stream = axum::routing::any(kubelet_proxy::pod_stream);
+        axum::Router::new()
+            .route("/api/v1/namespaces/{namespace}/pods/{name}/{sub}", stream)
+            .fallback(serve)
+            .with_state(self.clone())
     }
 }
 
@@ -73,6 +89,16 @@ pub(crate) fn error(e: &ApiError) -> Response {
     json(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &e.to_status())
 }
 
+/// [`serve`] for a request a route took first and passes on.
+pub(crate) async fn serve_request(api: Arc<ApiServer>, req: axum::extract::Request) -> Response {
+    let (parts, body) = req.into_parts();
+    // axum's own limit for a body taken whole, as the fallback route has it.
+    match axum::body::to_bytes(body, 2 << 20).await {
+        Ok(bytes) => serve(State(api), parts.method, parts.uri, parts.headers, bytes).await,
+        Err(e) => error(&ApiError::bad_request(format!("read the request body: {e}"))),
+    }
+}
+
 async fn serve(
     State(api): State<Arc<ApiServer>>,
     method: Method,
@@ -84,12 +110,7 @@ async fn serve(
     if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
         return (StatusCode::OK, "ok").into_response();
     }
-    let authorized = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| t == api.token);
-    if !authorized {
+    if !api.authorized(&headers) {
         return error(&ApiError::unauthorized());
     }
     let mut query: HashMap<String, String> = HashMap::new();

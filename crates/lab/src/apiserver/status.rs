@@ -22,6 +22,15 @@ impl ApiError {
         Self::new(400, "BadRequest", message)
     }
 
+    pub fn not_implemented(message: impl Into<String>) -> Self {
+        Self::new(501, "NotImplemented", message)
+    }
+
+    /// A node's kubelet could not be reached or did not answer.
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(502, "InternalError", message)
+    }
+
     pub fn unauthorized() -> Self {
         Self::new(401, "Unauthorized", "Unauthorized: a bearer token from the lab's kubeconfig is required")
     }

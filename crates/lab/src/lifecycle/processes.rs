@@ -52,6 +52,18 @@ pub fn serve<F: Future<Output = ()>>(
         }
         let pki = crate::tls::load_or_create(&layout.state)?;
         let cp = crate::control_plane::start(&layout.state, token, ClusterConfig::default(), listen.port()).await?;
+        // Pods' `log` and `exec` go to their kubelets, through the underlay.
+        let kubelet_pki = crate::kubernetes::pki::Pki::of(layout);
+        if let (Some(path), true) = (underlay, kubelet_pki.ca_cert().is_file()) {
+            let (cert, key) = kubelet_pki.kubelet_client();
+            let dialer = crate::apiserver::kubelet_proxy::KubeletDialer::new(
+                path.to_path_buf(),
+                &kubelet_pki.ca_cert(),
+                &cert,
+                &key,
+            )?;
+            let _ = cp.api.kubelets.set(dialer);
+        }
         let (stopping, _) = tokio::sync::watch::channel(false);
         let mut servers = Vec::new();
         let upstream_dns = upstream_dns.map(|s| tokio::spawn(crate::upstream_dns::serve(s)));

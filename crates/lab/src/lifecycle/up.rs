@@ -138,6 +138,8 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
         crate::kubernetes::ca_pem(layout)?
     } else {
         crate::tls::load_or_create(&layout.state)?;
+        // The kubelets' API certificates and the API server's client one towards them.
+        crate::kubernetes::pki::Pki::load_or_create(&crate::kubernetes::pki::Pki::of(layout).dir)?;
         std::fs::read_to_string(layout.state.join("ca.crt")).context("read the lab's CA certificate")?
     };
     underlay::create(&layout.underlay_ns()).context("create the lab underlay network namespace (needs root)")?;
@@ -200,9 +202,7 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
             &credentials.render(&node_server, Some((&name, Role::Kubelet)))?,
         )?;
         write_private(&layout.agent_kubeconfig(&name), &credentials.render(&node_server, Some((&name, Role::Agent)))?)?;
-        if upstream {
-            crate::kubernetes::write_kubelet_serving(layout, &name, ip)?;
-        }
+        crate::kubernetes::write_kubelet_serving(layout, &name, ip)?;
         let wiring = nodes::Wiring { bridge: &bridge, addr: racks.node_net(i), gateway: racks.node_gateway(i) };
         nodes::create(&layout.underlay_ns(), &layout.node_ns(&name), &name, &wiring)
             .with_context(|| format!("create node {name}"))?;
