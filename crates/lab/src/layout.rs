@@ -51,6 +51,11 @@ impl Layout {
     pub fn agent_kubeconfig(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("agent.kubeconfig")
     }
+    /// The upstream control plane's files (its PKI, which the kubelets' API certificates
+    /// come from on either control plane; its components' state and logs).
+    pub fn kubernetes_dir(&self) -> PathBuf {
+        self.state.join("kubernetes")
+    }
     /// The cluster DNS's credentials.
     pub fn dns_kubeconfig(&self) -> PathBuf {
         self.state.join("dns.kubeconfig")

@@ -36,6 +36,26 @@ fn valid_value(v: &str) -> bool {
     v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// The string form `parse` reads, as kube-apiserver prints a selector (a Scale's).
+impl std::fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |vs: &BTreeSet<String>| vs.iter().cloned().collect::<Vec<_>>().join(",");
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|r| match r {
+                Requirement::Equals(k, v) => format!("{k}={v}"),
+                Requirement::NotEquals(k, v) => format!("{k}!={v}"),
+                Requirement::In(k, vs) => format!("{k} in ({})", set(vs)),
+                Requirement::NotIn(k, vs) => format!("{k} notin ({})", set(vs)),
+                Requirement::Exists(k) => k.clone(),
+                Requirement::DoesNotExist(k) => format!("!{k}"),
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
 impl LabelSelector {
     pub fn parse(s: &str) -> Result<Self, SelectorError> {
         let err = |msg: String| SelectorError { selector: s.to_string(), msg };

@@ -129,6 +129,7 @@ pub fn defaults(obj: &mut Value, kind: &str) {
             }
             obj["spec"]["policyTypes"] = json!(types);
         }
+        k if super::workloads::is_workload(k) => super::workloads::defaults(obj, k),
         _ => {}
     }
 }
@@ -147,6 +148,13 @@ pub fn admit(
     }
     if key.resource == "services" {
         service_ips(cfg, all, key, obj, old)?;
+    }
+    if let Some(kind) = obj["kind"].as_str().filter(|k| super::workloads::is_workload(k)) {
+        super::workloads::validate(kind, &key.name, obj, old)?;
+        super::workloads::generation(obj, old);
+    }
+    if key.resource == "configmaps" {
+        super::workloads::validate_config_map(&key.name, obj)?;
     }
     if key.resource == "networkpolicies.networking.k8s.io" {
         let enforced = || {

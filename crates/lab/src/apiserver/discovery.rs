@@ -36,12 +36,19 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     for r in &served {
         resources.push(json!({
             "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind,
-            "verbs": verbs(r), "shortNames": r.short_names,
+            "verbs": verbs(r), "shortNames": r.short_names, "categories": r.categories,
         }));
         if r.status {
             resources
                 .push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced,
                                    "kind": r.kind, "verbs": ["get", "patch", "update"]}));
+        }
+        if r.scale {
+            resources.push(
+                json!({"name": format!("{}/scale", r.plural), "singularName": "", "namespaced": r.namespaced,
+                                  "group": "autoscaling", "version": "v1", "kind": "Scale",
+                                  "verbs": ["get", "patch", "update"]}),
+            );
         }
     }
     let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };

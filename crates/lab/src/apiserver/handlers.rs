@@ -31,6 +31,7 @@ pub(crate) async fn dispatch(api: &Arc<ApiServer>, t: Target, req: Request) -> R
         )));
     }
     let out = match (&req.method, t.name.is_some()) {
+        _ if t.sub.as_deref() == Some("scale") => scale(api, t, &req).await,
         (&Method::GET, _) if req.flag("watch") => return watch::serve(api, t, req),
         (&Method::GET, false) => list(api, &t, &req),
         (&Method::GET, true) => get(api, &t, &req),
@@ -284,6 +285,47 @@ async fn update(api: &ApiServer, t: &Target, req: &Request) -> Reply {
     let new = parse_body(t.resource, &req.body)?;
     check_namespace(t, &new)?;
     modify(api, t, move |_| Ok(new)).await
+}
+
+/// The `scale` subresource: the object's replicas as an `autoscaling/v1` Scale; a PUT or
+/// PATCH of it changes `spec.replicas` only.
+async fn scale(api: &ApiServer, t: Target, req: &Request) -> Reply {
+    use super::workloads::scale_of;
+    let whole = Target { sub: None, ..t };
+    if req.method == Method::GET {
+        return get(api, &whole, req).map(|(code, obj)| (code, scale_of(&obj)));
+    }
+    let body = req.body.clone();
+    let kind = match req.method {
+        Method::PATCH => {
+            let ct = req.headers.get(header::CONTENT_TYPE).and_then(|c| c.to_str().ok()).unwrap_or("");
+            Some(PatchType::from_content_type(ct)?)
+        }
+        _ => None,
+    };
+    let (code, stored) = modify(api, &whole, move |current| {
+        let mut s = scale_of(current);
+        match kind {
+            Some(k) => patch::apply(&mut s, &body, k)?,
+            None => {
+                s = serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::bad_request(format!("the body is not a valid Scale: {e}")))?
+            }
+        }
+        let replicas = s["spec"]["replicas"].as_i64().filter(|r| *r >= 0).ok_or_else(|| {
+            ApiError::invalid(
+                "Scale",
+                current["metadata"]["name"].as_str().unwrap_or_default(),
+                "spec.replicas",
+                "must be greater than or equal to 0",
+            )
+        })?;
+        let mut new = current.clone();
+        new["spec"]["replicas"] = json!(replicas);
+        Ok(new)
+    })
+    .await?;
+    Ok((code, scale_of(&stored)))
 }
 
 async fn patch(api: &ApiServer, t: &Target, req: &Request) -> Reply {

@@ -11,6 +11,7 @@ pub mod resources;
 pub mod status;
 pub mod table;
 mod watch;
+pub mod workloads;
 
 use crate::store::Store;
 use admission::ClusterConfig;
@@ -51,6 +52,7 @@ impl ApiServer {
         axum::Router::new()
             .route("/api/v1/namespaces/{namespace}/pods/{name}/{sub}", stream)
             .fallback(serve)
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
             .with_state(self.clone())
     }
 }
@@ -89,11 +91,13 @@ pub(crate) fn error(e: &ApiError) -> Response {
     json(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &e.to_status())
 }
 
+/// The largest request body taken, kube-apiserver's limit (3 MiB).
+const MAX_BODY: usize = 3 << 20;
+
 /// [`serve`] for a request a route took first and passes on.
 pub(crate) async fn serve_request(api: Arc<ApiServer>, req: axum::extract::Request) -> Response {
     let (parts, body) = req.into_parts();
-    // axum's own limit for a body taken whole, as the fallback route has it.
-    match axum::body::to_bytes(body, 2 << 20).await {
+    match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(bytes) => serve(State(api), parts.method, parts.uri, parts.headers, bytes).await,
         Err(e) => error(&ApiError::bad_request(format!("read the request body: {e}"))),
     }
@@ -158,7 +162,8 @@ async fn serve(
     let Some(resource) = rest.first().and_then(|p| resources::find(group, version, p)) else {
         return error(&ApiError::no_route(&path));
     };
-    if rest.len() > 3 || (rest.len() == 3 && !(rest[2] == "status" && resource.status)) {
+    let sub_ok = |s: &str| (s == "status" && resource.status) || (s == "scale" && resource.scale);
+    if rest.len() > 3 || (rest.len() == 3 && !sub_ok(rest[2])) {
         return error(&ApiError::no_route(&path));
     }
     let target = Target {

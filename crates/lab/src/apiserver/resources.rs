@@ -1,7 +1,9 @@
 //! The resources this API server serves, with what discovery, validation and printing
 //! need to know about each.
 
-use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
 use serde::de::DeserializeOwned;
@@ -17,6 +19,10 @@ pub struct Resource {
     pub short_names: &'static [&'static str],
     /// Has a `/status` subresource.
     pub status: bool,
+    /// Has a `/scale` subresource (`kubectl scale`).
+    pub scale: bool,
+    /// The categories it is in (`kubectl get all` lists category `all`).
+    pub categories: &'static [&'static str],
     /// Checks the object against the real schema (k8s-openapi types).
     pub schema: fn(&Value) -> Result<(), String>,
     /// Names must be DNS-1123 labels (not just subdomains).
@@ -37,6 +43,8 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: false,
         short_names: &["ns"],
         status: true,
+        scale: false,
+        categories: &[],
         schema: schema::<Namespace>,
         label_names: true,
     },
@@ -49,6 +57,8 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: false,
         short_names: &["no"],
         status: true,
+        scale: false,
+        categories: &[],
         schema: schema::<Node>,
         label_names: false,
     },
@@ -61,6 +71,8 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &["po"],
         status: true,
+        scale: false,
+        categories: &["all"],
         schema: schema::<Pod>,
         label_names: false,
     },
@@ -73,6 +85,8 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &["svc"],
         status: true,
+        scale: false,
+        categories: &["all"],
         schema: schema::<Service>,
         label_names: true,
     },
@@ -85,6 +99,8 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &["ev"],
         status: false,
+        scale: false,
+        categories: &[],
         schema: schema::<Event>,
         label_names: false,
     },
@@ -97,6 +113,8 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &[],
         status: false,
+        scale: false,
+        categories: &[],
         schema: schema::<EndpointSlice>,
         label_names: false,
     },
@@ -109,6 +127,8 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &["netpol"],
         status: false,
+        scale: false,
+        categories: &[],
         schema: schema::<NetworkPolicy>,
         label_names: false,
     },
@@ -123,6 +143,8 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &[],
         status: false,
+        scale: false,
+        categories: &[],
         schema: schema::<k8s_openapi::api::events::v1::Event>,
         label_names: false,
     },
@@ -136,7 +158,96 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: false,
         short_names: &[],
         status: true,
+        scale: false,
+        categories: &[],
         schema: schema::<ServiceCIDR>,
+        label_names: false,
+    },
+    // What workloads and their configuration need, and what `kubectl get all` shows.
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "ConfigMap",
+        plural: "configmaps",
+        singular: "configmap",
+        namespaced: true,
+        short_names: &["cm"],
+        status: false,
+        scale: false,
+        categories: &[],
+        schema: schema::<ConfigMap>,
+        label_names: false,
+    },
+    // Written by the endpoints controller from the EndpointSlices, for what still reads them.
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "Endpoints",
+        plural: "endpoints",
+        singular: "endpoints",
+        namespaced: true,
+        short_names: &["ep"],
+        status: false,
+        scale: false,
+        categories: &[],
+        schema: schema::<Endpoints>,
+        label_names: false,
+    },
+    Resource {
+        group: "apps",
+        version: "v1",
+        kind: "Deployment",
+        plural: "deployments",
+        singular: "deployment",
+        namespaced: true,
+        short_names: &["deploy"],
+        status: true,
+        scale: true,
+        categories: &["all"],
+        schema: schema::<Deployment>,
+        label_names: false,
+    },
+    Resource {
+        group: "apps",
+        version: "v1",
+        kind: "ReplicaSet",
+        plural: "replicasets",
+        singular: "replicaset",
+        namespaced: true,
+        short_names: &["rs"],
+        status: true,
+        scale: true,
+        categories: &["all"],
+        schema: schema::<ReplicaSet>,
+        label_names: false,
+    },
+    Resource {
+        group: "apps",
+        version: "v1",
+        kind: "DaemonSet",
+        plural: "daemonsets",
+        singular: "daemonset",
+        namespaced: true,
+        short_names: &["ds"],
+        status: true,
+        scale: false,
+        categories: &["all"],
+        schema: schema::<DaemonSet>,
+        label_names: false,
+    },
+    // Node heartbeats (kube-node-lease) and leader election.
+    Resource {
+        group: "coordination.k8s.io",
+        version: "v1",
+        kind: "Lease",
+        plural: "leases",
+        singular: "lease",
+        namespaced: true,
+        short_names: &[],
+        status: false,
+        scale: false,
+        categories: &[],
+        schema: schema::<Lease>,
         label_names: false,
     },
 ];
@@ -225,6 +336,9 @@ mod tests {
             "endpointslices.discovery.k8s.io"
         );
         // networking.k8s.io's resources are not next to each other in the table: still once.
-        assert_eq!(groups(), vec!["discovery.k8s.io", "networking.k8s.io", "events.k8s.io"]);
+        assert_eq!(
+            groups(),
+            vec!["discovery.k8s.io", "networking.k8s.io", "events.k8s.io", "apps", "coordination.k8s.io"]
+        );
     }
 }

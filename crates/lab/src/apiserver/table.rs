@@ -225,8 +225,91 @@ fn columns(kind: &str) -> Vec<Column> {
             }),
             col("Message", 0, |v| json!(s(v, &["message"]))),
         ],
+        "Deployment" => vec![
+            col("Name", 0, name),
+            col("Ready", 0, |v| {
+                json!(format!("{}/{}", num(v, &["status", "readyReplicas"]), num(v, &["spec", "replicas"])))
+            }),
+            col("Up-to-date", 0, |v| json!(num(v, &["status", "updatedReplicas"]))),
+            col("Available", 0, |v| json!(num(v, &["status", "availableReplicas"]))),
+            col("Age", 0, age),
+            col("Containers", 1, containers),
+            col("Images", 1, images),
+            col("Selector", 1, |v| or_none(map_string(&v["spec"]["selector"]["matchLabels"]))),
+        ],
+        "ReplicaSet" => vec![
+            col("Name", 0, name),
+            col("Desired", 0, |v| json!(num(v, &["spec", "replicas"]))),
+            col("Current", 0, |v| json!(num(v, &["status", "replicas"]))),
+            col("Ready", 0, |v| json!(num(v, &["status", "readyReplicas"]))),
+            col("Age", 0, age),
+            col("Containers", 1, containers),
+            col("Images", 1, images),
+            col("Selector", 1, |v| or_none(map_string(&v["spec"]["selector"]["matchLabels"]))),
+        ],
+        "DaemonSet" => vec![
+            col("Name", 0, name),
+            col("Desired", 0, |v| json!(num(v, &["status", "desiredNumberScheduled"]))),
+            col("Current", 0, |v| json!(num(v, &["status", "currentNumberScheduled"]))),
+            col("Ready", 0, |v| json!(num(v, &["status", "numberReady"]))),
+            col("Up-to-date", 0, |v| json!(num(v, &["status", "updatedNumberScheduled"]))),
+            col("Available", 0, |v| json!(num(v, &["status", "numberAvailable"]))),
+            col("Node Selector", 0, |v| or_none(map_string(&v["spec"]["template"]["spec"]["nodeSelector"]))),
+            col("Age", 0, age),
+            col("Containers", 1, containers),
+            col("Images", 1, images),
+        ],
+        "Endpoints" => vec![col("Name", 0, name), col("Endpoints", 0, endpoints_addresses), col("Age", 0, age)],
+        "ConfigMap" => vec![
+            col("Name", 0, name),
+            col("Data", 0, |v| {
+                json!(v["data"].as_object().map_or(0, |m| m.len()) + v["binaryData"].as_object().map_or(0, |m| m.len()))
+            }),
+            col("Age", 0, age),
+        ],
+        "Lease" => vec![
+            col("Name", 0, name),
+            col("Holder", 0, |v| json!(s(v, &["spec", "holderIdentity"]))),
+            col("Age", 0, age),
+        ],
         _ => vec![col("Name", 0, name), col("Age", 0, age)],
     }
+}
+
+/// A count in the object, 0 when absent (as kubectl shows a fresh workload).
+fn num(v: &Value, path: &[&str]) -> i64 {
+    s(v, path).parse().unwrap_or(0)
+}
+
+fn containers(v: &Value) -> Value {
+    let names: Vec<String> =
+        v["spec"]["template"]["spec"]["containers"].as_array().into_iter().flatten().map(|c| s(c, &["name"])).collect();
+    or_none(names.join(","))
+}
+
+fn images(v: &Value) -> Value {
+    let names: Vec<String> = v["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| s(c, &["image"]))
+        .collect();
+    or_none(names.join(","))
+}
+
+/// `IP:PORT` of every ready address, as `kubectl get endpoints` shows them.
+fn endpoints_addresses(v: &Value) -> Value {
+    let mut all = Vec::new();
+    for sub in v["subsets"].as_array().into_iter().flatten() {
+        for a in sub["addresses"].as_array().into_iter().flatten() {
+            for p in sub["ports"].as_array().into_iter().flatten() {
+                all.push(format!("{}:{}", s(a, &["ip"]), s(p, &["port"])));
+            }
+        }
+    }
+    let shown =
+        if all.len() > 3 { format!("{} + {} more...", all[..3].join(","), all.len() - 3) } else { all.join(",") };
+    or_none(shown)
 }
 
 /// How much of each object a Table row carries (`includeObject`).

@@ -16,7 +16,27 @@ const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 const MAX_ENDPOINTS: usize = 100;
 
 pub(super) fn plan(objects: &Objects, dirty: &BTreeSet<(String, String)>, all: bool) -> Vec<(Key, Change)> {
-    // (namespace, name) of every Service to reconcile; an empty name means all in that namespace.
+    let services = to_reconcile(objects, dirty, all);
+    let mut out = Vec::new();
+    let mut index: Option<(String, NsIndex)> = None;
+    for (ns, name) in services {
+        if index.as_ref().is_none_or(|(n, _)| *n != ns) {
+            index = Some((ns.clone(), NsIndex::build(objects, &ns)));
+        }
+        let idx = &index.as_ref().expect("just built").1;
+        let svc = objects.get(&Key::new("services", &ns, &name));
+        out.extend(reconcile_service(idx, &ns, &name, svc));
+    }
+    out
+}
+
+/// (namespace, name) of every Service to reconcile, from what changed (an empty name:
+/// every Service of that namespace), Services that are gone included.
+pub(super) fn to_reconcile(
+    objects: &Objects,
+    dirty: &BTreeSet<(String, String)>,
+    all: bool,
+) -> BTreeSet<(String, String)> {
     let mut services: BTreeSet<(String, String)> = BTreeSet::new();
     let every: Vec<(String, String)> = objects
         .list("services", None)
@@ -38,17 +58,7 @@ pub(super) fn plan(objects: &Objects, dirty: &BTreeSet<(String, String)>, all: b
             }
         }
     }
-    let mut out = Vec::new();
-    let mut index: Option<(String, NsIndex)> = None;
-    for (ns, name) in services {
-        if index.as_ref().is_none_or(|(n, _)| *n != ns) {
-            index = Some((ns.clone(), NsIndex::build(objects, &ns)));
-        }
-        let idx = &index.as_ref().expect("just built").1;
-        let svc = objects.get(&Key::new("services", &ns, &name));
-        out.extend(reconcile_service(idx, &ns, &name, svc));
-    }
-    out
+    services
 }
 
 /// One namespace's pods by label and slices by Service, built once per pass, so a pass

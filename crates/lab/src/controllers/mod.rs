@@ -6,6 +6,7 @@ mod endpointslices;
 mod nodeipam;
 mod podgc;
 mod scheduler;
+mod workloads;
 
 use crate::apiserver::admission::ClusterConfig;
 use crate::store::{Change, Event, Key, Store};
@@ -22,6 +23,8 @@ struct Dirty {
     /// (namespace, service name)
     services: BTreeSet<(String, String)>,
     all_services: bool,
+    /// Deployments, ReplicaSets, DaemonSets, or what they own (or fit on) changed.
+    workloads: bool,
 }
 
 /// Starts the controllers on the current runtime.
@@ -31,7 +34,8 @@ pub fn spawn(store: Arc<Store>, cluster: ClusterConfig) -> tokio::task::JoinHand
 
 async fn run(store: Arc<Store>, cluster: ClusterConfig) {
     let (_, _, mut live) = store.list_and_subscribe("", None);
-    let mut dirty = Dirty { nodes: true, pending_pods: true, all_services: true, ..Default::default() };
+    let mut dirty =
+        Dirty { nodes: true, pending_pods: true, all_services: true, workloads: true, ..Default::default() };
     loop {
         reconcile(&store, &cluster, std::mem::take(&mut dirty)).await;
         // Wait for something to happen (or a second to pass: terminating pods reach
@@ -40,7 +44,7 @@ async fn run(store: Arc<Store>, cluster: ClusterConfig) {
             ev = live.recv() => match ev {
                 Ok(ev) => note(&mut dirty, &ev),
                 Err(RecvError::Lagged(_)) => {
-                    dirty = Dirty { nodes: true, pending_pods: true, all_services: true, ..Default::default() }
+                    dirty = Dirty { nodes: true, pending_pods: true, all_services: true, workloads: true, ..Default::default() }
                 }
                 Err(RecvError::Closed) => return,
             },
@@ -50,7 +54,13 @@ async fn run(store: Arc<Store>, cluster: ClusterConfig) {
             match live.try_recv() {
                 Ok(ev) => note(&mut dirty, &ev),
                 Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
-                    dirty = Dirty { nodes: true, pending_pods: true, all_services: true, ..Default::default() }
+                    dirty = Dirty {
+                        nodes: true,
+                        pending_pods: true,
+                        all_services: true,
+                        workloads: true,
+                        ..Default::default()
+                    }
                 }
                 Err(_) => break,
             }
@@ -64,9 +74,12 @@ fn note(d: &mut Dirty, ev: &Event) {
         "nodes" => {
             d.nodes = true;
             d.pending_pods = true;
+            d.workloads = true;
         }
+        "replicasets.apps" | "deployments.apps" | "daemonsets.apps" => d.workloads = true,
         "pods" => {
             d.pending_pods |= ev.object["spec"]["nodeName"].is_null();
+            d.workloads |= ev.object["metadata"]["ownerReferences"].is_array();
             // Services whose selector matched the pod before or matches it now.
             d.services.insert((ns, String::new()));
         }
@@ -92,6 +105,13 @@ async fn reconcile(store: &Store, cluster: &ClusterConfig, dirty: Dirty) {
             writes.extend(scheduler::plan(objects));
         }
         writes.extend(endpointslices::plan(objects, &dirty.services, dirty.all_services));
+        writes.extend(workloads::endpoints(
+            objects,
+            &endpointslices::to_reconcile(objects, &dirty.services, dirty.all_services),
+        ));
+        if dirty.workloads {
+            writes.extend(workloads::plan(objects, cluster));
+        }
         writes.extend(podgc::plan(objects));
     });
     for (key, change) in writes {

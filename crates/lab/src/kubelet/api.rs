@@ -126,12 +126,13 @@ pub async fn serve(layout: Layout, node: String, addr: SocketAddr, t: ApiTls) ->
     Ok(())
 }
 
-/// What the lab kubelet does not serve, said so that kubectl shows it.
+/// What the lab kubelet does not serve, said as a `Status` (which the API server passes
+/// on, so that kubectl shows it).
 async fn not_yet() -> Response {
-    (
-        StatusCode::NOT_IMPLEMENTED,
-        "the flatnet lab kubelet does not serve attach or port-forward: run a command with `kubectl exec`, or reach the pod's address from the lab (`flatnet lab exec POD -- CMD`)",
-    )
+    let message = "the flatnet lab does not serve pods/attach or pods/portforward: run a command with `kubectl exec`, or reach the pod's address from the lab (`flatnet lab exec POD -- CMD`)";
+    let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                    "message": message, "reason": "NotImplemented", "code": 501});
+    (StatusCode::NOT_IMPLEMENTED, [(axum::http::header::CONTENT_TYPE, "application/json")], status.to_string())
         .into_response()
 }
 

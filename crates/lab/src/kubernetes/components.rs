@@ -26,7 +26,7 @@ fn s(p: &Path) -> String {
 
 /// Where the upstream control plane keeps its state, logs and kubeconfigs.
 pub fn dir(layout: &Layout) -> PathBuf {
-    layout.state.join("kubernetes")
+    layout.kubernetes_dir()
 }
 
 /// The static token file: the lab's admin token (the kubeconfig `lab up` writes, as with

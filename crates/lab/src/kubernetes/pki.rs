@@ -38,7 +38,7 @@ pub struct Pki {
 impl Pki {
     /// The PKI of the lab at `layout` (made by `load_or_create`).
     pub fn of(layout: &crate::layout::Layout) -> Pki {
-        Pki { dir: super::components::dir(layout).join("pki") }
+        Pki { dir: layout.kubernetes_dir().join("pki") }
     }
     pub fn ca_cert(&self) -> PathBuf {
         self.dir.join("ca.crt")
