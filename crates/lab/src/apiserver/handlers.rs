@@ -13,10 +13,24 @@ use axum::response::Response;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-pub(crate) async fn dispatch(api: &Arc<ApiServer>, t: Target, req: Request) -> Response {
-    // Bodies are JSON (or a JSON patch type). A protobuf body (kubectl's generator
-    // subcommands such as `kubectl create namespace` send one) gets a 415 that says so.
+pub(crate) async fn dispatch(api: &Arc<ApiServer>, t: Target, mut req: Request) -> Response {
+    // Bodies are JSON (or a JSON patch type), or protobuf from kubectl's generator
+    // subcommands (`kubectl create deployment …`), read into JSON first.
     if matches!(req.method, Method::POST | Method::PUT) && !req.body.is_empty() {
+        let ct = req.headers.get(header::CONTENT_TYPE).and_then(|c| c.to_str().ok()).unwrap_or("application/json");
+        if ct.starts_with(super::protobuf::CONTENT_TYPE) {
+            match super::protobuf::to_json(&req.body) {
+                Ok(obj) => {
+                    req.body = obj.to_string().into();
+                    req.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+                }
+                Err(why) => {
+                    return error(&ApiError::unsupported_media_type(format!(
+                        "the protobuf body cannot be read ({why}): send application/json (with kubectl, write a manifest and use `kubectl create -f` or `kubectl apply -f`)"
+                    )));
+                }
+            }
+        }
         let ct = req.headers.get(header::CONTENT_TYPE).and_then(|c| c.to_str().ok()).unwrap_or("application/json");
         if !ct.starts_with("application/json") && !ct.starts_with("application/yaml") {
             return error(&ApiError::unsupported_media_type(format!(

@@ -6,6 +6,7 @@ pub mod discovery;
 mod handlers;
 pub mod kubelet_proxy;
 pub mod patch;
+pub mod protobuf;
 mod query;
 pub mod resources;
 pub mod status;
