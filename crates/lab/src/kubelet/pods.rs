@@ -75,6 +75,10 @@ impl PodManager {
             let r = self.running.remove(&uid).expect("listed");
             let grace = grace_period(by_uid.get(uid.as_str()).map(|p| p.as_ref()));
             let (released, sandbox) = (r.released, r.sandbox.clone());
+            for c in &r.containers {
+                let message = format!("Stopping container {}", c.name);
+                post_event(client, &cfg.node, &sandbox, "Normal", "Killing", &message).await;
+            }
             stop_containers(r.containers, grace).await;
             if !released {
                 self.leftovers.insert(uid, sandbox);
@@ -156,6 +160,10 @@ impl PodManager {
             match started {
                 Ok(r) => {
                     info!("running pod {name} at {}", r.sandbox.ip);
+                    for c in &r.containers {
+                        let message = format!("Started container {}", c.name);
+                        post_event(client, &cfg.node, &r.sandbox, "Normal", "Started", &message).await;
+                    }
                     self.backoff.remove(&uid);
                     self.running.insert(uid, r);
                 }
@@ -163,7 +171,11 @@ impl PodManager {
                     let attempts = self.backoff.get(&uid).map_or(0, |b| b.0) + 1;
                     let delay = backoff_delay(attempts);
                     warn!("pod {name}: {e}; retrying in {delay:?}");
-                    self.backoff.insert(uid, (attempts, Instant::now() + delay));
+                    self.backoff.insert(uid.clone(), (attempts, Instant::now() + delay));
+                    if let (Some(ns), Some(n)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) {
+                        let about = Involved { namespace: ns, name: n, uid: &uid };
+                        post_event_about(client, &cfg.node, about, "Warning", "FailedCreatePodSandBox", &e).await;
+                    }
                     report_failure(client, pod, &e).await;
                 }
             }
@@ -398,6 +410,46 @@ fn pod_status(cfg: &KubeletConfig, r: &Running) -> Value {
                        cond("Ready", r.ready), cond("ContainersReady", r.ready), cond("PodScheduled", true)],
         "containerStatuses": containers,
     })
+}
+
+/// The pod an event is about.
+struct Involved<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    uid: &'a str,
+}
+
+/// Posts a core/v1 Event about a pod, as a kubelet does (`kubectl get events`,
+/// `kubectl describe pod`); one that cannot be posted is only logged.
+async fn post_event(client: &kube::Client, node: &str, s: &Sandbox, kind: &str, reason: &str, message: &str) {
+    let about = Involved { namespace: &s.namespace, name: &s.name, uid: &s.uid };
+    post_event_about(client, node, about, kind, reason, message).await;
+}
+
+async fn post_event_about(
+    client: &kube::Client,
+    node: &str,
+    about: Involved<'_>,
+    kind: &str,
+    reason: &str,
+    message: &str,
+) {
+    use k8s_openapi::api::core::v1::Event;
+    let suffix: String = uuid::Uuid::new_v4().simple().to_string().chars().take(16).collect();
+    let event = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("{}.{suffix}", about.name), "namespace": about.namespace},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": about.namespace, "name": about.name, "uid": about.uid},
+        "reason": reason, "message": message, "type": kind, "count": 1,
+        "firstTimestamp": now(), "lastTimestamp": now(),
+        "source": {"component": "kubelet", "host": node},
+        "reportingComponent": "kubelet", "reportingInstance": node,
+    });
+    let Ok(event) = serde_json::from_value::<Event>(event) else { return };
+    let api: Api<Event> = Api::namespaced(client.clone(), about.namespace);
+    if let Err(e) = api.create(&kube::api::PostParams::default(), &event).await {
+        tracing::debug!("post event {reason} for {}/{}: {e}", about.namespace, about.name);
+    }
 }
 
 async fn report_failure(client: &kube::Client, pod: &Pod, why: &str) {
