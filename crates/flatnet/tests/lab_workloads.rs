@@ -3,7 +3,8 @@
 //! and rolled to a new template through a new ReplicaSet; a DaemonSet on every node,
 //! rolled node by node; deleting the Deployment takes its ReplicaSets and pods with it.
 //! What kube-apiserver refuses (a selector that does not match the template, a
-//! ConfigMap over 1 MiB) is refused the same way, and nothing is stored.
+//! ConfigMap over 1 MiB) is refused the same way, and nothing is stored; `kubectl apply`
+//! of a `kind: List` applies its items.
 
 mod common;
 
@@ -146,6 +147,20 @@ fn deployments_replicasets_and_daemonsets_run_and_roll_on_the_lab() {
             &refused[..refused.len().min(300)]
         );
         assert!(get(&lab, &["get", "configmap", "big", "-o", "name"]).is_empty());
+
+        // `kubectl apply -f` of a `kind: List`, twice: made, then unchanged.
+        let list = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: settings}, data: {mode: fast}}\n- {apiVersion: v1, kind: Service, metadata: {name: listed}, spec: {selector: {app: listed}, ports: [{port: 80}]}}\n";
+        let file = lab.dir.path().join("list.yaml");
+        std::fs::write(&file, list).unwrap();
+        let path = file.to_string_lossy().into_owned();
+        let first = ok(kubectl(&lab, &["apply", "-f", &path]));
+        assert!(first.contains("configmap/settings created") && first.contains("service/listed created"), "{first}");
+        let again = ok(kubectl(&lab, &["apply", "-f", &path]));
+        assert!(
+            again.contains("configmap/settings unchanged") && again.contains("service/listed unchanged"),
+            "{again}"
+        );
+        assert_eq!(get(&lab, &["get", "configmap", "settings", "-o", "jsonpath={.data.mode}"]), "fast");
         lab.down_and_check_clean();
     });
 }

@@ -127,6 +127,16 @@ async fn serve(
             _ => return error(&ApiError::bad_request(format!("the query parameter {kv:?} is not valid URL encoding"))),
         };
     }
+    if path == "/openapi/v2" && method == Method::GET {
+        // The OpenAPI v2 document kubectl reads to validate what it has no v3 path for
+        // (a `kind: List`), in the protobuf it asks for: one with no models, so kubectl
+        // leaves every item's validation to this server (`fieldValidation=Strict`).
+        return (
+            [(header::CONTENT_TYPE, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")],
+            Vec::<u8>::new(),
+        )
+            .into_response();
+    }
     let req = Request { method, query, headers, body };
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let discovery = match segs.as_slice() {
