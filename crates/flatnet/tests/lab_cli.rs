@@ -145,10 +145,10 @@ fn kubectl_session() {
     assert!(again.contains("pod/web unchanged"), "{again}");
     let ns = lab.ok(&["create", "-f", "-"], Some("apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n"));
     assert!(ns.contains("namespace/team-a created"), "{ns}");
-    // kubectl's generator subcommands send protobuf, which the lab does not speak: a
-    // clear 415 that says what to do instead, not a silent failure.
-    let proto = lab.kubectl(&["create", "namespace", "team-b"], None);
-    assert!(String::from_utf8_lossy(&proto.stderr).contains("send application/json"));
+    // kubectl's generator subcommands send protobuf, which the lab reads.
+    let proto = lab.ok(&["create", "namespace", "team-b"], None);
+    assert!(proto.contains("namespace/team-b created"), "{proto}");
+    assert_eq!(lab.ok(&["get", "ns", "team-b", "-o", "jsonpath={.status.phase}"], None), "Active");
     // The lab kubelet runs it and reports its IP and readiness.
     lab.ok(&["wait", "--for=condition=Ready", "pod/web", "--timeout=30s"], None);
     let ip = lab.ok(&["get", "pod", "web", "-o", "jsonpath={.status.podIP}"], None);

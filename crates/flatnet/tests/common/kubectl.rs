@@ -25,7 +25,8 @@ pub fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A pod `talker` that prints three lines, then: `kubectl logs` (all, `--tail`, `-c`),
+/// A pod `talker` that prints three lines, then: `kubectl logs` (all, `--tail`, `-c`,
+/// `-l`, `-f`),
 /// `kubectl exec` (stdout and stderr apart, the exit code, the container's hostname,
 /// stdin, a program that is not there, a container that is not there) and
 /// `kubectl exec -it` on a pseudo-terminal of the client's size.
@@ -43,6 +44,21 @@ pub fn logs_and_exec(lab: &Lab) {
     });
     assert_eq!(ok(kubectl(lab, &["logs", "talker", "--tail", "1"])), "line 3\n");
     assert_eq!(ok(kubectl(lab, &["logs", "talker", "-c", "talker", "--tail=2"])), "line 2\nline 3\n");
+    // By label (`kubectl run` labels its pod run=NAME), and following: the stream stays
+    // open after the last line, until the client goes.
+    assert_eq!(ok(kubectl(lab, &["logs", "-l", "run=talker"])), "line 1\nline 2\nline 3\n");
+    let mut follow = command(lab, &["logs", "-f", "talker", "--tail=1"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(follow.stdout.take().unwrap()), &mut first).unwrap();
+    assert_eq!(first, "line 3\n");
+    // Without -f kubectl exits at once after the last line; with it, it stays.
+    let watch_until = std::time::Instant::now() + Duration::from_millis(500);
+    while std::time::Instant::now() < watch_until {
+        assert!(follow.try_wait().unwrap().is_none(), "`logs -f` ended by itself");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
 
     let out = kubectl(lab, &["exec", "talker", "--", "sh", "-c", "echo out; echo err >&2; echo $HOSTNAME; exit 3"]);
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));

@@ -39,8 +39,12 @@ fn name(v: &Value) -> Value {
 
 /// Age as kubectl prints it: 45s, 12m, 3h, 2d.
 fn age(v: &Value) -> Value {
-    let created = s(v, &["metadata", "creationTimestamp"]);
-    let Ok(t) = created.parse::<jiff::Timestamp>() else { return json!("<unknown>") };
+    since(&s(v, &["metadata", "creationTimestamp"]))
+}
+
+/// How long ago `at` (RFC 3339) was, as kubectl prints it.
+fn since(at: &str) -> Value {
+    let Ok(t) = at.parse::<jiff::Timestamp>() else { return json!("<unknown>") };
     let secs = (jiff::Timestamp::now().as_second() - t.as_second()).max(0);
     json!(match secs {
         0..120 => format!("{secs}s"),
@@ -213,7 +217,7 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Age", 0, age),
         ],
         "Event" => vec![
-            col("Last Seen", 0, |v| json!(s(v, &["lastTimestamp"]))),
+            col("Last Seen", 0, |v| since(&s(v, &["lastTimestamp"]))),
             col("Type", 0, |v| json!(s(v, &["type"]))),
             col("Reason", 0, |v| json!(s(v, &["reason"]))),
             col("Object", 0, |v| {
