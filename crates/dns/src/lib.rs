@@ -30,6 +30,24 @@ pub enum Source {
     File(PathBuf),
 }
 
+/// Where the settings that change while the server runs come from.
+#[derive(Debug, Clone)]
+pub enum SettingsFrom {
+    /// A directory with a file per key (a ConfigMap mounted as a volume).
+    Dir(PathBuf),
+    /// A ConfigMap read from the API (`namespace`, `name`); absent, the flags hold.
+    ConfigMap { namespace: String, name: String, kubeconfig: Option<PathBuf> },
+}
+
+impl std::fmt::Display for SettingsFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SettingsFrom::Dir(d) => write!(f, "{}", d.display()),
+            SettingsFrom::ConfigMap { namespace, name, .. } => write!(f, "ConfigMap {namespace}/{name}"),
+        }
+    }
+}
+
 /// The DNS server's metrics address: local only (CoreDNS's port).
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9153";
 
@@ -38,8 +56,8 @@ pub struct DnsConfig {
     pub listen: SocketAddr,
     /// The domain, TTL and upstreams in force at the start.
     pub settings: settings::Settings,
-    /// A config directory read again when it changes, over the flags in `Base`.
-    pub reload: Option<(PathBuf, settings::Base)>,
+    /// Where settings over the flags in `Base` come from, read again while serving.
+    pub reload: Option<(SettingsFrom, settings::Base)>,
     pub udp_threads: usize,
     pub source: Source,
     /// Where to serve Prometheus metrics and health (None: nowhere).
@@ -126,7 +144,7 @@ pub async fn run(cfg: DnsConfig, shutdown: impl std::future::Future<Output = ()>
     );
     let (reload_tx, mut reloads) = tokio::sync::mpsc::channel::<settings::Settings>(1);
     let reloader =
-        cfg.reload.clone().map(|(dir, base)| tokio::spawn(watch_settings(dir, base, current.clone(), reload_tx)));
+        cfg.reload.clone().map(|(from, base)| tokio::spawn(watch_settings(from, base, current.clone(), reload_tx)));
     tokio::pin!(shutdown);
     loop {
         let (first, mut n) = tokio::select! {
@@ -182,18 +200,38 @@ pub async fn run(cfg: DnsConfig, shutdown: impl std::future::Future<Output = ()>
 /// kubelet's sync period, about a minute, of an edit).
 const SETTINGS_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Reads the config directory every [`SETTINGS_POLL`] and sends settings that differ
-/// from those in force; a change that does not parse is refused and said once.
+/// The overrides `from` holds now.
+async fn read_overrides(from: &SettingsFrom, client: &mut Option<kube::Client>) -> Result<settings::Overrides, String> {
+    match from {
+        SettingsFrom::Dir(dir) => settings::read_dir(dir),
+        SettingsFrom::ConfigMap { namespace, name, kubeconfig } => {
+            if client.is_none() {
+                *client = Some(watch::client(kubeconfig.as_deref()).await?);
+            }
+            let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+                Api::namespaced(client.clone().expect("just made"), namespace);
+            let cm = api.get_opt(name).await.map_err(|e| format!("read ConfigMap {namespace}/{name}: {e}"))?;
+            Ok(settings::from_config_map(cm.as_ref().and_then(|c| c.data.as_ref())))
+        }
+    }
+}
+
+/// Reads the settings' source now and every [`SETTINGS_POLL`], and sends settings that
+/// differ from those in force; a change that does not parse is refused and said once.
 async fn watch_settings(
-    dir: PathBuf,
+    from: SettingsFrom,
     base: settings::Base,
     mut current: settings::Settings,
     tx: tokio::sync::mpsc::Sender<settings::Settings>,
 ) {
     let mut refused: Option<String> = None;
+    let mut client = None;
+    let mut tick = tokio::time::interval(SETTINGS_POLL);
     loop {
-        tokio::time::sleep(SETTINGS_POLL).await;
-        let next = settings::read_dir(&dir).and_then(|o| settings::resolve(&base, &o, |p| std::fs::read_to_string(p)));
+        tick.tick().await;
+        let next = read_overrides(&from, &mut client)
+            .await
+            .and_then(|o| settings::resolve(&base, &o, |p| std::fs::read_to_string(p)));
         match next {
             Ok(s) => {
                 refused = None;
@@ -206,7 +244,7 @@ async fn watch_settings(
             }
             Err(e) => {
                 if refused.as_ref() != Some(&e) {
-                    tracing::warn!("the settings in {} are refused, the ones in force stay: {e}", dir.display());
+                    tracing::warn!("the settings in {from} are refused, the ones in force stay: {e}");
                     refused = Some(e);
                 }
             }

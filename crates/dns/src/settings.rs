@@ -53,6 +53,15 @@ pub fn read_dir(dir: &Path) -> Result<Overrides, String> {
     Ok(o)
 }
 
+/// A ConfigMap's data as overrides: the keys the server reads (none when it is absent).
+pub fn from_config_map(data: Option<&std::collections::BTreeMap<String, String>>) -> Overrides {
+    data.into_iter()
+        .flatten()
+        .filter(|(k, _)| KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.trim().to_string()))
+        .collect()
+}
+
 /// The settings from the flags and the overrides; `read` reads a resolv.conf.
 pub fn resolve(
     base: &Base,
@@ -166,6 +175,14 @@ mod tests {
             let e = resolve(&base(), &o(&[(k, v)]), read).unwrap_err();
             assert!(e.contains(says), "{k}={v}: {e}");
         }
+    }
+
+    #[test]
+    fn a_config_maps_keys_are_the_overrides_and_its_absence_is_none() {
+        let data: std::collections::BTreeMap<String, String> =
+            [("ttl", "9\n"), ("Corefile", "ignored")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(from_config_map(Some(&data)), o(&[("ttl", "9")]));
+        assert!(from_config_map(None).is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `flatnet dns`: the cluster DNS server's command line.
 
 use clap::Args;
-use flatnet_dns::{DnsConfig, Source, settings};
+use flatnet_dns::{DnsConfig, SettingsFrom, Source, settings};
 use flatnet_model::dns::ZoneConfig;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -46,6 +46,10 @@ pub struct DnsArgs {
     /// volume. Read again when it changes; a change that does not parse is refused.
     #[arg(long)]
     config_dir: Option<PathBuf>,
+    /// A ConfigMap `NAMESPACE/NAME` with the same keys, read from the API now and every
+    /// 2 s; while it is absent, the flags hold.
+    #[arg(long, conflicts_with_all = ["config_dir", "from_file"])]
+    config_map: Option<String>,
 }
 
 pub fn run(args: DnsArgs) -> anyhow::Result<()> {
@@ -73,7 +77,18 @@ pub fn run(args: DnsArgs) -> anyhow::Result<()> {
     let cfg = DnsConfig {
         listen: args.listen,
         settings: current,
-        reload: args.config_dir.map(|d| (d, base)),
+        reload: match (args.config_dir, args.config_map) {
+            (Some(d), _) => Some((SettingsFrom::Dir(d), base)),
+            (None, Some(cm)) => {
+                let (namespace, name) = cm
+                    .split_once('/')
+                    .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+                    .ok_or_else(|| anyhow::anyhow!("--config-map {cm:?}: give it as NAMESPACE/NAME"))?;
+                let kubeconfig = args.kubeconfig.clone();
+                Some((SettingsFrom::ConfigMap { namespace: namespace.into(), name: name.into(), kubeconfig }, base))
+            }
+            (None, None) => None,
+        },
         udp_threads: args.udp_threads,
         metrics_addr: match args.metrics_addr.as_str() {
             "none" => None,

@@ -25,8 +25,9 @@ fn kubectl_logs_and_exec_reach_the_pods_through_the_api_server() {
 /// The kubectl commands of a pod-networking tutorial, as written (pod names aside):
 /// a Deployment exposed as a Service, its endpoints, the pods' and nodes' addresses,
 /// and a client pod that reaches a server pod by IP (HTTP, ping), resolves the Service
-/// through the cluster DNS, and shows its resolv.conf and routes; then a pod deleted
-/// and the events that tell of it. (`kubectl exec -it` is in the test above.)
+/// through the cluster DNS, and shows its resolv.conf and routes; the DNS's ConfigMap,
+/// edited and taken up; then a pod deleted and the events that tell of it.
+/// (`kubectl exec -it` is in the test above.)
 #[test]
 fn the_tutorials_kubectl_commands_work_as_written() {
     sandboxed("the_tutorials_kubectl_commands_work_as_written", |_| {
@@ -80,6 +81,15 @@ fn the_tutorials_kubectl_commands_work_as_written() {
         assert!(routes.contains("default via 10.244.") && routes.contains("dev eth0"), "{routes}");
         let dns = run(&["get", "svc", "-n", "kube-system", "kube-dns"]);
         assert!(dns.contains("10.96.0.10"), "{dns}");
+        // The DNS's settings: a ConfigMap, which the DNS pods read again as it changes.
+        let domain = run(&["get", "configmap", "-n", "kube-system", "flatnet-dns", "-o", "jsonpath={.data.domain}"]);
+        assert_eq!(domain, "cluster.local");
+        let ttl = r#"{"data":{"ttl":"17"}}"#;
+        run(&["patch", "configmap", "-n", "kube-system", "flatnet-dns", "--type=merge", "-p", ttl]);
+        common::converges("the new TTL in the answers", Duration::from_secs(20), || {
+            let out = run(&["exec", "client", "--", "dig", "+noall", "+answer", "frontend.default.svc.cluster.local"]);
+            if out.split_whitespace().nth(1) == Some("17") { Ok(()) } else { Err(out) }
+        });
         run(&["delete", "pod", &server]);
         common::converges("the events of the deleted pod", Duration::from_secs(30), || {
             let events = String::from_utf8_lossy(&kubectl(&lab, &["get", "events"]).stdout).into_owned();

@@ -1,6 +1,8 @@
 //! The lab's cluster DNS, deployed as a cluster's is: the `kube-dns` Service at
 //! 10.96.0.10 in kube-system, in front of two pods running `flatnet dns` (on the first
-//! and the last node), which forward other names to the lab's stand-in upstream.
+//! and the last node), which forward other names to the lab's stand-in upstream. Their
+//! settings are the ConfigMap `flatnet-dns` (`kubectl edit configmap -n kube-system
+//! flatnet-dns`), which they read again every 2 s.
 
 use crate::layout::Layout;
 use anyhow::Context;
@@ -9,6 +11,9 @@ use std::time::Duration;
 
 pub const NAMESPACE: &str = "kube-system";
 pub const SERVICE_IP: &str = "10.96.0.10";
+/// The DNS settings' ConfigMap, as deploy/flatnet.yaml names it.
+pub const CONFIG_MAP: &str = "flatnet-dns";
+const ALLOW_FORWARDING: &str = "10.244.0.0/16,192.168.1.0/24,127.0.0.0/8";
 const REPLICAS: usize = 2;
 
 fn upstream_resolv_conf(layout: &Layout) -> std::path::PathBuf {
@@ -18,12 +23,21 @@ fn upstream_resolv_conf(layout: &Layout) -> std::path::PathBuf {
 /// The Service and the pods.
 pub fn objects(layout: &Layout, nodes: usize) -> anyhow::Result<Vec<Value>> {
     let me = std::env::current_exe()?.to_string_lossy().into_owned();
-    let mut v = vec![json!({
+    let config_map = format!("{NAMESPACE}/{CONFIG_MAP}");
+    let mut v = vec![
+        json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": CONFIG_MAP, "namespace": NAMESPACE, "labels": {"app.kubernetes.io/name": "flatnet"}},
+        // The upstream stays the lab's own (a flag): names outside the cluster go to the
+        // lab's stand-in upstream.
+        "data": {"domain": "cluster.local", "ttl": "5", "allow-forwarding": ALLOW_FORWARDING}}),
+        json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kube-dns", "namespace": NAMESPACE, "labels": {"k8s-app": "kube-dns"}},
         "spec": {"clusterIP": SERVICE_IP, "selector": {"k8s-app": "kube-dns"}, "ports": [
             {"name": "dns", "port": 53, "protocol": "UDP"},
-            {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}})];
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}}),
+    ];
     for i in 1..=REPLICAS {
         let node = crate::nodes::name(if i == 1 { 1 } else { nodes });
         let command = [
@@ -34,7 +48,9 @@ pub fn objects(layout: &Layout, nodes: usize) -> anyhow::Result<Vec<Value>> {
             "--upstream-resolv-conf",
             &upstream_resolv_conf(layout).to_string_lossy(),
             "--allow-forwarding",
-            "10.244.0.0/16,192.168.1.0/24,127.0.0.0/8",
+            ALLOW_FORWARDING,
+            "--config-map",
+            &config_map,
             "--udp-threads",
             "1",
         ]
