@@ -28,7 +28,8 @@ pub fn ok(out: Output) -> String {
 /// A pod `talker` that prints three lines, then: `kubectl logs` (all, `--tail`, `-c`,
 /// `-l`, `-f`),
 /// `kubectl exec` (stdout and stderr apart, the exit code, the container's hostname,
-/// stdin, a program that is not there, a container that is not there) and
+/// stdin, a program that is not there, a container that is not there, a pod that has
+/// finished) and
 /// `kubectl exec -it` on a pseudo-terminal of the client's size.
 pub fn logs_and_exec(lab: &Lab) {
     let script = "for i in 1 2 3; do echo line $i; done; sleep 3600";
@@ -78,6 +79,21 @@ pub fn logs_and_exec(lab: &Lab) {
     let nope = kubectl(lab, &["exec", "talker", "-c", "nope", "--", "true"]);
     let err = String::from_utf8_lossy(&nope.stderr);
     assert!(!nope.status.success() && err.contains("container nope is not valid for pod talker"), "{err}");
+    // A pod that has finished takes no exec, in the real API's words.
+    ok(kubectl(lab, &["run", "done", "--image=busybox", "--restart=Never", "--", "true"]));
+    converges("pod done to finish", Duration::from_secs(30), || {
+        let phase =
+            String::from_utf8_lossy(&kubectl(lab, &["get", "pod", "done", "-o", "jsonpath={.status.phase}"]).stdout)
+                .into_owned();
+        if phase == "Succeeded" { Ok(()) } else { Err(phase) }
+    });
+    let finished = kubectl(lab, &["exec", "done", "--", "true"]);
+    let err = String::from_utf8_lossy(&finished.stderr);
+    assert!(
+        !finished.status.success()
+            && err.contains("cannot exec into a container in a completed pod; current phase is Succeeded"),
+        "{err}"
+    );
 
     let mut term = Terminal::start(
         command(lab, &["exec", "-it", "talker", "--", "sh"]),
