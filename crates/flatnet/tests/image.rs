@@ -28,23 +28,14 @@ fn image_name() -> String {
 }
 
 fn missing_tools() -> Option<String> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    // nft is in /usr/sbin, which scripts/image looks in even when PATH lacks it.
-    let dirs: Vec<PathBuf> =
-        std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).collect();
-    for (bin, pkg) in [
+    common::missing_tools(&[
         ("podman", "podman"),
         ("runc", "runc"),
         ("nft", "nftables"),
         ("tar", "tar"),
         ("gzip", "gzip"),
         ("sha256sum", "coreutils"),
-    ] {
-        if !dirs.iter().any(|d| d.join(bin).is_file()) {
-            return Some(format!("{bin} is not installed (apt-get install {pkg})"));
-        }
-    }
-    None
+    ])
 }
 
 fn read_to_channel(mut pipe: impl Read + Send + 'static, is_stdout: bool, tx: Sender<(bool, Vec<u8>)>) {
@@ -206,28 +197,11 @@ impl Drop for Podman {
     fn drop(&mut self) {
         let _ = finish_within(self.cmd(&["rm", "-a", "-f", "-t", "0"]), PODMAN_WITHIN);
         let _ = finish_within(self.cmd(&["rmi", "-a", "-f"]), PODMAN_WITHIN);
-        // The cgroups podman made for this test, in every hierarchy, deepest first.
-        let name = self.cgroup_parent.trim_start_matches('/');
-        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
-            for h in hierarchies.flatten() {
-                remove_cgroup_tree(&h.path().join(name));
-            }
-        }
-        remove_cgroup_tree(&Path::new("/sys/fs/cgroup").join(name));
+        // The cgroups podman made for this test.
+        common::remove_cgroups(&self.cgroup_parent);
         // Whatever podman left mounted in its directory, deepest first; TempDir then
         // removes the files.
         unmount_under(self.dir.path());
-    }
-}
-
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(children) = std::fs::read_dir(dir) {
-        for c in children.flatten() {
-            if c.path().is_dir() {
-                remove_cgroup_tree(&c.path());
-            }
-        }
-        let _ = std::fs::remove_dir(dir);
     }
 }
 

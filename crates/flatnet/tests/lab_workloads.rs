@@ -17,6 +17,13 @@ fn get(lab: &Lab, args: &[&str]) -> String {
     String::from_utf8_lossy(&kubectl(lab, args).stdout).trim().to_string()
 }
 
+/// The words of a jsonpath answer, in order.
+fn sorted(words: &str) -> Vec<&str> {
+    let mut v: Vec<&str> = words.split_whitespace().collect();
+    v.sort_unstable();
+    v
+}
+
 fn until(lab: &Lab, what: &str, args: &[&str], want: &str) {
     converges(what, Duration::from_secs(60), || match get(lab, args) {
         got if got == want => Ok(()),
@@ -80,9 +87,7 @@ fn deployments_replicasets_and_daemonsets_run_and_roll_on_the_lab() {
             &["get", "endpoints", "web", "-o", "jsonpath={.subsets[*].addresses[*].ip}"],
             &{
                 let ips = get(&lab, &["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].status.podIP}"]);
-                let mut v: Vec<&str> = ips.split_whitespace().collect();
-                v.sort();
-                v.join(" ")
+                sorted(&ips).join(" ")
             },
         );
         let all = ok(kubectl(&lab, &["get", "all"]));
@@ -103,17 +108,13 @@ fn deployments_replicasets_and_daemonsets_run_and_roll_on_the_lab() {
             "nginx:1.27 nginx:1.27",
         );
         let sets = get(&lab, &["get", "rs", "-l", "app=web", "-o", "jsonpath={.items[*].spec.replicas}"]);
-        let mut sets: Vec<&str> = sets.split_whitespace().collect();
-        sets.sort();
-        assert_eq!(sets, ["0", "2"], "the old ReplicaSet scaled to 0, the new one to 2");
+        assert_eq!(sorted(&sets), ["0", "2"], "the old ReplicaSet scaled to 0, the new one to 2");
 
         // A DaemonSet: one pod on each node; a new template replaces them node by node.
         lab.apply(AGENT);
         until(&lab, "a pod per node", &["get", "ds", "node-agent", "-o", "jsonpath={.status.numberReady}"], "2");
         let on = get(&lab, &["get", "pods", "-l", "app=node-agent", "-o", "jsonpath={.items[*].spec.nodeName}"]);
-        let mut on: Vec<&str> = on.split_whitespace().collect();
-        on.sort();
-        assert_eq!(on, ["node-1", "node-2"]);
+        assert_eq!(sorted(&on), ["node-1", "node-2"]);
         ok(kubectl(&lab, &["set", "image", "ds/node-agent", "agent=busybox:1.36"]));
         ok(kubectl(&lab, &["rollout", "status", "ds/node-agent", "--timeout=60s"]));
         until(

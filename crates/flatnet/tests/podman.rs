@@ -12,14 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 fn missing_tools() -> Option<String> {
-    for (bin, pkg) in [("podman", "podman"), ("runc", "runc"), ("busybox", "busybox-static"), ("tar", "tar")] {
-        let found =
-            std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file())).unwrap_or(false);
-        if !found {
-            return Some(format!("{bin} is not installed (apt-get install {pkg})"));
-        }
-    }
-    None
+    common::missing_tools(&[("podman", "podman"), ("runc", "runc"), ("busybox", "busybox-static"), ("tar", "tar")])
 }
 
 struct Podman {
@@ -80,25 +73,8 @@ impl Podman {
 impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.cmd(&["rm", "-f", "-a", "-t", "0"]).output();
-        // The cgroups podman made for this test, in every hierarchy, deepest first.
-        let name = self.cgroup_parent.trim_start_matches('/');
-        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
-            for h in hierarchies.flatten() {
-                remove_cgroup_tree(&h.path().join(name));
-            }
-        }
-        remove_cgroup_tree(&Path::new("/sys/fs/cgroup").join(name));
-    }
-}
-
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(children) = std::fs::read_dir(dir) {
-        for c in children.flatten() {
-            if c.path().is_dir() {
-                remove_cgroup_tree(&c.path());
-            }
-        }
-        let _ = std::fs::remove_dir(dir);
+        // The cgroups podman made for this test.
+        common::remove_cgroups(&self.cgroup_parent);
     }
 }
 

@@ -148,3 +148,26 @@ impl axum::serve::Listener for TlsListener {
         Ok(self.addr)
     }
 }
+
+/// The certificates in a PEM file.
+pub fn pem_certs(path: &Path) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("read {}: {e}", path.display()))?;
+    Ok(rustls::pki_types::CertificateDer::pem_slice_iter(&text).collect::<Result<_, _>>()?)
+}
+
+/// The private key in a PEM file.
+pub fn pem_key(path: &Path) -> anyhow::Result<rustls::pki_types::PrivateKeyDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("read {}: {e}", path.display()))?;
+    Ok(rustls::pki_types::PrivateKeyDer::from_pem_slice(&text)?)
+}
+
+/// A trust store of the CA certificates in a PEM file.
+pub fn pem_roots(path: &Path) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pem_certs(path)? {
+        roots.add(c)?;
+    }
+    Ok(roots)
+}

@@ -166,3 +166,35 @@ pub fn pod_ip(netns: &Path, ifname: &str) -> Option<ipnet::IpNet> {
 pub fn tcp_probe(from: &Path, to: &Path, to_ip: std::net::IpAddr, port: u16) -> std::io::Result<std::net::SocketAddr> {
     flatnet_kernel::probe::tcp(from, to, to_ip, port, Duration::from_secs(3))
 }
+
+/// Why a test cannot run here: the first of `tools` (program, Debian package) not
+/// installed (looked for on PATH, and in /usr/sbin and /sbin, which a PATH may lack).
+pub fn missing_tools(tools: &[(&str, &str)]) -> Option<String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> =
+        std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).collect();
+    tools
+        .iter()
+        .find(|(bin, _)| !dirs.iter().any(|d| d.join(bin).is_file()))
+        .map(|(bin, pkg)| format!("{bin} is not installed (apt-get install {pkg})"))
+}
+
+/// Removes the cgroup `parent` (and all under it) that a runtime made for a test, in
+/// every hierarchy, deepest first.
+pub fn remove_cgroups(parent: &str) {
+    fn tree(dir: &Path) {
+        if let Ok(children) = std::fs::read_dir(dir) {
+            for c in children.flatten().filter(|c| c.path().is_dir()) {
+                tree(&c.path());
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    let name = parent.trim_start_matches('/');
+    if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+        for h in hierarchies.flatten() {
+            tree(&h.path().join(name));
+        }
+    }
+    tree(&Path::new("/sys/fs/cgroup").join(name));
+}

@@ -4,7 +4,7 @@
 
 use super::resources::Resource;
 use super::status::ApiError;
-use crate::store::{Key, Objects};
+use crate::store::{Change, Key, Objects};
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -133,6 +133,53 @@ pub fn defaults(obj: &mut Value, kind: &str) {
         _ => {}
     }
 }
+
+/// A pod's deletion as the API does it (a DELETE, or a controller's): graceful when a
+/// ready node's kubelet runs it (it turns Terminating, `deletionTimestamp` `grace`
+/// seconds on, its own `terminationGracePeriodSeconds` by default, and the kubelet
+/// deletes it once its containers are gone); at once on no ready node or with grace 0;
+/// nothing when it is already Terminating.
+pub fn pod_deletion(all: &Objects, pod: &Value, grace: Option<i64>) -> Result<Change, ApiError> {
+    let grace = grace.or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30).max(0);
+    let node_ready = pod["spec"]["nodeName"]
+        .as_str()
+        .and_then(|n| all.get(&Key::new("nodes", "", n)))
+        .is_some_and(|n| is_ready_node(n));
+    if grace == 0 || !node_ready {
+        return Ok(Change::Delete);
+    }
+    if !pod["metadata"]["deletionTimestamp"].is_null() {
+        return Ok(Change::Keep);
+    }
+    let mut p = pod.clone();
+    let at = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(grace)).map_err(|_| {
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        ApiError::invalid("Pod", name, "gracePeriodSeconds", format!("{grace} is too large"))
+    })?;
+    p["metadata"]["deletionTimestamp"] = json!(at.round(jiff::Unit::Second).unwrap_or(at).to_string());
+    p["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+    Ok(Change::Put(p))
+}
+
+/// A node pods may be placed on and run on: schedulable, and Ready.
+pub fn is_ready_node(n: &Value) -> bool {
+    n["spec"]["unschedulable"].as_bool() != Some(true)
+        && n["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+/// A suffix for a generated name (`generateName`, a controller's pods), from the
+/// alphabet Kubernetes uses for them.
+pub fn random_suffix() -> String {
+    uuid::Uuid::new_v4().as_bytes()[..5]
+        .iter()
+        .map(|b| NAME_ALPHABET[*b as usize % NAME_ALPHABET.len()] as char)
+        .collect()
+}
+
+/// The letters and digits of generated names: no vowels, no look-alikes.
+pub const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 /// Checks that need the rest of the cluster, and the allocations; runs inside the
 /// store's writer, so two creates cannot take the same address.

@@ -185,18 +185,13 @@ fn check_namespace(t: &Target, obj: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn random_suffix() -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    uuid::Uuid::new_v4().as_bytes()[..5].iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
-}
-
 async fn create(api: &ApiServer, t: &Target, req: &Request) -> Reply {
     let r = t.resource;
     let mut obj = parse_body(r, &req.body)?;
     check_namespace(t, &obj)?;
     let name = match (obj["metadata"]["name"].as_str(), obj["metadata"]["generateName"].as_str()) {
         (Some(n), _) if !n.is_empty() => n.to_string(),
-        (_, Some(prefix)) => format!("{prefix}{}", random_suffix()),
+        (_, Some(prefix)) => format!("{prefix}{}", admission::random_suffix()),
         _ => return Err(ApiError::invalid(r.kind, "", "metadata.name", "name or generateName is required")),
     };
     if let Some(why) = invalid_name(&name, r.label_names) {
@@ -416,32 +411,9 @@ async fn delete(api: &ApiServer, t: &Target, req: &Request) -> Reply {
         // otherwise. A pod on no ready node, or a grace period of 0, goes at once.
         let stored = api
             .store
-            .mutate(key.clone(), move |all, current| {
-                let Some(pod) = current else { return Ok(Change::Delete) };
-                let grace =
-                    grace.or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30).max(0);
-                let node_ready = pod["spec"]["nodeName"]
-                    .as_str()
-                    .and_then(|n| all.get(&Key::new("nodes", "", n)))
-                    .is_some_and(|n| crate::controllers::is_ready_node(n));
-                if grace == 0 || !node_ready {
-                    return Ok(Change::Delete);
-                }
-                if !pod["metadata"]["deletionTimestamp"].is_null() {
-                    return Ok(Change::Keep);
-                }
-                let mut p = pod.clone();
-                let at = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(grace)).map_err(|_| {
-                    ApiError::invalid(
-                        "Pod",
-                        pod["metadata"]["name"].as_str().unwrap_or_default(),
-                        "gracePeriodSeconds",
-                        format!("{grace} is too large"),
-                    )
-                })?;
-                p["metadata"]["deletionTimestamp"] = json!(at.round(jiff::Unit::Second).unwrap_or(at).to_string());
-                p["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-                Ok(Change::Put(p))
+            .mutate(key.clone(), move |all, current| match current {
+                Some(pod) => admission::pod_deletion(all, pod, grace),
+                None => Ok(Change::Delete),
             })
             .await?;
         return Ok((StatusCode::OK, stored.map(|v| (*v).clone()).unwrap_or_else(|| (*last).clone())));

@@ -36,16 +36,8 @@ impl KubeletDialer {
         cert: &std::path::Path,
         key: &std::path::Path,
     ) -> anyhow::Result<Self> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| anyhow::anyhow!("read {}: {e}", p.display()));
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&read(ca)?) {
-            roots.add(c?)?;
-        }
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(&read(cert)?).collect::<Result<_, _>>()?;
-        let key = PrivateKeyDer::from_pem_slice(&read(key)?)?;
+        use crate::tls::{pem_certs, pem_key, pem_roots};
+        let (roots, chain, key) = (pem_roots(ca)?, pem_certs(cert)?, pem_key(key)?);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut c = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?

@@ -285,20 +285,19 @@ fn num(v: &Value, path: &[&str]) -> i64 {
     s(v, path).parse().unwrap_or(0)
 }
 
+/// One field of each of a workload's template's containers, comma-separated.
+fn template_containers(v: &Value, field: &str) -> Value {
+    let all: Vec<String> =
+        v["spec"]["template"]["spec"]["containers"].as_array().into_iter().flatten().map(|c| s(c, &[field])).collect();
+    or_none(all.join(","))
+}
+
 fn containers(v: &Value) -> Value {
-    let names: Vec<String> =
-        v["spec"]["template"]["spec"]["containers"].as_array().into_iter().flatten().map(|c| s(c, &["name"])).collect();
-    or_none(names.join(","))
+    template_containers(v, "name")
 }
 
 fn images(v: &Value) -> Value {
-    let names: Vec<String> = v["spec"]["template"]["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| s(c, &["image"]))
-        .collect();
-    or_none(names.join(","))
+    template_containers(v, "image")
 }
 
 /// `IP:PORT` of every ready address, as `kubectl get endpoints` shows them.

@@ -15,17 +15,17 @@ const RESOURCE: &str = "endpointslices.discovery.k8s.io";
 const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 const MAX_ENDPOINTS: usize = 100;
 
-pub(super) fn plan(objects: &Objects, dirty: &BTreeSet<(String, String)>, all: bool) -> Vec<(Key, Change)> {
-    let services = to_reconcile(objects, dirty, all);
+/// The slices of `services` (from [`to_reconcile`]).
+pub(super) fn plan(objects: &Objects, services: &BTreeSet<(String, String)>) -> Vec<(Key, Change)> {
     let mut out = Vec::new();
     let mut index: Option<(String, NsIndex)> = None;
     for (ns, name) in services {
-        if index.as_ref().is_none_or(|(n, _)| *n != ns) {
-            index = Some((ns.clone(), NsIndex::build(objects, &ns)));
+        if index.as_ref().is_none_or(|(n, _)| n != ns) {
+            index = Some((ns.clone(), NsIndex::build(objects, ns)));
         }
         let idx = &index.as_ref().expect("just built").1;
-        let svc = objects.get(&Key::new("services", &ns, &name));
-        out.extend(reconcile_service(idx, &ns, &name, svc));
+        let svc = objects.get(&Key::new("services", ns, name));
+        out.extend(reconcile_service(idx, ns, name, svc));
     }
     out
 }

@@ -10,7 +10,6 @@ mod workloads;
 
 use crate::apiserver::admission::ClusterConfig;
 use crate::store::{Change, Event, Key, Store};
-use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
@@ -104,11 +103,9 @@ async fn reconcile(store: &Store, cluster: &ClusterConfig, dirty: Dirty) {
         if dirty.pending_pods {
             writes.extend(scheduler::plan(objects));
         }
-        writes.extend(endpointslices::plan(objects, &dirty.services, dirty.all_services));
-        writes.extend(workloads::endpoints(
-            objects,
-            &endpointslices::to_reconcile(objects, &dirty.services, dirty.all_services),
-        ));
+        let services = endpointslices::to_reconcile(objects, &dirty.services, dirty.all_services);
+        writes.extend(endpointslices::plan(objects, &services));
+        writes.extend(workloads::endpoints(objects, &services));
         if dirty.workloads {
             writes.extend(workloads::plan(objects, cluster));
         }
@@ -141,9 +138,4 @@ async fn apply(store: &Store, key: Key, change: Change) {
     }
 }
 
-pub fn is_ready_node(n: &Value) -> bool {
-    n["spec"]["unschedulable"].as_bool() != Some(true)
-        && n["status"]["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-}
+pub use crate::apiserver::admission::is_ready_node;

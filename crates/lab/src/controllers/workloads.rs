@@ -27,15 +27,10 @@ fn s(v: &Value) -> &str {
     v.as_str().unwrap_or_default()
 }
 
-fn random_suffix() -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    uuid::Uuid::new_v4().as_bytes()[..5].iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
-}
-
 /// The template's hash, as a label value (FNV-1a of its JSON, in the alphabet
 /// Kubernetes uses for generated names).
 pub fn template_hash(template: &Value) -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    const ALPHABET: &[u8] = admission::NAME_ALPHABET;
     let mut h: u32 = 0x811c_9dc5;
     for b in template.to_string().bytes() {
         h ^= u32::from(b);
@@ -76,23 +71,11 @@ fn owner_ref(kind: &str, owner: &Value) -> Value {
            "controller": true, "blockOwnerDeletion": true})
 }
 
-/// Deletes a pod as the API does: gracefully when a ready node's kubelet runs it.
+/// Deletes a pod as the API does (graceful on a ready node).
 fn delete_pod(objects: &Objects, pod: &Value) -> (Key, Change) {
     let key = Key::new("pods", s(&pod["metadata"]["namespace"]), s(&pod["metadata"]["name"]));
-    let on_ready_node = pod["spec"]["nodeName"]
-        .as_str()
-        .and_then(|n| objects.get(&Key::new("nodes", "", n)))
-        .is_some_and(|n| super::is_ready_node(n));
-    let grace = pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30).max(0);
-    if !on_ready_node || grace == 0 {
-        return (key, Change::Delete);
-    }
-    let mut p = pod.clone();
-    let at =
-        jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(grace)).unwrap_or(jiff::Timestamp::now());
-    p["metadata"]["deletionTimestamp"] = json!(at.round(jiff::Unit::Second).unwrap_or(at).to_string());
-    p["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-    (key, Change::Put(p))
+    // Only a grace period too large to add to now fails: the pod's own is none.
+    (key, admission::pod_deletion(objects, pod, None).unwrap_or(Change::Delete))
 }
 
 /// A new object of `kind` as the API would store it after a create.
@@ -131,7 +114,7 @@ fn new_pod(owner_kind: &str, owner: &Value, extra: &[(&str, String)], node: Opti
         }
         spec["tolerations"] = json!(tol);
     }
-    let mut meta = json!({"name": format!("{}-{}", s(&owner["metadata"]["name"]), random_suffix()),
+    let mut meta = json!({"name": format!("{}-{}", s(&owner["metadata"]["name"]), admission::random_suffix()),
                           "labels": labels, "ownerReferences": [owner_ref(owner_kind, owner)]});
     if t["metadata"]["annotations"].is_object() {
         meta["annotations"] = t["metadata"]["annotations"].clone();
@@ -578,7 +561,7 @@ mod tests {
         assert_eq!(template_hash(&a), template_hash(&b));
         b["spec"]["containers"][0]["image"] = json!("nginx:2");
         assert_ne!(template_hash(&a), template_hash(&b));
-        assert!(template_hash(&a).chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)));
+        assert!(template_hash(&a).bytes().all(|c| admission::NAME_ALPHABET.contains(&c)));
     }
 
     #[test]

@@ -13,8 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,16 +41,9 @@ struct Ctx {
 }
 
 fn config(t: &ApiTls) -> anyhow::Result<rustls::ServerConfig> {
-    let pem = |p: &PathBuf| std::fs::read(p).map_err(|e| anyhow::anyhow!("read {}: {e}", p.display()));
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(&pem(&t.cert)?).collect::<Result<_, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(&pem(&t.key)?)?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&pem(&t.ca)?) {
-        roots.add(c?)?;
-    }
-    let allowed: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(&pem(&t.apiserver_client)?).collect::<Result<_, _>>()?;
+    use crate::tls::{pem_certs, pem_key, pem_roots};
+    let (certs, key, roots) = (pem_certs(&t.cert)?, pem_key(&t.key)?, pem_roots(&t.ca)?);
+    let allowed = pem_certs(&t.apiserver_client)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier =
         rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
