@@ -39,7 +39,11 @@ pub async fn start(
 ) -> Result<ControlPlane, StoreError> {
     let store = Store::open(&state_dir.join("store.redb"))?;
     bootstrap(&store, &cluster, api_port).await;
-    let controllers = crate::controllers::spawn(store.clone(), cluster.clone());
+    // The lab's CA (`tls::load_or_create` writes it beside the store), which the root CA
+    // publisher gives every namespace; a state directory without one publishes none.
+    let root_ca = std::fs::read_to_string(state_dir.join("ca.crt")).ok();
+    crate::controllers::provision_namespaces(&store, &cluster, root_ca.as_deref()).await;
+    let controllers = crate::controllers::spawn(store.clone(), cluster.clone(), root_ca);
     let api = ApiServer::new(store.clone(), cluster, token);
     Ok(ControlPlane { store, api, controllers })
 }

@@ -169,17 +169,7 @@ pub fn is_ready_node(n: &Value) -> bool {
             .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
-/// A suffix for a generated name (`generateName`, a controller's pods), from the
-/// alphabet Kubernetes uses for them.
-pub fn random_suffix() -> String {
-    uuid::Uuid::new_v4().as_bytes()[..5]
-        .iter()
-        .map(|b| NAME_ALPHABET[*b as usize % NAME_ALPHABET.len()] as char)
-        .collect()
-}
-
-/// The letters and digits of generated names: no vowels, no look-alikes.
-pub const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+pub use super::names::{NAME_ALPHABET, random_suffix};
 
 /// Checks that need the rest of the cluster, and the allocations; runs inside the
 /// store's writer, so two creates cannot take the same address.
@@ -192,6 +182,9 @@ pub fn admit(
 ) -> Result<(), ApiError> {
     if !key.namespace.is_empty() && all.get(&Key::new("namespaces", "", &key.namespace)).is_none() {
         return Err(ApiError::not_found("namespaces", &key.namespace));
+    }
+    if key.resource == "pods" && old.is_none() {
+        super::service_accounts::admit_pod(all, &key.namespace, obj);
     }
     if key.resource == "services" {
         service_ips(cfg, all, key, obj, old)?;

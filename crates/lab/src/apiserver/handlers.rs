@@ -38,7 +38,9 @@ pub(crate) async fn dispatch(api: &Arc<ApiServer>, t: Target, mut req: Request) 
             )));
         }
     }
-    if t.sub.is_some() && !matches!(req.method, Method::GET | Method::PUT | Method::PATCH) {
+    if t.sub.as_deref().is_some_and(|s| s != "token")
+        && !matches!(req.method, Method::GET | Method::PUT | Method::PATCH)
+    {
         return error(&ApiError::method_not_allowed(format!(
             "{} is not supported on a status subresource",
             req.method
@@ -46,6 +48,7 @@ pub(crate) async fn dispatch(api: &Arc<ApiServer>, t: Target, mut req: Request) 
     }
     let out = match (&req.method, t.name.is_some()) {
         _ if t.sub.as_deref() == Some("scale") => scale(api, t, &req).await,
+        _ if t.sub.as_deref() == Some("token") => token(api, &t, &req),
         (&Method::GET, _) if req.flag("watch") => return watch::serve(api, t, req),
         (&Method::GET, false) => list(api, &t, &req),
         (&Method::GET, true) => get(api, &t, &req),
@@ -335,6 +338,23 @@ async fn scale(api: &ApiServer, t: Target, req: &Request) -> Reply {
     })
     .await?;
     Ok((code, scale_of(&stored)))
+}
+
+/// The `token` subresource of a ServiceAccount: a TokenRequest, answered with a token
+/// this server accepts (see [`super::service_accounts::token_request`]).
+fn token(api: &ApiServer, t: &Target, req: &Request) -> Reply {
+    if req.method != Method::POST {
+        return Err(ApiError::method_not_allowed(format!(
+            "{} is not supported on serviceaccounts/token: POST a TokenRequest",
+            req.method
+        )));
+    }
+    let (namespace, name) = (t.namespace.as_deref().unwrap_or_default(), t.name.as_deref().unwrap_or_default());
+    let now = jiff::Timestamp::now();
+    let issued = api
+        .store
+        .read(|all| super::service_accounts::token_request(all, &api.sa_tokens, namespace, name, &req.body, now))?;
+    Ok((StatusCode::CREATED, issued))
 }
 
 async fn patch(api: &ApiServer, t: &Target, req: &Request) -> Reply {

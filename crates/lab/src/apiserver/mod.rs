@@ -1,20 +1,24 @@
 //! The Kubernetes-compatible REST API: discovery, CRUD and watch for the resources in
-//! [`resources`], JSON with the real schemas, Table output for kubectl, bearer-token auth.
+//! [`resources`], JSON with the real schemas, Table output for kubectl, bearer-token auth
+//! (the lab's token, and the service-account tokens it issues to pods).
 
 pub mod admission;
 pub mod discovery;
 mod handlers;
 pub mod kubelet_proxy;
+pub mod names;
 pub mod patch;
 pub mod protobuf;
 mod query;
 pub mod resources;
+pub mod sa_token;
+pub mod service_accounts;
 pub mod status;
 pub mod table;
 mod watch;
 pub mod workloads;
 
-use crate::store::Store;
+use crate::store::{Key, Store};
 use admission::ClusterConfig;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -30,22 +34,35 @@ pub struct ApiServer {
     pub store: Arc<Store>,
     pub cluster: ClusterConfig,
     token: String,
+    /// Signs the service-account tokens of TokenRequests, keyed by the lab's token.
+    pub(crate) sa_tokens: sa_token::TokenSigner,
     /// How pods' `log` and `exec` reach their kubelets, once the lab's underlay is known.
     pub kubelets: std::sync::OnceLock<kubelet_proxy::KubeletDialer>,
 }
 
 impl ApiServer {
     pub fn new(store: Arc<Store>, cluster: ClusterConfig, token: String) -> Arc<Self> {
-        Arc::new(Self { store, cluster, token, kubelets: std::sync::OnceLock::new() })
+        let sa_tokens = sa_token::TokenSigner::new(&token);
+        Arc::new(Self { store, cluster, token, sa_tokens, kubelets: std::sync::OnceLock::new() })
     }
 
-    /// The request carries the lab's bearer token.
+    /// The request carries a bearer token this server accepts: the lab's, or a
+    /// service-account token it issued (TokenRequest), unexpired, for a ServiceAccount
+    /// that still exists. Every identity it accepts may do everything: the embedded API
+    /// has no RBAC, as a kube-apiserver with `--authorization-mode=AlwaysAllow`.
     pub fn authorized(&self, headers: &HeaderMap) -> bool {
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| t == self.token)
+            .is_some_and(|t| t == self.token || self.service_account(t).is_some())
+    }
+
+    /// The ServiceAccount a token this server issued speaks for, while it is valid.
+    fn service_account(&self, token: &str) -> Option<sa_token::ServiceAccountId> {
+        let id = self.sa_tokens.verify(token, jiff::Timestamp::now().as_second())?;
+        let key = Key::new("serviceaccounts", &id.namespace, &id.name);
+        self.store.read(|o| o.get(&key).is_some()).then_some(id)
     }
 
     pub fn router(self: &Arc<Self>) -> axum::Router {
@@ -173,7 +190,11 @@ async fn serve(
     let Some(resource) = rest.first().and_then(|p| resources::find(group, version, p)) else {
         return error(&ApiError::no_route(&path));
     };
-    let sub_ok = |s: &str| (s == "status" && resource.status) || (s == "scale" && resource.scale);
+    let sub_ok = |s: &str| {
+        (s == "status" && resource.status)
+            || (s == "scale" && resource.scale)
+            || (s == "token" && resource.plural == "serviceaccounts")
+    };
     if rest.len() > 3 || (rest.len() == 3 && !sub_ok(rest[2])) {
         return error(&ApiError::no_route(&path));
     }

@@ -1,13 +1,13 @@
 //! Request bodies in Kubernetes' protobuf encoding, which kubectl's generator commands
 //! send (`kubectl create namespace`, `create deployment`, `create service`, `create
-//! configmap`; client-go has no fallback to JSON for them), read into the JSON this
-//! server stores. The envelope is `k8s\0` and a `runtime.Unknown` (type meta, raw
-//! object); the object is read with the field numbers of the Kubernetes API's
-//! `generated.proto` for the kinds and fields these commands write. Go writes every
-//! plain (non-pointer) field, set or not: a zero there is "not set", as JSON's omitempty
-//! has it; a pointer field's zero (`replicas: 0`) is kept. A field this reader does not
-//! know is refused by number unless it is zero, never dropped: the object would not be
-//! the one sent.
+//! configmap`, `create serviceaccount`, `create token`; client-go has no fallback to
+//! JSON for them), read into the JSON this server stores. The envelope is `k8s\0` and
+//! a `runtime.Unknown` (type meta, raw object); the object is read with the field
+//! numbers of the Kubernetes API's `generated.proto` for the kinds and fields these
+//! commands write. Go writes every plain (non-pointer) field, set or not: a zero there
+//! is "not set", as JSON's omitempty has it; a pointer field's zero (`replicas: 0`) is
+//! kept. A field this reader does not know is refused by number unless it is zero,
+//! never dropped: the object would not be the one sent.
 
 use serde_json::{Map, Value, json};
 
@@ -183,6 +183,13 @@ const SERVICE_SPEC: &[Field] = &[
     f(22, "internalTrafficPolicy", Ty::Str),
 ];
 const NAMESPACE_SPEC: &[Field] = &[r(1, "finalizers", Ty::Str)];
+const BOUND_OBJECT_REF: &[Field] =
+    &[f(1, "kind", Ty::Str), f(2, "apiVersion", Ty::Str), f(3, "name", Ty::Str), f(4, "uid", Ty::Str)];
+const TOKEN_REQUEST_SPEC: &[Field] = &[
+    r(1, "audiences", Ty::Str),
+    f(3, "boundObjectRef", Ty::Msg(BOUND_OBJECT_REF)),
+    f(4, "expirationSeconds", Ty::OptInt),
+];
 const QUANTITY: &[Field] = &[f(1, "string", Ty::Str)];
 
 /// The kinds read, each: metadata, then its own fields (status is taken empty).
@@ -192,11 +199,15 @@ fn kind_fields(kind: &str) -> Option<&'static [Field]> {
     static SERVICE: &[Field] = &[META, f(2, "spec", Ty::Msg(SERVICE_SPEC)), f(3, "status", Ty::Msg(EMPTY))];
     static DEPLOYMENT: &[Field] = &[META, f(2, "spec", Ty::Msg(DEPLOYMENT_SPEC)), f(3, "status", Ty::Msg(EMPTY))];
     static CONFIG_MAP: &[Field] = &[META, f(2, "data", Ty::StrMap), f(4, "immutable", Ty::Bool)];
+    static SERVICE_ACCOUNT: &[Field] = &[META];
+    static TOKEN_REQUEST: &[Field] = &[META, f(2, "spec", Ty::Msg(TOKEN_REQUEST_SPEC)), f(3, "status", Ty::Msg(EMPTY))];
     Some(match kind {
         "Namespace" => NAMESPACE,
         "Service" => SERVICE,
         "Deployment" => DEPLOYMENT,
         "ConfigMap" => CONFIG_MAP,
+        "ServiceAccount" => SERVICE_ACCOUNT,
+        "TokenRequest" => TOKEN_REQUEST,
         _ => return None,
     })
 }
@@ -383,6 +394,19 @@ mod tests {
                             "template": {"metadata": {"labels": {"app": "frontend"}},
                                          "spec": {"containers": [{"name": "nginx", "image": "nginx", "resources": {}}]}}},
                    "status": {}})
+        );
+    }
+
+    #[test]
+    fn kubectl_create_token_reads_as_a_token_request() {
+        let spec = [len(1, b"api"), num(4, 3600)].concat();
+        // The status Go writes with nothing in it: an empty token and time.
+        let raw = [len(1, &len(8, b"")), len(2, &spec), len(3, &[len(1, b""), len(2, b"")].concat())].concat();
+        let obj = to_json(&envelope("authentication.k8s.io/v1", "TokenRequest", &raw)).unwrap();
+        assert_eq!(
+            obj,
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "metadata": {},
+                   "spec": {"audiences": ["api"], "expirationSeconds": 3600}, "status": {}})
         );
     }
 

@@ -3,9 +3,10 @@
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event, Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event, Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -178,6 +179,21 @@ pub static RESOURCES: &[Resource] = &[
         schema: schema::<ConfigMap>,
         label_names: false,
     },
+    // Pods' identities; their `token` subresource issues the tokens pods mount.
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "ServiceAccount",
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        namespaced: true,
+        short_names: &["sa"],
+        status: false,
+        scale: false,
+        categories: &[],
+        schema: schema::<ServiceAccount>,
+        label_names: false,
+    },
     // Written by the endpoints controller from the EndpointSlices, for what still reads them.
     Resource {
         group: "",
@@ -248,6 +264,64 @@ pub static RESOURCES: &[Resource] = &[
         scale: false,
         categories: &[],
         schema: schema::<Lease>,
+        label_names: false,
+    },
+    // RBAC objects are stored and served (install manifests carry them), though the
+    // embedded API authorizes every authenticated client alike.
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "ClusterRole",
+        plural: "clusterroles",
+        singular: "clusterrole",
+        namespaced: false,
+        short_names: &[],
+        status: false,
+        scale: false,
+        categories: &[],
+        schema: schema::<ClusterRole>,
+        label_names: false,
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "ClusterRoleBinding",
+        plural: "clusterrolebindings",
+        singular: "clusterrolebinding",
+        namespaced: false,
+        short_names: &[],
+        status: false,
+        scale: false,
+        categories: &[],
+        schema: schema::<ClusterRoleBinding>,
+        label_names: false,
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "Role",
+        plural: "roles",
+        singular: "role",
+        namespaced: true,
+        short_names: &[],
+        status: false,
+        scale: false,
+        categories: &[],
+        schema: schema::<Role>,
+        label_names: false,
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "RoleBinding",
+        plural: "rolebindings",
+        singular: "rolebinding",
+        namespaced: true,
+        short_names: &[],
+        status: false,
+        scale: false,
+        categories: &[],
+        schema: schema::<RoleBinding>,
         label_names: false,
     },
 ];
@@ -338,7 +412,14 @@ mod tests {
         // networking.k8s.io's resources are not next to each other in the table: still once.
         assert_eq!(
             groups(),
-            vec!["discovery.k8s.io", "networking.k8s.io", "events.k8s.io", "apps", "coordination.k8s.io"]
+            vec![
+                "discovery.k8s.io",
+                "networking.k8s.io",
+                "events.k8s.io",
+                "apps",
+                "coordination.k8s.io",
+                "rbac.authorization.k8s.io"
+            ]
         );
     }
 }

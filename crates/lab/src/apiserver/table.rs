@@ -271,6 +271,11 @@ fn columns(kind: &str) -> Vec<Column> {
             }),
             col("Age", 0, age),
         ],
+        "ServiceAccount" => vec![
+            col("Name", 0, name),
+            col("Secrets", 0, |v| json!(v["secrets"].as_array().map_or(0, Vec::len))),
+            col("Age", 0, age),
+        ],
         "Lease" => vec![
             col("Name", 0, name),
             col("Holder", 0, |v| json!(s(v, &["spec", "holderIdentity"]))),

@@ -6,6 +6,7 @@
 //! controlled; and the endpoints controller writes core/v1 Endpoints from the Services'
 //! EndpointSlices. Each pass plans from the store and writes only what differs.
 
+use super::made;
 use crate::apiserver::admission::{self, ClusterConfig};
 use crate::apiserver::resources;
 use crate::apiserver::workloads::int_or_percent;
@@ -76,25 +77,6 @@ fn delete_pod(objects: &Objects, pod: &Value) -> (Key, Change) {
     let key = Key::new("pods", s(&pod["metadata"]["namespace"]), s(&pod["metadata"]["name"]));
     // Only a grace period too large to add to now fails: the pod's own is none.
     (key, admission::pod_deletion(objects, pod, None).unwrap_or(Change::Delete))
-}
-
-/// A new object of `kind` as the API would store it after a create.
-fn made(
-    objects: &Objects,
-    cluster: &ClusterConfig,
-    kind: &str,
-    namespace: &str,
-    mut obj: Value,
-) -> Option<(Key, Change)> {
-    let r = resources::by_kind(kind)?;
-    admission::stamp_new(&mut obj, r, namespace);
-    admission::defaults(&mut obj, kind);
-    let key = Key::new(&r.store_name(), namespace, s(&obj["metadata"]["name"]));
-    if let Err(e) = admission::admit(cluster, objects, &key, &mut obj, None) {
-        tracing::warn!("cannot create {kind} {namespace}/{}: {e}", key.name);
-        return None;
-    }
-    Some((key, Change::Put(obj)))
 }
 
 /// A pod from `owner`'s template, with extra labels and (for a DaemonSet) its node.
