@@ -158,7 +158,7 @@ fn one(args: &PolicyBenchArgs) -> anyhow::Result<()> {
     let mut objects = vec![server_policy];
     objects.extend((0..args.policies.saturating_sub(1)).map(synthetic_policy));
     let want = objects.len();
-    let log = lab.layout.state.join("nodes/node-1/agent.log");
+    let log = lab.layout.agent_log("node-1");
     let mark = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let t0 = Instant::now();
     let last = create_all(&lab, objects)?;

@@ -273,7 +273,7 @@ fn one(args: &ServicesBenchArgs) -> anyhow::Result<()> {
             to: format!("{ip}:80").parse()?,
         });
     }
-    let log = lab.layout.state.join("nodes/node-1/agent.log");
+    let log = lab.layout.agent_log("node-1");
     // 10 Services: the targets, `kubernetes`, and synthetic ones.
     let fixed = 1 + sides.len();
     create_synthetic(&lab, 0, 10 - fixed, args.endpoints)?;

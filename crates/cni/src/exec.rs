@@ -5,6 +5,7 @@
 
 use flatnet_model::cni::CniError;
 use serde_json::{Map, Value, json};
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -59,9 +60,29 @@ pub fn exec(
     dirs: &[PathBuf],
     config: &Value,
 ) -> Result<Value, ExecError> {
+    exec_with(&[], binary, verb, att, dirs, config)
+}
+
+/// [`exec`], the plugin started by `runner` (a command line the plugin's path is added
+/// to, which runs it with the same input and environment) when one is given.
+pub fn exec_with(
+    runner: &[OsString],
+    binary: &Path,
+    verb: &str,
+    att: Option<&Attachment>,
+    dirs: &[PathBuf],
+    config: &Value,
+) -> Result<Value, ExecError> {
     let plugin = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let path = std::env::join_paths(dirs).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut cmd = Command::new(binary);
+    let mut cmd = match runner.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
     cmd.env_clear()
         .env("CNI_COMMAND", verb)
         .env("CNI_PATH", path)
@@ -114,6 +135,8 @@ pub struct ConfList {
     pub cni_version: String,
     pub name: String,
     pub plugins: Vec<Map<String, Value>>,
+    /// What starts each plugin (see [`exec_with`]); empty: the plugin itself.
+    pub runner: Vec<OsString>,
 }
 
 impl ConfList {
@@ -131,7 +154,7 @@ impl ConfList {
             Some(_) => return Err(ExecError::Config("\"plugins\" is not a list".into())),
             None => vec![obj.clone()],
         };
-        Ok(Self { cni_version, name, plugins })
+        Ok(Self { cni_version, name, plugins, runner: Vec::new() })
     }
 
     /// The config plugin `i` receives: the list's name and version, the runtime config
@@ -168,7 +191,14 @@ impl ConfList {
     pub fn add(&self, att: &Attachment, dirs: &[PathBuf], rc: &Map<String, Value>) -> Result<Value, ExecError> {
         let mut prev = Value::Null;
         for i in 0..self.plugins.len() {
-            prev = exec(&self.binary(i, dirs)?, "ADD", Some(att), dirs, &self.plugin_config(i, rc, &prev))?;
+            prev = exec_with(
+                &self.runner,
+                &self.binary(i, dirs)?,
+                "ADD",
+                Some(att),
+                dirs,
+                &self.plugin_config(i, rc, &prev),
+            )?;
         }
         Ok(prev)
     }
@@ -205,7 +235,7 @@ impl ConfList {
         result: &Value,
     ) -> Result<(), ExecError> {
         for i in order {
-            exec(&self.binary(i, dirs)?, verb, Some(att), dirs, &self.plugin_config(i, rc, result))?;
+            exec_with(&self.runner, &self.binary(i, dirs)?, verb, Some(att), dirs, &self.plugin_config(i, rc, result))?;
         }
         Ok(())
     }

@@ -18,8 +18,9 @@ pub struct AgentArgs {
     /// installs what it learns as plain routes).
     #[arg(long, default_value = "vxlan")]
     backend: Backend,
-    /// With vxlan: direct routes to peers in this node's subnet, VXLAN to the others.
-    #[arg(long)]
+    /// With vxlan: direct routes to peers in this node's subnet, VXLAN to the others
+    /// (`--cross-subnet`, or `--cross-subnet=true|false`).
+    #[arg(long, num_args = 0..=1, default_value = "false", default_missing_value = "true", action = clap::ArgAction::Set)]
     cross_subnet: bool,
     /// bgp: this node's AS (a private one by default), unless its Node's annotation
     /// flatnet.dev/bgp-as says otherwise.

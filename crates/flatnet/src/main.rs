@@ -12,8 +12,10 @@ mod status;
 mod trace;
 
 fn main() {
-    // The CNI path stays lean: no argument parsing, no logging set-up.
-    if std::env::var_os("CNI_COMMAND").is_some() {
+    // The CNI path stays lean: no argument parsing, no logging set-up. A runtime runs a
+    // plugin with no arguments; with some (`flatnet lab enter … -- plugin`, which then
+    // runs the plugin in the node's own directories) this is a command like any other.
+    if std::env::var_os("CNI_COMMAND").is_some() && std::env::args_os().len() == 1 {
         std::process::exit(flatnet_cni::main_from_env());
     }
     std::process::exit(cli::main());

@@ -289,3 +289,47 @@ fn a_flannel_lab_without_flannel_built_is_refused_before_anything_is_made() {
         assert!(!state.exists());
     });
 }
+
+/// What the lab kubelet starts a container with volumes through: `lab enter --mount`
+/// gives it a root of its own where each volume is where it asks (under directories the
+/// machine does not have, over a file of the machine's, read-only when asked), and the
+/// machine's own files are untouched.
+#[test]
+fn a_container_gets_its_volumes_in_a_root_of_its_own() {
+    sandboxed("a_container_gets_its_volumes_in_a_root_of_its_own", |_| {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = dir.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        std::fs::write(vol.join("token"), "secret").unwrap();
+        let script = "cat /no/such/dir/sa/token; echo; /usr/local/bin/flatnet --version; \
+                      cat /var/run/secrets/kubernetes.io/serviceaccount/token; echo; \
+                      touch /var/run/secrets/kubernetes.io/serviceaccount/x 2>/dev/null || echo read-only; \
+                      hostname; pwd";
+        let out = Command::new(flatnet())
+            .args(["lab", "enter", "--netns", "/proc/self/ns/net", "--hostname", "pod-x", "--workdir", "/no/such/dir"])
+            .arg("--mount")
+            .arg(format!("{}:/no/such/dir/sa", vol.display()))
+            .arg("--mount")
+            .arg(format!("{}:/usr/local/bin/flatnet:ro", flatnet().display()))
+            .arg("--mount")
+            .arg(format!("{}:/var/run/secrets/kubernetes.io/serviceaccount:ro", vol.display()))
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .args(["--", "sh", "-c", script])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "secret");
+        assert!(lines[1].starts_with("flatnet "), "{text}");
+        assert_eq!(&lines[2..], ["secret", "read-only", "pod-x", "/no/such/dir"], "{text}");
+        assert!(!Path::new("/no/such/dir").exists() && !vol.join("x").exists());
+        assert_eq!(std::fs::read_dir(dir.path().join("root")).unwrap().count(), 0, "the root is the container's alone");
+        let bad = Command::new(flatnet())
+            .args(["lab", "enter", "--netns", "/proc/self/ns/net", "--mount", "relative:path", "--", "true"])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&bad.stderr).contains("the target absolute"), "{bad:?}");
+    });
+}

@@ -191,7 +191,7 @@ fn pods_resolve_every_record_of_the_spec_through_the_kube_dns_service() {
         // Each DNS pod answers, the one on the other node too.
         let dns_pods: Vec<String> = {
             let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "kube-system");
-            rt.block_on(api.list(&Default::default()))
+            rt.block_on(api.list(&kube::api::ListParams::default().labels("k8s-app=kube-dns")))
                 .unwrap()
                 .items
                 .iter()
@@ -199,10 +199,11 @@ fn pods_resolve_every_record_of_the_spec_through_the_kube_dns_service() {
                 .collect()
         };
         assert_eq!(dns_pods.len(), 2);
+        // On the port the pods serve (the Service maps 53 to it).
         for ip in &dns_pods {
             let at = format!("@{ip}");
             assert_eq!(
-                dig(&lab, "client", &[&at, "backend.default.svc.cluster.local"]),
+                dig(&lab, "client", &[&at, "-p", "5353", "backend.default.svc.cluster.local"]),
                 std::slice::from_ref(&backend),
                 "{at}"
             );

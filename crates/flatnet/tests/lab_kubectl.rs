@@ -81,6 +81,15 @@ fn the_tutorials_kubectl_commands_work_as_written() {
         assert!(routes.contains("default via 10.244.") && routes.contains("dev eth0"), "{routes}");
         let dns = run(&["get", "svc", "-n", "kube-system", "kube-dns"]);
         assert!(dns.contains("10.96.0.10"), "{dns}");
+        // flatnet's own pods, from its install manifest: an agent per node, and their logs.
+        let agents = run(&["get", "pods", "-n", "kube-system", "-l", "k8s-app=flatnet-node"]);
+        assert_eq!(
+            agents.lines().filter(|l| l.starts_with("flatnet-node-") && l.contains("Running")).count(),
+            2,
+            "{agents}"
+        );
+        let logs = run(&["logs", "-n", "kube-system", "-l", "k8s-app=flatnet-node"]);
+        assert!(logs.contains("INFO"), "{logs}");
         // The DNS's settings: a ConfigMap, which the DNS pods read again as it changes.
         let domain = run(&["get", "configmap", "-n", "kube-system", "flatnet-dns", "-o", "jsonpath={.data.domain}"]);
         assert_eq!(domain, "cluster.local");

@@ -180,9 +180,7 @@ fn vxlan_cluster_end_to_end() {
                 let pid = lab.agent_pid(node);
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
                 eventually(&format!("{node}'s agent to be restarted (round {round})"), Duration::from_secs(5), || {
-                    std::fs::read_to_string(lab.state().join("nodes").join(node).join("agent.pid")).is_ok_and(|p| {
-                        p.trim().parse::<i32>().is_ok_and(|p| p != pid && Path::new(&format!("/proc/{p}")).exists())
-                    })
+                    flatnet_lab::layout::Layout::new(lab.state()).agent(node).is_some_and(|p| p != pid)
                 });
             }
             std::thread::sleep(Duration::from_millis(1500)); // a resync pass of each new agent
@@ -215,7 +213,7 @@ fn vxlan_cluster_end_to_end() {
         // Deleting a pod stops it and runs CNI DEL: no namespace, no veth, no reservation.
         let neighbor_ns = lab.pod_netns("neighbor");
         let reservations = || {
-            std::fs::read_dir(lab.state().join("nodes/node-1/cni/flatnet/ips"))
+            std::fs::read_dir(lab.state().join("nodes/node-1/host/var/lib/cni/flatnet/flatnet/ips"))
                 .unwrap()
                 .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
                 .count()

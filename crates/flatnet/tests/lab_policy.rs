@@ -797,8 +797,7 @@ fn network_policy_truth_table() {
         let mut syncs: Vec<f64> = ["node-1", "node-2"]
             .iter()
             .flat_map(|n| {
-                let log =
-                    std::fs::read_to_string(lab.state().join("nodes").join(n).join("agent.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(lab.agent_log(n)).unwrap_or_default();
                 log.lines()
                     .filter(|l| l.contains("policy sync: "))
                     .filter_map(|l| l.rsplit_once(" in ")?.1.split_once(" ms")?.0.parse().ok())

@@ -338,7 +338,7 @@ fn udp_flows_follow_endpoint_changes_and_a_restart_rewrites_nothing() {
         converges("the same UDP flow reaches the new endpoint", Duration::from_secs(20), || {
             udp_ask(&client_ns, addr(&ip, 53)).and_then(|p| if p == "dns-2" { Ok(()) } else { Err(p) })
         });
-        let log = std::fs::read_to_string(lab.state().join("nodes/node-1/agent.log")).unwrap();
+        let log = std::fs::read_to_string(lab.agent_log("node-1")).unwrap();
         assert!(log.contains("UDP conntrack entr"), "no conntrack flush logged:\n{log}");
 
         // kubectl shows what the agents program.
@@ -356,7 +356,7 @@ fn udp_flows_follow_endpoint_changes_and_a_restart_rewrites_nothing() {
         let before = ruleset(&lab);
         assert!(before.contains("dnat to"), "{before}");
         let old = lab.agent_pid("node-1");
-        let log_path = lab.state().join("nodes/node-1/agent.log");
+        let log_path = lab.agent_log("node-1");
         let mark = std::fs::read_to_string(&log_path).unwrap().len();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), nix::sys::signal::Signal::SIGKILL).unwrap();
         converges("the restarted agent's full sync", Duration::from_secs(30), || {

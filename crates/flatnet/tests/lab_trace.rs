@@ -382,8 +382,10 @@ fn status_and_metrics(lab: &Lab) {
     // The DNS servers' metrics: a lookup from the client is counted by type, rcode and
     // latency on whichever server answered it.
     let dns = std::net::SocketAddr::from(([127, 0, 0, 1], 9153));
+    let dns_pods = lab.pod_names("kube-system", "k8s-app=kube-dns");
+    assert_eq!(dns_pods.len(), 2, "{dns_pods:?}");
     let read = || -> (f64, f64, f64) {
-        ["flatnet-dns-1", "flatnet-dns-2"]
+        dns_pods
             .iter()
             .map(|p| common::lab::http_get_path(&lab.pod_netns_in("kube-system", p), dns, "/metrics").unwrap())
             .map(|m| {

@@ -143,7 +143,7 @@ fn the_settings_config_map_documents_each_setting() {
     let data = config_map(&objects(), "flatnet-config");
     assert_eq!(
         data.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["backend", "cluster-cidr", "mtu", "service-cidr", "vxlan-port"]
+        ["backend", "bgp-hold-time", "cluster-cidr", "cross-subnet", "mtu", "service-cidr", "vxlan-port"]
     );
     for k in data.keys() {
         let line = text.lines().position(|l| l.trim_start().starts_with(&format!("{k}:"))).unwrap();

@@ -17,6 +17,12 @@ pub struct PodContext {
     pub resolv_conf: Option<PathBuf>,
     pub hosts: Option<PathBuf>,
     pub hostname: Option<String>,
+    /// The container's volumes. With any, it gets a root of its own, built at `root`
+    /// (see [`crate::rootfs`]), where the resolv.conf and hosts files are mounts too.
+    pub mounts: Vec<crate::rootfs::Mount>,
+    pub root: Option<PathBuf>,
+    /// The directory to change into once inside (the container's working directory).
+    pub workdir: Option<PathBuf>,
 }
 
 /// Enters the pod and executes `argv`. Returns only on failure. Must be called while
@@ -26,6 +32,11 @@ pub fn exec(ctx: &PodContext, argv: &[OsString]) -> KernelError {
         Ok(()) => {}
         Err(e) => return e,
     }
+    exec_entered(argv)
+}
+
+/// Executes `argv` in the pod [`enter`] moved this process into. Returns only on failure.
+pub fn exec_entered(argv: &[OsString]) -> KernelError {
     let Some((program, args)) = argv.split_first() else {
         return KernelError::refused("run a program in the pod", std::io::Error::other("no program given"));
     };
@@ -47,11 +58,29 @@ pub fn enter(ctx: &PodContext) -> Result<()> {
     // still reach this copy, so it never keeps another pod's namespace alive.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
         .map_err(|e| KernelError::refused("make mounts slave", e.into()))?;
-    for (file, target) in [(&ctx.resolv_conf, "/etc/resolv.conf"), (&ctx.hosts, "/etc/hosts")] {
-        if let Some(file) = file {
-            mount(Some(file.as_path()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(|e| KernelError::refused(format!("bind {} over {target}", file.display()), e.into()))?;
+    let files = [(&ctx.resolv_conf, "/etc/resolv.conf"), (&ctx.hosts, "/etc/hosts")];
+    match (&ctx.root, ctx.mounts.is_empty()) {
+        (Some(root), false) => {
+            let mut mounts = ctx.mounts.clone();
+            for (file, target) in files {
+                if let Some(file) = file {
+                    mounts.push(crate::rootfs::Mount { source: file.clone(), target: target.into(), read_only: false });
+                }
+            }
+            crate::rootfs::enter(root, &mounts)?;
         }
+        _ => {
+            for (file, target) in files {
+                if let Some(file) = file {
+                    mount(Some(file.as_path()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| {
+                        KernelError::refused(format!("bind {} over {target}", file.display()), e.into())
+                    })?;
+                }
+            }
+        }
+    }
+    if let Some(w) = &ctx.workdir {
+        nix::unistd::chdir(w).map_err(|e| KernelError::refused(format!("change to {}", w.display()), e.into()))?;
     }
     if let Some(h) = &ctx.hostname {
         nix::unistd::sethostname(h).map_err(|e| KernelError::refused(format!("set hostname {h}"), e.into()))?;

@@ -16,6 +16,7 @@ pub mod nf_tables;
 pub mod nft;
 pub mod probe;
 pub mod pty;
+pub mod rootfs;
 pub mod route;
 pub mod sandbox;
 pub mod sysctl;

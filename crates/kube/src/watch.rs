@@ -130,6 +130,11 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, String> {
             let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| e.to_string())?;
             kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|e| e.to_string())?
         }
+        // In a pod (the API server's address in the environment, as a kubelet sets it),
+        // the pod's service account, whatever kubeconfig the host may have lying about.
+        None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() && std::env::var_os("KUBECONFIG").is_none() => {
+            kube::Config::incluster().map_err(|e| format!("the in-cluster service account: {e}"))?
+        }
         None => kube::Config::infer().await.map_err(|e| e.to_string())?,
     };
     kube::Client::try_from(config).map_err(|e| e.to_string())

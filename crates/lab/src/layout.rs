@@ -60,15 +60,25 @@ impl Layout {
     pub fn dns_kubeconfig(&self) -> PathBuf {
         self.state.join("dns.kubeconfig")
     }
+    /// The node's own files (its CNI directories, `/run/flatnet`), as paths on the machine.
+    pub fn node_root(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("host")
+    }
+    /// Where the agent writes the node's subnet (`/run/flatnet/subnet.env` on the node).
     pub fn subnet_file(&self, node: &str) -> PathBuf {
-        self.node_dir(node).join("subnet.env")
+        self.node_root(node).join("run/flatnet/subnet.env")
+    }
+    /// The nodes' resolv.conf: names go to the lab's stand-in upstream.
+    pub fn node_resolv_conf(&self) -> PathBuf {
+        self.state.join("upstream-resolv.conf")
     }
     pub fn kubelet_pid(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("kubelet.pid")
     }
-    /// Where the node's agent takes pod registrations from the CNI plugin.
+    /// Where the node's agent takes pod registrations from the CNI plugin
+    /// (`/run/flatnet/agent.sock` on the node).
     pub fn agent_socket(&self, node: &str) -> PathBuf {
-        self.node_dir(node).join("agent.sock")
+        self.node_root(node).join("run/flatnet/agent.sock")
     }
 
     pub fn agent_pid(&self, node: &str) -> PathBuf {
@@ -96,6 +106,30 @@ impl Layout {
     }
 }
 
+/// The directories each lab node has of its own; every other path is the machine's.
+pub const NODE_LOCAL: &[&str] = &["/opt/cni/bin", "/etc/cni/net.d", "/run/flatnet", "/var/lib/cni"];
+
+/// `path` on `node`, as a path on this machine.
+pub fn on_node(node_root: &Path, path: &str) -> (PathBuf, bool) {
+    let p = Path::new(path);
+    match NODE_LOCAL.iter().find(|l| p.starts_with(l)) {
+        Some(_) => (node_root.join(p.strip_prefix("/").unwrap_or(p)), true),
+        None => (p.to_path_buf(), false),
+    }
+}
+
+/// The mounts that give a process the node's own directories (the CNI plugins run so).
+pub fn node_mounts(node_root: &Path) -> Vec<flatnet_kernel::rootfs::Mount> {
+    NODE_LOCAL
+        .iter()
+        .map(|l| flatnet_kernel::rootfs::Mount {
+            source: on_node(node_root, l).0,
+            target: (*l).into(),
+            read_only: false,
+        })
+        .collect()
+}
+
 /// The pid in `file` when that process is alive and its command line holds every one
 /// of `args` (so a pid reused by an unrelated process after a reboot is not taken for
 /// a lab process).
@@ -114,12 +148,59 @@ impl Layout {
     pub fn kubelet(&self, node: &str) -> Option<i32> {
         running_pid(&self.kubelet_pid(node), &["kubelet", node, &self.state.to_string_lossy()])
     }
+    /// The node's agent: the process its kubelet runs (on a lab with kube-proxy nodes),
+    /// or the `agent` container of flatnet's DaemonSet pod on the node.
     pub fn agent(&self, node: &str) -> Option<i32> {
         running_pid(&self.agent_pid(node), &["agent", &self.agent_kubeconfig(node).to_string_lossy()])
+            .or_else(|| self.agent_container(node).map(|(pid, _)| pid))
+    }
+
+    /// The agent's log (its container's, when it is a DaemonSet's pod).
+    pub fn agent_log(&self, node: &str) -> PathBuf {
+        match self.agent_container(node) {
+            Some((_, log)) if !self.agent_pid(node).exists() => log,
+            _ => self.node_dir(node).join("agent.log"),
+        }
+    }
+
+    /// The running `agent` container of a `flatnet-node-…` pod in kube-system on `node`
+    /// (from the kubelet's records): its pid and log.
+    pub fn agent_container(&self, node: &str) -> Option<(i32, PathBuf)> {
+        let pods = std::fs::read_dir(self.node_dir(node).join("pods")).ok()?;
+        pods.flatten().find_map(|d| {
+            let dir = d.path();
+            let sandbox: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("sandbox.json")).ok()?).ok()?;
+            let ours = sandbox["namespace"] == "kube-system"
+                && sandbox["name"].as_str().is_some_and(|n| n.starts_with("flatnet-node-"));
+            let pids: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("pids.json")).ok()?).ok()?;
+            let pid = i32::try_from(pids["agent"].as_i64()?).ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let running = cmdline.split(|b| *b == 0).any(|a| a == b"agent");
+            (ours && running).then(|| (pid, dir.join("agent.log")))
+        })
     }
 
     /// The pid of kube-proxy on a node whose Services it carries.
     pub fn kube_proxy(&self, node: &str) -> Option<i32> {
         running_pid(&self.node_dir(node).join("kube-proxy.pid"), &["--hostname-override", node])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nodes_own_directories_are_under_its_root_and_the_rest_is_the_machines() {
+        let root = Path::new("/lab/nodes/node-1/host");
+        assert_eq!(on_node(root, "/run/flatnet"), (root.join("run/flatnet"), true));
+        assert_eq!(
+            on_node(root, "/etc/cni/net.d/10-flatnet.conflist"),
+            (root.join("etc/cni/net.d/10-flatnet.conflist"), true)
+        );
+        assert_eq!(on_node(root, "/proc/sys/net"), (PathBuf::from("/proc/sys/net"), false));
+        assert_eq!(on_node(root, "/run/flatnetx"), (PathBuf::from("/run/flatnetx"), false));
+        assert_eq!(node_mounts(root).len(), NODE_LOCAL.len());
     }
 }

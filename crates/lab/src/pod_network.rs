@@ -108,8 +108,54 @@ pub fn flanneld(layout: &Layout, node: &str, backend: Backend, bin: &Path) -> st
     Ok((cmd, vec![("NODE_NAME".into(), node.into())]))
 }
 
+/// Where a lab kubelet's CNI configuration comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cni {
+    /// Made by the lab for this network (flatnet's agent run by the kubelet, or Flannel).
+    Lab(PodNetwork),
+    /// What the network's DaemonSet installed in the node's /etc/cni/net.d and
+    /// /opt/cni/bin, as a container runtime finds it; the plugins run with the node's
+    /// own directories (see `layout::NODE_LOCAL`).
+    Installed,
+}
+
+/// The node's CNI configuration file, as a runtime picks it: the first by name in
+/// /etc/cni/net.d.
+pub fn installed_config(layout: &Layout, node: &str) -> Option<PathBuf> {
+    let dir = layout.node_root(node).join("etc/cni/net.d");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "conflist" || x == "conf" || x == "json"))
+        .collect();
+    files.sort();
+    files.into_iter().next()
+}
+
+fn installed(layout: &Layout, node: &str) -> Result<(ConfList, Vec<PathBuf>), String> {
+    let file = installed_config(layout, node)
+        .ok_or("no CNI configuration in /etc/cni/net.d yet (the pod network's DaemonSet installs it)")?;
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("read {}: {e}", file.display()))?;
+    let mut conf = ConfList::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    let me = std::env::current_exe().map_err(|e| format!("find the flatnet binary: {e}"))?;
+    let root = layout.node_root(node);
+    let mut runner: Vec<std::ffi::OsString> = vec![me.into(), "lab".into(), "enter".into(), "--netns".into()];
+    runner.push(layout.node_ns(node).into());
+    for m in crate::layout::node_mounts(&root) {
+        runner.extend(["--mount".into(), m.render().into()]);
+    }
+    runner.extend(["--root".into(), layout.node_dir(node).join("cni-root").into(), "--".into()]);
+    conf.runner = runner;
+    Ok((conf, vec![root.join("opt/cni/bin")]))
+}
+
 /// The node's CNI network and where its plugins are.
-pub fn conflist(network: PodNetwork, layout: &Layout, node: &str) -> Result<(ConfList, Vec<PathBuf>), String> {
+pub fn conflist(network: Cni, layout: &Layout, node: &str) -> Result<(ConfList, Vec<PathBuf>), String> {
+    let network = match network {
+        Cni::Installed => return installed(layout, node),
+        Cni::Lab(n) => n,
+    };
     let (text, dirs) = match network {
         PodNetwork::Flatnet => (
             json!({
@@ -119,7 +165,7 @@ pub fn conflist(network: PodNetwork, layout: &Layout, node: &str) -> Result<(Con
                     "type": "flatnet",
                     "bridge": "cni0",
                     "subnetFile": layout.subnet_file(node),
-                    "dataDir": layout.node_dir(node).join("cni"),
+                    "dataDir": layout.node_root(node).join("var/lib/cni/flatnet"),
                     "agentSocket": layout.agent_socket(node),
                 }],
             }),

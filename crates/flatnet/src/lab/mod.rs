@@ -165,6 +165,13 @@ pub enum LabCmd {
         /// More flags for the agent (its BGP peers, say).
         #[arg(long = "agent-arg", allow_hyphen_values = true)]
         agent_args: Vec<String>,
+        /// The pod network is installed by a DaemonSet (flatnet's manifest): the kubelet
+        /// runs no agent and takes the CNI configuration the DaemonSet installs.
+        #[arg(long)]
+        installed_cni: bool,
+        /// An annotation of the Node it registers, KEY=VALUE.
+        #[arg(long = "node-annotation", value_parser = parse_key_value)]
+        annotations: Vec<(String, String)>,
     },
     /// Runs BIRD as the router of one rack, inside the router's namespace.
     #[command(hide = true)]
@@ -185,6 +192,15 @@ pub enum LabCmd {
         hosts: Option<PathBuf>,
         #[arg(long)]
         hostname: Option<String>,
+        /// A volume, SOURCE:TARGET[:ro] (the container then gets a root of its own).
+        #[arg(long = "mount", value_parser = flatnet_kernel::rootfs::Mount::parse)]
+        mounts: Vec<flatnet_kernel::rootfs::Mount>,
+        /// An empty directory where the container's root is built (with --mount).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// The directory to change into, inside.
+        #[arg(long)]
+        workdir: Option<PathBuf>,
         /// Standard input is a terminal: make it the controlling one of a new session.
         #[arg(long)]
         tty: bool,
@@ -234,7 +250,17 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
             }
             (_, u) => processes::serve(&state.layout(), listen, u.as_deref(), crate::shutdown::requested),
         },
-        LabCmd::Kubelet { state, node, node_ip, backend, kube_proxy, network, agent_args } => {
+        LabCmd::Kubelet {
+            state,
+            node,
+            node_ip,
+            backend,
+            kube_proxy,
+            network,
+            agent_args,
+            installed_cni,
+            annotations,
+        } => {
             crate::agent::init_logging();
             let args = processes::KubeletArgs {
                 node: &node,
@@ -243,28 +269,36 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
                 network,
                 kube_proxy: kube_proxy.as_deref(),
                 agent_args: &agent_args,
+                installed_cni,
+                annotations: &annotations,
             };
             processes::kubelet(&state.layout(), &args, crate::shutdown::requested)
         }
         LabCmd::Router { state, rack } => processes::router(&state.layout(), rack),
-        LabCmd::Enter { netns, resolv_conf, hosts, hostname, tty, command } => {
+        LabCmd::Enter { netns, resolv_conf, hosts, hostname, mounts, root, workdir, tty, command } => {
             if tty {
                 use std::os::fd::AsFd;
                 flatnet_kernel::pty::take_controlling(std::io::stdin().as_fd())?;
             }
-            // A program that is not there is said as a container runtime says it, with a
-            // shell's exit code, which `kubectl exec` passes on.
+            let ctx = flatnet_kernel::enter::PodContext { netns, resolv_conf, hosts, hostname, mounts, root, workdir };
+            flatnet_kernel::enter::enter(&ctx)?;
+            // A program that is not there (in the container's root) is said as a
+            // container runtime says it, with a shell's exit code, which `kubectl exec`
+            // passes on.
             if let Some(program) = command.first()
                 && !program_exists(program)
             {
                 eprintln!("exec: {:?}: executable file not found in $PATH", program.to_string_lossy());
                 std::process::exit(127);
             }
-            let ctx = flatnet_kernel::enter::PodContext { netns, resolv_conf, hosts, hostname };
-            Err(flatnet_kernel::enter::exec(&ctx, &command).into())
+            Err(flatnet_kernel::enter::exec_entered(&command).into())
         }
         LabCmd::Netexec { pod, namespace, node, ports } => exec::netexec(pod, namespace, node, &ports),
     }
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
 }
 
 /// `program` is a path to a file, or a name found on `$PATH`.

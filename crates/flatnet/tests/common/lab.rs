@@ -136,6 +136,16 @@ impl Lab {
     }
 
     /// The network namespace of pod `namespace/name`.
+    /// The names of the pods `selector` picks in `namespace` (the cluster DNS's, say).
+    pub fn pod_names(&self, namespace: &str, selector: &str) -> Vec<String> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let api: kube::Api<Pod> = kube::Api::namespaced(self.client(&rt), namespace);
+        let list = rt.block_on(api.list(&kube::api::ListParams::default().labels(selector))).unwrap();
+        let mut names: Vec<String> = list.items.into_iter().filter_map(|p| p.metadata.name).collect();
+        names.sort();
+        names
+    }
+
     pub fn pod_netns_in(&self, namespace: &str, name: &str) -> PathBuf {
         self.sandbox_netns(name, Some(namespace))
     }
@@ -170,12 +180,23 @@ impl Lab {
         rt.block_on(api.get(node)).unwrap().spec.unwrap().pod_cidr.unwrap()
     }
 
+    /// The node's agent (its DaemonSet pod's container, or the process its kubelet runs);
+    /// while it is being restarted, the one that comes back (waited for, 20 s at most).
     pub fn agent_pid(&self, node: &str) -> i32 {
-        std::fs::read_to_string(self.state().join("nodes").join(node).join("agent.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        let layout = flatnet_lab::layout::Layout::new(self.state());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(pid) = layout.agent(node) {
+                return pid;
+            }
+            assert!(std::time::Instant::now() < deadline, "{node} has no running agent");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// The node's agent's log.
+    pub fn agent_log(&self, node: &str) -> std::path::PathBuf {
+        flatnet_lab::layout::Layout::new(self.state()).agent_log(node)
     }
 
     /// The nodes' kernel state and agent logs, for a failure message.
@@ -197,7 +218,7 @@ impl Lab {
                     String::from_utf8_lossy(&o.stderr)
                 ));
             }
-            let log = std::fs::read_to_string(self.state().join("nodes").join(n).join("agent.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(self.agent_log(n)).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
             out.push_str(&format!("--- {n} agent.log (last lines, newest first)\n{}\n", tail.join("\n")));
         }

@@ -191,7 +191,12 @@ pub fn handle(
                 .into_response();
         }
     };
-    let (env, cwd) = container_context(pid);
+    let (env, mut cwd) = container_context(pid);
+    let mounts = sb.container_mounts(container);
+    if !mounts.is_empty() {
+        // Its working directory is in a root of its own, which this process does not see.
+        cwd = None;
+    }
     info!(
         "exec in {}/{} ({container}): {:?}{}",
         sb.namespace,
@@ -199,10 +204,16 @@ pub fn handle(
         req.command,
         if req.tty { " with a TTY" } else { "" }
     );
-    ws.protocols(PROTOCOLS).on_upgrade(move |socket| run(socket, sb, req, env, cwd))
+    ws.protocols(PROTOCOLS).on_upgrade(move |socket| run(socket, sb, req, (env, cwd), mounts))
 }
 
-async fn run(socket: WebSocket, sb: Sandbox, req: ExecRequest, mut env: Vec<(String, String)>, cwd: Option<String>) {
+async fn run(
+    socket: WebSocket,
+    sb: Sandbox,
+    req: ExecRequest,
+    (mut env, cwd): (Vec<(String, String)>, Option<String>),
+    mounts: Vec<flatnet_kernel::rootfs::Mount>,
+) {
     let (mut tx, rx) = socket.split();
     let (out, mut queue) = mpsc::channel::<Message>(32);
     // Every message goes out through this one task, in order.
@@ -222,7 +233,7 @@ async fn run(socket: WebSocket, sb: Sandbox, req: ExecRequest, mut env: Vec<(Str
         env.push(("TERM".into(), "xterm".into()));
     }
     let argv: Vec<OsString> = req.command.iter().map(OsString::from).collect();
-    let status = match sandbox::enter_command(&sb, &argv, &env, cwd.as_deref(), req.tty) {
+    let status = match sandbox::enter_command(&sb, &argv, &env, cwd.as_deref(), &mounts, req.tty) {
         Err(e) => internal(&e),
         Ok(cmd) => {
             let result =

@@ -6,13 +6,15 @@
 
 pub mod api;
 pub mod exec;
+pub mod inputs;
 mod pods;
 pub mod sandbox;
 pub mod supervisor;
+pub mod volumes;
 pub mod workload;
 
 use crate::layout::Layout;
-use crate::pod_network::PodNetwork;
+use crate::pod_network::Cni;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -36,7 +38,9 @@ pub struct KubeletConfig {
     /// (kube-proxy on a node whose Services it carries, flanneld on a Flannel lab).
     pub daemons: Vec<Daemon>,
     /// Which CNI network wires the pods.
-    pub network: PodNetwork,
+    pub cni: Cni,
+    /// Annotations of the Node it registers.
+    pub annotations: Vec<(String, String)>,
     pub cluster_dns: String,
     pub cluster_domain: String,
     /// The kubelet API's TLS (on the upstream control plane; None: not served).
@@ -100,9 +104,17 @@ pub async fn run(cfg: KubeletConfig, shutdown: impl std::future::Future<Output =
         () = &mut shutdown => { watch.abort(); return Ok(()); }
     }
     info!(node = %cfg.node, "lab kubelet running; {} sandbox(es) from an earlier run", pods.adopted());
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut network_ready = cni_ready(&cfg);
     loop {
         let mine: Vec<_> = reader.state().into_iter().filter(|p| !synthetic(p)).collect();
         pods.sync(&cfg, &client, &mine).await;
+        if network_ready != cni_ready(&cfg) {
+            network_ready = !network_ready;
+            if let Err(e) = report_ready(&cfg, &nodes).await {
+                warn!("{e}");
+            }
+        }
         tokio::select! {
             () = changed.notified() => {}
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -128,12 +140,42 @@ fn fail(e: impl std::fmt::Display) -> KubeletError {
     KubeletError(e.to_string())
 }
 
+/// The node's network is ready for pods: its CNI configuration is there (when it is
+/// the one a DaemonSet installs).
+fn cni_ready(cfg: &KubeletConfig) -> bool {
+    cfg.cni != Cni::Installed || crate::pod_network::installed_config(&cfg.layout, &cfg.node).is_some()
+}
+
+/// The Ready condition as a kubelet reports it: not ready while the network plugin has
+/// not installed its configuration.
+fn ready_condition(cfg: &KubeletConfig) -> serde_json::Value {
+    let (status, reason, message) = if cni_ready(cfg) {
+        ("True", "KubeletReady", "flatnet lab kubelet is posting ready status".to_string())
+    } else {
+        (
+            "False",
+            "KubeletNotReady",
+            "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized".to_string(),
+        )
+    };
+    json!({"type": "Ready", "status": status, "reason": reason, "message": message,
+           "lastHeartbeatTime": now(), "lastTransitionTime": now()})
+}
+
+async fn report_ready(cfg: &KubeletConfig, nodes: &Api<Node>) -> Result<(), KubeletError> {
+    let status = json!({"status": {"conditions": [ready_condition(cfg)]}});
+    nodes
+        .patch_status(&cfg.node, &PatchParams::default(), &Patch::Strategic(status))
+        .await
+        .map(drop)
+        .map_err(|e| fail(format!("report node {}'s readiness: {e}", cfg.node)))
+}
+
 /// Creates the Node (or refreshes its addresses and Ready condition).
 async fn register(cfg: &KubeletConfig, nodes: &Api<Node>) -> Result<(), KubeletError> {
     let status = json!({
         "addresses": [{"type": "InternalIP", "address": cfg.node_ip.to_string()}, {"type": "Hostname", "address": cfg.node}],
-        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "flatnet lab kubelet is posting ready status",
-                        "lastHeartbeatTime": now(), "lastTransitionTime": now()}],
+        "conditions": [ready_condition(cfg)],
         // What the scheduler fits pods against, as a kubelet reports it: this machine's
         // CPUs and memory, and a kubelet's default of 110 pods.
         "capacity": resources(), "allocatable": resources(),
@@ -145,12 +187,15 @@ async fn register(cfg: &KubeletConfig, nodes: &Api<Node>) -> Result<(), KubeletE
                      "architecture": std::env::consts::ARCH, "osImage": "flatnet lab", "kernelVersion": "", "kubeProxyVersion": "",
                      "machineID": "", "systemUUID": "", "bootID": ""},
     });
+    let mut annotations = serde_json::Map::new();
+    annotations.insert("volumes.kubernetes.io/controller-managed-attach-detach".into(), json!("true"));
+    annotations.extend(cfg.annotations.iter().map(|(k, v)| (k.clone(), json!(v))));
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Node",
         // As a kubelet registers it: programs that read Nodes (Flannel among them) count
         // on the annotation map being there.
         "metadata": {"name": cfg.node, "labels": {"kubernetes.io/hostname": cfg.node, "kubernetes.io/os": "linux"},
-                     "annotations": {"volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
+                     "annotations": annotations},
         "status": status,
     }))
     .map_err(fail)?;

@@ -5,7 +5,9 @@
 //! by an earlier kubelet are resumed (their live processes adopted, verified by their
 //! network namespace) or torn down.
 
+use super::inputs::{self, Inputs};
 use super::sandbox::{self, Process, Sandbox};
+use super::volumes;
 use super::{KubeletConfig, now, workload};
 use k8s_openapi::api::core::v1::{Container as ContainerSpec, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -25,6 +27,26 @@ struct Running {
     last_status: Option<Value>,
     /// A finished pod's sandbox is torn down (its IP released); its status stays.
     released: bool,
+    /// What its volumes and environment took from the API, and when to look again.
+    inputs: Inputs,
+    refresh_at: Instant,
+    /// Its init containers, each run to completion before the others started.
+    init: Vec<(String, String)>,
+}
+
+/// How often a running pod's ConfigMaps and Secrets are read again into its volumes.
+const REFRESH: Duration = Duration::from_secs(5);
+
+/// What tells that a container is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Probe {
+    Tcp(u16),
+    /// An HTTP GET answered 200–399, on `host` (the pod's address when None).
+    Http {
+        host: Option<String>,
+        port: u16,
+        path: String,
+    },
 }
 
 struct Container {
@@ -34,9 +56,8 @@ struct Container {
     restarts: u32,
     exit_code: Option<i32>,
     started_at: String,
-    /// TCP ports to probe for readiness (the built-in server's, and a readinessProbe's
-    /// tcpSocket).
-    tcp_ports: Vec<u16>,
+    /// What to probe for readiness (the built-in server's ports, and a readinessProbe).
+    probes: Vec<Probe>,
     /// When a crashed container may be started again (doubling back-off, 10 s at most).
     retry_at: Option<Instant>,
 }
@@ -99,6 +120,7 @@ impl PodManager {
             }
         }
         self.begin(cfg, client, pods).await;
+        self.refresh(cfg, client, pods).await;
         for pod in pods {
             let Some(uid) = pod.metadata.uid.clone() else { continue };
             if pod.metadata.deletion_timestamp.is_some() {
@@ -142,11 +164,18 @@ impl PodManager {
             if self.backoff.get(&uid).is_some_and(|(_, at)| Instant::now() < *at) {
                 continue;
             }
+            let inputs = match inputs::fetch(client, pod, &Inputs::default()).await {
+                Ok(i) => i,
+                Err(e) => {
+                    self.failed(cfg, client, pod, &uid, "CreateContainerConfigError", &e).await;
+                    continue;
+                }
+            };
             let resumed = self.adopted.remove(&uid);
             let (cfg2, pod2) = (cfg.clone(), pod.clone());
             let work = tokio::task::spawn_blocking(move || match resumed {
-                Some(s) => Ok(resume(&cfg2, &pod2, s)),
-                None => start(&cfg2, &pod2),
+                Some(s) => Ok(resume(&cfg2, &pod2, s, inputs)),
+                None => start(&cfg2, &pod2, inputs),
             });
             starts.push((pod, uid, work));
         }
@@ -167,20 +196,67 @@ impl PodManager {
                     self.backoff.remove(&uid);
                     self.running.insert(uid, r);
                 }
-                Err(e) => {
-                    let attempts = self.backoff.get(&uid).map_or(0, |b| b.0) + 1;
-                    let delay = backoff_delay(attempts);
-                    warn!("pod {name}: {e}; retrying in {delay:?}");
-                    self.backoff.insert(uid.clone(), (attempts, Instant::now() + delay));
-                    if let (Some(ns), Some(n)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) {
-                        let about = Involved { namespace: ns, name: n, uid: &uid };
-                        post_event_about(client, &cfg.node, about, "Warning", "FailedCreatePodSandBox", &e).await;
-                    }
-                    report_failure(client, pod, &e).await;
-                }
+                Err(e) => self.failed(cfg, client, pod, &uid, "FailedCreatePodSandBox", &e).await,
             }
         }
     }
+
+    /// A pod that could not start: tried again after a back-off; said in an event and
+    /// in its status.
+    async fn failed(
+        &mut self,
+        cfg: &KubeletConfig,
+        client: &kube::Client,
+        pod: &Pod,
+        uid: &str,
+        reason: &str,
+        e: &str,
+    ) {
+        let name = format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or(""),
+            pod.metadata.name.as_deref().unwrap_or("")
+        );
+        let attempts = self.backoff.get(uid).map_or(0, |b| b.0) + 1;
+        let delay = backoff_delay(attempts);
+        warn!("pod {name}: {e}; retrying in {delay:?}");
+        self.backoff.insert(uid.to_string(), (attempts, Instant::now() + delay));
+        if let (Some(ns), Some(n)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) {
+            let about = Involved { namespace: ns, name: n, uid };
+            post_event_about(client, &cfg.node, about, "Warning", reason, e).await;
+        }
+        report_failure(client, pod, e).await;
+    }
+
+    /// Reads the running pods' ConfigMaps, Secrets and tokens again into their volumes
+    /// (every few seconds, as a kubelet's volume manager does).
+    async fn refresh(&mut self, cfg: &KubeletConfig, client: &kube::Client, pods: &[Arc<Pod>]) {
+        for pod in pods {
+            let Some(r) = pod.metadata.uid.as_deref().and_then(|u| self.running.get_mut(u)) else { continue };
+            if r.released || Instant::now() < r.refresh_at || !needs_api(pod) {
+                continue;
+            }
+            r.refresh_at = Instant::now() + REFRESH;
+            match inputs::fetch(client, pod, &r.inputs).await {
+                Ok(inputs) => {
+                    if let Err(e) = volumes::materialize(pod, &inputs, &r.sandbox.dir, &cfg.layout.node_root(&cfg.node))
+                    {
+                        warn!("refresh the volumes of {}/{}: {e}", r.sandbox.namespace, r.sandbox.name);
+                    }
+                    r.inputs = inputs;
+                }
+                Err(e) => warn!("refresh the volumes of {}/{}: {e}", r.sandbox.namespace, r.sandbox.name),
+            }
+        }
+    }
+}
+
+/// The pod has volumes whose content comes from the API.
+fn needs_api(pod: &Pod) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .any(|v| v.config_map.is_some() || v.secret.is_some() || v.projected.is_some())
 }
 
 fn grace_period(pod: Option<&Pod>) -> Duration {
@@ -191,10 +267,10 @@ fn grace_period(pod: Option<&Pod>) -> Duration {
     Duration::from_secs(u64::try_from(secs).unwrap_or(0).min(5))
 }
 
-/// The port of a `readinessProbe.tcpSocket`, a number or the name of a container port.
-fn readiness_tcp_port(c: &ContainerSpec) -> Option<u16> {
+/// A probe's port, a number or the name of a container port.
+fn probe_port(c: &ContainerSpec, port: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString) -> Option<u16> {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    match &c.readiness_probe.as_ref()?.tcp_socket.as_ref()?.port {
+    match port {
         IntOrString::Int(n) => u16::try_from(*n).ok(),
         IntOrString::String(name) => {
             let p = c.ports.iter().flatten().find(|p| p.name.as_deref() == Some(name.as_str()))?;
@@ -203,14 +279,49 @@ fn readiness_tcp_port(c: &ContainerSpec) -> Option<u16> {
     }
 }
 
+/// The container's readinessProbe (tcpSocket or httpGet).
+fn readiness_probe(c: &ContainerSpec) -> Option<Probe> {
+    let p = c.readiness_probe.as_ref()?;
+    if let Some(t) = &p.tcp_socket {
+        return Some(Probe::Tcp(probe_port(c, &t.port)?));
+    }
+    let h = p.http_get.as_ref()?;
+    let path = h.path.clone().unwrap_or_else(|| "/".into());
+    Some(Probe::Http { host: h.host.clone(), port: probe_port(c, &h.port)?, path })
+}
+
+/// One probe against the pod at `ip`: connects (and for HTTP, a 2xx or 3xx answer).
+fn probe(p: &Probe, ip: Ipv4Addr) -> bool {
+    use std::io::{Read, Write};
+    let (host, port) = match p {
+        Probe::Tcp(port) => (ip, *port),
+        Probe::Http { host, port, .. } => (host.as_deref().and_then(|h| h.parse().ok()).unwrap_or(ip), *port),
+    };
+    let timeout = Duration::from_millis(300);
+    let Ok(mut conn) = std::net::TcpStream::connect_timeout(&SocketAddr::from((host, port)), timeout) else {
+        return false;
+    };
+    let Probe::Http { path, .. } = p else { return true };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.37\r\n\r\n");
+    if conn.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 16];
+    let n = conn.read(&mut head).unwrap_or(0);
+    let code: u16 =
+        String::from_utf8_lossy(&head[..n]).split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (200..400).contains(&code)
+}
+
 fn new_container(c: &ContainerSpec) -> Container {
-    let mut tcp_ports: Vec<u16> = match workload::workload(c) {
+    let mut probes: Vec<Probe> = match workload::workload(c) {
         workload::Workload::Netexec(ports) => {
-            ports.iter().filter_map(|p| p.strip_suffix("/TCP")?.parse().ok()).collect()
+            ports.iter().filter_map(|p| Some(Probe::Tcp(p.strip_suffix("/TCP")?.parse().ok()?))).collect()
         }
         _ => Vec::new(),
     };
-    tcp_ports.extend(readiness_tcp_port(c));
+    probes.extend(readiness_probe(c));
     Container {
         name: c.name.clone(),
         image: c.image.clone().unwrap_or_default(),
@@ -218,12 +329,12 @@ fn new_container(c: &ContainerSpec) -> Container {
         restarts: 0,
         exit_code: None,
         started_at: now(),
-        tcp_ports,
+        probes,
         retry_at: None,
     }
 }
 
-fn new_running(pod: &Pod, sandbox: Sandbox) -> Running {
+fn new_running(pod: &Pod, sandbox: Sandbox, inputs: Inputs) -> Running {
     let spec = pod.spec.clone().unwrap_or_default();
     Running {
         sandbox,
@@ -233,33 +344,92 @@ fn new_running(pod: &Pod, sandbox: Sandbox) -> Running {
         started_at: pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map_or_else(now, |t| t.0.to_string()),
         last_status: None,
         released: false,
+        inputs,
+        refresh_at: Instant::now() + REFRESH,
+        init: spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
+            .collect(),
     }
 }
 
-fn start(cfg: &KubeletConfig, pod: &Pod) -> Result<Running, String> {
+fn start(cfg: &KubeletConfig, pod: &Pod, inputs: Inputs) -> Result<Running, String> {
     let node = (cfg.node.as_str(), cfg.node_ip);
-    let sb = sandbox::create(cfg.network, &cfg.layout, node, pod, (&cfg.cluster_dns, &cfg.cluster_domain))?;
-    let mut r = new_running(pod, sb);
-    let specs = pod.spec.clone().unwrap_or_default().containers;
-    for (c, spec) in r.containers.iter_mut().zip(&specs) {
-        if let Err(e) = launch(cfg, pod, &r.sandbox, spec, c) {
-            let procs: Vec<Process> = r.containers.iter_mut().filter_map(|c| c.process.take()).collect();
-            let mut procs = procs;
-            sandbox::stop(&mut procs, Duration::ZERO);
-            let _ = sandbox::destroy(cfg.network, &cfg.layout, &cfg.node, &r.sandbox);
-            return Err(format!("container {}: {e}", spec.name));
+    let sb = sandbox::create(cfg.cni, &cfg.layout, node, pod, (&cfg.cluster_dns, &cfg.cluster_domain))?;
+    let mut r = new_running(pod, sb, inputs);
+    let undo = |r: &mut Running, e: String| {
+        let mut procs: Vec<Process> = r.containers.iter_mut().filter_map(|c| c.process.take()).collect();
+        sandbox::stop(&mut procs, Duration::ZERO);
+        let _ = sandbox::destroy(cfg.cni, &cfg.layout, &cfg.node, &r.sandbox);
+        Err(e)
+    };
+    let vols = match volumes::materialize(pod, &r.inputs, &r.sandbox.dir, &cfg.layout.node_root(&cfg.node)) {
+        Ok(v) => v,
+        Err(e) => return undo(&mut r, e),
+    };
+    let spec = pod.spec.clone().unwrap_or_default();
+    for init in spec.init_containers.iter().flatten() {
+        if let Err(e) = run_init(cfg, pod, &r, init, &vols) {
+            return undo(&mut r, format!("init container {}: {e}", init.name));
+        }
+    }
+    for (c, spec) in r.containers.iter_mut().zip(&spec.containers) {
+        if let Err(e) = launch(cfg, pod, &r.sandbox, spec, c, (&r.inputs, &vols)) {
+            let e = format!("container {}: {e}", spec.name);
+            return undo(&mut r, e);
         }
     }
     record(&r);
     Ok(r)
 }
 
+/// How long an init container may run before the pod's start is given up (and tried
+/// again after a back-off).
+const INIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs an init container to completion; an exit code other than 0 is an error.
+fn run_init(
+    cfg: &KubeletConfig,
+    pod: &Pod,
+    r: &Running,
+    spec: &ContainerSpec,
+    vols: &HashMap<String, std::path::PathBuf>,
+) -> Result<(), String> {
+    let mut c = new_container(spec);
+    launch(cfg, pod, &r.sandbox, spec, &mut c, (&r.inputs, vols))?;
+    let mut p = c.process.take().expect("launched");
+    let deadline = Instant::now() + INIT_TIMEOUT;
+    loop {
+        match p.exited() {
+            Some(0) => return Ok(()),
+            Some(code) => {
+                let log = r.sandbox.dir.join(format!("{}.log", spec.name));
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let last = tail.lines().last().unwrap_or("").to_string();
+                return Err(format!("exited with {code}: {last}"));
+            }
+            None if Instant::now() > deadline => {
+                sandbox::stop(std::slice::from_mut(&mut p), Duration::ZERO);
+                return Err(format!("still running after {INIT_TIMEOUT:?}"));
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
 /// A sandbox an earlier kubelet made: its live processes are adopted, the others
 /// started again; restart counts carry over from the pod's status.
-fn resume(cfg: &KubeletConfig, pod: &Pod, s: Sandbox) -> Running {
+fn resume(cfg: &KubeletConfig, pod: &Pod, s: Sandbox, inputs: Inputs) -> Running {
     let mut live: HashMap<String, Process> =
         adopt_processes(&s).into_iter().filter_map(|p| Some((p.name.clone()?, p))).collect();
-    let mut r = new_running(pod, s);
+    let mut r = new_running(pod, s, inputs);
+    let vols =
+        volumes::materialize(pod, &r.inputs, &r.sandbox.dir, &cfg.layout.node_root(&cfg.node)).unwrap_or_else(|e| {
+            warn!("the volumes of {}: {e}", r.sandbox.name);
+            HashMap::new()
+        });
     let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default();
     let specs = pod.spec.clone().unwrap_or_default().containers;
     for (c, spec) in r.containers.iter_mut().zip(&specs) {
@@ -267,7 +437,7 @@ fn resume(cfg: &KubeletConfig, pod: &Pod, s: Sandbox) -> Running {
         match live.remove(&c.name) {
             Some(p) => c.process = Some(p),
             None => {
-                if let Err(e) = launch(cfg, pod, &r.sandbox, spec, c) {
+                if let Err(e) = launch(cfg, pod, &r.sandbox, spec, c, (&r.inputs, &vols)) {
                     warn!("restart container {} of {}: {e}", c.name, r.sandbox.name);
                 }
             }
@@ -298,18 +468,26 @@ async fn stop_processes(mut procs: Vec<Process>, grace: Duration) {
 
 async fn destroy(cfg: &KubeletConfig, s: Sandbox) -> Result<(), String> {
     let cfg = cfg.clone();
-    tokio::task::spawn_blocking(move || sandbox::destroy(cfg.network, &cfg.layout, &cfg.node, &s))
+    tokio::task::spawn_blocking(move || sandbox::destroy(cfg.cni, &cfg.layout, &cfg.node, &s))
         .await
         .map_err(|e| e.to_string())?
 }
 
-fn launch(cfg: &KubeletConfig, pod: &Pod, sb: &Sandbox, spec: &ContainerSpec, c: &mut Container) -> Result<(), String> {
+fn launch(
+    cfg: &KubeletConfig,
+    pod: &Pod,
+    sb: &Sandbox,
+    spec: &ContainerSpec,
+    c: &mut Container,
+    (inputs, vols): (&Inputs, &HashMap<String, std::path::PathBuf>),
+) -> Result<(), String> {
     let w = workload::workload(spec);
     let flatnet = std::env::current_exe().map_err(|e| e.to_string())?;
-    let argv = workload::argv(&w, &flatnet, pod, &cfg.node);
-    let env = workload::env(spec, pod, &sb.ip, &cfg.node_ip.to_string());
+    let env = workload::env(spec, pod, (&sb.ip, &cfg.node_ip.to_string()), inputs)?;
+    let argv = workload::argv(&w, &flatnet, pod, &cfg.node, &env);
+    let mounts = volumes::container_mounts(spec, vols)?;
     let log = sb.dir.join(format!("{}.log", spec.name));
-    c.process = Some(sandbox::start(sb, &spec.name, &argv, &env, spec.working_dir.as_deref(), &log)?);
+    c.process = Some(sandbox::start(sb, &spec.name, &argv, &env, spec.working_dir.as_deref(), &mounts, &log)?);
     c.started_at = now();
     c.exit_code = None;
     Ok(())
@@ -346,7 +524,8 @@ fn tend(cfg: &KubeletConfig, pod: &Pod, r: &mut Running) {
             && let Some(spec) = specs.iter().find(|s| s.name == c.name)
         {
             c.restarts += 1;
-            match launch(cfg, pod, &r.sandbox, spec, c) {
+            let vols = volumes::materialize(pod, &r.inputs, &r.sandbox.dir, &cfg.layout.node_root(&cfg.node));
+            match vols.and_then(|v| launch(cfg, pod, &r.sandbox, spec, c, (&r.inputs, &v))) {
                 Ok(()) => c.retry_at = None,
                 Err(e) => {
                     warn!("restart container {} of {}: {e}", c.name, r.sandbox.name);
@@ -364,12 +543,7 @@ fn tend(cfg: &KubeletConfig, pod: &Pod, r: &mut Running) {
         return; // Once its servers answered, a pod stays Ready while its processes run.
     }
     let ip: Ipv4Addr = r.sandbox.ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
-    r.ready = running
-        && r.containers.iter().all(|c| {
-            c.tcp_ports.iter().all(|p| {
-                std::net::TcpStream::connect_timeout(&SocketAddr::from((ip, *p)), Duration::from_millis(100)).is_ok()
-            })
-        });
+    r.ready = running && r.containers.iter().all(|c| c.probes.iter().all(|p| probe(p, ip)));
 }
 
 fn pod_status(cfg: &KubeletConfig, r: &Running) -> Value {
@@ -401,6 +575,15 @@ fn pod_status(cfg: &KubeletConfig, r: &Running) -> Value {
             })
         })
         .collect();
+    let init: Vec<Value> = r
+        .init
+        .iter()
+        .map(|(name, image)| {
+            json!({"name": name, "image": image, "imageID": "", "ready": true, "restartCount": 0,
+                   "containerID": format!("flatnet://{}/{}", r.sandbox.uid, name),
+                   "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}})
+        })
+        .collect();
     json!({
         "phase": phase,
         "hostIP": cfg.node_ip.to_string(), "hostIPs": [{"ip": cfg.node_ip.to_string()}],
@@ -409,6 +592,7 @@ fn pod_status(cfg: &KubeletConfig, r: &Running) -> Value {
         "conditions": [cond("PodReadyToStartContainers", !r.released), cond("Initialized", true),
                        cond("Ready", r.ready), cond("ContainersReady", r.ready), cond("PodScheduled", true)],
         "containerStatuses": containers,
+        "initContainerStatuses": init,
     })
 }
 

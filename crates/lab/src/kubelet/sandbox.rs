@@ -3,9 +3,10 @@
 //! the pod's resolv.conf and hosts files. Its container processes run inside it.
 
 use crate::layout::Layout;
-use crate::pod_network::{PodNetwork, conflist};
+use crate::pod_network::{Cni, conflist};
 use flatnet_cni::exec::Attachment;
 use flatnet_kernel::netns;
+use flatnet_kernel::rootfs::Mount;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,26 @@ impl Sandbox {
     pub fn hosts(&self) -> PathBuf {
         self.dir.join("hosts")
     }
+    /// Where a container's root is built (each container's in a mount namespace of its own).
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+    fn mounts_file(&self, container: &str) -> PathBuf {
+        self.dir.join(format!("{container}.mounts"))
+    }
+    /// The container's volumes as it was started with them (`exec` enters the same).
+    pub fn container_mounts(&self, container: &str) -> Vec<Mount> {
+        std::fs::read_to_string(self.mounts_file(container))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| Mount::parse(l).ok())
+            .collect()
+    }
+    pub fn record_mounts(&self, container: &str, mounts: &[Mount]) -> Result<(), String> {
+        let text: String = mounts.iter().map(|m| m.render() + "\n").collect();
+        let path = self.mounts_file(container);
+        std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))
+    }
 }
 
 fn attachment(uid: &str, namespace: &str, name: &str, netns: &Path) -> Attachment {
@@ -54,12 +75,13 @@ fn attachment(uid: &str, namespace: &str, name: &str, netns: &Path) -> Attachmen
 /// node's own namespace and address, as a kubelet does for a CNI's DaemonSet (no CNI
 /// call). On failure nothing is left.
 pub fn create(
-    network: PodNetwork,
+    network: Cni,
     layout: &Layout,
     node: (&str, std::net::Ipv4Addr),
     pod: &Pod,
     dns: (&str, &str),
 ) -> Result<Sandbox, String> {
+    let resolv = resolv_conf(layout, pod, dns);
     let (node, node_ip) = node;
     let uid = pod.metadata.uid.clone().ok_or("the pod has no uid")?;
     let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
@@ -76,7 +98,7 @@ pub fn create(
             dir,
             host_network: true,
         };
-        write_files(&sandbox, dns)?;
+        write_files(&sandbox, &resolv)?;
         return Ok(sandbox);
     }
     let ns = layout.pod_ns(&uid);
@@ -98,15 +120,54 @@ pub fn create(
         }
     };
     let sandbox = Sandbox { uid, namespace, name, ip, netns: ns, dir, host_network: false };
-    write_files(&sandbox, dns)?;
+    write_files(&sandbox, &resolv)?;
     Ok(sandbox)
 }
 
+/// The pod's resolv.conf, as its dnsPolicy says: the cluster DNS (`ClusterFirst`, and
+/// `ClusterFirstWithHostNet`), the node's own (`Default`, and a `hostNetwork` pod's
+/// `ClusterFirst`: in the lab the node resolves through the lab's stand-in upstream), or
+/// only the pod's dnsConfig (`None`).
+fn resolv_conf(layout: &Layout, pod: &Pod, dns: (&str, &str)) -> String {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let node_own = || std::fs::read_to_string(layout.node_resolv_conf()).ok();
+    match (spec.dns_policy.as_deref().unwrap_or("ClusterFirst"), spec.host_network == Some(true)) {
+        ("Default", _) | ("ClusterFirst", true) => {
+            node_own().unwrap_or_else(|| super::workload::resolv_conf(namespace, dns.0, dns.1))
+        }
+        ("None", _) => {
+            let c = spec.dns_config.unwrap_or_default();
+            let mut out = String::new();
+            if let Some(s) = c.searches.filter(|s| !s.is_empty()) {
+                out.push_str(&format!("search {}\n", s.join(" ")));
+            }
+            for n in c.nameservers.iter().flatten() {
+                out.push_str(&format!("nameserver {n}\n"));
+            }
+            let options: Vec<String> = c
+                .options
+                .iter()
+                .flatten()
+                .map(|o| match &o.value {
+                    Some(v) => format!("{}:{v}", o.name.clone().unwrap_or_default()),
+                    None => o.name.clone().unwrap_or_default(),
+                })
+                .collect();
+            if !options.is_empty() {
+                out.push_str(&format!("options {}\n", options.join(" ")));
+            }
+            out
+        }
+        _ => super::workload::resolv_conf(namespace, dns.0, dns.1),
+    }
+}
+
 /// The pod's resolv.conf and hosts, and the sandbox's record.
-fn write_files(sandbox: &Sandbox, dns: (&str, &str)) -> Result<(), String> {
+fn write_files(sandbox: &Sandbox, resolv: &str) -> Result<(), String> {
     let write =
         |path: PathBuf, text: String| std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()));
-    write(sandbox.resolv_conf(), super::workload::resolv_conf(&sandbox.namespace, dns.0, dns.1))?;
+    write(sandbox.resolv_conf(), resolv.to_string())?;
     write(sandbox.hosts(), super::workload::hosts_file(&sandbox.ip, &sandbox.name))?;
     write(sandbox.dir.join("sandbox.json"), serde_json::to_string(sandbox).expect("serializes"))
 }
@@ -117,7 +178,7 @@ fn first_ip(result: &Value) -> Option<String> {
 }
 
 /// Tears the sandbox down: CNI DEL, the namespace, the pod's files. Idempotent.
-pub fn destroy(network: PodNetwork, layout: &Layout, node: &str, s: &Sandbox) -> Result<(), String> {
+pub fn destroy(network: Cni, layout: &Layout, node: &str, s: &Sandbox) -> Result<(), String> {
     if s.host_network {
         // The node's namespace is not the pod's to remove: only its files go.
         return match std::fs::remove_dir_all(&s.dir) {
@@ -129,7 +190,7 @@ pub fn destroy(network: PodNetwork, layout: &Layout, node: &str, s: &Sandbox) ->
 }
 
 fn destroy_parts(
-    network: PodNetwork,
+    network: Cni,
     layout: &Layout,
     node: &str,
     uid: &str,
@@ -189,13 +250,15 @@ impl Process {
 }
 
 /// `flatnet lab enter` into the sandbox, running `argv` with `env` (over a base PATH,
-/// HOME and HOSTNAME) in `workdir`; `tty`: its standard input is a terminal to take as
-/// the controlling one.
+/// HOME and HOSTNAME) in `workdir`, with the container's `mounts` (in a root of its own
+/// when there are any); `tty`: its standard input is a terminal to take as the
+/// controlling one.
 pub fn enter_command(
     s: &Sandbox,
     argv: &[std::ffi::OsString],
     env: &[(String, String)],
     workdir: Option<&str>,
+    mounts: &[Mount],
     tty: bool,
 ) -> Result<Command, String> {
     let flatnet = std::env::current_exe().map_err(|e| format!("find the flatnet binary: {e}"))?;
@@ -211,6 +274,16 @@ pub fn enter_command(
     if tty {
         cmd.arg("--tty");
     }
+    let mut workdir = workdir.unwrap_or("/");
+    if !mounts.is_empty() {
+        cmd.arg("--root").arg(s.rootfs());
+        for m in mounts {
+            cmd.arg("--mount").arg(m.render());
+        }
+        // The directory is the container's: changed into once its root is there.
+        cmd.arg("--workdir").arg(workdir);
+        workdir = "/";
+    }
     cmd.arg("--")
         .args(argv)
         .env_clear()
@@ -218,7 +291,7 @@ pub fn enter_command(
         .env("HOME", "/root")
         .env("HOSTNAME", &s.name)
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(workdir.unwrap_or("/"));
+        .current_dir(workdir);
     Ok(cmd)
 }
 
@@ -229,15 +302,17 @@ pub fn start(
     argv: &[std::ffi::OsString],
     env: &[(String, String)],
     workdir: Option<&str>,
+    mounts: &[Mount],
     log: &Path,
 ) -> Result<Process, String> {
+    s.record_mounts(name, mounts)?;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .map_err(|e| format!("open {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
-    let mut cmd = enter_command(s, argv, env, workdir, false)?;
+    let mut cmd = enter_command(s, argv, env, workdir, mounts, false)?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let child = cmd.spawn().map_err(|e| format!("start the container: {e}"))?;

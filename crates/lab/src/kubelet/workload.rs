@@ -50,10 +50,11 @@ pub fn workload(c: &Container) -> Workload {
     Workload::Idle
 }
 
-/// The command line that runs `w` (after `flatnet lab enter … --`).
-pub fn argv(w: &Workload, flatnet: &Path, pod: &Pod, node: &str) -> Vec<OsString> {
+/// The command line that runs `w` (after `flatnet lab enter … --`); `$(NAME)` in a
+/// command is expanded against the container's environment.
+pub fn argv(w: &Workload, flatnet: &Path, pod: &Pod, node: &str, env: &[(String, String)]) -> Vec<OsString> {
     match w {
-        Workload::Command(a) => a.iter().map(OsString::from).collect(),
+        Workload::Command(a) => a.iter().map(|arg| OsString::from(expand(arg, env))).collect(),
         Workload::Idle => vec!["sleep".into(), "infinity".into()],
         Workload::Netexec(ports) => {
             let mut v: Vec<OsString> = vec![flatnet.into(), "lab".into(), "netexec".into()];
@@ -68,30 +69,132 @@ pub fn argv(w: &Workload, flatnet: &Path, pod: &Pod, node: &str) -> Vec<OsString
     }
 }
 
-/// The container's environment: literal values, and the downward API fields a pod
-/// network tutorial uses.
-pub fn env(c: &Container, pod: &Pod, pod_ip: &str, host_ip: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for e in c.env.iter().flatten() {
-        let value = match (&e.value, e.value_from.as_ref().and_then(|v| v.field_ref.as_ref())) {
-            (Some(v), _) => Some(v.clone()),
-            (None, Some(f)) => match f.field_path.as_str() {
-                "metadata.name" => pod.metadata.name.clone(),
-                "metadata.namespace" => pod.metadata.namespace.clone(),
-                "metadata.uid" => pod.metadata.uid.clone(),
-                "spec.nodeName" => pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-                "spec.serviceAccountName" => pod.spec.as_ref().and_then(|s| s.service_account_name.clone()),
-                "status.podIP" => Some(pod_ip.to_string()),
-                "status.hostIP" => Some(host_ip.to_string()),
-                _ => None,
-            },
-            _ => None,
-        };
-        if let Some(v) = value {
-            out.push((e.name.clone(), v));
+/// A pod field the downward API serves (None: one the lab does not).
+pub fn pod_field(pod: &Pod, path: &str, pod_ip: &str, host_ip: &str) -> Option<String> {
+    let spec = pod.spec.as_ref();
+    match path {
+        "metadata.name" => pod.metadata.name.clone(),
+        "metadata.namespace" => pod.metadata.namespace.clone(),
+        "metadata.uid" => pod.metadata.uid.clone(),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()),
+        "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
+        "status.podIP" => Some(pod_ip.to_string()),
+        "status.hostIP" => Some(host_ip.to_string()),
+        _ => {
+            let (map, key) = path.strip_suffix("']")?.split_once("['")?;
+            let m = match map {
+                "metadata.labels" => pod.metadata.labels.as_ref()?,
+                "metadata.annotations" => pod.metadata.annotations.as_ref()?,
+                _ => return None,
+            };
+            m.get(key).cloned()
         }
     }
+}
+
+/// Expands `$(NAME)` references to variables defined so far, as the kubelet does: an
+/// unknown reference stays as written, and `$$` is a literal `$`.
+pub fn expand(text: &str, vars: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some((name, tail)) = after.strip_prefix('(').and_then(|a| a.split_once(')')) {
+            match vars.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&rest[i..i + name.len() + 3]),
+            }
+            rest = tail;
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
     out
+}
+
+fn set(vars: &mut Vec<(String, String)>, name: &str, value: String) {
+    vars.retain(|(k, _)| k != name);
+    vars.push((name.to_string(), value));
+}
+
+/// The container's environment, in the kubelet's order: the API server's service
+/// variables, then `envFrom`, then `env` (values expanded against what came before),
+/// later ones overriding earlier. A missing ConfigMap or key is an error unless optional.
+pub fn env(
+    c: &Container,
+    pod: &Pod,
+    ips: (&str, &str),
+    inputs: &super::inputs::Inputs,
+) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    if let Some((ip, port)) = &inputs.apiserver {
+        for (k, v) in [
+            ("KUBERNETES_SERVICE_HOST", ip.clone()),
+            ("KUBERNETES_SERVICE_PORT", port.to_string()),
+            ("KUBERNETES_SERVICE_PORT_HTTPS", port.to_string()),
+            ("KUBERNETES_PORT", format!("tcp://{ip}:{port}")),
+            (&format!("KUBERNETES_PORT_{port}_TCP"), format!("tcp://{ip}:{port}")),
+            (&format!("KUBERNETES_PORT_{port}_TCP_PROTO"), "tcp".into()),
+            (&format!("KUBERNETES_PORT_{port}_TCP_PORT"), port.to_string()),
+            (&format!("KUBERNETES_PORT_{port}_TCP_ADDR"), ip.clone()),
+        ] {
+            set(&mut out, k, v);
+        }
+    }
+    for from in c.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        if let Some(r) = &from.config_map_ref {
+            match inputs.config_map(&r.name) {
+                Some(data) => data.into_iter().for_each(|(k, v)| set(&mut out, &format!("{prefix}{k}"), v)),
+                None if r.optional == Some(true) => {}
+                None => return Err(format!("configmap {:?} not found", r.name)),
+            }
+        }
+        if let Some(r) = &from.secret_ref {
+            match inputs.secret(&r.name) {
+                Some(data) => data
+                    .into_iter()
+                    .for_each(|(k, v)| set(&mut out, &format!("{prefix}{k}"), String::from_utf8_lossy(&v).into())),
+                None if r.optional == Some(true) => {}
+                None => return Err(format!("secret {:?} not found", r.name)),
+            }
+        }
+    }
+    for e in c.env.iter().flatten() {
+        let value = match (&e.value, &e.value_from) {
+            (Some(v), _) => Some(expand(v, &out)),
+            (None, Some(from)) => {
+                if let Some(f) = &from.field_ref {
+                    pod_field(pod, &f.field_path, ips.0, ips.1)
+                } else if let Some(r) = &from.config_map_key_ref {
+                    match inputs.config_map(&r.name).and_then(|d| d.get(&r.key).cloned()) {
+                        Some(v) => Some(v),
+                        None if r.optional == Some(true) => None,
+                        None => return Err(format!("couldn't find key {} in ConfigMap {}", r.key, r.name)),
+                    }
+                } else if let Some(r) = &from.secret_key_ref {
+                    match inputs.secret(&r.name).and_then(|d| d.get(&r.key).cloned()) {
+                        Some(v) => Some(String::from_utf8_lossy(&v).into_owned()),
+                        None if r.optional == Some(true) => None,
+                        None => return Err(format!("couldn't find key {} in Secret {}", r.key, r.name)),
+                    }
+                } else {
+                    None
+                }
+            }
+            _ => Some(String::new()),
+        };
+        if let Some(v) = value {
+            set(&mut out, &e.name, v);
+        }
+    }
+    Ok(out)
 }
 
 /// The resolv.conf a kubelet writes for a `ClusterFirst` pod.
@@ -129,6 +232,46 @@ mod tests {
         assert_eq!(workload(&args_only), Workload::Command(vec!["sh".into(), "-c".into(), "sleep 1".into()]));
         assert_eq!(workload(&container(serde_json::json!({"name": "c", "image": "busybox"}))), Workload::Idle);
         assert_eq!(image_name("registry:5000/nginx"), "registry:5000/nginx");
+    }
+
+    #[test]
+    fn references_expand_as_the_kubelet_expands_them() {
+        let vars = vec![("A".to_string(), "1".to_string()), ("B".to_string(), "x$(A)".to_string())];
+        assert_eq!(expand("--a=$(A) --b=$(B) $(NOPE) $$(A) $5 $(", &vars), "--a=1 --b=x$(A) $(NOPE) $(A) $5 $(");
+    }
+
+    #[test]
+    fn the_environment_has_the_api_server_then_env_from_then_env() {
+        let c = container(serde_json::json!({"name": "agent", "image": "x",
+            "envFrom": [{"configMapRef": {"name": "flatnet-apiserver", "optional": true}}],
+            "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                    {"name": "BACKEND", "valueFrom": {"configMapKeyRef": {"name": "flatnet-config", "key": "backend"}}},
+                    {"name": "WHERE", "value": "$(NODE_NAME)/$(BACKEND)"}]}));
+        let pod: Pod = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "p"}, "spec": {"nodeName": "node-2", "containers": []}}),
+        )
+        .unwrap();
+        let mut inputs =
+            super::super::inputs::Inputs { apiserver: Some(("10.96.0.1".into(), 443)), ..Default::default() };
+        inputs.config_maps.insert("flatnet-config".into(), Some([("backend".to_string(), "vxlan".to_string())].into()));
+        let vars = env(&c, &pod, ("10.244.1.2", "192.168.1.12"), &inputs).unwrap();
+        let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("KUBERNETES_SERVICE_HOST"), Some("10.96.0.1"));
+        assert_eq!(get("WHERE"), Some("node-2/vxlan"));
+        inputs.config_maps.insert(
+            "flatnet-apiserver".into(),
+            Some([("KUBERNETES_SERVICE_HOST".to_string(), "192.168.1.1".to_string())].into()),
+        );
+        let vars = env(&c, &pod, ("", ""), &inputs).unwrap();
+        assert!(
+            vars.contains(&("KUBERNETES_SERVICE_HOST".into(), "192.168.1.1".into())),
+            "envFrom overrides the service variables"
+        );
+        inputs.config_maps.insert("flatnet-config".into(), None);
+        assert_eq!(
+            env(&c, &pod, ("", ""), &inputs).unwrap_err(),
+            "couldn't find key backend in ConfigMap flatnet-config"
+        );
     }
 
     #[test]

@@ -13,11 +13,11 @@ pub const NAMESPACE: &str = "kube-system";
 pub const SERVICE_IP: &str = "10.96.0.10";
 /// The DNS settings' ConfigMap, as deploy/flatnet.yaml names it.
 pub const CONFIG_MAP: &str = "flatnet-dns";
-const ALLOW_FORWARDING: &str = "10.244.0.0/16,192.168.1.0/24,127.0.0.0/8";
+pub const ALLOW_FORWARDING: &str = "10.244.0.0/16,192.168.1.0/24,127.0.0.0/8";
 const REPLICAS: usize = 2;
 
 fn upstream_resolv_conf(layout: &Layout) -> std::path::PathBuf {
-    layout.state.join("upstream-resolv.conf")
+    layout.node_resolv_conf()
 }
 
 /// The Service and the pods.
@@ -67,13 +67,21 @@ pub fn objects(layout: &Layout, nodes: usize) -> anyhow::Result<Vec<Value>> {
     Ok(v)
 }
 
+/// Waits until the manifest's DNS Deployment has both its pods Ready.
+pub async fn wait_installed(client: &kube::Client, layout: &Layout) -> anyhow::Result<()> {
+    super::scenario::wait_ready_selected(client, NAMESPACE, Some("k8s-app=kube-dns"), REPLICAS, Duration::from_secs(60))
+        .await
+        .with_context(|| {
+            format!(
+                "the cluster DNS pods (Deployment flatnet-dns) did not become Ready; their logs are {}/nodes/*/pods/*/dns.log",
+                layout.state.display()
+            )
+        })?;
+    Ok(())
+}
+
 /// Creates what is missing and waits until both DNS pods are Ready.
 pub async fn deploy(client: &kube::Client, layout: &Layout, nodes: usize) -> anyhow::Result<()> {
-    let upstream = format!(
-        "# the lab's stand-in upstream (see `flatnet lab`)\nnameserver {}\n",
-        crate::underlay::control_plane_ip()
-    );
-    std::fs::write(upstream_resolv_conf(layout), upstream).context("write the DNS pods' upstream resolv.conf")?;
     for o in objects(layout, nodes)? {
         let p = super::apply::prepare(client, o).await?;
         if p.exists().await? {

@@ -32,6 +32,13 @@ pub fn exec(layout: &Layout, namespace: &str, pod: &str, command: &[OsString]) -
         resolv_conf: Some(s.resolv_conf()),
         hosts: Some(s.hosts()),
         hostname: Some(s.name.clone()),
+        // The first container's volumes (its root, when it has one).
+        mounts: crate::kubelet::sandbox::recorded_pids(&s)
+            .first()
+            .map(|(c, _)| s.container_mounts(c))
+            .unwrap_or_default(),
+        root: Some(s.rootfs()),
+        workdir: None,
     };
     Err(anyhow::Error::from(flatnet_kernel::enter::exec(&ctx, command)))
 }

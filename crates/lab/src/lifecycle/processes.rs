@@ -110,6 +110,10 @@ pub struct KubeletArgs<'a> {
     pub kube_proxy: Option<&'a Path>,
     /// More flags for the agent (its BGP peers, say).
     pub agent_args: &'a [String],
+    /// flatnet is installed from its manifest (the agent a DaemonSet's pod).
+    pub installed_cni: bool,
+    /// The Node's annotations (its BGP settings, when the agent is a DaemonSet's pod).
+    pub annotations: &'a [(String, String)],
 }
 
 /// The kubelet process: enters the node's namespace, then runs the kubelet (which runs
@@ -120,7 +124,7 @@ pub fn kubelet<F: Future<Output = ()>>(
     k: &KubeletArgs<'_>,
     stop: impl FnOnce() -> std::io::Result<F>,
 ) -> anyhow::Result<()> {
-    let KubeletArgs { node, ip, backend, network, kube_proxy, agent_args } = *k;
+    let KubeletArgs { node, ip, backend, network, kube_proxy, agent_args, installed_cni, annotations } = *k;
     enter_for_good(&layout.node_ns(node), &format!("node {node}"))?;
     let me = std::env::current_exe()?.to_string_lossy().into_owned();
     let mut agent = vec![
@@ -177,9 +181,10 @@ pub fn kubelet<F: Future<Output = ()>>(
         node: node.into(),
         node_ip: ip,
         kubeconfig: layout.node_kubeconfig(node),
-        agent: (network == PodNetwork::Flatnet).then_some(agent),
+        agent: (network == PodNetwork::Flatnet && !installed_cni).then_some(agent),
         daemons,
-        network,
+        cni: if installed_cni { crate::pod_network::Cni::Installed } else { crate::pod_network::Cni::Lab(network) },
+        annotations: annotations.to_vec(),
         cluster_dns: "10.96.0.10".into(),
         cluster_domain: "cluster.local".into(),
         api: crate::kubernetes::kubelet_api_tls(layout, node),

@@ -38,11 +38,26 @@ pub async fn wait_ready(
     count: usize,
     within: Duration,
 ) -> anyhow::Result<Vec<ReadyPod>> {
+    wait_ready_selected(client, namespace, None, count, within).await
+}
+
+/// [`wait_ready`], counting only the pods `selector` (a label selector) picks.
+pub async fn wait_ready_selected(
+    client: &kube::Client,
+    namespace: &str,
+    selector: Option<&str>,
+    count: usize,
+    within: Duration,
+) -> anyhow::Result<Vec<ReadyPod>> {
     let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), namespace);
     let deadline = Instant::now() + within;
+    let params = match selector {
+        Some(s) => kube::api::ListParams::default().labels(s),
+        None => kube::api::ListParams::default(),
+    };
     loop {
         let mut ready: Vec<ReadyPod> = api
-            .list(&Default::default())
+            .list(&params)
             .await?
             .items
             .iter()

@@ -146,25 +146,50 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
     start_control_plane(layout, cfg.listen, cfg.control_plane)?;
     write_private(&layout.kubeconfig(), &crate::kubeconfig::render(&format!("https://{}", cfg.listen), &ca, &token))?;
     let rt = super::connect::runtime()?;
-    if upstream {
-        rt.block_on(async {
-            let client = super::connect::client(layout).await?;
+    // flatnet itself, installed as an operator installs it: its manifest, with the
+    // lab's settings in its ConfigMaps (a lab with kube-proxy or Flannel nodes runs its
+    // agents and DNS pods of its own instead).
+    let manifest = cfg.network == PodNetwork::Flatnet && cfg.kube_proxy_nodes.is_empty();
+    write_private(
+        &layout.node_resolv_conf(),
+        &format!("# the lab's stand-in upstream (see `flatnet lab`)\nnameserver {}\n", underlay::control_plane_ip()),
+    )?;
+    let node_port = node_server_port(cfg.listen, cfg.control_plane);
+    // The DNS Deployment goes in once every node is up, so that its pods spread over
+    // them rather than all landing on the first node ready.
+    let mut dns_deployment = Vec::new();
+    rt.block_on(async {
+        let client = super::connect::client(layout).await?;
+        if upstream {
             crate::kubernetes::wait_ready(&client, Duration::from_secs(90))
                 .await
                 .with_context(|| format!("its logs are in {}", crate::kubernetes::components::dir(layout).display()))?;
-            // What the agents and the cluster DNS may do: flatnet's least-privilege roles,
-            // from its install manifest, bound also to the lab's certificate groups.
-            let rbac = super::apply::parse(crate::kubernetes::MANIFEST)?.into_iter().filter(|o| {
-                o.get("kind")
-                    .and_then(serde_json::Value::as_str)
-                    .is_some_and(|k| crate::kubernetes::RBAC_KINDS.contains(&k))
-            });
-            for o in rbac.chain(super::apply::parse(crate::kubernetes::LAB_RBAC)?) {
-                super::apply::prepare(&client, o).await?.apply().await?;
+        }
+        let mut objects = if manifest {
+            install_objects(cfg, node_port)?
+        } else {
+            // The least-privilege roles alone, for the agents and DNS pods the lab runs.
+            super::apply::parse(crate::kubernetes::MANIFEST)?
+                .into_iter()
+                .filter(|o| {
+                    o.get("kind")
+                        .and_then(serde_json::Value::as_str)
+                        .is_some_and(|k| crate::kubernetes::RBAC_KINDS.contains(&k))
+                })
+                .collect()
+        };
+        // The lab's own processes' certificate groups (on the upstream control plane).
+        objects.extend(super::apply::parse(crate::kubernetes::LAB_RBAC)?);
+        let (later, now): (Vec<_>, Vec<_>) = objects.into_iter().partition(|o| o["kind"] == "Deployment");
+        dns_deployment = later;
+        for o in now {
+            let p = super::apply::prepare(&client, o).await?;
+            if !p.exists().await? {
+                p.apply().await?;
             }
-            anyhow::Ok(())
-        })?;
-    }
+        }
+        anyhow::Ok(())
+    })?;
     let credentials = Credentials { layout, upstream, token: &token, ca: &ca };
     let node_server = node_server(cfg.listen, cfg.control_plane);
     write_private(&layout.dns_kubeconfig(), &credentials.render(&node_server, None)?)?;
@@ -215,7 +240,13 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
         if cfg.cross_subnet {
             agent_args.push("--cross-subnet".into());
         }
-        start_kubelet(layout, &name, ip, cfg, proxy, &agent_args)?;
+        // The node's own directories (its CNI directories, /run/flatnet), empty.
+        for (dir, _) in crate::layout::NODE_LOCAL.iter().map(|l| crate::layout::on_node(&layout.node_root(&name), l)) {
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        let annotations = bgp_annotations(&agent_args);
+        let agent = if manifest { NodeAgent::DaemonSet(&annotations) } else { NodeAgent::Process(&agent_args) };
+        start_kubelet(layout, &name, ip, cfg, proxy, agent)?;
         progress(Progress::Done(t.elapsed()));
     }
     let t = Instant::now();
@@ -229,20 +260,64 @@ pub fn up(cfg: &UpConfig, progress: &mut dyn FnMut(Progress<'_>)) -> anyhow::Res
     progress(Progress::Step(&format!("cluster DNS: kube-dns {} → 2 flatnet dns pods", super::cluster_dns::SERVICE_IP)));
     rt.block_on(async {
         let client = super::connect::client(layout).await?;
-        super::cluster_dns::deploy(&client, layout, cfg.nodes).await
+        if manifest {
+            for o in dns_deployment {
+                let p = super::apply::prepare(&client, o).await?;
+                if !p.exists().await? {
+                    p.apply().await?;
+                }
+            }
+            super::cluster_dns::wait_installed(&client, layout).await
+        } else {
+            super::cluster_dns::deploy(&client, layout, cfg.nodes).await
+        }
     })?;
     progress(Progress::Done(t.elapsed()));
     Ok(summary)
 }
 
-/// The API server's address as the nodes reach it, over the underlay (kube-apiserver
+/// The API server's port as the nodes reach it, over the underlay (kube-apiserver
 /// listens on its own port there; the embedded one on the port it has on the host).
-pub fn node_server(listen: SocketAddr, control_plane: ControlPlane) -> String {
-    let port = match control_plane {
+fn node_server_port(listen: SocketAddr, control_plane: ControlPlane) -> u16 {
+    match control_plane {
         ControlPlane::Embedded => listen.port(),
         ControlPlane::Kubernetes => crate::kubernetes::components::PORT,
-    };
-    format!("https://{}:{port}", underlay::control_plane_ip())
+    }
+}
+
+/// The API server's address as the nodes reach it.
+pub fn node_server(listen: SocketAddr, control_plane: ControlPlane) -> String {
+    format!("https://{}:{}", underlay::control_plane_ip(), node_server_port(listen, control_plane))
+}
+
+/// flatnet's install manifest as the lab applies it: the settings an operator would set
+/// in its ConfigMaps set to the lab's, and the agents told where the API server is
+/// (ConfigMap flatnet-apiserver, as on a cluster whose Service proxy is flatnet itself).
+fn install_objects(cfg: &UpConfig, api_port: u16) -> anyhow::Result<Vec<serde_json::Value>> {
+    use serde_json::json;
+    let mut objects = super::apply::parse(crate::kubernetes::MANIFEST)?;
+    for o in &mut objects {
+        if o["kind"] != "ConfigMap" {
+            continue;
+        }
+        let name = o["metadata"]["name"].as_str().map(str::to_string);
+        let data = &mut o["data"];
+        match name.as_deref() {
+            Some("flatnet-config") => {
+                data["backend"] = json!(cfg.backend.to_string());
+                data["cross-subnet"] = json!(cfg.cross_subnet.to_string());
+                data["bgp-hold-time"] = json!(LAB_HOLD_TIME.to_string());
+            }
+            Some("flatnet-dns") => data["allow-forwarding"] = json!(super::cluster_dns::ALLOW_FORWARDING),
+            _ => {}
+        }
+    }
+    objects.push(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "flatnet-apiserver", "namespace": "kube-system", "labels": {"app.kubernetes.io/name": "flatnet"}},
+        "data": {"KUBERNETES_SERVICE_HOST": underlay::control_plane_ip().to_string(), "KUBERNETES_SERVICE_PORT": api_port.to_string()},
+    }));
+    Ok(objects)
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -342,13 +417,36 @@ fn start_routers(layout: &Layout, racks: Racks) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The node's BGP settings as the annotations its agent reads (when the agent is a
+/// DaemonSet's pod, whose flags are the same on every node).
+fn bgp_annotations(agent_args: &[String]) -> Vec<(String, String)> {
+    use flatnet_model::node_network::annotations::{BGP_AS, BGP_PEERS};
+    agent_args
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [flag, value] if flag == "--bgp-as" => Some((BGP_AS.to_string(), value.clone())),
+            [flag, value] if flag == "--bgp-peers" => Some((BGP_PEERS.to_string(), value.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Where a node's agent comes from.
+enum NodeAgent<'a> {
+    /// Its kubelet runs `flatnet agent` with these flags.
+    Process(&'a [String]),
+    /// flatnet's DaemonSet; the Node gets these annotations (its BGP settings).
+    DaemonSet(&'a [(String, String)]),
+}
+
+/// Starts the node's kubelet.
 fn start_kubelet(
     layout: &Layout,
     node: &str,
     ip: Ipv4Addr,
     cfg: &UpConfig,
     kube_proxy: Option<&Path>,
-    agent_args: &[String],
+    agent: NodeAgent<'_>,
 ) -> anyhow::Result<()> {
     if layout.kubelet(node).is_some() {
         return Ok(());
@@ -368,8 +466,18 @@ fn start_kubelet(
     if let Some(bin) = kube_proxy {
         cmd.arg("--kube-proxy").arg(bin);
     }
-    for a in agent_args {
-        cmd.arg(format!("--agent-arg={a}"));
+    match agent {
+        NodeAgent::Process(args) => {
+            for a in args {
+                cmd.arg(format!("--agent-arg={a}"));
+            }
+        }
+        NodeAgent::DaemonSet(annotations) => {
+            cmd.arg("--installed-cni");
+            for (k, v) in annotations {
+                cmd.arg(format!("--node-annotation={k}={v}"));
+            }
+        }
     }
     let child = cmd
         .stdin(std::process::Stdio::null())
@@ -451,7 +559,7 @@ async fn wait_nodes_ready(
         }
         if Instant::now() > deadline {
             bail!(
-                "the nodes' network did not come up within {within:?}: {}\n(logs: {}/nodes/*/kubelet.log, agent.log)",
+                "the nodes' network did not come up within {within:?}: {}\n(logs: {}/nodes/*/kubelet.log, and the agents' in nodes/*/pods/*/agent.log)",
                 problems.join("; "),
                 layout.state.display()
             );
