@@ -113,8 +113,30 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).max_blocking_threads(2).enable_all().build()?;
     rt.block_on(async {
         let stop = crate::shutdown::requested()?;
+        #[cfg(feature = "heap-profile")]
+        let _profile = heap_profile();
         flatnet_agent::run(cfg, stop).await.map_err(anyhow::Error::from)
     })
+}
+
+/// A heap profile of this agent (a build with `--features heap-profile`, and
+/// `FLATNET_HEAP_PROFILE=DIR` in its environment): dhat follows every allocation from
+/// the start for `FLATNET_HEAP_PROFILE_SECS` seconds (default 60, time for a full sync
+/// at scale), then writes `DIR/dhat-agent-<pid>.json`, whose peak (t-gmax) shows what
+/// held the memory when the agent used the most (view it with dhat's dh_view.html, or
+/// `scripts/heap-top`).
+#[cfg(feature = "heap-profile")]
+fn heap_profile() -> Option<tokio::task::JoinHandle<()>> {
+    let dir = std::path::PathBuf::from(std::env::var_os("FLATNET_HEAP_PROFILE")?);
+    let secs: u64 = std::env::var("FLATNET_HEAP_PROFILE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let file = dir.join(format!("dhat-agent-{}.json", std::process::id()));
+    let profiler = dhat::Profiler::builder().file_name(&file).build();
+    tracing::info!("heap profile: writing {} in {secs} s", file.display());
+    Some(tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+        drop(profiler);
+        tracing::info!("heap profile written to {}", file.display());
+    }))
 }
 
 /// This node's name in the API: `--node-name`, else $NODE_NAME, else the hostname.

@@ -11,6 +11,12 @@ mod shutdown;
 mod status;
 mod trace;
 
+/// With `--features heap-profile`, every allocation goes through dhat, which profiles
+/// the agent when asked (`FLATNET_HEAP_PROFILE`, see `agent::heap_profile`).
+#[cfg(feature = "heap-profile")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn main() {
     // The CNI path stays lean: no argument parsing, no logging set-up. A runtime runs a
     // plugin with no arguments; with some (`flatnet lab enter … -- plugin`, which then

@@ -2,8 +2,9 @@
 //! nft it drives and the libraries both load into an OCI archive, with no registry and
 //! no daemon. podman, with storage of its own and no network, loads the archive and runs
 //! flatnet and nft from it; a second build of the same binary is the same archive, byte
-//! for byte. What podman keeps lives in a temporary directory this test removes (its
-//! /run state in the sandbox), and its cgroups under a parent this test removes.
+//! for byte; containerd imports it (`ctr images import`) and runs flatnet from it. What
+//! podman and containerd keep lives in temporary directories this test removes (their
+//! /run state in the sandbox), and their cgroups under parents this test removes.
 
 mod common;
 
@@ -31,6 +32,8 @@ fn missing_tools() -> Option<String> {
     common::missing_tools(&[
         ("podman", "podman"),
         ("runc", "runc"),
+        ("containerd", "containerd"),
+        ("ctr", "containerd"),
         ("nft", "nftables"),
         ("tar", "tar"),
         ("gzip", "gzip"),
@@ -205,6 +208,56 @@ impl Drop for Podman {
     }
 }
 
+/// A containerd of this test's own: its root, state and socket in a temporary
+/// directory, the CRI plugin off (nothing but the image store and `ctr run`).
+struct Containerd {
+    dir: tempfile::TempDir,
+    daemon: std::process::Child,
+}
+
+impl Containerd {
+    fn start() -> Self {
+        let dir =
+            tempfile::Builder::new().prefix("flatnet-image-containerd-").tempdir().expect("containerd's directory");
+        let d = dir.path();
+        let config = format!(
+            "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\naddress = {:?}\n[ttrpc]\naddress = {:?}\n[debug]\naddress = \"\"\n",
+            d.join("root").display().to_string(),
+            d.join("state").display().to_string(),
+            d.join("containerd.sock").display().to_string(),
+            d.join("containerd.sock.ttrpc").display().to_string(),
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let daemon = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        let me = Self { dir, daemon };
+        let socket = me.dir.path().join("containerd.sock");
+        eventually("containerd's socket", Duration::from_secs(30), || socket.exists());
+        me
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let mut c = Command::new("ctr");
+        c.arg("--address").arg(self.dir.path().join("containerd.sock")).args(["-n", "k8s.io"]).args(args);
+        succeeds(c, PODMAN_WITHIN)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        unmount_under(self.dir.path());
+    }
+}
+
 fn unmount_under(dir: &Path) {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
     let mut points: Vec<&str> =
@@ -216,8 +269,8 @@ fn unmount_under(dir: &Path) {
 }
 
 #[test]
-fn the_image_loads_into_podman_and_runs_flatnet_and_nft() {
-    const TEST: &str = "the_image_loads_into_podman_and_runs_flatnet_and_nft";
+fn the_image_loads_into_podman_and_containerd_and_runs_flatnet_and_nft() {
+    const TEST: &str = "the_image_loads_into_podman_and_containerd_and_runs_flatnet_and_nft";
     if let Some(why) = missing_tools() {
         eprintln!("SKIPPED {TEST}: {why}");
         return;
@@ -269,6 +322,30 @@ fn the_image_loads_into_podman_and_runs_flatnet_and_nft() {
         let name = image_name();
         podman.ok(&["rmi", name.as_str()]);
         drop(podman);
+
+        // containerd takes the same archive as a node's runtime would
+        // (`ctr -n k8s.io images import`), and runs flatnet from it.
+        let containerd = Containerd::start();
+        let imported = containerd.ok(&["images", "import", "--snapshotter", "native", archive.to_str().unwrap()]);
+        assert!(imported.contains(&name), "ctr images import did not name the image {name}: {imported}");
+        let checked = containerd.ok(&["images", "check"]);
+        assert!(checked.contains(&name) && checked.contains("complete"), "{checked}");
+        let cgroup = format!("/flatnet-image-ctr-{}", std::process::id());
+        let ran = containerd.ok(&[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "native",
+            "--cgroup",
+            &format!("{cgroup}/flatnet"),
+            &name,
+            "flatnet-version",
+            "/usr/local/bin/flatnet",
+            "--version",
+        ]);
+        assert_eq!(ran, flatnet_here(&["--version"]));
+        drop(containerd);
+        common::remove_cgroups(&cgroup);
         drop(work);
     });
 }

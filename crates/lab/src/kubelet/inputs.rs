@@ -94,6 +94,11 @@ pub async fn fetch(client: &kube::Client, pod: &Pod, keep: &Inputs) -> Result<In
         let renew = Instant::now() + Duration::from_secs(u64::try_from(seconds).unwrap_or(3600) * 4 / 5);
         out.tokens.insert(v.name.clone(), (token, renew));
     }
+    // The environment is made once, at a container's start: a refresh keeps what it had.
+    if keep.apiserver.is_some() {
+        out.apiserver = keep.apiserver.clone();
+        return Ok(out);
+    }
     let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "default");
     if let Ok(Some(s)) = services.get_opt("kubernetes").await {
         let spec = s.spec.unwrap_or_default();

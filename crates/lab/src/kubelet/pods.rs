@@ -34,8 +34,21 @@ struct Running {
     init: Vec<(String, String)>,
 }
 
-/// How often a running pod's ConfigMaps and Secrets are read again into its volumes.
+/// How often a running pod's ConfigMaps and Secrets are read again into its volumes
+/// (`kubectl edit configmap` reaches a pod within it); a pod whose only such volume is
+/// its service account's is looked at less often (its token is renewed long before it
+/// expires, and the cluster's CA hardly changes).
 const REFRESH: Duration = Duration::from_secs(5);
+const REFRESH_TOKEN_ONLY: Duration = Duration::from_secs(60);
+
+/// When to read the pod's volumes again.
+fn refresh_after(pod: &Pod) -> Duration {
+    let volumes = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten());
+    let token_only = volumes
+        .filter(|v| v.config_map.is_some() || v.secret.is_some() || v.projected.is_some())
+        .all(|v| v.name.starts_with("kube-api-access-"));
+    if token_only { REFRESH_TOKEN_ONLY } else { REFRESH }
+}
 
 /// What tells that a container is ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,7 +249,7 @@ impl PodManager {
             if r.released || Instant::now() < r.refresh_at || !needs_api(pod) {
                 continue;
             }
-            r.refresh_at = Instant::now() + REFRESH;
+            r.refresh_at = Instant::now() + refresh_after(pod);
             match inputs::fetch(client, pod, &r.inputs).await {
                 Ok(inputs) => {
                     if let Err(e) = volumes::materialize(pod, &inputs, &r.sandbox.dir, &cfg.layout.node_root(&cfg.node))
@@ -345,7 +358,7 @@ fn new_running(pod: &Pod, sandbox: Sandbox, inputs: Inputs) -> Running {
         last_status: None,
         released: false,
         inputs,
-        refresh_at: Instant::now() + REFRESH,
+        refresh_at: Instant::now() + refresh_after(pod),
         init: spec
             .init_containers
             .iter()
