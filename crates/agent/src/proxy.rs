@@ -133,7 +133,7 @@ pub fn read_actual() -> Result<Actual, nft::NftError> {
         let listed = nf_tables::set_elements(proxy::TABLE, &name, &shape)?.unwrap_or_default();
         elements.insert(name, listed);
     }
-    Ok(Actual::from_listing(chains, sets, &|n| elements.get(n).cloned().unwrap_or_default()))
+    Ok(Actual::from_listing(chains, sets, &mut |n| elements.remove(n).unwrap_or_default()))
 }
 
 /// Flushes the conntrack entries of UDP flows DNATed to endpoints that were removed.

@@ -26,7 +26,10 @@ impl Actual {
     /// Reads the table as `nft -j` lists it: chain and set names, and the elements of
     /// the base's maps and sets (each `[key, value]` for a map). Elements it cannot read
     /// are left out, so the next sync writes them again.
-    pub fn from_listing(chains: Vec<String>, sets: Vec<String>, elements: &dyn Fn(&str) -> Vec<Value>) -> Self {
+    /// `elements` hands over each set's elements (each is asked for once), so that no
+    /// copy of them is kept while they are read: at 10,000 Services they are most of a
+    /// restarted agent's memory.
+    pub fn from_listing(chains: Vec<String>, sets: Vec<String>, elements: &mut dyn FnMut(&str) -> Vec<Value>) -> Self {
         let parts = |v: &Value| v["concat"].as_array().cloned().unwrap_or_default();
         let ip = |v: &Value| v.as_str().and_then(|s| s.parse::<Ipv4Addr>().ok());
         let proto = |v: &Value| v.as_str().and_then(Proto::parse);
@@ -40,14 +43,21 @@ impl Actual {
             Some((proto(p.first()?)?, port(p.get(1)?)?))
         };
         let target = |v: &Value| v["goto"]["target"].as_str().map(str::to_string);
-        let pairs = |name: &str| -> Vec<(Value, Value)> {
-            elements(name).into_iter().filter_map(|e| Some((e.get(0)?.clone(), e.get(1)?.clone()))).collect()
-        };
+        // A map's element is `[key, value]`.
+        fn pair(e: &Value) -> Option<(&Value, &Value)> {
+            Some((e.get(0)?, e.get(1)?))
+        }
         Self {
             chains: chains.into_iter().collect(),
             sets: sets.into_iter().collect(),
-            service_ips: pairs("service-ips").iter().filter_map(|(k, v)| Some((svc_key(k)?, target(v)?))).collect(),
-            node_ports: pairs("service-nodeports").iter().filter_map(|(k, v)| Some((np_key(k)?, target(v)?))).collect(),
+            service_ips: elements("service-ips")
+                .iter()
+                .filter_map(|e| pair(e).and_then(|(k, v)| Some((svc_key(k)?, target(v)?))))
+                .collect(),
+            node_ports: elements("service-nodeports")
+                .iter()
+                .filter_map(|e| pair(e).and_then(|(k, v)| Some((np_key(k)?, target(v)?))))
+                .collect(),
             no_endpoints: elements("no-endpoint-services").iter().filter_map(svc_key).collect(),
             no_endpoint_node_ports: elements("no-endpoint-nodeports").iter().filter_map(np_key).collect(),
             hairpin: elements("hairpin").iter().filter_map(|e| ip(parts(e).first()?)).collect(),
@@ -391,7 +401,7 @@ mod tests {
 
     #[test]
     fn reads_what_nft_lists() {
-        let listing = |name: &str| -> Vec<Value> {
+        let mut listing = |name: &str| -> Vec<Value> {
             match name {
                 "service-ips" => vec![json!([{"concat": ["10.96.0.10", "udp", 53]}, {"goto": {"target": "svc-x"}}])],
                 "service-nodeports" => vec![json!([{"concat": ["tcp", 30080]}, {"goto": {"target": "ext-x"}}])],
@@ -400,7 +410,7 @@ mod tests {
                 _ => vec![],
             }
         };
-        let a = Actual::from_listing(vec!["svc-x".into()], vec!["hairpin".into()], &listing);
+        let a = Actual::from_listing(vec!["svc-x".into()], vec!["hairpin".into()], &mut listing);
         assert_eq!(a.service_ips[&("10.96.0.10".parse().unwrap(), Proto::Udp, 53)], "svc-x");
         assert_eq!(a.node_ports[&(Proto::Tcp, 30080)], "ext-x");
         assert_eq!(a.no_endpoints.len(), 1);
