@@ -6,11 +6,10 @@
 
 mod common;
 
-use common::lab::{Lab, run};
+use common::lab::Lab;
 use common::{converges, dig_rcode, rt, sandboxed};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, PostParams};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const MANIFEST: &str = r#"
@@ -126,12 +125,17 @@ fn pods_resolve_every_record_of_the_spec_through_the_kube_dns_service() {
                 if text.starts_with(&format!("{ip} ")) { Ok(()) } else { Err(format!("{text:?}")) }
             });
         }
-        let out = run(Command::new(common::lab::flatnet())
-            .args(["lab", "exec", "client", "--state-dir"])
-            .arg(lab.state())
-            .args(["--", "curl", "-sS", "-m", "5", "http://backend"]));
-        let body = String::from_utf8_lossy(&out.stdout);
-        assert!(body.contains("pod=web-1"), "curl http://backend: {body}");
+        // The name resolves; the Service answers once its EndpointSlice has the pod (on
+        // the upstream control plane a moment after the pod is Ready).
+        converges("curl http://backend to reach web-1", Duration::from_secs(30), || {
+            let out = lab.exec("client", &["curl", "-sS", "-m", "5", "http://backend"]);
+            let body = String::from_utf8_lossy(&out.stdout).into_owned();
+            if body.contains("pod=web-1") {
+                Ok(())
+            } else {
+                Err(format!("{body}{}", String::from_utf8_lossy(&out.stderr)))
+            }
+        });
 
         // Every record type, with dig.
         expect(&lab, "A of a ClusterIP Service", &["backend.default.svc.cluster.local"], &[&backend]);
