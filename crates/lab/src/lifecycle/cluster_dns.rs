@@ -16,10 +16,6 @@ pub const CONFIG_MAP: &str = "flatnet-dns";
 pub const ALLOW_FORWARDING: &str = "10.244.0.0/16,192.168.1.0/24,127.0.0.0/8";
 const REPLICAS: usize = 2;
 
-fn upstream_resolv_conf(layout: &Layout) -> std::path::PathBuf {
-    layout.node_resolv_conf()
-}
-
 /// The Service and the pods.
 pub fn objects(layout: &Layout, nodes: usize) -> anyhow::Result<Vec<Value>> {
     let me = std::env::current_exe()?.to_string_lossy().into_owned();
@@ -46,7 +42,7 @@ pub fn objects(layout: &Layout, nodes: usize) -> anyhow::Result<Vec<Value>> {
             "--kubeconfig",
             &layout.dns_kubeconfig().to_string_lossy(),
             "--upstream-resolv-conf",
-            &upstream_resolv_conf(layout).to_string_lossy(),
+            &layout.node_resolv_conf().to_string_lossy(),
             "--allow-forwarding",
             ALLOW_FORWARDING,
             "--config-map",
