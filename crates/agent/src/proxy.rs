@@ -6,6 +6,7 @@
 
 use crate::config::AgentConfig;
 use crate::supervise::{Reconcile, Stop, drive};
+use crate::tables::Streamed;
 use flatnet_kernel::{conntrack, nf_tables, nft};
 use flatnet_kube::proxy::{service_of, slice_of};
 use flatnet_kube::watch::{self, Change, Store};
@@ -192,41 +193,66 @@ impl Reconcile for ProxySync {
 }
 
 /// Applies `t` in one nf_tables transaction over netlink (nothing when it is empty),
-/// then flushes the UDP flows of removed endpoints; returns how long the kernel took.
-fn apply(t: &proxy::Transaction) -> Result<std::time::Duration, nft::NftError> {
-    let started = Instant::now();
-    if !t.is_empty() {
-        crate::tables::write(&t.objects, crate::tables::proxy_sets())?;
-    }
-    let took = started.elapsed();
+/// then flushes the UDP flows of removed endpoints; returns how long the writer took.
+fn apply(t: &proxy::Transaction) -> Result<nf_tables::Took, nft::NftError> {
+    let took = if t.is_empty() {
+        nf_tables::Took::default()
+    } else {
+        crate::tables::write(&t.objects, crate::tables::proxy_sets())?
+    };
     flush_udp(&t.removed_udp_endpoints);
     Ok(took)
 }
 
+/// "compile C ms, commit K ms": where a write's time went.
+fn took_text(took: nf_tables::Took, digits: usize) -> String {
+    format!(
+        "compile {:.digits$} ms, kernel commit {:.digits$} ms",
+        took.compile.as_secs_f64() * 1e3,
+        took.commit.as_secs_f64() * 1e3
+    )
+}
+
+/// The plan of every Service, one at a time.
+fn plans<'a>(world: &'a World, ctx: &'a Context) -> impl Iterator<Item = (ServiceKey, proxy::Fragment)> + 'a {
+    world.services.items.keys().filter_map(|k| Some((k.clone(), world.plan(ctx, k)?)))
+}
+
 impl ProxySync {
     /// Reads the table, plans every Service, applies the difference in one transaction.
+    /// Each Service's new rules are compiled as it is planned, so the transaction's
+    /// text is never held whole.
     fn full_sync(&mut self) -> Result<String, nft::NftError> {
         let t1 = Instant::now();
         ensure_base(&self.cfg)?;
         let actual = read_actual()?;
         let read = t1.elapsed();
         let t0 = Instant::now();
-        let (world, ctx) = (&self.world, &self.ctx);
-        let plans = world.services.items.keys().filter_map(|k| Some((k.clone(), world.plan(ctx, k)?)));
-        let t = self.proxier.full_sync(&actual, plans);
+        let mut writer = Streamed(nf_tables::Writer::new(crate::tables::proxy_sets()));
+        let mut t = self.proxier.full_sync_into(&actual, plans(&self.world, &self.ctx), &mut writer);
         let planned = t0.elapsed();
-        let applied = apply(&t)?;
+        let took = match writer.0.commit() {
+            Ok(took) => took,
+            // A command the encoder does not know: rendered again, for `nft`.
+            Err(nf_tables::Error::Unsupported(_)) => {
+                t = self.proxier.full_sync(&actual, plans(&self.world, &self.ctx));
+                crate::tables::write(&t.objects, crate::tables::proxy_sets())?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        flush_udp(&t.removed_udp_endpoints);
         self.dirty.clear();
         let (s, e) = self.proxier.counts();
         Ok(format!(
             "full sync: {s} Service(s), {e} endpoint(s); {} chain(s) added, {} removed, {} element(s) changed \
-             (kernel read {:.0} ms, plan {:.0} ms, kernel write {:.0} ms)",
+             (kernel read {:.0} ms, plan {:.0} ms, kernel write {:.0} ms: {})",
             t.chains_added,
             t.chains_removed,
             t.elements_changed,
             read.as_secs_f64() * 1e3,
-            planned.as_secs_f64() * 1e3,
-            applied.as_secs_f64() * 1e3
+            planned.saturating_sub(took.compile).as_secs_f64() * 1e3,
+            (took.compile + took.commit).as_secs_f64() * 1e3,
+            took_text(took, 0),
         ))
     }
 
@@ -244,15 +270,16 @@ impl ProxySync {
         let n = changes.len();
         let t = self.proxier.update(changes);
         let planned = t0.elapsed();
-        let applied = apply(&t)?;
+        let took = apply(&t)?;
         Ok(format!(
             "{n} Service(s) updated: {} chain(s) added, {} removed, {} element(s) changed \
-             (plan {:.1} ms, kernel write {:.1} ms)",
+             (plan {:.1} ms, kernel write {:.1} ms: {})",
             t.chains_added,
             t.chains_removed,
             t.elements_changed,
             planned.as_secs_f64() * 1e3,
-            applied.as_secs_f64() * 1e3
+            (took.compile + took.commit).as_secs_f64() * 1e3,
+            took_text(took, 1),
         ))
     }
 }

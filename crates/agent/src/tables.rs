@@ -1,25 +1,39 @@
 //! Writing nf_tables: one transaction over netlink (no `nft` process), or through `nft`
 //! for a command the netlink encoder does not know (said once in the log, by name).
 
-use flatnet_kernel::nf_tables::{self, SetShape};
+use flatnet_kernel::nf_tables::{self, SetShape, Took};
 use flatnet_kernel::nft::{self, NftError};
+use flatnet_model::proxy::{Part, Sink};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tracing::warn;
 
 static SAID: AtomicBool = AtomicBool::new(false);
 
 /// Applies `objects` (nft JSON commands) as one transaction; `known` are the sets
 /// already in the table whose elements the transaction may change.
-pub fn write<S: AsRef<str>>(objects: &[S], known: Vec<(String, SetShape)>) -> Result<(), NftError> {
+pub fn write<S: AsRef<str>>(objects: &[S], known: Vec<(String, SetShape)>) -> Result<Took, NftError> {
     match nf_tables::apply(objects, known) {
-        Ok(()) => Ok(()),
+        Ok(took) => Ok(took),
         Err(nf_tables::Error::Unsupported(what)) => {
             if !SAID.swap(true, Ordering::Relaxed) {
                 warn!("writing this transaction through nft: {what}");
             }
-            nft::apply_objects(objects)
+            let started = std::time::Instant::now();
+            nft::apply_objects(objects)?;
+            Ok(Took { compile: Duration::ZERO, commit: started.elapsed() })
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A transaction the model hands over part by part, compiled as it comes (see
+/// `nf_tables::Writer`): its text is never held whole.
+pub struct Streamed(pub nf_tables::Writer);
+
+impl Sink for Streamed {
+    fn push(&mut self, part: Part, object: String) {
+        self.0.push(part as usize, &object);
     }
 }
 

@@ -1,7 +1,8 @@
 //! The netlink writer against `nft` itself: the same transactions (the proxy's base, a
 //! full sync of Services of every shape, an endpoint change, a Service deleted; the
 //! policy planner's golden ruleset and its removal) applied through `nft` in one
-//! namespace and over netlink in another must list the same. Runs as root in namespaces
+//! namespace and over netlink in another must list the same; so must a full sync
+//! streamed into the writer part by part, as the agent writes it. Runs as root in namespaces
 //! of its own; says SKIPPED otherwise.
 
 mod common;
@@ -122,8 +123,21 @@ fn the_netlink_writer_lists_exactly_as_nft_wrote_it() {
         ];
         let mut p = Proxier::new();
         let key = |n: &str| ("default".to_string(), n.to_string());
+        let streamed_plans = plans.clone();
         let t = p.full_sync(&proxy::Actual::default(), plans.into_iter().map(|(n, f)| (key(n), f)));
         apply("a full sync", &t.objects);
+        // The agent's own way: each Service's rules compiled as it is planned, its chains
+        // declared after (into a lane the kernel takes first).
+        let streamed = sb.create_netns("streamed").unwrap();
+        netns::run_in(&streamed, || {
+            tables::write(&proxy_base(), proxy_sets()).unwrap();
+            let mut w = tables::Streamed(nf_tables::Writer::new(proxy_sets()));
+            let plans = streamed_plans.into_iter().map(|(n, f)| (key(n), f));
+            Proxier::new().full_sync_into(&proxy::Actual::default(), plans, &mut w);
+            w.0.commit().unwrap()
+        })
+        .unwrap();
+        assert_eq!(listing(&streamed, proxy::TABLE), listing(&by_nft, proxy::TABLE), "a full sync streamed");
 
         let moved = plan_service(
             &ctx(),

@@ -318,6 +318,7 @@ fn one(args: &ServicesBenchArgs) -> anyhow::Result<()> {
     let slices: Api<EndpointSlice> = Api::namespaced(lab.client.clone(), "default");
     let kp_ns = lab.layout.state.join("netns/node-2");
     let (mut changes, mut nft_part, mut write_to_kernel) = (Vec::new(), Vec::new(), vec![Vec::new(); sides.len()]);
+    let mut commit_part = Vec::new();
     let synthetic = args.services - fixed;
     let pid_of = |side: &Side| {
         if side.name == "flatnet" { lab.layout.agent(side.node) } else { lab.layout.kube_proxy(side.node) }
@@ -352,9 +353,11 @@ fn one(args: &ServicesBenchArgs) -> anyhow::Result<()> {
                     if let Some(at) = log_time(&line) {
                         write_to_kernel[k].push(Duration::from_secs_f64((at - written).max(0.0)));
                     }
-                    let nft = line.split_once("kernel write ").and_then(|(_, r)| r.split_once(" ms"));
-                    if let Some(nft) = nft.and_then(|(v, _)| v.parse::<f64>().ok()) {
-                        nft_part.push(Duration::from_secs_f64(nft / 1e3));
+                    if let Some(v) = logged_figure(&line, "kernel write ") {
+                        nft_part.push(Duration::from_secs_f64(v / 1e3));
+                    }
+                    if let Some(v) = logged_figure(&line, "kernel commit ") {
+                        commit_part.push(Duration::from_secs_f64(v / 1e3));
                     }
                 } else {
                     let synced = wait_for("kube-proxy to apply the change", Duration::from_secs(30), || {
@@ -376,6 +379,7 @@ fn one(args: &ServicesBenchArgs) -> anyhow::Result<()> {
     }
     let ch = summarize(&changes).context("no changes timed")?;
     let nft_ch = summarize(&nft_part);
+    let commit_ch = summarize(&commit_part);
     let w2k: Vec<_> = write_to_kernel.iter().map(|v| summarize(v)).collect();
 
     // Restarts: tables already right, then deleted (cold).
@@ -397,10 +401,7 @@ fn one(args: &ServicesBenchArgs) -> anyhow::Result<()> {
     println!("  cold:    {}", cold_line.split_once("full sync:").map_or("", |x| x.1).trim());
     // The agent's own sync work in a full sync: kernel read, plan and kernel write.
     let sync_work = |line: &str| -> f64 {
-        ["kernel read ", "plan ", "kernel write "]
-            .iter()
-            .filter_map(|k| line.split_once(k)?.1.split_once(" ms")?.0.parse::<f64>().ok())
-            .sum()
+        ["kernel read ", "plan ", "kernel write "].iter().filter_map(|k| logged_figure(line, k)).sum()
     };
 
     println!();
@@ -440,6 +441,9 @@ fn one(args: &ServicesBenchArgs) -> anyhow::Result<()> {
     if let Some(n) = nft_ch {
         row("  of which the kernel write (one netlink transaction)", ms(n.p50), None, " ms", "");
     }
+    if let Some(n) = commit_ch {
+        row("  of which the kernel's commit (send → acknowledged)", ms(n.p50), None, " ms", "");
+    }
     if let Some(Some(f)) = w2k.first() {
         let k = w2k.get(1).and_then(|k| k.as_ref());
         row(
@@ -458,7 +462,16 @@ fn one(args: &ServicesBenchArgs) -> anyhow::Result<()> {
     row("full sync after a restart, from the watch lists", warm, None, " ms", "");
     row("full sync cold (table deleted), the sync work", sync_work(&cold_line), kp_cold.map(|k| k.0), " ms", "≤ 0.5×");
     row("full sync cold, from the watch lists", cold, None, " ms", "≤ 2000 ms");
+    if let Some(c) = logged_figure(&cold_line, "kernel commit ") {
+        row("  of which the kernel's commit", c, None, " ms", "");
+    }
     row("peak RSS after the cold sync", cold_rss, kp_cold.map(|k| k.1), " MiB", "≤ 50 MB");
     row("peak RSS after the restart sync", warm_rss, kp_warm.map(|k| k.1), " MiB", "");
     Ok(())
+}
+
+/// The figure in milliseconds that follows `key` in one of the agent's log lines
+/// ("kernel write 12.3 ms").
+fn logged_figure(line: &str, key: &str) -> Option<f64> {
+    line.split_once(key)?.1.split_once(" ms")?.0.parse().ok()
 }

@@ -17,7 +17,7 @@ pub(super) fn ensure_base() -> Result<(), nft::NftError> {
         return Ok(());
     }
     let base: Vec<String> = policy::base_transaction().iter().map(|o| o.to_string()).collect();
-    crate::tables::write(&base, Vec::new())
+    crate::tables::write(&base, Vec::new()).map(drop)
 }
 
 /// The policy table as the kernel has it: chain names, sets and maps with their

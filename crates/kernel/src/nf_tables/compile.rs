@@ -4,7 +4,7 @@
 
 use super::wire::{self, Attrs};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 /// What a value in a register is, for encoding constants compared with it.
@@ -472,19 +472,32 @@ fn comment_udata(c: &str) -> Result<Vec<u8>> {
 }
 
 /// A transaction being compiled: the messages, and which command each came from.
+///
+/// Messages go into lanes, which the kernel takes one after the other: lane 0 (`bytes`),
+/// then each of `more`. A writer can so compile a command as soon as it has it and
+/// still have the kernel see it after commands it compiles later (a full sync declares
+/// its chains, sorted, once every Service is planned, but fills each chain as its
+/// Service is planned).
 pub struct Batch {
     pub bytes: Vec<u8>,
+    /// Lanes 1, 2, …: taken by the kernel after `bytes`, in order.
+    pub more: Vec<Vec<u8>>,
     /// (sequence number, index of the command) for each message.
     pub origins: Vec<(u32, usize)>,
+    /// The last message's sequence number, in the order the kernel takes them (known
+    /// once finished).
     pub last_seq: u32,
-    /// Where the last command's message starts in `bytes`.
-    last_at: Option<usize>,
+    lane: usize,
+    /// Where each lane's last message starts, and its sequence number.
+    last: Vec<Option<(usize, u32)>>,
     seq: u32,
     set_id: u32,
     sets: HashMap<String, SetShape>,
-    /// Where the flags of each set this batch adds are, in `bytes`: a rule that updates
-    /// the set from the packet path makes it dynamic, as nft does.
-    new_set_flags: HashMap<String, usize>,
+    /// Where the flags of each set this batch adds are (lane, offset): a rule that
+    /// updates the set from the packet path makes it dynamic, as nft does.
+    new_set_flags: HashMap<String, (usize, usize)>,
+    /// Sets that rules update from the packet path, for those declared later.
+    dynamic: HashSet<String>,
 }
 
 impl Batch {
@@ -495,17 +508,42 @@ impl Batch {
             .map_or(1, |d| u32::try_from(d.as_secs() & 0x0fff_ffff).unwrap_or(1));
         let mut b = Self {
             bytes: Vec::new(),
+            more: Vec::new(),
             origins: Vec::new(),
             last_seq: 0,
-            last_at: None,
+            lane: 0,
+            last: vec![None],
             seq,
             set_id: 1,
             sets: known.into_iter().collect(),
             new_set_flags: HashMap::new(),
+            dynamic: HashSet::new(),
         };
         let seq = b.next_seq();
         wire::batch_marker(&mut b.bytes, wire::MSG_BATCH_BEGIN, seq);
         b
+    }
+
+    /// Compiles what follows into `lane` (0 first).
+    pub fn lane(&mut self, lane: usize) {
+        if self.more.len() < lane {
+            self.more.resize_with(lane, Vec::new);
+            self.last.resize(lane + 1, None);
+        }
+        self.lane = lane;
+    }
+
+    fn buf(&mut self, lane: usize) -> &mut Vec<u8> {
+        if lane == 0 { &mut self.bytes } else { &mut self.more[lane - 1] }
+    }
+
+    /// Every lane's bytes, in the order the kernel takes them.
+    pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(self.bytes.as_slice()).chain(self.more.iter().map(Vec::as_slice))
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts().map(<[u8]>::len).sum()
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -518,11 +556,23 @@ impl Batch {
             return Err(Unsupported(format!("command {index} holds an attribute over 64 KiB")));
         }
         let seq = self.next_seq();
-        self.last_at = Some(self.bytes.len());
-        wire::nft_message(&mut self.bytes, msg, flags, seq, attrs);
+        let lane = self.lane;
+        let buf = self.buf(lane);
+        let at = buf.len();
+        wire::nft_message(buf, msg, flags, seq, attrs);
+        self.last[lane] = Some((at, seq));
         self.origins.push((seq, index));
-        self.last_seq = seq;
         Ok(())
+    }
+
+    /// Marks `set` dynamic (updated from the packet path), whether declared yet or not.
+    fn make_dynamic(&mut self, set: &str) {
+        if let Some((lane, at)) = self.new_set_flags.get(set).copied() {
+            let buf = self.buf(lane);
+            let flags = u32::from_be_bytes(buf[at..at + 4].try_into().expect("4 bytes")) | 0x20;
+            buf[at..at + 4].copy_from_slice(&flags.to_be_bytes());
+        }
+        self.dynamic.insert(set.to_string());
     }
 
     /// Compiles one command (`{"add": {"rule": …}}` and the like), numbered `index`.
@@ -577,10 +627,7 @@ impl Batch {
                     statement(&mut e, s)?;
                 }
                 for set in &e.1 {
-                    if let Some(at) = self.new_set_flags.get(set).copied() {
-                        let flags = u32::from_be_bytes(self.bytes[at..at + 4].try_into().expect("4 bytes")) | 0x20;
-                        self.bytes[at..at + 4].copy_from_slice(&flags.to_be_bytes());
-                    }
+                    self.make_dynamic(set);
                 }
                 let mut a = Attrs::new().str(1, table()?).str(2, chain).nested(4, e.0);
                 if let Some(c) = field(body, "comment") {
@@ -658,7 +705,7 @@ impl Batch {
             .collect::<Option<_>>()
             .ok_or_else(|| unsupported("this set type", cmd))?;
         let mut shape = SetShape::new(&types, verdict).ok_or_else(|| unsupported("this set type", cmd))?;
-        let mut flags = 0u32;
+        let mut flags = if self.dynamic.contains(name) { 0x20 } else { 0u32 };
         for f in body.get("flags").and_then(Value::as_array).into_iter().flatten() {
             flags |= match f.as_str() {
                 Some("timeout") => 0x10,
@@ -683,7 +730,8 @@ impl Batch {
         self.set_id += 1;
         let head = Attrs::new().str(1, table).str(2, name);
         // The flags' value: after the message's headers, the attributes before it and its own header.
-        let flags_at = self.bytes.len() + 20 + head.0.len() + 4;
+        let lane = self.lane;
+        let flags_at = self.buf(lane).len() + 20 + head.0.len() + 4;
         let mut a = head.be32(3, flags).be32(4, key_type).be32(5, key_len);
         if verdict {
             a = a.be32(6, 0xffff_ff00).be32(7, 0);
@@ -701,20 +749,26 @@ impl Batch {
         }
         self.msg(index, wire::NEWSET, wire::F_CREATE, &a)?;
         self.sets.insert(name.to_string(), shape);
-        self.new_set_flags.insert(name.to_string(), flags_at);
+        self.new_set_flags.insert(name.to_string(), (lane, flags_at));
         Ok(())
     }
 
     /// Ends the batch, asking the kernel to acknowledge its last message (so the caller
     /// knows when the transaction is done).
     pub fn finish(mut self) -> Self {
-        // The ACK flag of the last command: its flags are bytes 6..8 of its header.
-        if let Some(start) = self.last_at {
-            let flags = u16::from_ne_bytes([self.bytes[start + 6], self.bytes[start + 7]]) | wire::F_ACK;
-            self.bytes[start + 6..start + 8].copy_from_slice(&flags.to_ne_bytes());
+        let last_lane = (0..self.last.len()).rev().find(|l| self.last[*l].is_some());
+        if let Some(lane) = last_lane
+            && let Some((start, seq)) = self.last[lane]
+        {
+            // The ACK flag of the last command: its flags are bytes 6..8 of its header.
+            let buf = self.buf(lane);
+            let flags = u16::from_ne_bytes([buf[start + 6], buf[start + 7]]) | wire::F_ACK;
+            buf[start + 6..start + 8].copy_from_slice(&flags.to_ne_bytes());
+            self.last_seq = seq;
         }
         let seq = self.next_seq();
-        wire::batch_marker(&mut self.bytes, wire::MSG_BATCH_END, seq);
+        let end = self.more.len();
+        wire::batch_marker(self.buf(end), wire::MSG_BATCH_END, seq);
         self
     }
 
@@ -836,6 +890,60 @@ mod tests {
             .unwrap_err();
         assert!(e.0.contains("this statement") && e.0.contains("log"), "{e}");
         assert!(b.command(0, &json!({"add": {"table": {"family": "inet", "name": "t"}}})).is_err());
+    }
+
+    /// The messages of a finished batch, in the order the kernel takes them: (type,
+    /// flags, sequence number, the message).
+    fn messages(b: &Batch) -> Vec<(u16, u16, u32, Vec<u8>)> {
+        let all: Vec<u8> = b.parts().flatten().copied().collect();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < all.len() {
+            let len = u32::from_ne_bytes(all[at..at + 4].try_into().unwrap()) as usize;
+            let kind = u16::from_ne_bytes([all[at + 4], all[at + 5]]);
+            let flags = u16::from_ne_bytes([all[at + 6], all[at + 7]]);
+            let seq = u32::from_ne_bytes(all[at + 8..at + 12].try_into().unwrap());
+            out.push((kind, flags, seq, all[at..at + len].to_vec()));
+            at += len;
+        }
+        out
+    }
+
+    #[test]
+    fn lanes_reach_the_kernel_in_order_whatever_order_they_were_compiled_in() {
+        let mut b = Batch::new([]);
+        // The rule first, into lane 1; then its chain and the set it updates, into lane 0.
+        b.lane(1);
+        let rule = json!({"add": {"rule": {"family": "ip", "table": "t", "chain": "c", "expr": [
+            {"set": {"op": "update", "elem": {"payload": {"protocol": "ip", "field": "saddr"}}, "set": "@aff"}},
+            {"accept": null}]}}});
+        b.command(0, &rule).unwrap();
+        b.lane(0);
+        b.command(1, &json!({"add": {"chain": {"family": "ip", "table": "t", "name": "c"}}})).unwrap();
+        b.command(
+            2,
+            &json!({"add": {"set": {"family": "ip", "table": "t", "name": "aff", "type": "ipv4_addr",
+            "flags": ["timeout"], "timeout": 600}}}),
+        )
+        .unwrap();
+        let b = b.finish();
+        let kinds: Vec<u16> = messages(&b).iter().map(|m| m.0).collect();
+        let nft = |m: u16| (10 << 8) | m;
+        assert_eq!(
+            kinds,
+            [wire::MSG_BATCH_BEGIN, nft(wire::NEWCHAIN), nft(wire::NEWSET), nft(wire::NEWRULE), wire::MSG_BATCH_END],
+            "begin, lane 0, lane 1, end"
+        );
+        let all = messages(&b);
+        // The set is declared dynamic though the rule that updates it was compiled first.
+        let set = &all[2].3;
+        let flags_at = 20 + Attrs::new().str(1, "t").str(2, "aff").0.len() + 4;
+        let flags = u32::from_be_bytes(set[flags_at..flags_at + 4].try_into().unwrap());
+        assert_eq!(flags & 0x30, 0x30, "timeout and dynamic");
+        // The kernel acknowledges the last message it takes: the rule, in lane 1.
+        assert_eq!(all[3].1 & wire::F_ACK, wire::F_ACK);
+        assert_eq!(b.last_seq, all[3].2);
+        assert_eq!(all[1].1 & wire::F_ACK, 0);
     }
 
     #[test]

@@ -24,7 +24,7 @@ mod sync;
 
 pub use plan::{Context, Endpoint, Fragment, Proto, Service, ServicePort, Slice, plan_service};
 pub use render::{BASE_CHAINS, BASE_SETS, FAMILY, MASQUERADE_MARK, TABLE, base_marker, base_transaction};
-pub use sync::{Actual, Proxier, Transaction};
+pub use sync::{Actual, Part, Proxier, Sink, Transaction};
 
 /// A Service's identity: namespace and name.
 pub type ServiceKey = (String, String);

@@ -84,6 +84,40 @@ impl Transaction {
     }
 }
 
+/// The three parts of a transaction, which the kernel must take in this order: new sets
+/// and chains; the rules that fill new chains; then map and set elements, and what
+/// nothing uses any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Declare = 0,
+    Fill = 1,
+    Finish = 2,
+}
+
+/// Where a transaction's commands go as they are made. A full sync fills each new chain
+/// as its Service is planned, before it declares the chains (sorted, once every Service
+/// is planned): a writer that compiles each command at once must keep the parts apart.
+pub trait Sink {
+    /// One object: one or more nft JSON commands, comma-separated.
+    fn push(&mut self, part: Part, object: String);
+}
+
+/// A sink that keeps the objects, in the order the kernel takes them.
+#[derive(Debug, Default)]
+struct Collect([Vec<String>; 3]);
+
+impl Sink for Collect {
+    fn push(&mut self, part: Part, object: String) {
+        self.0[part as usize].push(object);
+    }
+}
+
+impl Collect {
+    fn objects(self) -> Vec<String> {
+        self.0.into_iter().flatten().collect()
+    }
+}
+
 /// What the proxier has applied, per Service.
 #[derive(Debug, Default)]
 pub struct Proxier {
@@ -92,53 +126,68 @@ pub struct Proxier {
     hairpin: HashMap<Ipv4Addr, u32>,
 }
 
-fn elem_key(key: &(Ipv4Addr, Proto, u16)) -> Value {
-    json!({"concat": [key.0.to_string(), key.1.word(), key.2]})
+// Elements are written straight as JSON text: at 10,000 Services a map's elements as
+// `Value` trees were the largest thing a cold sync held besides its rules.
+fn elem_key(key: &(Ipv4Addr, Proto, u16)) -> String {
+    format!(r#"{{"concat":["{}","{}",{}]}}"#, key.0, key.1.word(), key.2)
 }
-fn np_key(key: &(Proto, u16)) -> Value {
-    json!({"concat": [key.0.word(), key.1]})
+fn np_key(key: &(Proto, u16)) -> String {
+    format!(r#"{{"concat":["{}",{}]}}"#, key.0.word(), key.1)
 }
-fn hairpin_key(ip: &Ipv4Addr) -> Value {
-    json!({"concat": [ip.to_string(), ip.to_string()]})
+fn hairpin_key(ip: &Ipv4Addr) -> String {
+    format!(r#"{{"concat":["{ip}","{ip}"]}}"#)
 }
 
-fn element(op: &str, set: &str, elems: Vec<Value>) -> Option<String> {
-    (!elems.is_empty())
-        .then(|| json!({ op: {"element": {"family": FAMILY, "table": TABLE, "name": set, "elem": elems}}}).to_string())
+/// Elements per command: the writer parses one command at a time, so a full sync's
+/// ten thousand elements are never one tree in memory.
+const ELEMENTS_PER_COMMAND: usize = 1000;
+
+/// The commands that add (or delete) `elems` (each one element's JSON text) in `set`.
+fn element(op: &str, set: &str, elems: &[String]) -> impl Iterator<Item = String> {
+    let name = Value::from(set).to_string();
+    elems.chunks(ELEMENTS_PER_COMMAND).map(move |chunk| {
+        format!(
+            r#"{{"{op}":{{"element":{{"family":"{FAMILY}","table":"{TABLE}","name":{name},"elem":[{}]}}}}}}"#,
+            chunk.join(",")
+        )
+    })
 }
 
 /// Element changes of one map: (deletes, adds), a changed value being both.
 fn map_diff<K: Ord>(
     old: &BTreeMap<K, String>,
     new: &BTreeMap<K, String>,
-    key: impl Fn(&K) -> Value,
-) -> (Vec<Value>, Vec<Value>) {
+    key: impl Fn(&K) -> String,
+) -> (Vec<String>, Vec<String>) {
     let del = old.iter().filter(|(k, v)| new.get(*k) != Some(v)).map(|(k, _)| key(k)).collect();
     let add = new
         .iter()
         .filter(|(k, v)| old.get(*k) != Some(v))
-        .map(|(k, v)| json!([key(k), {"goto": {"target": v}}]))
+        .map(|(k, v)| format!(r#"[{},{{"goto":{{"target":{}}}}}]"#, key(k), Value::from(v.as_str())))
         .collect();
     (del, add)
 }
 
-fn set_diff<K: Ord>(old: &BTreeSet<K>, new: &BTreeSet<K>, key: impl Fn(&K) -> Value) -> (Vec<Value>, Vec<Value>) {
+fn set_diff<K: Ord>(old: &BTreeSet<K>, new: &BTreeSet<K>, key: impl Fn(&K) -> String) -> (Vec<String>, Vec<String>) {
     (old.difference(new).map(&key).collect(), new.difference(old).map(&key).collect())
 }
 
-/// Builds the transaction taking `old` to `new`. `rules` has the rules of every chain
-/// `new` names (chains already in `old` are left as they are). `hairpin` is (removed, added).
+/// Builds the transaction taking `old` to `new` into `out`. `rules` has the rules of
+/// the chains `new` names that are not filled yet (chains already in `old` are left as
+/// they are). `hairpin` is (removed, added).
 fn diff(
     old: &Actual,
     new: &Actual,
     rules: &mut HashMap<String, String>,
     new_affinity: &BTreeMap<String, u32>,
+    out: &mut dyn Sink,
 ) -> Transaction {
     let mut t = Transaction::default();
     // 1. New affinity sets, then new chains with their rules.
     for s in new.sets.difference(&old.sets) {
         let timeout = new_affinity.get(s).copied().unwrap_or(10800);
-        t.objects.push(
+        out.push(
+            Part::Declare,
             json!({"add": {"set": {"family": FAMILY, "table": TABLE, "name": s, "type": "ipv4_addr",
             "flags": ["timeout"], "timeout": timeout}}})
             .to_string(),
@@ -146,12 +195,12 @@ fn diff(
     }
     // Every new chain exists before any rule jumps to one of them.
     for c in new.chains.difference(&old.chains) {
-        t.objects.push(render::add(render::chain_object(c)).to_string());
+        out.push(Part::Declare, render::add(render::chain_object(c)).to_string());
         t.chains_added += 1;
     }
     for c in new.chains.difference(&old.chains) {
         if let Some(r) = rules.remove(c.as_str()).filter(|r| !r.is_empty()) {
-            t.objects.push(r);
+            out.push(Part::Fill, r);
         }
     }
     // 2. Elements: deletes (including changed values), then adds.
@@ -164,21 +213,21 @@ fn diff(
     let names = ["service-ips", "service-nodeports", "no-endpoint-services", "no-endpoint-nodeports", "hairpin"];
     let (dels, adds) = ([d1, d2, d3, d4, d5], [a1, a2, a3, a4, a5]);
     for (name, d) in names.iter().zip(dels) {
-        t.objects.extend(element("delete", name, d));
+        element("delete", name, &d).for_each(|o| out.push(Part::Finish, o));
     }
     for (name, a) in names.iter().zip(adds) {
-        t.objects.extend(element("add", name, a));
+        element("add", name, &a).for_each(|o| out.push(Part::Finish, o));
     }
     // 3. Chains nothing points at any more, then the sets only they used.
     let base: BTreeSet<&str> = BASE_CHAINS.iter().map(|(n, _)| *n).collect();
     for c in old.chains.difference(&new.chains).filter(|c| !base.contains(c.as_str())) {
-        t.objects.push(json!({"flush": render::chain_object(c)}).to_string());
-        t.objects.push(json!({"delete": render::chain_object(c)}).to_string());
+        out.push(Part::Finish, json!({"flush": render::chain_object(c)}).to_string());
+        out.push(Part::Finish, json!({"delete": render::chain_object(c)}).to_string());
         t.chains_removed += 1;
     }
     let base_sets: BTreeSet<&str> = render::BASE_SETS.iter().map(|(n, _, _)| *n).collect();
     for s in old.sets.difference(&new.sets).filter(|s| !base_sets.contains(s.as_str())) {
-        t.objects.push(json!({"delete": {"set": {"family": FAMILY, "table": TABLE, "name": s}}}).to_string());
+        out.push(Part::Finish, json!({"delete": {"set": {"family": FAMILY, "table": TABLE, "name": s}}}).to_string());
     }
     t
 }
@@ -216,23 +265,41 @@ impl Proxier {
     /// The transaction that takes the kernel's table, as read, to the plan for every
     /// Service; the proxier then holds that plan as applied. Chains and sets of the
     /// table that no Service wants (and that are not the base's) are removed.
-    /// `plans` is consumed one Service at a time, and only the rules of chains the
-    /// kernel lacks are kept, so a restart over a table that is already right holds no
-    /// rules at all.
     pub fn full_sync(
         &mut self,
         actual: &Actual,
         plans: impl IntoIterator<Item = (ServiceKey, Fragment)>,
+    ) -> Transaction {
+        let mut out = Collect::default();
+        let mut t = self.full_sync_into(actual, plans, &mut out);
+        t.objects = out.objects();
+        t
+    }
+
+    /// As `full_sync`, with the objects handed to `out` as they are made (the
+    /// transaction returned has none). `plans` is consumed one Service at a time, and
+    /// the rules of a chain the kernel lacks go to `out` at once: a full sync never
+    /// holds the rules of every Service, and a restart over a table that is already
+    /// right makes none.
+    pub fn full_sync_into(
+        &mut self,
+        actual: &Actual,
+        plans: impl IntoIterator<Item = (ServiceKey, Fragment)>,
+        out: &mut dyn Sink,
     ) -> Transaction {
         // Base chains and sets are the base transaction's; keep them out of the diff.
         let mut old = actual.clone();
         old.chains.retain(|c| !BASE_CHAINS.iter().any(|(n, _)| n == c));
         old.sets.retain(|s| !render::BASE_SETS.iter().any(|(n, _, _)| n == s));
         let before: BTreeSet<(Ipv4Addr, u16)> = self.applied.values().flat_map(udp_endpoints).collect();
-        let mut rules: HashMap<String, String> = HashMap::new();
         self.applied = HashMap::new();
         for (k, f) in plans {
-            rules.extend(f.rules.into_iter().filter(|(c, _)| !old.chains.contains(c)));
+            // A fragment's chains in name order, as the diff would take them.
+            for (chain, rules) in f.rules {
+                if !old.chains.contains(&chain) && !rules.is_empty() {
+                    out.push(Part::Fill, rules);
+                }
+            }
             self.applied.insert(k, f.summary);
         }
         let (mut desired, affinity) = merge(self.applied.values());
@@ -242,7 +309,7 @@ impl Proxier {
         }
         desired.hairpin = hairpin.keys().copied().collect();
         let after: BTreeSet<(Ipv4Addr, u16)> = self.applied.values().flat_map(udp_endpoints).collect();
-        let mut t = diff(&old, &desired, &mut rules, &affinity);
+        let mut t = diff(&old, &desired, &mut HashMap::new(), &affinity, out);
         t.removed_udp_endpoints = before.difference(&after).copied().collect();
         self.hairpin = hairpin;
         t
@@ -289,7 +356,9 @@ impl Proxier {
                 None => self.applied.remove(&k),
             };
         }
-        let mut t = diff(&old, &new, &mut rules, &affinity);
+        let mut out = Collect::default();
+        let mut t = diff(&old, &new, &mut rules, &affinity, &mut out);
+        t.objects = out.objects();
         t.removed_udp_endpoints = removed_udp;
         t
     }
