@@ -126,15 +126,17 @@ fn the_netlink_writer_lists_exactly_as_nft_wrote_it() {
         let streamed_plans = plans.clone();
         let t = p.full_sync(&proxy::Actual::default(), plans.into_iter().map(|(n, f)| (key(n), f)));
         apply("a full sync", &t.objects);
-        // The agent's own way: each Service's rules compiled as it is planned, its chains
-        // declared after (into a lane the kernel takes first).
+        // The agent's own way: each Service's rules compiled as it is planned (on a second
+        // thread), its chains declared after (into a lane the kernel takes first).
         let streamed = sb.create_netns("streamed").unwrap();
         netns::run_in(&streamed, || {
             tables::write(&proxy_base(), proxy_sets()).unwrap();
-            let mut w = tables::Streamed(nf_tables::Writer::new(proxy_sets()));
             let plans = streamed_plans.into_iter().map(|(n, f)| (key(n), f));
-            Proxier::new().full_sync_into(&proxy::Actual::default(), plans, &mut w);
-            w.0.commit().unwrap()
+            let mut p = Proxier::new();
+            let writer = nf_tables::Writer::new(proxy_sets());
+            let (_, writer) =
+                tables::compiled_beside(writer, |sink| p.full_sync_into(&proxy::Actual::default(), plans, sink));
+            writer.commit().unwrap()
         })
         .unwrap();
         assert_eq!(listing(&streamed, proxy::TABLE), listing(&by_nft, proxy::TABLE), "a full sync streamed");

@@ -4,7 +4,10 @@
 //!   connection grows with the number of Services;
 //! - one endpoint change at that scale: from the agent's watch event to the kernel;
 //! - a full sync of every Service by a restarted agent, with the table already right
-//!   (a restart) and with the table deleted (cold), and the agent's peak RSS.
+//!   (a restart) and with the table deleted (cold), and the agent's peak RSS;
+//! - the kernel's own commit at that scale, apart from any proxy: one set element, one
+//!   chain with a DNAT rule that nothing jumps to, one endpoint change (what an endpoint
+//!   change can cost at least, with this ruleset).
 //!
 //! The synthetic endpoints are spread over ten node names, as 100,000 endpoints would be
 //! in a real cluster: a tenth of them are on the measured node (for hairpin, and for the
@@ -107,7 +110,94 @@ pub fn run(args: ServicesBenchArgs) -> anyhow::Result<()> {
     if let Some(why) = sandbox::unavailable_reason() {
         bail!("the Services benchmark {why}");
     }
-    sandbox::run(|_| one(&args))?
+    sandbox::run(|sb| -> anyhow::Result<()> {
+        one(&args)?;
+        kernel_floor(sb, &args)
+    })?
+}
+
+/// What the kernel itself takes to commit a transaction to flatnet's table at this
+/// scale, in a namespace of its own with the same Services written by the same
+/// planner: one element of a set (nothing to validate), one chain with one DNAT rule
+/// that nothing jumps to, and one endpoint change as the proxy writes it. A rule with a
+/// NAT (or jump, or lookup) expression makes the kernel validate the whole table at
+/// commit, every chain reachable from a base chain, so that commit grows with the
+/// number of Services whatever the transaction holds.
+fn kernel_floor(sb: &sandbox::Sandbox, args: &ServicesBenchArgs) -> anyhow::Result<()> {
+    use flatnet_kernel::nf_tables::{self, SetShape};
+    use flatnet_model::proxy::{self, Context, Endpoint, Proto, Proxier, ServicePort, Slice, plan_service};
+    use std::net::Ipv4Addr;
+    let ns = sb.create_netns("kernel-floor")?;
+    let ctx = Context {
+        node: "node-1".into(),
+        cluster_cidr: "10.244.0.0/16".parse()?,
+        service_cidr: "10.96.0.0/12".parse()?,
+    };
+    let plan = |i: usize, salt: usize| {
+        let n = u32::try_from(i).unwrap_or(0);
+        let svc = proxy::Service {
+            namespace: "default".into(),
+            name: format!("bench-{i:05}"),
+            cluster_ip: Some(Ipv4Addr::from(0x0a60_0000 + 10 + n)),
+            ports: vec![ServicePort { name: "http".into(), protocol: Proto::Tcp, port: 80, node_port: None }],
+            ..Default::default()
+        };
+        let endpoints = (0..args.endpoints)
+            .map(|e| Endpoint {
+                ip: Ipv4Addr::from(0x0a80_0000 + u32::try_from(i * args.endpoints + e + salt).unwrap_or(0)),
+                node: Some(format!("node-{}", 1 + e % 10)),
+                ready: true,
+                serving: true,
+                terminating: false,
+            })
+            .collect();
+        let slice = Slice { ports: vec![("http".into(), Proto::Tcp, 8080)], endpoints };
+        (("default".to_string(), format!("bench-{i:05}")), plan_service(&ctx, &svc, &[slice]))
+    };
+    let sets: Vec<(String, SetShape)> = proxy::BASE_SETS
+        .iter()
+        .filter_map(|(name, types, verdict)| Some((name.to_string(), SetShape::new(types, *verdict)?)))
+        .collect();
+    let base: Vec<String> =
+        proxy::base_transaction(ctx.cluster_cidr, ctx.service_cidr).iter().map(|o| o.to_string()).collect();
+    let mut proxier = Proxier::new();
+    let full = proxier.full_sync(&proxy::Actual::default(), (0..args.services).map(|i| plan(i, 0)));
+    let (mut element, mut lone, mut change) = (Vec::new(), Vec::new(), Vec::new());
+    netns::run_in(&ns, || -> anyhow::Result<()> {
+        nf_tables::apply(&base, sets.clone())?;
+        nf_tables::apply(&full.objects, sets.clone())?;
+        for round in 0..9usize {
+            let ip = Ipv4Addr::from(0x0a01_0000 + u32::try_from(round).unwrap_or(0));
+            let o = json!({"add": {"element": {"family": "ip", "table": proxy::TABLE, "name": "hairpin",
+                "elem": [{"concat": [ip.to_string(), ip.to_string()]}]}}});
+            element.push(nf_tables::apply(&[o.to_string()], sets.clone())?.commit);
+            let chain = format!("floor-{round}");
+            let objects = [
+                json!({"add": {"chain": {"family": "ip", "table": proxy::TABLE, "name": chain}}}).to_string(),
+                json!({"add": {"rule": {"family": "ip", "table": proxy::TABLE, "chain": chain, "expr": [
+                    {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+                    {"dnat": {"addr": "10.244.1.2", "port": 8080}}]}}})
+                .to_string(),
+            ];
+            lone.push(nf_tables::apply(&objects, sets.clone())?.commit);
+            let (key, fragment) = plan(round * 97 % args.services, round + 1);
+            let t = proxier.update(vec![(key, Some(fragment))]);
+            change.push(nf_tables::apply(&t.objects, sets.clone())?.commit);
+        }
+        Ok(())
+    })??;
+    let (e, l, c) = (summarize(&element), summarize(&lone), summarize(&change));
+    println!();
+    println!("The kernel's commit alone, {} Services × {} endpoints (medians of 9):", args.services, args.endpoints);
+    let show = |what: &str, s: Option<super::stats::Summary>| {
+        if let Some(s) = s {
+            println!("  {what:<64} {:>8.1} ms (p99 {:.1})", ms(s.p50), ms(s.p99));
+        }
+    };
+    show("one element of a set", e);
+    show("one chain with a DNAT rule that nothing jumps to", l);
+    show("one endpoint change (new chain, map element, old chain removed)", c);
+    Ok(())
 }
 
 fn service(name: &str, selector: Option<&str>) -> serde_json::Value {
