@@ -128,12 +128,23 @@ pub fn ensure_base(cfg: &AgentConfig) -> Result<bool, nft::NftError> {
 /// base maps' elements), by netlink dumps.
 pub fn read_actual() -> Result<Actual, nft::NftError> {
     let (chains, sets) = nf_tables::table_names(proxy::TABLE)?.unwrap_or_default();
-    let mut elements: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
-    for (name, shape) in crate::tables::proxy_sets() {
-        let listed = nf_tables::set_elements(proxy::TABLE, &name, &shape)?.unwrap_or_default();
-        elements.insert(name, listed);
+    let shapes: HashMap<String, nf_tables::SetShape> = crate::tables::proxy_sets().into_iter().collect();
+    // Each set is read when it is asked for, and made typed before the next is read: at
+    // 10,000 Services a map's elements as JSON are 6 MB.
+    let mut failed = None;
+    let actual = Actual::from_listing(chains, sets, &mut |name| {
+        let Some(shape) = shapes.get(name) else { return Vec::new() };
+        nf_tables::set_elements(proxy::TABLE, name, shape)
+            .unwrap_or_else(|e| {
+                failed.get_or_insert(e);
+                None
+            })
+            .unwrap_or_default()
+    });
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(actual),
     }
-    Ok(Actual::from_listing(chains, sets, &mut |n| elements.remove(n).unwrap_or_default()))
 }
 
 /// Flushes the conntrack entries of UDP flows DNATed to endpoints that were removed.

@@ -47,20 +47,26 @@ impl Actual {
         fn pair(e: &Value) -> Option<(&Value, &Value)> {
             Some((e.get(0)?, e.get(1)?))
         }
+        // One set's elements at a time: each list is dropped before the next is asked for.
+        let service_ips = {
+            let listed = elements("service-ips");
+            listed.iter().filter_map(|e| pair(e).and_then(|(k, v)| Some((svc_key(k)?, target(v)?)))).collect()
+        };
+        let node_ports = {
+            let listed = elements("service-nodeports");
+            listed.iter().filter_map(|e| pair(e).and_then(|(k, v)| Some((np_key(k)?, target(v)?)))).collect()
+        };
+        let no_endpoints = elements("no-endpoint-services").iter().filter_map(svc_key).collect();
+        let no_endpoint_node_ports = elements("no-endpoint-nodeports").iter().filter_map(np_key).collect();
+        let hairpin = elements("hairpin").iter().filter_map(|e| ip(parts(e).first()?)).collect();
         Self {
             chains: chains.into_iter().collect(),
             sets: sets.into_iter().collect(),
-            service_ips: elements("service-ips")
-                .iter()
-                .filter_map(|e| pair(e).and_then(|(k, v)| Some((svc_key(k)?, target(v)?))))
-                .collect(),
-            node_ports: elements("service-nodeports")
-                .iter()
-                .filter_map(|e| pair(e).and_then(|(k, v)| Some((np_key(k)?, target(v)?))))
-                .collect(),
-            no_endpoints: elements("no-endpoint-services").iter().filter_map(svc_key).collect(),
-            no_endpoint_node_ports: elements("no-endpoint-nodeports").iter().filter_map(np_key).collect(),
-            hairpin: elements("hairpin").iter().filter_map(|e| ip(parts(e).first()?)).collect(),
+            service_ips,
+            node_ports,
+            no_endpoints,
+            no_endpoint_node_ports,
+            hairpin,
         }
     }
 }
