@@ -207,7 +207,7 @@ fn one(args: &PolicyBenchArgs) -> anyhow::Result<()> {
     }
     // Single changes at that scale: a pod relabelled (it moves to another app's
     // policies), timed by the agent from the watch event to the kernel.
-    let mut changes = Vec::new();
+    let (mut changes, mut change_plan, mut change_commit) = (Vec::new(), Vec::new(), Vec::new());
     for c in 0..args.changes {
         let mark = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         let api: Api<Pod> = Api::namespaced(lab.client.clone(), "bench-0");
@@ -217,8 +217,14 @@ fn one(args: &PolicyBenchArgs) -> anyhow::Result<()> {
             &PatchParams::default(),
             &Patch::Merge(&patch),
         ))?;
-        let (_, took) = wait_for("the agent to apply a relabel", Duration::from_secs(30), || synced(&log, mark, want))?;
+        let (line, took) =
+            wait_for("the agent to apply a relabel", Duration::from_secs(30), || synced(&log, mark, want))?;
         changes.push(Duration::from_secs_f64(took / 1e3));
+        for (key, into) in [("(plan ", &mut change_plan), ("kernel commit ", &mut change_commit)] {
+            if let Some(v) = line.split_once(key).and_then(|(_, r)| r.split_once(" ms")?.0.parse::<f64>().ok()) {
+                into.push(Duration::from_secs_f64(v / 1e3));
+            }
+        }
     }
     let change = super::stats::summarize(&changes).context("no change timed")?;
 
@@ -263,6 +269,15 @@ fn one(args: &PolicyBenchArgs) -> anyhow::Result<()> {
         ms(change.p50),
         "≤ 20 ms"
     );
+    let parts = super::stats::summarize(&change_plan).zip(super::stats::summarize(&change_commit));
+    if let Some((plan, commit)) = parts {
+        println!(
+            "{:<62} {:>9.0} ms {:>10}",
+            format!("  of which the plan {:.0} ms; the kernel's commit", ms(plan.p50)),
+            ms(commit.p50),
+            ""
+        );
+    }
     let scrape_ms = {
         let mut v: Vec<f64> = scrapes.iter().map(|d| ms(*d)).collect();
         v.sort_by(f64::total_cmp);

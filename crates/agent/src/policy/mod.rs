@@ -78,11 +78,13 @@ impl Reconcile for PolicySync {
         };
         let (objects, counts) = policy::diff(&old, &desired);
         let t1 = Instant::now();
-        if !objects.is_empty() {
-            crate::tables::write(&objects, crate::tables::policy_sets(&old)).map_err(|e| e.to_string())?;
-        }
+        let took = if objects.is_empty() {
+            flatnet_kernel::nf_tables::Took::default()
+        } else {
+            crate::tables::write(&objects, crate::tables::policy_sets(&old)).map_err(|e| e.to_string())?
+        };
         let what = format!(
-            "{}{} policies, {}; {} chain(s) added, {} removed, {} set(s) added, {} removed, {} element(s) changed (plan {:.1} ms, kernel write {:.1} ms)",
+            "{}{} policies, {}; {} chain(s) added, {} removed, {} set(s) added, {} removed, {} element(s) changed (plan {:.1} ms, kernel write {:.1} ms: compile {:.1} ms, kernel commit {:.1} ms)",
             if full { "policy sync (full): " } else { "policy sync: " },
             cluster.policies.len(),
             desired.summary(),
@@ -93,6 +95,8 @@ impl Reconcile for PolicySync {
             counts.elements_changed,
             planned.as_secs_f64() * 1e3,
             t1.elapsed().as_secs_f64() * 1e3,
+            took.compile.as_secs_f64() * 1e3,
+            took.commit.as_secs_f64() * 1e3,
         );
         let pods = self
             .world
