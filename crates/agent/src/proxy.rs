@@ -214,15 +214,6 @@ fn apply(t: &proxy::Transaction) -> Result<nf_tables::Took, nft::NftError> {
     Ok(took)
 }
 
-/// "compile C ms, commit K ms": where a write's time went.
-fn took_text(took: nf_tables::Took, digits: usize) -> String {
-    format!(
-        "compile {:.digits$} ms, kernel commit {:.digits$} ms",
-        took.compile.as_secs_f64() * 1e3,
-        took.commit.as_secs_f64() * 1e3
-    )
-}
-
 /// The plan of every Service, one at a time.
 fn plans<'a>(world: &'a World, ctx: &'a Context) -> impl Iterator<Item = (ServiceKey, proxy::Fragment)> + 'a {
     world.services.items.keys().filter_map(|k| Some((k.clone(), world.plan(ctx, k)?)))
@@ -290,13 +281,12 @@ impl ProxySync {
         let took = apply(&t)?;
         Ok(format!(
             "{n} Service(s) updated: {} chain(s) added, {} removed, {} element(s) changed \
-             (plan {:.1} ms, kernel write {:.1} ms: {})",
+             (plan {:.1} ms, kernel write {:.1} ms: {took})",
             t.chains_added,
             t.chains_removed,
             t.elements_changed,
             planned.as_secs_f64() * 1e3,
             (took.compile + took.commit).as_secs_f64() * 1e3,
-            took_text(took, 1),
         ))
     }
 }

@@ -13,7 +13,7 @@
 //! named port, and egress to a namespace and an ipBlock.
 
 use super::lab_harness::BenchLab;
-use super::services::{connection_rate, logged_ms, wait_for};
+use super::services::{connection_rate, logged_figure, logged_ms, wait_for};
 use super::stats::ms;
 use super::stats::{median, memory_mib};
 use anyhow::{Context, bail};
@@ -221,7 +221,7 @@ fn one(args: &PolicyBenchArgs) -> anyhow::Result<()> {
             wait_for("the agent to apply a relabel", Duration::from_secs(30), || synced(&log, mark, want))?;
         changes.push(Duration::from_secs_f64(took / 1e3));
         for (key, into) in [("(plan ", &mut change_plan), ("kernel commit ", &mut change_commit)] {
-            if let Some(v) = line.split_once(key).and_then(|(_, r)| r.split_once(" ms")?.0.parse::<f64>().ok()) {
+            if let Some(v) = logged_figure(&line, key) {
                 into.push(Duration::from_secs_f64(v / 1e3));
             }
         }

@@ -124,7 +124,7 @@ pub fn run(args: ServicesBenchArgs) -> anyhow::Result<()> {
 /// commit, every chain reachable from a base chain, so that commit grows with the
 /// number of Services whatever the transaction holds.
 fn kernel_floor(sb: &sandbox::Sandbox, args: &ServicesBenchArgs) -> anyhow::Result<()> {
-    use flatnet_kernel::nf_tables::{self, SetShape};
+    use flatnet_kernel::nf_tables;
     use flatnet_model::proxy::{self, Context, Endpoint, Proto, Proxier, ServicePort, Slice, plan_service};
     use std::net::Ipv4Addr;
     let ns = sb.create_netns("kernel-floor")?;
@@ -154,10 +154,7 @@ fn kernel_floor(sb: &sandbox::Sandbox, args: &ServicesBenchArgs) -> anyhow::Resu
         let slice = Slice { ports: vec![("http".into(), Proto::Tcp, 8080)], endpoints };
         (("default".to_string(), format!("bench-{i:05}")), plan_service(&ctx, &svc, &[slice]))
     };
-    let sets: Vec<(String, SetShape)> = proxy::BASE_SETS
-        .iter()
-        .filter_map(|(name, types, verdict)| Some((name.to_string(), SetShape::new(types, *verdict)?)))
-        .collect();
+    let sets = flatnet_agent::tables::proxy_sets();
     let base: Vec<String> =
         proxy::base_transaction(ctx.cluster_cidr, ctx.service_cidr).iter().map(|o| o.to_string()).collect();
     let mut proxier = Proxier::new();
@@ -562,6 +559,6 @@ fn one(args: &ServicesBenchArgs) -> anyhow::Result<()> {
 
 /// The figure in milliseconds that follows `key` in one of the agent's log lines
 /// ("kernel write 12.3 ms").
-fn logged_figure(line: &str, key: &str) -> Option<f64> {
+pub(super) fn logged_figure(line: &str, key: &str) -> Option<f64> {
     line.split_once(key)?.1.split_once(" ms")?.0.parse().ok()
 }

@@ -84,7 +84,7 @@ impl Reconcile for PolicySync {
             crate::tables::write(&objects, crate::tables::policy_sets(&old)).map_err(|e| e.to_string())?
         };
         let what = format!(
-            "{}{} policies, {}; {} chain(s) added, {} removed, {} set(s) added, {} removed, {} element(s) changed (plan {:.1} ms, kernel write {:.1} ms: compile {:.1} ms, kernel commit {:.1} ms)",
+            "{}{} policies, {}; {} chain(s) added, {} removed, {} set(s) added, {} removed, {} element(s) changed (plan {:.1} ms, kernel write {:.1} ms: {took})",
             if full { "policy sync (full): " } else { "policy sync: " },
             cluster.policies.len(),
             desired.summary(),
@@ -95,8 +95,6 @@ impl Reconcile for PolicySync {
             counts.elements_changed,
             planned.as_secs_f64() * 1e3,
             t1.elapsed().as_secs_f64() * 1e3,
-            took.compile.as_secs_f64() * 1e3,
-            took.commit.as_secs_f64() * 1e3,
         );
         let pods = self
             .world

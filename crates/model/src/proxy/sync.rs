@@ -178,18 +178,11 @@ fn set_diff<K: Ord>(old: &BTreeSet<K>, new: &BTreeSet<K>, key: impl Fn(&K) -> St
     (old.difference(new).map(&key).collect(), new.difference(old).map(&key).collect())
 }
 
-/// Builds the transaction taking `old` to `new` into `out`. `rules` has the rules of
-/// the chains `new` names that are not filled yet (chains already in `old` are left as
-/// they are). `hairpin` is (removed, added).
-fn diff(
-    old: &Actual,
-    new: &Actual,
-    rules: &mut HashMap<String, String>,
-    new_affinity: &BTreeMap<String, u32>,
-    out: &mut dyn Sink,
-) -> Transaction {
+/// Builds the transaction taking `old` to `new` into `out`, but for the rules that fill
+/// new chains (`fill` writes those, as each Service's plan comes).
+fn diff(old: &Actual, new: &Actual, new_affinity: &BTreeMap<String, u32>, out: &mut dyn Sink) -> Transaction {
     let mut t = Transaction::default();
-    // 1. New affinity sets, then new chains with their rules.
+    // 1. New affinity sets, then new chains.
     for s in new.sets.difference(&old.sets) {
         let timeout = new_affinity.get(s).copied().unwrap_or(10800);
         out.push(
@@ -203,11 +196,6 @@ fn diff(
     for c in new.chains.difference(&old.chains) {
         out.push(Part::Declare, render::add(render::chain_object(c)).to_string());
         t.chains_added += 1;
-    }
-    for c in new.chains.difference(&old.chains) {
-        if let Some(r) = rules.remove(c.as_str()).filter(|r| !r.is_empty()) {
-            out.push(Part::Fill, r);
-        }
     }
     // 2. Elements: deletes (including changed values), then adds.
     let (d1, a1) = map_diff(&old.service_ips, &new.service_ips, elem_key);
@@ -236,6 +224,16 @@ fn diff(
         out.push(Part::Finish, json!({"delete": {"set": {"family": FAMILY, "table": TABLE, "name": s}}}).to_string());
     }
     t
+}
+
+/// The rules of a Service's chains that `old` lacks, to `out`: a chain the kernel has
+/// keeps its rules (its name is a hash of them).
+fn fill(old: &BTreeSet<String>, rules: BTreeMap<String, String>, out: &mut dyn Sink) {
+    for (chain, r) in rules {
+        if !old.contains(&chain) && !r.is_empty() {
+            out.push(Part::Fill, r);
+        }
+    }
 }
 
 /// The kernel-shaped view of some Services' summaries (hairpin left empty).
@@ -300,12 +298,7 @@ impl Proxier {
         let before: BTreeSet<(Ipv4Addr, u16)> = self.applied.values().flat_map(udp_endpoints).collect();
         self.applied = HashMap::new();
         for (k, f) in plans {
-            // A fragment's chains in name order, as the diff would take them.
-            for (chain, rules) in f.rules {
-                if !old.chains.contains(&chain) && !rules.is_empty() {
-                    out.push(Part::Fill, rules);
-                }
-            }
+            fill(&old.chains, f.rules, out);
             self.applied.insert(k, f.summary);
         }
         let (mut desired, affinity) = merge(self.applied.values());
@@ -315,7 +308,7 @@ impl Proxier {
         }
         desired.hairpin = hairpin.keys().copied().collect();
         let after: BTreeSet<(Ipv4Addr, u16)> = self.applied.values().flat_map(udp_endpoints).collect();
-        let mut t = diff(&old, &desired, &mut HashMap::new(), &affinity, out);
+        let mut t = diff(&old, &desired, &affinity, out);
         t.removed_udp_endpoints = before.difference(&after).copied().collect();
         self.hairpin = hairpin;
         t
@@ -352,18 +345,17 @@ impl Proxier {
                 }
             }
         }
-        let mut rules: HashMap<String, String> = HashMap::new();
+        let mut out = Collect::default();
         for (k, f) in changes {
             match f {
                 Some(f) => {
-                    rules.extend(f.rules);
+                    fill(&old.chains, f.rules, &mut out);
                     self.applied.insert(k, f.summary)
                 }
                 None => self.applied.remove(&k),
             };
         }
-        let mut out = Collect::default();
-        let mut t = diff(&old, &new, &mut rules, &affinity, &mut out);
+        let mut t = diff(&old, &new, &affinity, &mut out);
         t.objects = out.objects();
         t.removed_udp_endpoints = removed_udp;
         t
