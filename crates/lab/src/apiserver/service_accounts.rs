@@ -17,7 +17,6 @@ pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
 /// The audience of a token requested with none: kube-apiserver's default, its issuer
 /// (what the lab's upstream control plane sets).
 pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
-const TOKEN_VOLUME_PREFIX: &str = "kube-api-access-";
 /// The token lifetime of the projected volume: an hour and 7 s, kube-apiserver's marker
 /// of a token its kubelet asked for.
 const VOLUME_TOKEN_SECONDS: i64 = 3607;
@@ -73,9 +72,11 @@ fn mount_token(spec: &mut Value) {
         .into_iter()
         .flatten()
         .filter_map(|v| v["name"].as_str())
-        .find(|n| n.starts_with(TOKEN_VOLUME_PREFIX))
+        .find(|n| n.starts_with(crate::kubelet::TOKEN_VOLUME_PREFIX))
         .map(str::to_string);
-    let volume = existing.clone().unwrap_or_else(|| format!("{TOKEN_VOLUME_PREFIX}{}", super::names::random_suffix()));
+    let volume = existing
+        .clone()
+        .unwrap_or_else(|| format!("{}{}", crate::kubelet::TOKEN_VOLUME_PREFIX, super::names::random_suffix()));
     let mount = json!({"name": volume, "readOnly": true, "mountPath": TOKEN_MOUNT_PATH});
     let mut mounted = false;
     for list in ["initContainers", "containers"] {

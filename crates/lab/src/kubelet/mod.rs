@@ -109,10 +109,12 @@ pub async fn run(cfg: KubeletConfig, shutdown: impl std::future::Future<Output =
     loop {
         let mine: Vec<_> = reader.state().into_iter().filter(|p| !synthetic(p)).collect();
         pods.sync(&cfg, &client, &mine).await;
-        if network_ready != cni_ready(&cfg) {
-            network_ready = !network_ready;
-            if let Err(e) = report_ready(&cfg, &nodes).await {
-                warn!("{e}");
+        let ready = cni_ready(&cfg);
+        if ready != network_ready {
+            // Told again on the next pass if the API did not take it.
+            match report_ready(&cfg, ready, &nodes).await {
+                Ok(()) => network_ready = ready,
+                Err(e) => warn!("{e}"),
             }
         }
         tokio::select! {
@@ -148,8 +150,8 @@ fn cni_ready(cfg: &KubeletConfig) -> bool {
 
 /// The Ready condition as a kubelet reports it: not ready while the network plugin has
 /// not installed its configuration.
-fn ready_condition(cfg: &KubeletConfig) -> serde_json::Value {
-    let (status, reason, message) = if cni_ready(cfg) {
+fn ready_condition(network_ready: bool) -> serde_json::Value {
+    let (status, reason, message) = if network_ready {
         ("True", "KubeletReady", "flatnet lab kubelet is posting ready status".to_string())
     } else {
         (
@@ -162,8 +164,8 @@ fn ready_condition(cfg: &KubeletConfig) -> serde_json::Value {
            "lastHeartbeatTime": now(), "lastTransitionTime": now()})
 }
 
-async fn report_ready(cfg: &KubeletConfig, nodes: &Api<Node>) -> Result<(), KubeletError> {
-    let status = json!({"status": {"conditions": [ready_condition(cfg)]}});
+async fn report_ready(cfg: &KubeletConfig, network_ready: bool, nodes: &Api<Node>) -> Result<(), KubeletError> {
+    let status = json!({"status": {"conditions": [ready_condition(network_ready)]}});
     nodes
         .patch_status(&cfg.node, &PatchParams::default(), &Patch::Strategic(status))
         .await
@@ -175,7 +177,7 @@ async fn report_ready(cfg: &KubeletConfig, nodes: &Api<Node>) -> Result<(), Kube
 async fn register(cfg: &KubeletConfig, nodes: &Api<Node>) -> Result<(), KubeletError> {
     let status = json!({
         "addresses": [{"type": "InternalIP", "address": cfg.node_ip.to_string()}, {"type": "Hostname", "address": cfg.node}],
-        "conditions": [ready_condition(cfg)],
+        "conditions": [ready_condition(cni_ready(cfg))],
         // What the scheduler fits pods against, as a kubelet reports it: this machine's
         // CPUs and memory, and a kubelet's default of 110 pods.
         "capacity": resources(), "allocatable": resources(),
@@ -274,6 +276,10 @@ async fn renew_lease(client: kube::Client, node: String) {
 /// in their status, to stand for pods whose runtime is elsewhere (a thousand pods cost
 /// the API and the agent what real ones do, and no namespace or process each).
 pub const SYNTHETIC_ANNOTATION: &str = "lab.flatnet.dev/synthetic";
+
+/// The name of the projected service-account volume (a token, the cluster CA and the
+/// namespace) that admission adds to a pod, followed by a random suffix.
+pub const TOKEN_VOLUME_PREFIX: &str = "kube-api-access-";
 
 fn synthetic(p: &Pod) -> bool {
     p.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(SYNTHETIC_ANNOTATION))

@@ -46,7 +46,7 @@ fn refresh_after(pod: &Pod) -> Duration {
     let volumes = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten());
     let token_only = volumes
         .filter(|v| v.config_map.is_some() || v.secret.is_some() || v.projected.is_some())
-        .all(|v| v.name.starts_with("kube-api-access-"));
+        .all(|v| v.name.starts_with(super::TOKEN_VOLUME_PREFIX));
     if token_only { REFRESH_TOKEN_ONLY } else { REFRESH }
 }
 
