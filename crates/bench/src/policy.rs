@@ -208,6 +208,7 @@ fn one(args: &PolicyBenchArgs) -> anyhow::Result<()> {
     // Single changes at that scale: a pod relabelled (it moves to another app's
     // policies), timed by the agent from the watch event to the kernel.
     let (mut changes, mut change_plan, mut change_commit) = (Vec::new(), Vec::new(), Vec::new());
+    let mut change_line = String::new();
     for c in 0..args.changes {
         let mark = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         let api: Api<Pod> = Api::namespaced(lab.client.clone(), "bench-0");
@@ -220,6 +221,7 @@ fn one(args: &PolicyBenchArgs) -> anyhow::Result<()> {
         let (line, took) =
             wait_for("the agent to apply a relabel", Duration::from_secs(30), || synced(&log, mark, want))?;
         changes.push(Duration::from_secs_f64(took / 1e3));
+        change_line = line.clone();
         for (key, into) in [("(plan ", &mut change_plan), ("kernel commit ", &mut change_commit)] {
             if let Some(v) = logged_figure(&line, key) {
                 into.push(Duration::from_secs_f64(v / 1e3));
@@ -288,6 +290,7 @@ fn one(args: &PolicyBenchArgs) -> anyhow::Result<()> {
     println!("{:<62} {:>8.1} MiB {:>10}", "agent RSS with them", rss, "");
     println!("{:<62} {:>8.1} MiB {:>10}", "agent peak RSS (VmHWM)", peak, "");
     println!("  the agent's log: {}", line.split_once("policy ").map_or("", |x| x.1));
+    println!("  a relabel, in the agent's log: {}", change_line.split_once("policy ").map_or("", |x| x.1));
     println!(
         "  ruleset: {isolated} pods isolated for ingress; {chains} chains, {rules} rules, {sets} sets and maps with {elements} elements"
     );

@@ -253,7 +253,7 @@ proptest! {
         let (mut sets, mut dnats, mut jumps) = Default::default();
         let mut counters = BTreeSet::new();
         for rules in s.chains.values() {
-            for r in rules {
+            for r in rules.iter() {
                 let v: Value = serde_json::from_str(r).expect("rules are JSON");
                 walk(&v, &mut sets, &mut dnats, &mut jumps);
                 for e in v["expr"].as_array().into_iter().flatten() {
@@ -280,5 +280,60 @@ proptest! {
         prop_assert!(policy::diff(&s, &s).0.is_empty(), "no change from a state to itself");
         let (from_nothing, _) = policy::diff(&policy::State::default(), &s);
         prop_assert_eq!(from_nothing.is_empty(), s == policy::State::default());
+    }
+}
+
+/// Each key of `a` and `b` taken from one or the other as `bits` says: a cluster that
+/// differs from `a` in some places only.
+fn blend<K: Ord + Clone, V: Clone>(
+    a: &std::collections::BTreeMap<K, V>,
+    b: &std::collections::BTreeMap<K, V>,
+    bits: &mut impl Iterator<Item = bool>,
+) -> std::collections::BTreeMap<K, V> {
+    let keys: BTreeSet<&K> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter_map(|k| {
+            let from = if bits.next().unwrap_or(false) { b } else { a };
+            from.get(k).map(|v| (k.clone(), v.clone()))
+        })
+        .collect()
+}
+
+/// The keys where two maps differ.
+fn differ<K: Ord + Clone, V: PartialEq>(
+    a: &std::collections::BTreeMap<K, V>,
+    b: &std::collections::BTreeMap<K, V>,
+) -> BTreeSet<K> {
+    a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).cloned().collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// A planner that planned other clusters before plans what a planner that starts
+    /// from nothing plans: whether it compares the whole cluster or is told the keys
+    /// that changed.
+    #[test]
+    fn a_plan_after_other_plans_equals_one_from_nothing(steps in prop::collection::vec((cluster(), any::<u64>()), 1..6)) {
+        let mut comparing = policy::Planner::new(NODES[0]);
+        let mut told = policy::Planner::new(NODES[0]);
+        let mut last = Cluster::default();
+        for (other, seed) in steps {
+            let mut bits = (0..).map(move |i| (seed >> (i % 64)) & 1 == 1);
+            let c = Cluster {
+                namespaces: blend(&last.namespaces, &other.namespaces, &mut bits),
+                pods: blend(&last.pods, &other.pods, &mut bits),
+                policies: blend(&last.policies, &other.policies, &mut bits),
+            };
+            let touched = policy::Touched {
+                namespaces: differ(&last.namespaces, &c.namespaces),
+                pods: differ(&last.pods, &c.pods),
+                policies: differ(&last.policies, &c.policies),
+            };
+            let fresh = policy::plan(&c, NODES[0]);
+            prop_assert_eq!(&comparing.plan(&c), &fresh);
+            prop_assert_eq!(&told.plan_touched(&c, &touched), &fresh);
+            last = c;
+        }
     }
 }

@@ -34,6 +34,8 @@ const BRIDGE_NF: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 /// NetworkPolicy as the reconcile driver runs it.
 struct PolicySync {
     world: World,
+    /// Keeps what it planned, so a change is planned in proportion to what it touches.
+    planner: policy::Planner,
     /// What the last successful sync put in the kernel.
     applied: Option<State>,
     dirty: bool,
@@ -63,10 +65,17 @@ impl Reconcile for PolicySync {
     }
 
     fn sync(&mut self, full: bool) -> Result<String, String> {
-        let cluster = self.world.cluster();
-        let node = self.world.node.clone();
         let t0 = Instant::now();
-        let desired = policy::plan(&cluster, &node);
+        let node = self.world.node.clone();
+        let (cluster, touched) = self.world.cluster();
+        // A full sync also plans from nothing: nothing the planner kept outlives it.
+        let desired = if full {
+            self.planner = policy::Planner::new(&node);
+            self.planner.plan(cluster)
+        } else {
+            self.planner.plan_touched(cluster, &touched)
+        };
+        let policies = cluster.policies.len();
         let planned = t0.elapsed();
         // A failure leaves `applied` empty: the next sync reads the kernel.
         let old = match self.applied.take().filter(|_| !full) {
@@ -76,17 +85,19 @@ impl Reconcile for PolicySync {
                 read_actual().map_err(|e| e.to_string())?
             }
         };
+        let t_diff = Instant::now();
         let (objects, counts) = policy::diff(&old, &desired);
         let t1 = Instant::now();
+        let diffed = t1 - t_diff;
         let took = if objects.is_empty() {
             flatnet_kernel::nf_tables::Took::default()
         } else {
             crate::tables::write(&objects, crate::tables::policy_sets(&old)).map_err(|e| e.to_string())?
         };
         let what = format!(
-            "{}{} policies, {}; {} chain(s) added, {} removed, {} set(s) added, {} removed, {} element(s) changed (plan {:.1} ms, kernel write {:.1} ms: {took})",
+            "{}{} policies, {}; {} chain(s) added, {} removed, {} set(s) added, {} removed, {} element(s) changed (plan {:.1} ms, diff {:.1} ms, kernel write {:.1} ms: {took})",
             if full { "policy sync (full): " } else { "policy sync: " },
-            cluster.policies.len(),
+            policies,
             desired.summary(),
             counts.chains_added,
             counts.chains_removed,
@@ -94,6 +105,7 @@ impl Reconcile for PolicySync {
             counts.sets_removed,
             counts.elements_changed,
             planned.as_secs_f64() * 1e3,
+            diffed.as_secs_f64() * 1e3,
             t1.elapsed().as_secs_f64() * 1e3,
         );
         let pods = self
@@ -165,7 +177,12 @@ pub async fn run(
     // The socket file stays when the agent stops: while it is away, ADD fails (and is
     // retried) rather than start a pod whose policy nobody put in force.
     let _server = socket.map(|p| watch::Task::spawn(registration::serve_registrations(p, tx)));
-    let sync =
-        PolicySync { world: World { node, ..World::default() }, applied: None, dirty: true, status: status.clone() };
+    let sync = PolicySync {
+        planner: policy::Planner::new(&node),
+        world: World::new(node),
+        applied: None,
+        dirty: true,
+        status: status.clone(),
+    };
     drive(sync, rx, status, stop).await;
 }

@@ -4,8 +4,8 @@
 
 use flatnet_kernel::conntrack;
 use flatnet_kube::watch::{Change, Store};
-use flatnet_model::policy::{self, Cluster, Key};
-use std::collections::{BTreeMap, HashMap};
+use flatnet_model::policy::{self, Cluster, Key, Touched};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -46,22 +46,81 @@ pub(super) struct World {
     /// show yet, and when.
     pub(super) registered: HashMap<Key, (Ipv4Addr, Instant)>,
     pub(super) waiting: Vec<Registration>,
+    /// The cluster as the plan reads it, kept up to date event by event.
+    view: Cluster,
+    /// Its keys changed since the planner last read it.
+    touched: Touched,
+    /// The pods whose address a registration changed in the view.
+    stood_in: BTreeSet<Key>,
+}
+
+/// Brings `view` in line with `store` after `change` (applied to the store): only its
+/// key, or every key after a re-list; each one it changes goes in `touched`.
+fn follow<V: Clone, K: Ord + Clone>(
+    store: &Store<V>,
+    change: &Change<Key, ()>,
+    view: &mut BTreeMap<K, V>,
+    touched: &mut BTreeSet<K>,
+    key: impl Fn(&Key) -> K,
+) {
+    match change {
+        Change::Apply(k, _) | Change::Delete(k) => {
+            let at = key(k);
+            match store.items.get(k) {
+                Some(v) => view.insert(at.clone(), v.clone()),
+                None => view.remove(&at),
+            };
+            touched.insert(at);
+        }
+        Change::InitDone => {
+            touched.extend(view.keys().cloned());
+            *view = store.items.iter().map(|(k, v)| (key(k), v.clone())).collect();
+            touched.extend(view.keys().cloned());
+        }
+        Change::Init | Change::InitApply(..) => {}
+    }
+}
+
+/// The change's key alone (what `follow` needs once the store has the value).
+fn shape<V>(c: &Change<Key, V>) -> Change<Key, ()> {
+    match c {
+        Change::Init => Change::Init,
+        Change::InitApply(k, _) => Change::InitApply(k.clone(), None),
+        Change::InitDone => Change::InitDone,
+        Change::Apply(k, _) => Change::Apply(k.clone(), None),
+        Change::Delete(k) => Change::Delete(k.clone()),
+    }
 }
 
 impl World {
+    pub(super) fn new(node: String) -> Self {
+        Self { node, ..Self::default() }
+    }
+
     pub(super) fn listed(&self) -> bool {
         self.namespaces.listed && self.pods.listed && self.policies.listed
     }
 
     pub(super) fn apply(&mut self, e: Event) {
         match e {
-            Event::Namespace(c) => self.namespaces.apply(c),
-            Event::Policy(c) => self.policies.apply(c),
+            Event::Namespace(c) => {
+                let change = shape(&c);
+                self.namespaces.apply(c);
+                let (view, touched) = (&mut self.view.namespaces, &mut self.touched.namespaces);
+                follow(&self.namespaces, &change, view, touched, |k| k.1.clone());
+            }
+            Event::Policy(c) => {
+                let change = shape(&c);
+                self.policies.apply(c);
+                follow(&self.policies, &change, &mut self.view.policies, &mut self.touched.policies, Key::clone);
+            }
             Event::Pod(c) => {
                 if let Change::Delete(k) = &c {
                     self.registered.remove(k);
                 }
+                let change = shape(&c);
                 self.pods.apply(c);
+                follow(&self.pods, &change, &mut self.view.pods, &mut self.touched.pods, Key::clone);
             }
             Event::Register(r) => {
                 // The newest registration of an address wins: whoever had it is gone.
@@ -77,10 +136,11 @@ impl World {
         self.pods.items.get(key).is_some_and(|p| runs_on(p, &self.node))
     }
 
-    /// The cluster as the plan reads it: a registered address stands in for the API's
-    /// until the API shows it (for a pod of this node that still runs), and no other pod
-    /// keeps that address. Registrations that can no longer apply are forgotten.
-    pub(super) fn cluster(&mut self) -> Cluster {
+    /// The cluster as the plan reads it, and its keys changed since the last call: a
+    /// registered address stands in for the API's until the API shows it (for a pod of
+    /// this node that still runs), and no other pod keeps that address. Registrations
+    /// that can no longer apply are forgotten.
+    pub(super) fn cluster(&mut self) -> (&Cluster, Touched) {
         let waiting: Vec<Key> = self.waiting.iter().map(|r| r.key.clone()).collect();
         let pods = &self.pods.items;
         let node = &self.node;
@@ -92,26 +152,28 @@ impl World {
                     .get(k)
                     .is_some_and(|p| p.ip != Some(*ip) && runs_on(p, node) && at.elapsed() < REGISTRATION_KEPT)
         });
-        let mut pods: BTreeMap<Key, policy::Pod> =
-            self.pods.items.iter().map(|(k, p)| (k.clone(), p.clone())).collect();
+        // The pods the last registrations changed are the API's again, then the
+        // registrations that apply now change theirs.
+        for k in std::mem::take(&mut self.stood_in) {
+            match self.pods.items.get(&k) {
+                Some(p) => self.view.pods.insert(k.clone(), p.clone()),
+                None => self.view.pods.remove(&k),
+            };
+            self.touched.pods.insert(k);
+        }
         for (k, (ip, _)) in &self.registered {
             if !self.runs_here(k) {
                 continue;
             }
-            for (other, p) in pods.iter_mut() {
-                if other != k && p.ip == Some(*ip) {
-                    p.ip = None;
+            for (other, p) in self.view.pods.iter_mut() {
+                if (other != k && p.ip == Some(*ip)) || (other == k && p.ip != Some(*ip)) {
+                    p.ip = (other == k).then_some(*ip);
+                    self.stood_in.insert(other.clone());
+                    self.touched.pods.insert(other.clone());
                 }
             }
-            if let Some(p) = pods.get_mut(k) {
-                p.ip = Some(*ip);
-            }
         }
-        Cluster {
-            namespaces: self.namespaces.items.iter().map(|((_, n), l)| (n.clone(), l.clone())).collect(),
-            pods,
-            policies: self.policies.items.iter().map(|(k, p)| (k.clone(), p.clone())).collect(),
-        }
+        (&self.view, std::mem::take(&mut self.touched))
     }
 
     /// Answers the registrations of running pods of this node, which the state just
@@ -157,7 +219,7 @@ mod tests {
     fn world(pods: Vec<(&str, policy::Pod)>) -> World {
         let mut w = World { node: "node-1".into(), ..World::default() };
         for (n, p) in pods {
-            w.pods.apply(Change::Apply(key(n), Some(p)));
+            w.apply(Event::Pod(Change::Apply(key(n), Some(p))));
         }
         w
     }
@@ -176,15 +238,15 @@ mod tests {
     fn a_registration_stands_in_for_the_api_and_takes_the_address_from_its_old_owner() {
         let mut w = world(vec![("old", pod("node-1", Some("10.244.1.5"), false)), ("new", pod("node-1", None, false))]);
         let mut rx = register(&mut w, "new", "10.244.1.5");
-        let c = w.cluster();
+        let c = w.cluster().0.clone();
         assert_eq!(ip_of(&c, "new"), Some("10.244.1.5".parse().unwrap()));
         assert_eq!(ip_of(&c, "old"), None, "the address has a new owner");
         w.answer(true);
         assert_eq!(rx.try_recv().unwrap(), Ok(()));
         // The newest registration of an address wins.
-        w.pods.apply(Change::Apply(key("newer"), Some(pod("node-1", None, false))));
+        w.apply(Event::Pod(Change::Apply(key("newer"), Some(pod("node-1", None, false)))));
         let _rx = register(&mut w, "newer", "10.244.1.5");
-        let c = w.cluster();
+        let c = w.cluster().0.clone();
         assert_eq!((ip_of(&c, "newer"), ip_of(&c, "new")), (Some("10.244.1.5".parse().unwrap()), None));
     }
 
@@ -194,20 +256,46 @@ mod tests {
         let mut a = register(&mut w, "elsewhere", "10.244.1.6");
         let mut b = register(&mut w, "done", "10.244.1.7");
         let mut c = register(&mut w, "unknown", "10.244.1.8");
-        let cl = w.cluster();
+        let cl = w.cluster().0.clone();
         assert_eq!((ip_of(&cl, "elsewhere"), ip_of(&cl, "done")), (None, None));
         w.answer(true);
         for rx in [&mut a, &mut b, &mut c] {
             assert!(rx.try_recv().is_err(), "no answer before the pod runs here");
         }
         // The pod is bound here: the next applied state confirms it.
-        w.pods.apply(Change::Apply(key("elsewhere"), Some(pod("node-1", None, false))));
-        assert_eq!(ip_of(&w.cluster(), "elsewhere"), Some("10.244.1.6".parse().unwrap()));
+        w.apply(Event::Pod(Change::Apply(key("elsewhere"), Some(pod("node-1", None, false)))));
+        assert_eq!(ip_of(w.cluster().0, "elsewhere"), Some("10.244.1.6".parse().unwrap()));
         w.answer(true);
         assert_eq!(a.try_recv().unwrap(), Ok(()));
         // A failed apply confirms nothing.
         let _pending = register(&mut w, "elsewhere", "10.244.1.6");
         w.answer(false);
         assert_eq!(w.waiting.len(), 3);
+    }
+
+    #[test]
+    fn the_view_follows_every_event_and_names_what_changed() {
+        let a = "10.244.1.5".parse().ok();
+        let mut w = world(vec![("a", pod("node-1", Some("10.244.1.5"), false))]);
+        assert_eq!(w.cluster().1.pods, [key("a")].into());
+        assert!(w.cluster().1.is_empty(), "nothing changed since");
+        // A registration stands in for the API: both pods it changes are named.
+        w.apply(Event::Pod(Change::Apply(key("b"), Some(pod("node-1", None, false)))));
+        let _rx = register(&mut w, "b", "10.244.1.5");
+        let (c, t) = w.cluster();
+        assert_eq!((ip_of(c, "a"), ip_of(c, "b")), (None, a));
+        assert_eq!(t.pods, [key("a"), key("b")].into());
+        // The pod is deleted: the view has the API's pod `a` again.
+        w.apply(Event::Pod(Change::Delete(key("b"))));
+        let (c, t) = w.cluster();
+        assert_eq!(ip_of(c, "a"), a);
+        assert!(!c.pods.contains_key(&key("b")));
+        assert!(t.pods.contains(&key("a")) && t.pods.contains(&key("b")));
+        // A re-list that no longer has a pod drops it.
+        w.apply(Event::Pod(Change::Init));
+        w.apply(Event::Pod(Change::InitDone));
+        let (c, t) = w.cluster();
+        assert!(c.pods.is_empty());
+        assert_eq!(t.pods, [key("a")].into());
     }
 }

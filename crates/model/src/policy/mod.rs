@@ -22,13 +22,15 @@
 //! a chain's content never changes under its name, and a sync compares names only. A
 //! policy added to a pod rewrites only the pod's short chain of jumps.
 
+mod members;
 mod plan;
+mod render;
 mod sync;
 #[cfg(test)]
 mod tests;
 
 pub use crate::l4::Proto;
-pub use plan::plan;
+pub use plan::{Planner, Touched, plan};
 pub use sync::{BASE_CHAIN_NAMES, State, base_marker, base_transaction, diff};
 
 use crate::selector::LabelSelector;

@@ -1,270 +1,114 @@
 //! From the cluster to the desired state of one node's policy table: the chains of its
 //! isolated pods, the peer sets those chains use, and the maps that lead to them.
+//!
+//! The planner keeps its state from one plan to the next and changes only what a
+//! change touches, so one change costs in proportion to what it touches, not to the
+//! cluster:
+//! - a pod's chains are chosen again only when the pod, or a policy of its namespace,
+//!   changes;
+//! - a policy's chains are rendered again only when the policy changes;
+//! - a set's members are found again only when a pod that changed is, or was, one of
+//!   them, or when a namespace's labels change;
+//! - chains, counters and sets are counted by their users, and leave the state with
+//!   the last one.
+//!
+//! A plan after any sequence of plans equals a plan from nothing (a property test
+//! holds it to that).
 
+use super::members::{Members, Scope};
+use super::render::{PolicyChain, SetUse, chain_name, policy_chain};
 use super::sync::State;
-use super::{Cluster, Direction, Key, Namespaces, Peer, Pod, Policy, PortMatch, Proto, Rule, counter_name};
-use crate::proxy::render::eq;
-use ipnet::Ipv4Net;
-use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use super::{Cluster, Direction, Key, Pod, Policy};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
-fn hash_name(prefix: &str, text: &str) -> String {
-    format!("{prefix}-{:016x}", crate::names::fnv1a(&[text]))
+/// Hash maps with a fast hash: a plan looks up the pods and policies it keeps.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+const DIRECTIONS: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+/// What changed since the last plan, when the caller keeps count (a plan then compares
+/// only these keys with what it saw last).
+#[derive(Debug, Default, Clone)]
+pub struct Touched {
+    pub namespaces: BTreeSet<String>,
+    pub pods: BTreeSet<Key>,
+    pub policies: BTreeSet<Key>,
 }
 
-/// The peer's address: the source of ingress traffic, the destination of egress traffic.
-fn peer_addr(dir: Direction) -> Value {
-    let field = match dir {
-        Direction::Ingress => "saddr",
-        Direction::Egress => "daddr",
-    };
-    json!({"payload": {"protocol": "ip", "field": field}})
-}
-
-/// (destination address, protocol, destination port): the destination pod's for ingress,
-/// the peer's for egress, the same key either way.
-fn port_key() -> Value {
-    crate::proxy::render::service_key()
-}
-
-/// Addresses in `cidr` outside every `except`, as disjoint inclusive ranges.
-pub fn block_ranges(cidr: Ipv4Net, except: &[Ipv4Net]) -> Vec<(Ipv4Addr, Ipv4Addr)> {
-    let mut out = vec![(u32::from(cidr.network()), u32::from(cidr.broadcast()))];
-    for e in except {
-        let (lo, hi) = (u32::from(e.network()), u32::from(e.broadcast()));
-        out = out
-            .into_iter()
-            .flat_map(|(a, b)| {
-                if hi < a || lo > b {
-                    return vec![(a, b)];
-                }
-                let mut v = Vec::new();
-                if lo > a {
-                    v.push((a, lo - 1));
-                }
-                if hi < b {
-                    v.push((hi + 1, b));
-                }
-                v
-            })
-            .collect();
+impl Touched {
+    pub fn is_empty(&self) -> bool {
+        self.namespaces.is_empty() && self.pods.is_empty() && self.policies.is_empty()
     }
-    out.into_iter().map(|(a, b)| (Ipv4Addr::from(a), Ipv4Addr::from(b))).collect()
 }
 
-/// Pods that can be peers: they have an address of their own.
-fn addressed(c: &Cluster) -> impl Iterator<Item = (&Key, &Pod, Ipv4Addr)> {
-    c.pods.iter().filter_map(|(k, p)| Some((k, p, p.ip?)))
+/// A pod chain in the state: its direction and the policies it jumps to.
+#[derive(Debug)]
+struct PodChain {
+    dir: Direction,
+    policies: Vec<Key>,
 }
 
-struct Planner<'a> {
-    cluster: &'a Cluster,
+/// A local pod with an address, and its chain in each direction where it is isolated.
+#[derive(Debug)]
+struct LocalPod {
+    ip: Ipv4Addr,
+    chains: [Option<String>; 2],
+}
+
+/// Names with how many users each has.
+#[derive(Debug, Default)]
+struct Refs(HashMap<String, usize>);
+
+impl Refs {
+    /// One more user; true for the first.
+    fn take(&mut self, name: &str) -> bool {
+        match self.0.get_mut(name) {
+            Some(n) => {
+                *n += 1;
+                false
+            }
+            None => {
+                self.0.insert(name.to_string(), 1);
+                true
+            }
+        }
+    }
+
+    /// One user fewer; true for the last.
+    fn drop(&mut self, name: &str) -> bool {
+        let n = self.0.get_mut(name).expect("a name is dropped only after it was taken");
+        *n -= 1;
+        let last = *n == 0;
+        if last {
+            self.0.remove(name);
+        }
+        last
+    }
+}
+
+/// Plans one node's policy table, again and again.
+#[derive(Debug, Default)]
+pub struct Planner {
+    node: String,
+    /// The cluster as the last plan read it.
+    seen: Cluster,
+    /// Each policy's chains, in the directions some local pod needed them.
+    policies: HashMap<Key, [Option<PolicyChain>; 2]>,
+    /// This node's pods that have an address, with their chains.
+    pods: HashMap<Key, LocalPod>,
+    /// Those pods by address (two can hold one address for a moment).
+    by_ip: BTreeMap<Ipv4Addr, BTreeSet<Key>>,
+    /// The pods' chains in the state, by name.
+    pod_chains: HashMap<String, PodChain>,
+    /// What decides the members of each pod set in the state.
+    members: HashMap<String, Members>,
+    chain_refs: Refs,
+    counter_refs: Refs,
+    set_refs: Refs,
     state: State,
-    /// Policy chains already made, by (policy, direction).
-    rendered: HashMap<(Key, Direction), Option<String>>,
-    node: &'a str,
-}
-
-impl Planner<'_> {
-    fn namespace_matches(&self, scope: &Namespaces, ns: &str) -> bool {
-        match scope {
-            Namespaces::Own(own) => own == ns,
-            Namespaces::Matching(sel) => {
-                let empty = Default::default();
-                sel.matches(self.cluster.namespaces.get(ns).unwrap_or(&empty))
-            }
-        }
-    }
-
-    fn peer_has(&self, peer: &Peer, key: &Key, pod: &Pod, ip: Ipv4Addr) -> bool {
-        match peer {
-            Peer::Pods { namespaces, pods } => self.namespace_matches(namespaces, &key.0) && pods.matches(&pod.labels),
-            Peer::Block { cidr, except } => cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip)),
-        }
-    }
-
-    /// The set of a pod peer, made (with its members) the first time it is used.
-    fn pod_set(&mut self, peer: &Peer) -> String {
-        let name = hash_name("pods", &format!("{peer:?}"));
-        if !self.state.pod_sets.contains_key(&name) {
-            let ips = addressed(self.cluster)
-                .filter(|(k, p, ip)| self.peer_has(peer, k, p, *ip))
-                .map(|(_, _, ip)| ip)
-                .collect();
-            self.state.pod_sets.insert(name.clone(), ips);
-        }
-        name
-    }
-
-    fn block_set(&mut self, cidr: Ipv4Net, except: &[Ipv4Net]) -> String {
-        let ranges = block_ranges(cidr, except);
-        let name = hash_name("cidr", &format!("{ranges:?}"));
-        self.state.block_sets.insert(name.clone(), ranges);
-        name
-    }
-
-    /// The set of (address, protocol, port) of every pod among `peers` (or every pod
-    /// when there are none) that has a port called `port` of protocol `proto`.
-    fn named_port_set(&mut self, peers: Option<&Peer>, proto: Proto, port: &str) -> String {
-        let id = format!("{peers:?}/{proto:?}/{port}");
-        self.port_set(&id, proto, port, |me, k, p, ip| peers.is_none_or(|peer| me.peer_has(peer, k, p, ip)))
-    }
-
-    /// The (address, protocol, port) of each pod of this node that `policy` selects and
-    /// that has a port called `port`: a named port of an ingress rule, resolved on each
-    /// destination pod.
-    fn selected_port_set(&mut self, key: &Key, policy: &Policy, proto: Proto, port: &str) -> String {
-        let id = format!("{key:?}/ingress/{proto:?}/{port}");
-        self.port_set(&id, proto, port, |me, k, p, _| {
-            p.node.as_deref() == Some(me.node) && selects(&key.0, policy, &k.0, p)
-        })
-    }
-
-    /// The port set named after `id`: every addressed pod `which` takes, with its ports
-    /// called `port` of protocol `proto`; made the first time it is used.
-    fn port_set(
-        &mut self,
-        id: &str,
-        proto: Proto,
-        port: &str,
-        which: impl Fn(&Self, &Key, &Pod, Ipv4Addr) -> bool,
-    ) -> String {
-        let name = hash_name("nport", id);
-        if !self.state.port_sets.contains_key(&name) {
-            let elems = addressed(self.cluster)
-                .filter(|(k, p, ip)| which(self, k, p, *ip))
-                .flat_map(|(_, p, ip)| {
-                    p.ports.iter().filter(|np| np.proto == proto && np.name == port).map(move |np| (ip, proto, np.port))
-                })
-                .collect();
-            self.state.port_sets.insert(name.clone(), elems);
-        }
-        name
-    }
-
-    fn peer_match(&mut self, dir: Direction, peer: &Peer) -> Value {
-        let set = match peer {
-            Peer::Pods { .. } => self.pod_set(peer),
-            Peer::Block { cidr, except } => self.block_set(*cidr, except),
-        };
-        eq(peer_addr(dir), json!(format!("@{set}")))
-    }
-
-    /// The rules of one policy rule for local pod `pod`, each ending in `accept`
-    /// (allowed in this direction: the direction's base chain is done). A rule whose ports resolve to nothing on this pod yields no rule.
-    fn render_rule(&mut self, dir: Direction, key: &Key, policy: &Policy, rule: &Rule, out: &mut Vec<String>) {
-        let peers: Vec<Option<&Peer>> =
-            if rule.peers.is_empty() { vec![None] } else { rule.peers.iter().map(Some).collect() };
-        // Port matches that do not depend on the peer: numbers per protocol.
-        let mut numeric: BTreeMap<Proto, Vec<Value>> = BTreeMap::new();
-        let mut any_port: BTreeSet<Proto> = BTreeSet::new();
-        let mut named_egress: Vec<(Proto, &str)> = Vec::new();
-        let mut named_ingress: Vec<Value> = Vec::new();
-        for p in &rule.ports {
-            match p {
-                PortMatch::Any(proto) => {
-                    any_port.insert(*proto);
-                }
-                PortMatch::Range(proto, a, b) => {
-                    let v = if a == b { json!(a) } else { json!({"range": [a, b]}) };
-                    numeric.entry(*proto).or_default().push(v);
-                }
-                // Ingress: the destination is one of this node's pods the policy selects;
-                // the set holds each one's (address, protocol, port) for the name.
-                PortMatch::Named(proto, name) if dir == Direction::Ingress => {
-                    let set = self.selected_port_set(key, policy, *proto, name);
-                    named_ingress.push(eq(port_key(), json!(format!("@{set}"))));
-                }
-                PortMatch::Named(proto, name) => named_egress.push((*proto, name)),
-            }
-        }
-        let mut port_matches: Vec<Option<Value>> = Vec::new();
-        if rule.ports.is_empty() {
-            port_matches.push(None);
-        }
-        port_matches.extend(named_ingress.into_iter().map(Some));
-        for proto in &any_port {
-            port_matches.push(Some(eq(json!({"meta": {"key": "l4proto"}}), json!(proto.word()))));
-        }
-        // One rule per port or range: an anonymous set per rule would cost the kernel a
-        // scan of every set of the table to name each one.
-        for (proto, ports) in numeric.iter().filter(|(p, _)| !any_port.contains(p)) {
-            let mut ports = ports.clone();
-            ports.sort_by_key(Value::to_string);
-            ports.dedup();
-            for right in ports {
-                port_matches.push(Some(eq(json!({"payload": {"protocol": proto.word(), "field": "dport"}}), right)));
-            }
-        }
-        for peer in &peers {
-            let pm = peer.map(|p| self.peer_match(dir, p));
-            for port in &port_matches {
-                let expr: Vec<Value> = pm.iter().chain(port.iter()).cloned().chain([json!({"accept": null})]).collect();
-                out.push(json!({"expr": expr}).to_string());
-            }
-            // Egress to a named port: the set holds the peer's pods that have it.
-            for (proto, name) in &named_egress {
-                let set = self.named_port_set(*peer, *proto, name);
-                out.push(json!({"expr": [eq(port_key(), json!(format!("@{set}"))), {"accept": null}]}).to_string());
-            }
-        }
-    }
-
-    /// The chain of one policy in one direction: a rule per (rule, peer, port) that
-    /// accepts; None when the policy allows nothing in this direction.
-    fn policy_chain(&mut self, dir: Direction, key: &Key, policy: &Policy) -> Option<String> {
-        if let Some(name) = self.rendered.get(&(Key::clone(key), dir)) {
-            return name.clone();
-        }
-        let list = match dir {
-            Direction::Ingress => policy.ingress.as_ref(),
-            Direction::Egress => policy.egress.as_ref(),
-        };
-        let mut rules = Vec::new();
-        for rule in list.into_iter().flatten() {
-            self.render_rule(dir, key, policy, rule, &mut rules);
-        }
-        let name = (!rules.is_empty()).then(|| chain_name(&format!("pol-{}-{}/{}", dir.word(), key.0, key.1), &rules));
-        if let Some(n) = &name {
-            self.state.chains.entry(n.clone()).or_insert(rules);
-        }
-        self.rendered.insert((Key::clone(key), dir), name.clone());
-        name
-    }
-
-    /// The chain of a local pod in one direction: a jump to the chain of each policy
-    /// isolating it (one that allows the packet accepts it), then a drop counted by each
-    /// of those policies.
-    fn pod_chain(&mut self, dir: Direction, policies: &[(&Key, &Policy)]) -> String {
-        let mut rules = Vec::new();
-        let mut counters = Vec::new();
-        for (key, policy) in policies {
-            if let Some(chain) = self.policy_chain(dir, key, policy) {
-                rules.push(json!({"expr": [{"jump": {"target": chain}}]}).to_string());
-            }
-            let c = counter_name(dir, key);
-            counters.push(json!({"counter": c}));
-            self.state.counters.insert(c);
-        }
-        counters.push(json!({"drop": null}));
-        rules.push(json!({"expr": counters}).to_string());
-        let prefix = match dir {
-            Direction::Ingress => "in",
-            Direction::Egress => "out",
-        };
-        let name = chain_name(prefix, &rules);
-        self.state.chains.entry(name.clone()).or_insert(rules);
-        name
-    }
-}
-
-/// A chain's name: a prefix that says what it is for, and a hash of its rules, so a
-/// chain's content never changes under its name. Long prefixes are cut (nft names
-/// are at most 256 bytes).
-fn chain_name(prefix: &str, rules: &[String]) -> String {
-    let h = crate::names::fnv1a(&rules.iter().map(String::as_str).collect::<Vec<_>>());
-    format!("{}-{h:016x}", &prefix[..prefix.floor_char_boundary(200)])
 }
 
 /// Does `policy` (in namespace `ns`) select `pod` (in namespace `pod_ns`)?
@@ -272,26 +116,164 @@ fn selects(ns: &str, policy: &Policy, pod_ns: &str, pod: &Pod) -> bool {
     ns == pod_ns && policy.pod_selector.matches(&pod.labels)
 }
 
-/// The desired state of node `node`'s policy table.
-pub fn plan(cluster: &Cluster, node: &str) -> State {
-    let mut p = Planner { cluster, state: State::default(), rendered: HashMap::new(), node };
-    // Policies by namespace, so each pod looks at its own namespace's only.
-    let mut by_ns: HashMap<&str, Vec<(&Key, &Policy)>> = HashMap::new();
-    for (k, pol) in &cluster.policies {
-        by_ns.entry(k.0.as_str()).or_default().push((k, pol));
+/// Makes `seen` equal to `now` at `keys`; returns each key whose value changed, with
+/// the value it had.
+fn catch_up<'k, K: Ord + Clone + 'k, V: PartialEq + Clone>(
+    seen: &mut BTreeMap<K, V>,
+    now: &BTreeMap<K, V>,
+    keys: impl IntoIterator<Item = &'k K>,
+) -> Vec<(K, Option<V>)> {
+    let mut out = Vec::new();
+    for k in keys {
+        let new = now.get(k);
+        if seen.get(k) != new {
+            let old = match new {
+                Some(v) => seen.insert(k.clone(), v.clone()),
+                None => seen.remove(k),
+            };
+            out.push((k.clone(), old));
+        }
     }
-    let locals = cluster.pods.iter().filter(|(_, pod)| pod.node.as_deref() == Some(node));
-    for ((ns, _), pod) in locals {
-        let Some(ip) = pod.ip else { continue };
-        p.state.local.insert(ip);
-        let selecting: Vec<(&Key, &Policy)> = by_ns
-            .get(ns.as_str())
-            .into_iter()
-            .flatten()
-            .filter(|(_, pol)| selects(ns, pol, ns, pod))
-            .copied()
-            .collect();
-        for dir in [Direction::Ingress, Direction::Egress] {
+    out
+}
+
+/// Every key of `now` and of `seen`.
+fn all_keys<K: Ord + Clone, V>(seen: &BTreeMap<K, V>, now: &BTreeMap<K, V>) -> BTreeSet<K> {
+    seen.keys().chain(now.keys()).cloned().collect()
+}
+
+/// The local pod `key` is, if it is one: on this node, with an address.
+fn local<'a>(cluster: &'a Cluster, node: &str, key: &Key) -> Option<(&'a Pod, Ipv4Addr)> {
+    let pod = cluster.pods.get(key)?;
+    Some((pod, pod.ip.filter(|_| pod.node.as_deref() == Some(node))?))
+}
+
+impl Planner {
+    pub fn new(node: &str) -> Self {
+        Self { node: node.to_string(), ..Self::default() }
+    }
+
+    /// The desired state of the node's policy table in `cluster`, comparing the whole
+    /// cluster with the last one planned.
+    pub fn plan(&mut self, cluster: &Cluster) -> State {
+        let touched = Touched {
+            namespaces: all_keys(&self.seen.namespaces, &cluster.namespaces),
+            pods: all_keys(&self.seen.pods, &cluster.pods),
+            policies: all_keys(&self.seen.policies, &cluster.policies),
+        };
+        self.plan_touched(cluster, &touched)
+    }
+
+    /// The desired state of the node's policy table in `cluster`, which differs from
+    /// the last one planned at most at the keys of `touched`.
+    pub fn plan_touched(&mut self, cluster: &Cluster, touched: &Touched) -> State {
+        let namespaces = catch_up(&mut self.seen.namespaces, &cluster.namespaces, &touched.namespaces);
+        let pods = catch_up(&mut self.seen.pods, &cluster.pods, &touched.pods);
+        let policies = catch_up(&mut self.seen.policies, &cluster.policies, &touched.policies);
+        // A pod's chains depend on the pod and on the policies of its namespace.
+        let spaces: BTreeSet<&str> = policies.iter().map(|(k, _)| k.0.as_str()).collect();
+        let mut again: BTreeSet<Key> = pods.iter().map(|(k, _)| k.clone()).collect();
+        again.extend(self.pods.keys().filter(|k| spaces.contains(k.0.as_str())).cloned());
+        let mut addresses = BTreeSet::new();
+        for k in &again {
+            if let Some(p) = self.pods.remove(k) {
+                self.leave(k, &p);
+                addresses.insert(p.ip);
+            }
+        }
+        // Nothing uses the old chains of a changed policy any more.
+        for (k, _) in &policies {
+            self.policies.remove(k);
+        }
+        self.refresh_sets(cluster, !namespaces.is_empty(), &pods);
+        let mut by_ns: HashMap<&str, Vec<(&Key, &Policy)>> = HashMap::default();
+        if !again.is_empty() {
+            for (k, pol) in &cluster.policies {
+                by_ns.entry(k.0.as_str()).or_default().push((k, pol));
+            }
+        }
+        for k in again {
+            let Some((pod, ip)) = local(cluster, &self.node, &k) else { continue };
+            let chains = self.choose(cluster, &k, pod, by_ns.get(k.0.as_str()).map_or(&[][..], Vec::as_slice));
+            self.by_ip.entry(ip).or_default().insert(k.clone());
+            addresses.insert(ip);
+            self.pods.insert(k, LocalPod { ip, chains });
+        }
+        for ip in addresses {
+            self.address(ip);
+        }
+        self.state.clone()
+    }
+
+    /// Takes local pod `key` out of the state.
+    fn leave(&mut self, key: &Key, pod: &LocalPod) {
+        if let Some(keys) = self.by_ip.get_mut(&pod.ip) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_ip.remove(&pod.ip);
+            }
+        }
+        for name in pod.chains.iter().flatten() {
+            if self.chain_refs.drop(name) {
+                self.state.chains.remove(name);
+                let chain = self.pod_chains.remove(name).expect("a pod chain in use is kept");
+                for k in &chain.policies {
+                    self.drop_policy(k, chain.dir);
+                }
+            }
+        }
+    }
+
+    /// The state's entries for address `ip`: as a plan from nothing makes them, the
+    /// pods holding it taken in order, the last isolated one's chain in each direction.
+    fn address(&mut self, ip: Ipv4Addr) {
+        let keys = self.by_ip.get(&ip);
+        if keys.is_some() {
+            self.state.local.insert(ip);
+        } else {
+            self.state.local.remove(&ip);
+        }
+        for (i, dir) in DIRECTIONS.iter().enumerate() {
+            let chain = keys.into_iter().flatten().filter_map(|k| self.pods[k].chains[i].as_ref()).next_back();
+            let map = match dir {
+                Direction::Ingress => &mut self.state.ingress,
+                Direction::Egress => &mut self.state.egress,
+            };
+            match chain {
+                Some(c) => map.insert(ip, c.clone()),
+                None => map.remove(&ip),
+            };
+        }
+    }
+
+    /// Finds again the members of the sets in use that the changed pods may have
+    /// changed (every set, when a namespace's labels changed).
+    fn refresh_sets(&mut self, cluster: &Cluster, namespaces_changed: bool, pods: &[(Key, Option<Pod>)]) {
+        if pods.is_empty() && !namespaces_changed {
+            return;
+        }
+        let scope = Scope { namespaces: &cluster.namespaces, node: &self.node };
+        // Many changed pods: as cheap to look at every pod of every set.
+        let all = namespaces_changed || pods.len() * 2 > cluster.pods.len();
+        for (name, members) in &self.members {
+            let changed = all
+                || pods.iter().any(|(k, old)| {
+                    let before = old.as_ref().map(|p| members.of(&scope, k, p)).unwrap_or_default();
+                    let after = cluster.pods.get(k).map(|p| members.of(&scope, k, p)).unwrap_or_default();
+                    before != after
+                });
+            if changed {
+                put_members(&mut self.state, name, members, &scope, cluster);
+            }
+        }
+    }
+
+    /// The chains of local pod `key`, among its namespace's policies, taken into the
+    /// state.
+    fn choose(&mut self, cluster: &Cluster, key: &Key, pod: &Pod, policies: &[(&Key, &Policy)]) -> [Option<String>; 2] {
+        let selecting: Vec<(&Key, &Policy)> =
+            policies.iter().filter(|(_, pol)| selects(&key.0, pol, &key.0, pod)).copied().collect();
+        DIRECTIONS.map(|dir| {
             let isolating: Vec<(&Key, &Policy)> = selecting
                 .iter()
                 .filter(|(_, pol)| match dir {
@@ -300,15 +282,105 @@ pub fn plan(cluster: &Cluster, node: &str) -> State {
                 })
                 .copied()
                 .collect();
-            if isolating.is_empty() {
+            (!isolating.is_empty()).then(|| self.pod_chain(cluster, dir, &isolating))
+        })
+    }
+
+    /// The chain of a local pod in one direction: a jump to the chain of each policy
+    /// isolating it (one that allows the packet accepts it), then a drop counted by each
+    /// of those policies. Taken into the state with what it uses.
+    fn pod_chain(&mut self, cluster: &Cluster, dir: Direction, isolating: &[(&Key, &Policy)]) -> String {
+        let mut rules = Vec::new();
+        let mut counters = Vec::new();
+        for (key, policy) in isolating {
+            let chain = self.policies.entry(Key::clone(key)).or_default()[dir as usize]
+                .get_or_insert_with(|| policy_chain(dir, key, policy));
+            if let Some(name) = &chain.name {
+                rules.push(json!({"expr": [{"jump": {"target": name}}]}).to_string());
+            }
+            counters.push(json!({"counter": chain.counter}));
+        }
+        counters.push(json!({"drop": null}));
+        rules.push(json!({"expr": counters}).to_string());
+        let prefix = match dir {
+            Direction::Ingress => "in",
+            Direction::Egress => "out",
+        };
+        let name = chain_name(prefix, &rules);
+        if self.chain_refs.take(&name) {
+            self.state.chains.insert(name.clone(), Arc::new(rules));
+            let policies: Vec<Key> = isolating.iter().map(|(k, _)| Key::clone(k)).collect();
+            for k in &policies {
+                self.take_policy(cluster, k, dir);
+            }
+            self.pod_chains.insert(name.clone(), PodChain { dir, policies });
+        }
+        name
+    }
+
+    /// One more pod chain jumps to policy `key`'s chain in `dir` (rendered): its chain,
+    /// counter and sets are in the state.
+    fn take_policy(&mut self, cluster: &Cluster, key: &Key, dir: Direction) {
+        let chain = self.policies[key][dir as usize].as_ref().expect("rendered before it is taken");
+        if let Some(name) = &chain.name
+            && self.chain_refs.take(name)
+        {
+            self.state.chains.insert(name.clone(), chain.rules.clone());
+        }
+        if self.counter_refs.take(&chain.counter) {
+            self.state.counters.insert(chain.counter.clone());
+        }
+        let scope = Scope { namespaces: &cluster.namespaces, node: &self.node };
+        for (name, set) in &chain.uses {
+            if !self.set_refs.take(name) {
                 continue;
             }
-            let chain = p.pod_chain(dir, &isolating);
-            match dir {
-                Direction::Ingress => p.state.ingress.insert(ip, chain),
-                Direction::Egress => p.state.egress.insert(ip, chain),
-            };
+            match set {
+                SetUse::Block(ranges) => {
+                    self.state.block_sets.insert(name.clone(), ranges.clone());
+                }
+                SetUse::Members(m) => {
+                    put_members(&mut self.state, name, m, &scope, cluster);
+                    self.members.insert(name.clone(), m.clone());
+                }
+            }
         }
     }
-    p.state
+
+    /// One pod chain fewer jumps to policy `key`'s chain in `dir`.
+    fn drop_policy(&mut self, key: &Key, dir: Direction) {
+        let chain = self.policies[key][dir as usize].as_ref().expect("a policy in use stays rendered");
+        if let Some(name) = &chain.name
+            && self.chain_refs.drop(name)
+        {
+            self.state.chains.remove(name);
+        }
+        if self.counter_refs.drop(&chain.counter) {
+            self.state.counters.remove(&chain.counter);
+        }
+        for (name, _) in &chain.uses {
+            if self.set_refs.drop(name) {
+                self.state.block_sets.remove(name);
+                self.state.pod_sets.remove(name);
+                self.state.port_sets.remove(name);
+                self.members.remove(name);
+            }
+        }
+    }
+}
+
+/// Puts set `name` in `state` with the members `members` finds in the cluster.
+fn put_members(state: &mut State, name: &str, members: &Members, scope: &Scope, cluster: &Cluster) {
+    let found = members.among(scope, &cluster.pods);
+    if members.addresses_only() {
+        state.pod_sets.insert(name.to_string(), Arc::new(found.into_iter().map(|e| e.0).collect()));
+    } else {
+        let ports = found.into_iter().filter_map(|(ip, p)| p.map(|(proto, port)| (ip, proto, port))).collect();
+        state.port_sets.insert(name.to_string(), Arc::new(ports));
+    }
+}
+
+/// The desired state of node `node`'s policy table, planned from nothing.
+pub fn plan(cluster: &Cluster, node: &str) -> State {
+    Planner::new(node).plan(cluster)
 }

@@ -6,17 +6,22 @@ use super::{FAMILY, Proto, TABLE};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+/// A member of a named-port set: (address, protocol, port).
+pub type PortElem = (Ipv4Addr, Proto, u16);
 
 /// What the table holds (desired, or as read from the kernel). Chains and `cidr-` sets
-/// are named by their content, so only their names are compared.
+/// are named by their content, so only their names are compared. Sets and rules are
+/// shared: a plan hands out what it kept from the last one without copying it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     pub counters: BTreeSet<String>,
-    pub pod_sets: BTreeMap<String, BTreeSet<Ipv4Addr>>,
-    pub block_sets: BTreeMap<String, Vec<(Ipv4Addr, Ipv4Addr)>>,
-    pub port_sets: BTreeMap<String, BTreeSet<(Ipv4Addr, Proto, u16)>>,
+    pub pod_sets: BTreeMap<String, Arc<BTreeSet<Ipv4Addr>>>,
+    pub block_sets: BTreeMap<String, Arc<Vec<(Ipv4Addr, Ipv4Addr)>>>,
+    pub port_sets: BTreeMap<String, Arc<BTreeSet<PortElem>>>,
     /// Chain name → rules (`{"expr": …}`), empty when read from the kernel.
-    pub chains: BTreeMap<String, Vec<String>>,
+    pub chains: BTreeMap<String, Arc<Vec<String>>>,
     pub ingress: BTreeMap<Ipv4Addr, String>,
     pub egress: BTreeMap<Ipv4Addr, String>,
     /// This node's pods: traffic from one to itself (through a Service) is always allowed.
@@ -107,6 +112,7 @@ fn set_changes<K: Ord>(
 ) -> usize {
     let empty = BTreeSet::new();
     let old = old.unwrap_or(&empty);
+
     let del: Vec<Value> = old.difference(new).map(&elem).collect();
     let add: Vec<Value> = new.difference(old).map(&elem).collect();
     let n = del.len() + add.len();
@@ -164,24 +170,30 @@ pub fn diff(old: &State, new: &State) -> (Vec<String>, Counts) {
             t.push(set_decl(name, json!("ipv4_addr"), false));
             n.sets_added += 1;
         }
-        n.elements_changed += set_changes(&mut t, name, old.pod_sets.get(name), ips, |ip| json!(ip.to_string()));
+        if old.pod_sets.get(name) != Some(ips) {
+            n.elements_changed +=
+                set_changes(&mut t, name, old.pod_sets.get(name).map(|s| &**s), ips, |ip| json!(ip.to_string()));
+        }
     }
     for (name, elems) in &new.port_sets {
         if !old.port_sets.contains_key(name) {
             t.push(set_decl(name, json!(["ipv4_addr", "inet_proto", "inet_service"]), false));
             n.sets_added += 1;
         }
-        n.elements_changed += set_changes(&mut t, name, old.port_sets.get(name), elems, port_elem);
+        if old.port_sets.get(name) != Some(elems) {
+            n.elements_changed += set_changes(&mut t, name, old.port_sets.get(name).map(|s| &**s), elems, port_elem);
+        }
     }
     // Chains, before the map elements that jump to them; all declared before any rule
     // (a pod's chain jumps to its policies' chains).
-    let added: Vec<(&String, &Vec<String>)> = new.chains.iter().filter(|(c, _)| !old.chains.contains_key(*c)).collect();
+    let added: Vec<(&String, &Arc<Vec<String>>)> =
+        new.chains.iter().filter(|(c, _)| !old.chains.contains_key(*c)).collect();
     for (name, _) in &added {
         t.push(json!({"add": obj("chain", json!({"name": name}))}).to_string());
     }
     for (name, rules) in added {
         let chain = Value::String(name.to_string()).to_string();
-        for r in rules {
+        for r in rules.iter() {
             // r is `{"expr":…}`: its fields follow ours, its closing brace closes the rule.
             t.push(format!(
                 r#"{{"add":{{"rule":{{"family":"{FAMILY}","table":"{TABLE}","chain":{chain},{}}}}}"#,
@@ -233,7 +245,7 @@ impl State {
                 && let Some(name) = c["name"].as_str()
                 && !BASE_CHAINS.iter().any(|(b, _, _)| *b == name)
             {
-                s.chains.insert(name.to_string(), Vec::new());
+                s.chains.insert(name.to_string(), Arc::default());
             }
             let Some(set) = o.get("set").or_else(|| o.get("map")).filter(|c| c["table"] == TABLE) else { continue };
             let Some(name) = set["name"].as_str() else { continue };
@@ -249,10 +261,10 @@ impl State {
                 }
                 "local-self" => s.local = elems.iter().filter_map(|e| ip(concat(e).first()?)).collect(),
                 n if n.starts_with("pods-") => {
-                    s.pod_sets.insert(n.to_string(), elems.iter().filter_map(ip).collect());
+                    s.pod_sets.insert(n.to_string(), Arc::new(elems.iter().filter_map(ip).collect()));
                 }
                 n if n.starts_with("cidr-") => {
-                    s.block_sets.insert(n.to_string(), Vec::new());
+                    s.block_sets.insert(n.to_string(), Arc::default());
                 }
                 n if n.starts_with("nport-") => {
                     let e = elems
@@ -266,7 +278,7 @@ impl State {
                             ))
                         })
                         .collect();
-                    s.port_sets.insert(n.to_string(), e);
+                    s.port_sets.insert(n.to_string(), Arc::new(e));
                 }
                 _ => {}
             }

@@ -1,4 +1,4 @@
-use super::plan::block_ranges;
+use super::render::block_ranges;
 use super::*;
 use crate::selector::LabelSelector;
 use serde_json::Value;
@@ -75,7 +75,7 @@ fn expanded(s: &State, chain: &str) -> Vec<String> {
         .flat_map(|r| {
             let v: Value = serde_json::from_str(r).unwrap();
             match v["expr"][0]["jump"]["target"].as_str() {
-                Some(target) => s.chains[target].clone(),
+                Some(target) => s.chains[target].to_vec(),
                 None => vec![r.clone()],
             }
         })
@@ -126,7 +126,7 @@ fn peers_are_sets_of_pod_ips_and_blocks_with_excepts_cut_out() {
     let s = plan(&cluster(), "node-1");
     let api: Vec<_> = s.pod_sets.values().filter(|v| v.len() == 1).collect();
     assert!(api.iter().any(|v| v.contains(&"10.244.1.3".parse().unwrap())), "{:?}", s.pod_sets);
-    let ranges: Vec<_> = s.block_sets.values().collect();
+    let ranges: Vec<_> = s.block_sets.values().map(|r| &**r).collect();
     assert_eq!(ranges, vec![&vec![("203.0.113.0".parse().unwrap(), "203.0.113.127".parse().unwrap())]]);
     // Named ports: egress, the data namespace's pods that have it (db-1 on node-2);
     // ingress, this node's pods the policy selects (web-1).
@@ -279,4 +279,36 @@ fn counter_names_round_trip_and_stay_short() {
     );
     let long = key("n", &"p".repeat(250));
     assert!(counter_name(Direction::Ingress, &long).len() < 256);
+}
+
+/// Two of this node's pods can hold one address for a moment (one going, the next
+/// coming): a planner that keeps its state maps the address as a plan from nothing
+/// does, at every step.
+#[test]
+fn an_address_two_pods_hold_maps_as_a_plan_from_nothing_does() {
+    let mut c = cluster();
+    // Web pods isolated for egress too, by another chain than api pods.
+    let web_out = Policy { pod_selector: sel("app=web"), ingress: None, egress: Some(vec![Rule::default()]) };
+    c.policies.insert(key("shop", "web-out"), web_out);
+    let mut planner = Planner::new("node-1");
+    assert_eq!(planner.plan(&c), plan(&c, "node-1"));
+    let steps: [&dyn Fn(&mut Cluster); 5] = [
+        // An api pod (isolated for egress) comes with web-1's address (isolated for ingress).
+        &|c| drop(c.pods.insert(key("shop", "z-api"), pod("api", "10.244.1.2", "node-1"))),
+        &|c| drop(c.pods.insert(key("shop", "a-web"), pod("web", "10.244.1.2", "node-1"))),
+        &|c| drop(c.pods.remove(&key("shop", "web-1"))),
+        &|c| drop(c.pods.remove(&key("shop", "z-api"))),
+        &|c| c.policies.clear(),
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        step(&mut c);
+        let fresh = plan(&c, "node-1");
+        assert_eq!(planner.plan(&c), fresh, "step {i}");
+        if i == 1 {
+            assert!(
+                fresh.ingress.contains_key(&"10.244.1.2".parse().unwrap())
+                    && fresh.egress.contains_key(&"10.244.1.2".parse().unwrap())
+            );
+        }
+    }
 }
