@@ -54,32 +54,41 @@ impl Members {
 
     /// What pod `key` puts in the set: nothing unless it has an address of its own.
     pub(super) fn of(&self, scope: &Scope, key: &Key, pod: &Pod) -> Vec<Elem> {
-        let Some(ip) = pod.ip else { return Vec::new() };
-        let ports = |proto: Proto, name: &str| -> Vec<Elem> {
-            pod.ports
-                .iter()
-                .filter(|np| np.proto == proto && np.name == name)
-                .map(|np| (ip, Some((proto, np.port))))
-                .collect()
-        };
-        match self {
-            Self::Peer(peer) if scope.peer_has(peer, key, pod, ip) => vec![(ip, None)],
-            Self::Peer(_) => Vec::new(),
-            Self::NamedPort(peer, proto, name) if peer.as_ref().is_none_or(|p| scope.peer_has(p, key, pod, ip)) => {
-                ports(*proto, name)
+        let mut out = Vec::new();
+        self.add(scope, key, pod, &mut out);
+        out
+    }
+
+    /// Adds to `out` what pod `key` puts in the set.
+    fn add(&self, scope: &Scope, key: &Key, pod: &Pod, out: &mut impl Extend<Elem>) {
+        let Some(ip) = pod.ip else { return };
+        let (proto, name) = match self {
+            Self::Peer(peer) => {
+                if scope.peer_has(peer, key, pod, ip) {
+                    out.extend([(ip, None)]);
+                }
+                return;
             }
-            Self::NamedPort(..) => Vec::new(),
+            Self::NamedPort(peer, proto, name) if peer.as_ref().is_none_or(|p| scope.peer_has(p, key, pod, ip)) => {
+                (*proto, name)
+            }
             Self::Selected { ns, selector, proto, name }
                 if pod.node.as_deref() == Some(scope.node) && *ns == key.0 && selector.matches(&pod.labels) =>
             {
-                ports(*proto, name)
+                (*proto, name)
             }
-            Self::Selected { .. } => Vec::new(),
-        }
+            Self::NamedPort(..) | Self::Selected { .. } => return,
+        };
+        let ports = pod.ports.iter().filter(|np| np.proto == proto && np.name == *name);
+        out.extend(ports.map(|np| (ip, Some((proto, np.port)))));
     }
 
     /// Every member among `pods`.
     pub(super) fn among(&self, scope: &Scope, pods: &BTreeMap<Key, Pod>) -> BTreeSet<Elem> {
-        pods.iter().flat_map(|(k, p)| self.of(scope, k, p)).collect()
+        let mut found = BTreeSet::new();
+        for (k, p) in pods {
+            self.add(scope, k, p, &mut found);
+        }
+        found
     }
 }

@@ -31,7 +31,7 @@ mod tests;
 
 pub use crate::l4::Proto;
 pub use plan::{Planner, Touched, plan};
-pub use sync::{BASE_CHAIN_NAMES, State, base_marker, base_transaction, diff};
+pub use sync::{BASE_CHAIN_NAMES, PortElem, State, base_marker, base_transaction, diff};
 
 use crate::selector::LabelSelector;
 use ipnet::Ipv4Net;

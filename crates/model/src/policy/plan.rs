@@ -17,9 +17,8 @@
 
 use super::members::{Members, Scope};
 use super::render::{PolicyChain, SetUse, chain_name, policy_chain};
-use super::sync::State;
+use super::sync::{PortElem, State};
 use super::{Cluster, Direction, Key, Pod, Policy};
-use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -105,10 +104,18 @@ pub struct Planner {
     pod_chains: HashMap<String, PodChain>,
     /// What decides the members of each pod set in the state.
     members: HashMap<String, Members>,
+    /// Sets their last user left during this plan, with their members, in case the
+    /// plan takes them again (a pod chosen again takes what it left).
+    parked: HashMap<String, (Members, Found)>,
     chain_refs: Refs,
     counter_refs: Refs,
     set_refs: Refs,
     state: State,
+}
+
+/// `s` as a JSON string.
+fn json_str(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
 }
 
 /// Does `policy` (in namespace `ns`) select `pod` (in namespace `pod_ns`)?
@@ -170,10 +177,27 @@ impl Planner {
         let namespaces = catch_up(&mut self.seen.namespaces, &cluster.namespaces, &touched.namespaces);
         let pods = catch_up(&mut self.seen.pods, &cluster.pods, &touched.pods);
         let policies = catch_up(&mut self.seen.policies, &cluster.policies, &touched.policies);
-        // A pod's chains depend on the pod and on the policies of its namespace.
-        let spaces: BTreeSet<&str> = policies.iter().map(|(k, _)| k.0.as_str()).collect();
+        // Sets first, while those in use are all known: their members as the pods are now.
+        self.refresh_sets(cluster, !namespaces.is_empty(), &pods);
+        // A pod's chains depend on the pod and on the policies that select it: a changed
+        // policy's pods are those its old or its new selector picks.
+        let mut changed: HashMap<&str, Vec<&Policy>> = HashMap::default();
+        for (k, old) in &policies {
+            let entry = changed.entry(k.0.as_str()).or_default();
+            entry.extend(old.iter().chain(cluster.policies.get(k)));
+        }
         let mut again: BTreeSet<Key> = pods.iter().map(|(k, _)| k.clone()).collect();
-        again.extend(self.pods.keys().filter(|k| spaces.contains(k.0.as_str())).cloned());
+        again.extend(
+            self.pods
+                .keys()
+                .filter(|k| {
+                    let (Some(pols), Some(pod)) = (changed.get(k.0.as_str()), cluster.pods.get(*k)) else {
+                        return false;
+                    };
+                    pols.iter().any(|pol| selects(&k.0, pol, &k.0, pod))
+                })
+                .cloned(),
+        );
         let mut addresses = BTreeSet::new();
         for k in &again {
             if let Some(p) = self.pods.remove(k) {
@@ -185,7 +209,6 @@ impl Planner {
         for (k, _) in &policies {
             self.policies.remove(k);
         }
-        self.refresh_sets(cluster, !namespaces.is_empty(), &pods);
         let mut by_ns: HashMap<&str, Vec<(&Key, &Policy)>> = HashMap::default();
         if !again.is_empty() {
             for (k, pol) in &cluster.policies {
@@ -202,6 +225,7 @@ impl Planner {
         for ip in addresses {
             self.address(ip);
         }
+        self.parked.clear();
         self.state.clone()
     }
 
@@ -290,18 +314,20 @@ impl Planner {
     /// isolating it (one that allows the packet accepts it), then a drop counted by each
     /// of those policies. Taken into the state with what it uses.
     fn pod_chain(&mut self, cluster: &Cluster, dir: Direction, isolating: &[(&Key, &Policy)]) -> String {
+        // The rules' text as serde_json writes it (a chain is named by its rules' text),
+        // made without building JSON values: a plan writes these for every pod it chooses.
         let mut rules = Vec::new();
-        let mut counters = Vec::new();
+        let mut counters = String::from(r#"{"expr":["#);
         for (key, policy) in isolating {
             let chain = self.policies.entry(Key::clone(key)).or_default()[dir as usize]
                 .get_or_insert_with(|| policy_chain(dir, key, policy));
             if let Some(name) = &chain.name {
-                rules.push(json!({"expr": [{"jump": {"target": name}}]}).to_string());
+                rules.push(format!(r#"{{"expr":[{{"jump":{{"target":{}}}}}]}}"#, json_str(name)));
             }
-            counters.push(json!({"counter": chain.counter}));
+            counters.push_str(&format!(r#"{{"counter":{}}},"#, json_str(&chain.counter)));
         }
-        counters.push(json!({"drop": null}));
-        rules.push(json!({"expr": counters}).to_string());
+        counters.push_str(r#"{"drop":null}]}"#);
+        rules.push(counters);
         let prefix = match dir {
             Direction::Ingress => "in",
             Direction::Egress => "out",
@@ -340,7 +366,10 @@ impl Planner {
                     self.state.block_sets.insert(name.clone(), ranges.clone());
                 }
                 SetUse::Members(m) => {
-                    put_members(&mut self.state, name, m, &scope, cluster);
+                    match self.parked.remove(name) {
+                        Some((had, found)) if had == *m => found.put(&mut self.state, name),
+                        _ => put_members(&mut self.state, name, m, &scope, cluster),
+                    }
                     self.members.insert(name.clone(), m.clone());
                 }
             }
@@ -361,9 +390,34 @@ impl Planner {
         for (name, _) in &chain.uses {
             if self.set_refs.drop(name) {
                 self.state.block_sets.remove(name);
-                self.state.pod_sets.remove(name);
-                self.state.port_sets.remove(name);
-                self.members.remove(name);
+                let found = match (self.state.pod_sets.remove(name), self.state.port_sets.remove(name)) {
+                    (Some(a), _) => Some(Found::Addresses(a)),
+                    (_, Some(p)) => Some(Found::Ports(p)),
+                    _ => None,
+                };
+                if let (Some(members), Some(found)) = (self.members.remove(name), found) {
+                    self.parked.insert(name.clone(), (members, found));
+                }
+            }
+        }
+    }
+}
+
+/// A pod set's members, as the state holds them.
+#[derive(Debug)]
+enum Found {
+    Addresses(Arc<BTreeSet<Ipv4Addr>>),
+    Ports(Arc<BTreeSet<PortElem>>),
+}
+
+impl Found {
+    fn put(self, state: &mut State, name: &str) {
+        match self {
+            Self::Addresses(a) => {
+                state.pod_sets.insert(name.to_string(), a);
+            }
+            Self::Ports(p) => {
+                state.port_sets.insert(name.to_string(), p);
             }
         }
     }
@@ -372,12 +426,14 @@ impl Planner {
 /// Puts set `name` in `state` with the members `members` finds in the cluster.
 fn put_members(state: &mut State, name: &str, members: &Members, scope: &Scope, cluster: &Cluster) {
     let found = members.among(scope, &cluster.pods);
-    if members.addresses_only() {
-        state.pod_sets.insert(name.to_string(), Arc::new(found.into_iter().map(|e| e.0).collect()));
+    let found = if members.addresses_only() {
+        Found::Addresses(Arc::new(found.into_iter().map(|e| e.0).collect()))
     } else {
-        let ports = found.into_iter().filter_map(|(ip, p)| p.map(|(proto, port)| (ip, proto, port))).collect();
-        state.port_sets.insert(name.to_string(), Arc::new(ports));
-    }
+        Found::Ports(Arc::new(
+            found.into_iter().filter_map(|(ip, p)| p.map(|(proto, port)| (ip, proto, port))).collect(),
+        ))
+    };
+    found.put(state, name);
 }
 
 /// The desired state of node `node`'s policy table, planned from nothing.
