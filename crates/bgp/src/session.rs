@@ -287,11 +287,15 @@ impl Session {
         }
     }
 
+    /// Forgets what belongs to one connection, what we sent on it included: the next
+    /// session announces everything again.
     fn clear_connection(&mut self) {
         self.local_addr = None;
         self.hold_at = None;
         self.keepalive_at = None;
         self.peer_id = None;
+        self.sent.clear();
+        self.awaiting_eor = false;
     }
 
     fn wait_retry(&mut self, now: Instant) {
@@ -361,8 +365,6 @@ impl Session {
             warn!(%peer, "BGP connection lost");
             self.drop_routes(out);
         }
-        self.sent.clear();
-        self.awaiting_eor = false;
         self.wait_retry(now);
     }
 
@@ -377,8 +379,6 @@ impl Session {
 
     fn end_session(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.drop_routes(out);
-        self.sent.clear();
-        self.awaiting_eor = false;
         self.wait_retry(now);
     }
 

@@ -243,8 +243,15 @@ fn stop_sends_cease_and_goes_idle() {
     assert_eq!(notification(&a), Some((6, 3)));
     assert_eq!(s.prefixes_received(), 0);
     assert_eq!(s.state(), State::Idle);
+    assert_eq!(s.prefixes_sent(), 0, "what the closed session sent is forgotten");
     // Only the wait for the initial sync is left: no retry, no hold timer.
     assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(60)));
+    // Started again, the next session announces our prefix again.
+    s.handle(t0, Event::Start);
+    s.handle(t0, Event::TcpConnected { local_addr: LOCAL });
+    s.handle(t0, Event::Received(peer_open(65002, 30, gr(120, true))));
+    let a = s.handle(t0, Event::Received(Message::Keepalive));
+    assert!(sent(&a).iter().any(|m| matches!(m, Message::Update(u) if u.nlri == vec![net("10.244.1.0/24")])), "{a:?}");
 }
 
 #[test]
