@@ -89,7 +89,7 @@ impl Refs {
 }
 
 /// Plans one node's policy table, again and again.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Planner {
     node: String,
     /// The cluster as the last plan read it.
@@ -157,7 +157,20 @@ fn local<'a>(cluster: &'a Cluster, node: &str, key: &Key) -> Option<(&'a Pod, Ip
 
 impl Planner {
     pub fn new(node: &str) -> Self {
-        Self { node: node.to_string(), ..Self::default() }
+        Self {
+            node: node.to_string(),
+            seen: Cluster::default(),
+            policies: HashMap::default(),
+            pods: HashMap::default(),
+            by_ip: BTreeMap::new(),
+            pod_chains: HashMap::default(),
+            members: HashMap::default(),
+            parked: HashMap::default(),
+            chain_refs: Refs::default(),
+            counter_refs: Refs::default(),
+            set_refs: Refs::default(),
+            state: State::default(),
+        }
     }
 
     /// The desired state of the node's policy table in `cluster`, comparing the whole
@@ -191,10 +204,11 @@ impl Planner {
             self.pods
                 .keys()
                 .filter(|k| {
-                    let (Some(pols), Some(pod)) = (changed.get(k.0.as_str()), cluster.pods.get(*k)) else {
-                        return false;
-                    };
-                    pols.iter().any(|pol| selects(&k.0, pol, &k.0, pod))
+                    let Some(pols) = changed.get(k.0.as_str()) else { return false };
+                    // The pod as it is, and as the planner saw it when it chose its chains
+                    // (the same but for a pod the caller forgot to name as touched).
+                    let pods = [cluster.pods.get(*k), self.seen.pods.get(*k)];
+                    pols.iter().any(|pol| pods.iter().flatten().any(|pod| selects(&k.0, pol, &k.0, pod)))
                 })
                 .cloned(),
         );

@@ -312,3 +312,24 @@ fn an_address_two_pods_hold_maps_as_a_plan_from_nothing_does() {
         }
     }
 }
+
+/// With many pods, one changed pod refreshes only the sets it is or was in: those sets
+/// still come out as a plan from nothing makes them.
+#[test]
+fn one_pod_changed_among_many_refreshes_its_sets() {
+    let mut c = cluster();
+    for i in 0..20 {
+        c.pods.insert(key("shop", &format!("api-x{i:02}")), pod("api", &format!("10.244.2.{}", 20 + i), "node-2"));
+    }
+    let mut planner = Planner::new("node-1");
+    assert_eq!(planner.plan(&c), plan(&c, "node-1"));
+    let steps: [&dyn Fn(&mut Cluster); 3] = [
+        &|c| c.pods.get_mut(&key("shop", "api-x03")).unwrap().labels = labels(&[("app", "web")]),
+        &|c| c.pods.get_mut(&key("shop", "api-x07")).unwrap().ip = Some("10.244.2.99".parse().unwrap()),
+        &|c| drop(c.pods.remove(&key("shop", "api-x11"))),
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        step(&mut c);
+        assert_eq!(planner.plan(&c), plan(&c, "node-1"), "step {i}");
+    }
+}
