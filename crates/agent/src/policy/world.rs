@@ -54,41 +54,32 @@ pub(super) struct World {
     stood_in: BTreeSet<Key>,
 }
 
-/// Brings `view` in line with `store` after `change` (applied to the store): only its
-/// key, or every key after a re-list; each one it changes goes in `touched`.
+/// Applies `change` to `store` and brings `view` in line: only its key, or every key
+/// after a re-list; each key it changes goes in `touched`.
 fn follow<V: Clone, K: Ord + Clone>(
-    store: &Store<V>,
-    change: &Change<Key, ()>,
+    store: &mut Store<V>,
+    change: Change<Key, V>,
     view: &mut BTreeMap<K, V>,
     touched: &mut BTreeSet<K>,
     key: impl Fn(&Key) -> K,
 ) {
-    match change {
-        Change::Apply(k, _) | Change::Delete(k) => {
-            let at = key(k);
-            match store.items.get(k) {
-                Some(v) => view.insert(at.clone(), v.clone()),
-                None => view.remove(&at),
-            };
-            touched.insert(at);
-        }
-        Change::InitDone => {
-            touched.extend(view.keys().cloned());
-            *view = store.items.iter().map(|(k, v)| (key(k), v.clone())).collect();
-            touched.extend(view.keys().cloned());
-        }
-        Change::Init | Change::InitApply(..) => {}
-    }
-}
-
-/// The change's key alone (what `follow` needs once the store has the value).
-fn shape<V>(c: &Change<Key, V>) -> Change<Key, ()> {
-    match c {
-        Change::Init => Change::Init,
-        Change::InitApply(k, _) => Change::InitApply(k.clone(), None),
-        Change::InitDone => Change::InitDone,
-        Change::Apply(k, _) => Change::Apply(k.clone(), None),
-        Change::Delete(k) => Change::Delete(k.clone()),
+    let (one, relisted) = match &change {
+        Change::Apply(k, _) | Change::Delete(k) => (Some(k.clone()), false),
+        Change::InitDone => (None, true),
+        Change::Init | Change::InitApply(..) => (None, false),
+    };
+    store.apply(change);
+    if let Some(k) = one {
+        let at = key(&k);
+        match store.items.get(&k) {
+            Some(v) => view.insert(at.clone(), v.clone()),
+            None => view.remove(&at),
+        };
+        touched.insert(at);
+    } else if relisted {
+        touched.extend(view.keys().cloned());
+        *view = store.items.iter().map(|(k, v)| (key(k), v.clone())).collect();
+        touched.extend(view.keys().cloned());
     }
 }
 
@@ -104,23 +95,17 @@ impl World {
     pub(super) fn apply(&mut self, e: Event) {
         match e {
             Event::Namespace(c) => {
-                let change = shape(&c);
-                self.namespaces.apply(c);
                 let (view, touched) = (&mut self.view.namespaces, &mut self.touched.namespaces);
-                follow(&self.namespaces, &change, view, touched, |k| k.1.clone());
+                follow(&mut self.namespaces, c, view, touched, |k| k.1.clone());
             }
             Event::Policy(c) => {
-                let change = shape(&c);
-                self.policies.apply(c);
-                follow(&self.policies, &change, &mut self.view.policies, &mut self.touched.policies, Key::clone);
+                follow(&mut self.policies, c, &mut self.view.policies, &mut self.touched.policies, Key::clone)
             }
             Event::Pod(c) => {
                 if let Change::Delete(k) = &c {
                     self.registered.remove(k);
                 }
-                let change = shape(&c);
-                self.pods.apply(c);
-                follow(&self.pods, &change, &mut self.view.pods, &mut self.touched.pods, Key::clone);
+                follow(&mut self.pods, c, &mut self.view.pods, &mut self.touched.pods, Key::clone);
             }
             Event::Register(r) => {
                 // The newest registration of an address wins: whoever had it is gone.
@@ -217,7 +202,7 @@ mod tests {
     }
 
     fn world(pods: Vec<(&str, policy::Pod)>) -> World {
-        let mut w = World { node: "node-1".into(), ..World::default() };
+        let mut w = World::new("node-1".into());
         for (n, p) in pods {
             w.apply(Event::Pod(Change::Apply(key(n), Some(p))));
         }
