@@ -3,6 +3,8 @@
 //! - the driver batches watch events, runs a sync on a blocking thread (full at start,
 //!   after an error and every few minutes; otherwise only what changed), and after a
 //!   failed sync waits with exponential back-off before the next;
+//! - a reconciler may leave a sync's kernel write to the driver, which runs it while the
+//!   next batch plans (see [`Synced::Write`]);
 //! - the supervisor runs the reconciler as a task of its own: a panic (or an end it did
 //!   not ask for) is recorded as the reconciler's error and counted, and the reconciler
 //!   starts again from a fresh list of the API after a back-off. The others go on.
@@ -151,8 +153,27 @@ pub trait Reconcile: Send + 'static {
     /// One sync: with `full`, from the kernel's actual state; otherwise what changed since
     /// the last success. Returns a summary for the log ("" when nothing was worth one).
     fn sync(&mut self, full: bool) -> Result<String, String>;
-    /// After a sync, successful or not (`ok`), and when nothing was dirty.
+    /// One sync in two parts: the planning here, and the kernel write it may leave to the
+    /// driver (see [`Synced::Write`]). Default: [`Reconcile::sync`], whole.
+    fn sync_parts(&mut self, full: bool) -> Result<Synced, String> {
+        self.sync(full).map(Synced::Done)
+    }
+    /// After a sync, successful or not (`ok`), and when nothing was dirty; not after a
+    /// write left to run beside the next sync (one that does not `answer`).
     fn after(&mut self, _ok: bool) {}
+}
+
+/// What a sync leaves to do.
+pub enum Synced {
+    /// Nothing: its summary for the log ("" when nothing was worth one).
+    Done(String),
+    /// A write, planned and compiled, that puts the sync in the kernel and returns its
+    /// summary. The driver runs it on a thread of its own while the next sync plans, so
+    /// that the kernel's commit and the planning use two cores. Writes run one at a time
+    /// and in order, and a full sync (which reads the kernel) waits for the one before.
+    /// A write that `answers` (someone waits on it in `after`) is waited for at once.
+    /// When a write fails, the write planned after it is dropped and a full sync follows.
+    Write { write: Box<dyn FnOnce() -> Result<String, String> + Send>, answers: bool },
 }
 
 /// Runs `r` on a blocking thread and gives it back; a panic there goes on in this task.
@@ -160,12 +181,76 @@ async fn blocking<R: Send + 'static, T: Send + 'static>(
     mut r: R,
     f: impl FnOnce(&mut R) -> T + Send + 'static,
 ) -> (R, T) {
-    match tokio::task::spawn_blocking(move || {
-        let out = f(&mut r);
-        (r, out)
-    })
-    .await
-    {
+    joined(
+        tokio::task::spawn_blocking(move || {
+            let out = f(&mut r);
+            (r, out)
+        })
+        .await,
+    )
+}
+
+/// A write left running beside the next sync's planning.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<String, String>>,
+    /// The first watch event of its batch.
+    started: Instant,
+    full: bool,
+}
+
+/// The driver's record of how syncs went, and what it makes of each outcome.
+struct Outcomes {
+    status: Arc<Status>,
+    need_full: bool,
+    last_full: Instant,
+    backoff: Backoff,
+    retry_at: Option<tokio::time::Instant>,
+    last_failure: Option<tokio::time::Instant>,
+}
+
+impl Outcomes {
+    /// Logs and records the outcome of a sync whose batch began at `started`.
+    fn record<R: Reconcile>(&mut self, started: Instant, full: bool, result: &Result<String, String>) {
+        match result {
+            Ok(summary) => {
+                if self.last_failure.take().is_some() {
+                    info!("{} recovered", R::NAME);
+                }
+                self.backoff.reset();
+                if full {
+                    self.last_full = Instant::now();
+                }
+                self.status.synced(R::NAME, started.elapsed(), Ok(summary));
+                if !summary.is_empty() {
+                    info!(
+                        "{summary} in {:.1} ms (from the watch event to the kernel)",
+                        started.elapsed().as_secs_f64() * 1e3
+                    );
+                }
+            }
+            Err(e) => {
+                self.need_full = true;
+                let wait = self.backoff.next_wait();
+                self.status.synced(R::NAME, started.elapsed(), Err(e));
+                warn!("{} sync failed, a full sync follows in {wait:?}: {e}", R::NAME);
+                self.last_failure = Some(tokio::time::Instant::now());
+                self.retry_at = self.last_failure.map(|t| t + wait);
+            }
+        }
+    }
+
+    /// Waits for the write in flight, if any, and records it: false when it failed.
+    async fn settle<R: Reconcile>(&mut self, in_flight: &mut Option<InFlight>) -> bool {
+        let Some(w) = in_flight.take() else { return true };
+        let result = joined(w.task.await);
+        self.record::<R>(w.started, w.full, &result);
+        result.is_ok()
+    }
+}
+
+/// A blocking task's result; a panic there goes on in this task.
+fn joined<T>(r: Result<T, tokio::task::JoinError>) -> T {
+    match r {
         Ok(x) => x,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         // Only a runtime shutting down cancels a blocking task.
@@ -180,103 +265,111 @@ pub async fn drive<R: Reconcile>(
     status: Arc<Status>,
     mut stop: Stop,
 ) {
-    let mut need_full = true;
+    let mut o = Outcomes {
+        status: status.clone(),
+        need_full: true,
+        last_full: Instant::now(),
+        backoff: Backoff::default(),
+        retry_at: None,
+        last_failure: None,
+    };
     let mut first_event: Option<Instant> = None;
-    let mut last_full = Instant::now();
-    let mut backoff = Backoff::default();
-    let mut retry_at: Option<tokio::time::Instant> = None;
-    let mut last_failure: Option<tokio::time::Instant> = None;
     let mut told_pending: Option<String> = None;
+    let mut in_flight: Option<InFlight> = None;
     loop {
         let now = tokio::time::Instant::now();
         let pending = r.listed().then(|| r.pending()).flatten();
-        let wake = match retry_at {
+        let wake = match o.retry_at {
             Some(t) => t,
             // Nothing to try until an event brings what is missing (said at once).
             None if pending.is_some() && pending == told_pending => now + r.resync(),
             None if pending.is_some() => now,
             // Work to do now: the first sync, or the one after a re-list.
-            None if r.listed() && (need_full || r.dirty()) => now,
+            None if r.listed() && (o.need_full || r.dirty()) => now,
             None if r.waiting() => now + Duration::from_millis(500),
-            None => now + r.resync().saturating_sub(last_full.elapsed()),
+            None => now + r.resync().saturating_sub(o.last_full.elapsed()),
         };
         tokio::select! {
             m = rx.recv() => {
                 let Some((at, ev)) = m else { break };
                 first_event.get_or_insert(at);
-                need_full |= !r.apply(ev);
+                o.need_full |= !r.apply(ev);
                 // Take every event already queued: one sync for the batch.
                 while let Ok((_, ev)) = rx.try_recv() {
-                    need_full |= !r.apply(ev);
+                    o.need_full |= !r.apply(ev);
                 }
                 if r.retry_on_change() {
-                    let soon = last_failure.map(|t| t + Duration::from_millis(500));
-                    retry_at = retry_at.zip(soon).map(|(a, b)| a.min(b));
+                    let soon = o.last_failure.map(|t| t + Duration::from_millis(500));
+                    o.retry_at = o.retry_at.zip(soon).map(|(a, b)| a.min(b));
                 }
+            }
+            // A write finished while nothing else was to do: said now, and a failure
+            // brings the full sync without waiting for an event.
+            done = async { (&mut in_flight.as_mut().expect("a write in flight").task).await }, if in_flight.is_some() => {
+                let w = in_flight.take().expect("a write in flight");
+                o.record::<R>(w.started, w.full, &joined(done));
+                continue;
             }
             () = tokio::time::sleep_until(wake) => {}
             () = stopped(&mut stop) => break,
         }
         // Also in a busy cluster, where events keep the timer from firing.
-        if last_full.elapsed() >= r.resync() {
-            need_full = true;
+        if o.last_full.elapsed() >= r.resync() {
+            o.need_full = true;
         }
-        if !r.listed() || retry_at.is_some_and(|t| tokio::time::Instant::now() < t) {
+        if !r.listed() || o.retry_at.is_some_and(|t| tokio::time::Instant::now() < t) {
             continue;
         }
-        retry_at = None;
+        o.retry_at = None;
         if let Some(what) = r.pending() {
             if told_pending.as_ref() != Some(&what) {
                 info!("{} waits: {what}", R::NAME);
                 status.pending(R::NAME, &what);
                 told_pending = Some(what);
             }
-            need_full = true;
+            o.need_full = true;
             continue;
         }
         told_pending = None;
-        if !need_full && !r.dirty() {
+        if !o.need_full && !r.dirty() {
             if r.waiting() {
-                r = blocking(r, |r| r.after(true)).await.0;
+                let ok = o.settle::<R>(&mut in_flight).await;
+                r = blocking(r, move |r| r.after(ok)).await.0;
             }
             continue;
         }
+        // A full sync reads the kernel: not while a write is on its way there.
+        if o.need_full && !o.settle::<R>(&mut in_flight).await {
+            continue;
+        }
         let started = first_event.take().unwrap_or_else(Instant::now);
-        let full = need_full;
-        let (back, result) = blocking(r, move |r| {
-            let result = r.sync(full);
-            r.after(result.is_ok());
-            result
-        })
-        .await;
+        let full = std::mem::take(&mut o.need_full);
+        // Planned while the write before it (if any) is still in the kernel.
+        let (back, result) = blocking(r, move |r| r.sync_parts(full)).await;
         r = back;
-        match result {
-            Ok(summary) => {
-                if last_failure.take().is_some() {
-                    info!("{} recovered", R::NAME);
-                }
-                need_full = false;
-                backoff.reset();
-                if full {
-                    last_full = Instant::now();
-                }
-                status.synced(R::NAME, started.elapsed(), Ok(&summary));
-                if !summary.is_empty() {
-                    info!(
-                        "{summary} in {:.1} ms (from the watch event to the kernel)",
-                        started.elapsed().as_secs_f64() * 1e3
-                    );
-                }
+        let before_ok = o.settle::<R>(&mut in_flight).await;
+        let ok = match result {
+            // Planned on top of a write that failed: dropped, a full sync follows.
+            Ok(_) if !before_ok => false,
+            Ok(Synced::Write { write, answers: false }) => {
+                in_flight = Some(InFlight { task: tokio::task::spawn_blocking(write), started, full });
+                continue;
+            }
+            Ok(Synced::Write { write, answers: true }) => {
+                let result = joined(tokio::task::spawn_blocking(write).await);
+                o.record::<R>(started, full, &result);
+                result.is_ok()
+            }
+            Ok(Synced::Done(summary)) => {
+                o.record::<R>(started, full, &Ok(summary));
+                true
             }
             Err(e) => {
-                need_full = true;
-                let wait = backoff.next_wait();
-                status.synced(R::NAME, started.elapsed(), Err(&e));
-                warn!("{} sync failed, a full sync follows in {wait:?}: {e}", R::NAME);
-                last_failure = Some(tokio::time::Instant::now());
-                retry_at = last_failure.map(|t| t + wait);
+                o.record::<R>(started, full, &Err(e));
+                false
             }
-        }
+        };
+        r = blocking(r, move |r| r.after(ok)).await.0;
     }
 }
 
@@ -452,5 +545,171 @@ mod tests {
         assert_eq!(status.snapshot().reconcilers["node"].pending, None);
         stop_tx.send(true).unwrap();
         let _ = task.await;
+    }
+
+    type Log = Arc<std::sync::Mutex<Vec<String>>>;
+
+    fn said(log: &Log) -> Vec<String> {
+        log.lock().unwrap().clone()
+    }
+
+    #[derive(Clone, Copy)]
+    enum Hold {
+        /// Until the log holds this line (at most 10 s).
+        Line(&'static str),
+        For(Duration),
+    }
+
+    /// A reconciler whose kernel writes it leaves to the driver. Each write says when it
+    /// starts and ends; `hold` makes a write wait.
+    struct Piped {
+        log: Log,
+        n: u32,
+        dirty: bool,
+        /// The write that fails.
+        fails: u32,
+        answers: bool,
+        /// (write n, what it waits for before it ends).
+        hold: Option<(u32, Hold)>,
+        writing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Piped {
+        fn new(log: &Log) -> Self {
+            Self {
+                log: log.clone(),
+                n: 0,
+                dirty: false,
+                fails: 0,
+                answers: false,
+                hold: None,
+                writing: Default::default(),
+            }
+        }
+    }
+
+    impl Reconcile for Piped {
+        /// false: the event ends a re-list.
+        type Event = bool;
+        const NAME: &'static str = "policy";
+        fn apply(&mut self, ev: bool) -> bool {
+            self.dirty = true;
+            ev
+        }
+        fn listed(&self) -> bool {
+            true
+        }
+        fn dirty(&self) -> bool {
+            self.dirty
+        }
+        fn sync(&mut self, _full: bool) -> Result<String, String> {
+            unreachable!("the driver syncs in parts")
+        }
+        fn sync_parts(&mut self, full: bool) -> Result<Synced, String> {
+            self.n += 1;
+            self.dirty = false;
+            let n = self.n;
+            let log = self.log.clone();
+            log.lock().unwrap().push(format!("plan {n}{}", if full { " full" } else { "" }));
+            let (fails, hold, writing) = (n == self.fails, self.hold.filter(|h| h.0 == n), self.writing.clone());
+            let write = move || {
+                if writing.swap(true, Ordering::SeqCst) {
+                    log.lock().unwrap().push("two writes at once".into());
+                }
+                log.lock().unwrap().push(format!("write {n}"));
+                let began = Instant::now();
+                match hold.map(|h| h.1) {
+                    Some(Hold::Line(line)) => {
+                        while !said(&log).iter().any(|l| l == line) && began.elapsed() < Duration::from_secs(10) {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                    Some(Hold::For(d)) => std::thread::sleep(d),
+                    None => {}
+                }
+                log.lock().unwrap().push(format!("written {n}"));
+                writing.store(false, Ordering::SeqCst);
+                if fails { Err("the kernel refused it".into()) } else { Ok(format!("wrote {n}")) }
+            };
+            Ok(Synced::Write { write: Box::new(write), answers: self.answers })
+        }
+        fn after(&mut self, ok: bool) {
+            self.log.lock().unwrap().push(format!("after {ok}"));
+        }
+    }
+
+    /// Runs `r` under the driver until the log holds `until`; returns the log.
+    async fn piped(r: Piped, log: &Log, events: &[(&str, bool)], until: &str) -> Vec<String> {
+        let status = Arc::new(Status::new("node-1", "vxlan", &["policy"]));
+        let (stop_tx, stop) = watch::channel(false);
+        let (tx, rx) = mpsc::unbounded_channel::<(Instant, bool)>();
+        let task = tokio::spawn(drive(r, rx, status.clone(), stop));
+        // Each event once the log shows its line.
+        for (after, ev) in events {
+            eventually(&format!("{after:?} in {:?}", said(log)), || said(log).iter().any(|l| l == after)).await;
+            tx.send((Instant::now(), *ev)).unwrap();
+        }
+        eventually(&format!("{until:?} in {:?}", said(log)), || said(log).iter().any(|l| l == until)).await;
+        stop_tx.send(true).unwrap();
+        let _ = task.await;
+        said(log)
+    }
+
+    #[tokio::test]
+    async fn the_next_batch_plans_while_the_kernel_takes_the_last_and_writes_keep_their_order() {
+        let log = Log::default();
+        let mut r = Piped::new(&log);
+        // Write 1 ends only once batch 2 is planned: a driver that waits for each write
+        // before it plans the next makes it wait 10 s and then plans 2 after it.
+        r.hold = Some((1, Hold::Line("plan 2")));
+        let got = piped(r, &log, &[("write 1", true)], "written 2").await;
+        assert_eq!(got, ["plan 1 full", "write 1", "plan 2", "written 1", "write 2", "written 2"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_drops_the_batch_planned_on_it_and_a_full_sync_follows() {
+        let log = Log::default();
+        let mut r = Piped::new(&log);
+        r.fails = 1;
+        r.hold = Some((1, Hold::Line("plan 2")));
+        let got = piped(r, &log, &[("write 1", true)], "written 3").await;
+        assert_eq!(
+            got,
+            ["plan 1 full", "write 1", "plan 2", "written 1", "after false", "plan 3 full", "write 3", "written 3"],
+            "batch 2 was planned on a write that failed: never written"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_sync_waits_for_the_write_on_its_way_to_the_kernel() {
+        let log = Log::default();
+        let mut r = Piped::new(&log);
+        // A re-list ends while write 2 is in the kernel; the full sync it asks for reads
+        // the kernel, so it plans only once write 2 is done.
+        r.hold = Some((2, Hold::For(Duration::from_millis(300))));
+        let got = piped(r, &log, &[("written 1", true), ("write 2", false)], "written 3").await;
+        assert_eq!(
+            got,
+            [
+                "plan 1 full",
+                "write 1",
+                "written 1",
+                "plan 2",
+                "write 2",
+                "written 2",
+                "plan 3 full",
+                "write 3",
+                "written 3"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_someone_waits_on_is_done_before_after_tells_them() {
+        let log = Log::default();
+        let mut r = Piped::new(&log);
+        r.answers = true;
+        let got = piped(r, &log, &[("after true", true)], "written 2").await;
+        assert_eq!(got[..7], ["plan 1 full", "write 1", "written 1", "after true", "plan 2", "write 2", "written 2"]);
     }
 }

@@ -13,7 +13,38 @@ static SAID: AtomicBool = AtomicBool::new(false);
 /// Applies `objects` (nft JSON commands) as one transaction; `known` are the sets
 /// already in the table whose elements the transaction may change.
 pub fn write<S: AsRef<str>>(objects: &[S], known: Vec<(String, SetShape)>) -> Result<Took, NftError> {
-    match nf_tables::apply(objects, known) {
+    through_nft_if_unknown(nf_tables::apply(objects, known), objects)
+}
+
+/// A transaction compiled for netlink, to be written later (on another thread); it
+/// keeps its objects in case `nft` must write them.
+pub struct Compiled {
+    writer: nf_tables::Writer,
+    objects: Vec<String>,
+}
+
+impl Compiled {
+    /// Compiles `objects` as [`write`] does.
+    pub fn new(objects: Vec<String>, known: Vec<(String, SetShape)>) -> Self {
+        let mut writer = nf_tables::Writer::new(known);
+        for o in &objects {
+            writer.push(0, o);
+        }
+        Self { writer, objects }
+    }
+
+    /// Sends it and waits for the kernel's answer.
+    pub fn write(self) -> Result<Took, NftError> {
+        through_nft_if_unknown(self.writer.commit(), &self.objects)
+    }
+}
+
+/// `written`, or, when the encoder did not know a command, `objects` written by `nft`.
+fn through_nft_if_unknown<S: AsRef<str>>(
+    written: Result<Took, nf_tables::Error>,
+    objects: &[S],
+) -> Result<Took, NftError> {
+    match written {
         Ok(took) => Ok(took),
         Err(nf_tables::Error::Unsupported(what)) => {
             if !SAID.swap(true, Ordering::Relaxed) {

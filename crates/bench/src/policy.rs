@@ -59,6 +59,23 @@ fn synced(log: &Path, from: u64, policies: usize) -> Option<(String, f64)> {
     logged_ms(log, from, &format!(": {policies} policies, ")).into_iter().next()
 }
 
+/// Each sync the agent logged after byte `from` until the one with `policies` policies:
+/// how many policies it left in force, and its own work (plan, diff and kernel write).
+fn burst_syncs(log: &Path, from: u64, policies: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for (line, _) in logged_ms(log, from, " policies, ") {
+        let Some(n) = line.split_once("sync: ").and_then(|(_, r)| r.split_once(' ')).map(|(n, _)| n.to_string()) else {
+            continue;
+        };
+        let work: f64 = ["(plan ", "diff ", "kernel write "].iter().filter_map(|k| logged_figure(&line, k)).sum();
+        out.push(format!("{n} ({work:.0} ms)"));
+        if n == policies.to_string() {
+            break;
+        }
+    }
+    out
+}
+
 fn synthetic_pod(i: usize) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": format!("p-{i:04}"), "namespace": format!("bench-{}", i % NAMESPACES),
@@ -166,6 +183,7 @@ fn one(args: &PolicyBenchArgs) -> anyhow::Result<()> {
     wait_for("the agent to program every policy", Duration::from_secs(600), || synced(&log, mark, want))?;
     let applied = last.elapsed();
     let line = synced(&log, mark, want).map(|l| l.0).unwrap_or_default();
+    let burst = burst_syncs(&log, mark, want);
     let rss = memory_mib(pid, "VmRSS:");
     let peak = memory_mib(pid, "VmHWM:");
     let listing =
@@ -290,6 +308,8 @@ fn one(args: &PolicyBenchArgs) -> anyhow::Result<()> {
     println!("{:<62} {:>8.1} MiB {:>10}", "agent RSS with them", rss, "");
     println!("{:<62} {:>8.1} MiB {:>10}", "agent peak RSS (VmHWM)", peak, "");
     println!("  the agent's log: {}", line.split_once("policy ").map_or("", |x| x.1));
+    println!("  the agent's syncs from the first policy to the last (policies in force, its own work):");
+    println!("    {}", burst.join(", "));
     println!("  a relabel, in the agent's log: {}", change_line.split_once("policy ").map_or("", |x| x.1));
     println!(
         "  ruleset: {isolated} pods isolated for ingress; {chains} chains, {rules} rules, {sets} sets and maps with {elements} elements"

@@ -13,7 +13,7 @@ mod world;
 pub use table::{Drops, drop_counters, read_actual};
 pub use world::Registration;
 
-use crate::supervise::{Reconcile, Stop, drive};
+use crate::supervise::{Reconcile, Stop, Synced, drive};
 use flatnet_kube::policy::{pod_of, policy_of};
 use flatnet_kube::watch;
 use flatnet_model::policy::{self, State};
@@ -65,6 +65,15 @@ impl Reconcile for PolicySync {
     }
 
     fn sync(&mut self, full: bool) -> Result<String, String> {
+        match self.sync_parts(full)? {
+            Synced::Done(summary) => Ok(summary),
+            Synced::Write { write, .. } => write(),
+        }
+    }
+
+    /// Plans, diffs and compiles here; the kernel write is left to run while the next
+    /// batch plans (a burst of policies uses two cores), unless a CNI ADD waits on it.
+    fn sync_parts(&mut self, full: bool) -> Result<Synced, String> {
         let t0 = Instant::now();
         let node = self.world.node.clone();
         let (cluster, touched) = self.world.cluster();
@@ -89,13 +98,10 @@ impl Reconcile for PolicySync {
         let (objects, counts) = policy::diff(&old, &desired);
         let t1 = Instant::now();
         let diffed = t1 - t_diff;
-        let took = if objects.is_empty() {
-            flatnet_kernel::nf_tables::Took::default()
-        } else {
-            crate::tables::write(&objects, crate::tables::policy_sets(&old)).map_err(|e| e.to_string())?
-        };
+        let nothing = objects.is_empty();
+        let compiled = (!nothing).then(|| crate::tables::Compiled::new(objects, crate::tables::policy_sets(&old)));
         let what = format!(
-            "{}{} policies, {}; {} chain(s) added, {} removed, {} set(s) added, {} removed, {} element(s) changed (plan {:.1} ms, diff {:.1} ms, kernel write {:.1} ms: {took})",
+            "{}{} policies, {}; {} chain(s) added, {} removed, {} set(s) added, {} removed, {} element(s) changed (plan {:.1} ms, diff {:.1} ms",
             if full { "policy sync (full): " } else { "policy sync: " },
             policies,
             desired.summary(),
@@ -106,7 +112,6 @@ impl Reconcile for PolicySync {
             counts.elements_changed,
             planned.as_secs_f64() * 1e3,
             diffed.as_secs_f64() * 1e3,
-            t1.elapsed().as_secs_f64() * 1e3,
         );
         let pods = self
             .world
@@ -123,7 +128,19 @@ impl Reconcile for PolicySync {
         self.status.set_policy(self.world.policies.items.len(), (desired.ingress.len(), desired.egress.len()), pods);
         self.applied = Some(desired);
         self.dirty = false;
-        Ok(if objects.is_empty() && !full { String::new() } else { what })
+        let Some(compiled) = compiled else {
+            let took = flatnet_kernel::nf_tables::Took::default();
+            return Ok(Synced::Done(if full {
+                format!("{what}, kernel write 0.0 ms: {took})")
+            } else {
+                String::new()
+            }));
+        };
+        let write = move || {
+            let took = compiled.write().map_err(|e| e.to_string())?;
+            Ok(format!("{what}, kernel write {:.1} ms: {took})", (took.compile + took.commit).as_secs_f64() * 1e3))
+        };
+        Ok(Synced::Write { write: Box::new(write), answers: !self.world.waiting.is_empty() })
     }
 
     fn after(&mut self, ok: bool) {
