@@ -196,6 +196,10 @@ impl Reconcile for ProxySync {
 
     fn sync(&mut self, full: bool) -> Result<String, String> {
         let r = if full { self.full_sync() } else { self.update() };
+        if full {
+            // The transaction is sent and dropped; its pages go back to the kernel.
+            flatnet_kernel::memory::release_free();
+        }
         let (services, endpoints) = self.proxier.counts();
         self.status.set_services(services, endpoints);
         r.map_err(|e| e.to_string())

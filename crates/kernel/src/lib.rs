@@ -1,6 +1,7 @@
 //! The only flatnet code that touches the kernel: rtnetlink requests over a small
-//! synchronous socket (links, addresses, routes, neighbours, FDB), nftables through
-//! `nft`, network namespaces, and sysctls.
+//! synchronous socket (links, addresses, routes, neighbours, FDB), nf_tables over
+//! netlink (and `nft` where a person reads its output), network namespaces, sysctls,
+//! and the process's own heap.
 //! Everything above this crate plans; this crate applies and reads back.
 
 pub mod addr;
@@ -9,6 +10,7 @@ pub mod detach;
 pub mod enter;
 pub mod error;
 pub mod link;
+pub mod memory;
 pub mod neigh;
 pub mod netlink;
 pub mod netns;
