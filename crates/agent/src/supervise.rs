@@ -195,7 +195,6 @@ struct InFlight {
     task: tokio::task::JoinHandle<Result<String, String>>,
     /// The first watch event of its batch.
     started: Instant,
-    full: bool,
 }
 
 /// The driver's record of how syncs went, and what it makes of each outcome.
@@ -210,16 +209,13 @@ struct Outcomes {
 
 impl Outcomes {
     /// Logs and records the outcome of a sync whose batch began at `started`.
-    fn record<R: Reconcile>(&mut self, started: Instant, full: bool, result: &Result<String, String>) {
+    fn record<R: Reconcile>(&mut self, started: Instant, result: &Result<String, String>) {
         match result {
             Ok(summary) => {
                 if self.last_failure.take().is_some() {
                     info!("{} recovered", R::NAME);
                 }
                 self.backoff.reset();
-                if full {
-                    self.last_full = Instant::now();
-                }
                 self.status.synced(R::NAME, started.elapsed(), Ok(summary));
                 if !summary.is_empty() {
                     info!(
@@ -243,7 +239,7 @@ impl Outcomes {
     async fn settle<R: Reconcile>(&mut self, in_flight: &mut Option<InFlight>) -> bool {
         let Some(w) = in_flight.take() else { return true };
         let result = joined(w.task.await);
-        self.record::<R>(w.started, w.full, &result);
+        self.record::<R>(w.started, &result);
         result.is_ok()
     }
 }
@@ -307,7 +303,7 @@ pub async fn drive<R: Reconcile>(
             // brings the full sync without waiting for an event.
             done = async { (&mut in_flight.as_mut().expect("a write in flight").task).await }, if in_flight.is_some() => {
                 let w = in_flight.take().expect("a write in flight");
-                o.record::<R>(w.started, w.full, &joined(done));
+                o.record::<R>(w.started, &joined(done));
                 continue;
             }
             () = tokio::time::sleep_until(wake) => {}
@@ -344,6 +340,10 @@ pub async fn drive<R: Reconcile>(
         }
         let started = first_event.take().unwrap_or_else(Instant::now);
         let full = std::mem::take(&mut o.need_full);
+        if full {
+            // From its start: a full write still in flight is not asked for again.
+            o.last_full = Instant::now();
+        }
         // Planned while the write before it (if any) is still in the kernel.
         let (back, result) = blocking(r, move |r| r.sync_parts(full)).await;
         r = back;
@@ -352,20 +352,20 @@ pub async fn drive<R: Reconcile>(
             // Planned on top of a write that failed: dropped, a full sync follows.
             Ok(_) if !before_ok => false,
             Ok(Synced::Write { write, answers: false }) => {
-                in_flight = Some(InFlight { task: tokio::task::spawn_blocking(write), started, full });
+                in_flight = Some(InFlight { task: tokio::task::spawn_blocking(write), started });
                 continue;
             }
             Ok(Synced::Write { write, answers: true }) => {
                 let result = joined(tokio::task::spawn_blocking(write).await);
-                o.record::<R>(started, full, &result);
+                o.record::<R>(started, &result);
                 result.is_ok()
             }
             Ok(Synced::Done(summary)) => {
-                o.record::<R>(started, full, &Ok(summary));
+                o.record::<R>(started, &Ok(summary));
                 true
             }
             Err(e) => {
-                o.record::<R>(started, full, &Err(e));
+                o.record::<R>(started, &Err(e));
                 false
             }
         };
