@@ -272,10 +272,19 @@ fn bgp_full_mesh_on_one_segment() {
         // once freed, the agent speaks BGP again.
         let node3 = lab.ns("node-3");
         let mut taken = None;
-        for _ in 0..50 {
-            kill(lab.agent_pid("node-3"));
-            if let Ok(Ok(l)) = flatnet_kernel::netns::run_in(&node3, || std::net::TcpListener::bind("0.0.0.0:179")) {
-                taken = Some(l);
+        for _ in 0..20 {
+            // The killed agent's socket closes once it has exited; the kubelet starts the
+            // next agent soon after, which may bind first: then it is killed in turn.
+            let pid = nix::unistd::Pid::from_raw(lab.agent_pid("node-3"));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let until = std::time::Instant::now() + Duration::from_secs(1);
+            while taken.is_none() && std::time::Instant::now() < until {
+                match flatnet_kernel::netns::run_in(&node3, || std::net::TcpListener::bind("0.0.0.0:179")) {
+                    Ok(Ok(l)) => taken = Some(l),
+                    _ => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            if taken.is_some() {
                 break;
             }
         }

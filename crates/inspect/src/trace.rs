@@ -294,10 +294,13 @@ fn send_probe(
         L4::Udp => 17,
         _ => 0,
     };
-    let endpoint = match node_ns {
+    // The first packet's DNAT as traced; else conntrack's (a connection dropped on the
+    // node that DNATed it leaves no conntrack entry, and a retransmission may be DNATed
+    // elsewhere).
+    let endpoint = trace::probe::dnat_seen(&events, &src_node).or_else(|| match node_ns {
         Some(ns) if proto_num != 0 => probe::dnat_endpoint(ns, proto_num, p.src, ident),
         _ => None,
-    };
+    });
     let sent = match kind {
         Kind::Tcp => format!("TCP SYN {}:{ident} → {}:{}", p.src, p.dst, p.port.unwrap_or(0)),
         Kind::Udp => format!("UDP {}:{ident} → {}:{}", p.src, p.dst, p.port.unwrap_or(0)),

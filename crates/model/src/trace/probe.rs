@@ -29,12 +29,33 @@ fn verdict_word(v: &str) -> &str {
 
 /// The first drop any node's trace reports: (node, description).
 fn first_drop(r: &Report) -> Option<(String, String)> {
-    r.events.iter().find_map(|e| match &e.what {
+    drops(r).next()
+}
+
+/// Every drop the probe's packets met (a SYN and its retransmissions may each meet one),
+/// as (node, what).
+fn drops(r: &Report) -> impl Iterator<Item = (String, String)> + '_ {
+    r.events.iter().filter_map(|e| match &e.what {
         What::Rule { rule, verdict } if verdict_word(verdict) == "drop" => {
             Some((e.node.clone(), format!("table {} chain {}: {}", e.table, e.chain, rule)))
         }
         What::Policy { verdict } if verdict == "drop" => {
             Some((e.node.clone(), format!("table {} chain {}: policy drop", e.table, e.chain)))
+        }
+        _ => None,
+    })
+}
+
+/// The endpoint the first DNAT rule the probe matched on `node` sent it to
+/// (`… dnat to 10.244.1.4:8080 …`). Conntrack keeps no entry for a connection whose
+/// first packet was dropped on the node that DNATed it, so this is how the trace learns
+/// the endpoint the kernel chose then.
+pub fn dnat_seen(events: &[Event], node: &str) -> Option<(std::net::Ipv4Addr, u16)> {
+    events.iter().filter(|e| e.node == node).find_map(|e| match &e.what {
+        What::Rule { rule, .. } => {
+            let to = rule.split_once("dnat to ")?.1.split(' ').next()?;
+            let (ip, port) = to.split_once(':')?;
+            Some((ip.parse().ok()?, port.parse().ok()?))
         }
         _ => None,
     })
@@ -178,7 +199,8 @@ pub fn confirm(t: &mut Trace, r: Report) {
         ),
         (Verdict::Dropped { at, .. }, false, Some(d)) => {
             let same = predicted_drop.and_then(|h| h.probe.as_ref()).is_some_and(|s| matches!(s, Seen::Dropped { .. }))
-                || drop_node.as_deref() == Some(at.as_str());
+                || drop_node.as_deref() == Some(at.as_str())
+                || drops(&r).any(|(node, _)| node == *at);
             let how = if same { "the probe was dropped there" } else { "the probe was dropped elsewhere" };
             (same, format!("predicted a drop at {at}; {how} ({d})"))
         }
@@ -221,5 +243,30 @@ mod tests {
         let p = parse("n", "trace id 1 ip t pre policy accept ").unwrap();
         assert_eq!(p.what, What::Policy { verdict: "accept".into() });
         assert!(parse("n", "add table ip flatnet-trace").is_none());
+    }
+
+    #[test]
+    fn the_endpoint_a_dropped_probe_was_sent_to_comes_from_its_dnat_rule() {
+        let line = |node, l: &str| parse(node, l).unwrap();
+        let events = [
+            line(
+                "node-1",
+                r#"trace id 1 ip flatnet services rule ip daddr . meta l4proto . th dport vmap @service-ips (verdict jump svc-x)"#,
+            ),
+            line(
+                "node-2",
+                r#"trace id 1 ip flatnet svc-x rule meta l4proto tcp dnat to 10.244.2.9:80 (verdict accept)"#,
+            ),
+            line(
+                "node-1",
+                r#"trace id 1 ip flatnet svc-x rule meta l4proto tcp dnat to 10.244.1.4:8080 comment "default/web:http → 10.244.1.4:8080 (2 of 2)" (verdict accept)"#,
+            ),
+            line(
+                "node-1",
+                r#"trace id 1 ip flatnet-policy in-00ff rule counter name "drop-ingress-default/deny" drop (verdict drop)"#,
+            ),
+        ];
+        assert_eq!(dnat_seen(&events, "node-1"), Some(("10.244.1.4".parse().unwrap(), 8080)));
+        assert_eq!(dnat_seen(&events[..1], "node-1"), None, "no DNAT rule: no endpoint");
     }
 }
