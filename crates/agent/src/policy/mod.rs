@@ -98,8 +98,8 @@ impl Reconcile for PolicySync {
         let (objects, counts) = policy::diff(&old, &desired);
         let t1 = Instant::now();
         let diffed = t1 - t_diff;
-        let nothing = objects.is_empty();
-        let compiled = (!nothing).then(|| crate::tables::Compiled::new(objects, crate::tables::policy_sets(&old)));
+        let compiled =
+            (!objects.is_empty()).then(|| crate::tables::Compiled::new(objects, crate::tables::policy_sets(&old)));
         let what = format!(
             "{}{} policies, {}; {} chain(s) added, {} removed, {} set(s) added, {} removed, {} element(s) changed (plan {:.1} ms, diff {:.1} ms",
             if full { "policy sync (full): " } else { "policy sync: " },

@@ -181,7 +181,6 @@ pub fn confirm(t: &mut Trace, r: Report) {
                 .unwrap_or_else(|| Seen::NotSeen { why: "no trace event or answer shows the packet here".into() }),
         );
     }
-    let drop_node = drop.as_ref().map(|(node, _)| node.clone());
     let dropped = drop.map(|(node, what)| format!("{node}: {what}"));
     let answered = reached.is_some();
     let predicted_drop = t.hops.iter().find(|h| matches!(h.step, Step::Drop { .. }));
@@ -199,7 +198,6 @@ pub fn confirm(t: &mut Trace, r: Report) {
         ),
         (Verdict::Dropped { at, .. }, false, Some(d)) => {
             let same = predicted_drop.and_then(|h| h.probe.as_ref()).is_some_and(|s| matches!(s, Seen::Dropped { .. }))
-                || drop_node.as_deref() == Some(at.as_str())
                 || drops(&r).any(|(node, _)| node == *at);
             let how = if same { "the probe was dropped there" } else { "the probe was dropped elsewhere" };
             (same, format!("predicted a drop at {at}; {how} ({d})"))
